@@ -1,0 +1,1 @@
+//! Runnable examples: see `embed.rs` and `custom_peer_source.rs`.

@@ -1,0 +1,403 @@
+//! The peers file: a TOML file, or a directory of `*.toml` files, hot-reloaded on change.
+//!
+//! This format is a public contract:
+//!
+//! ```toml
+//! cluster_cidrs = ["10.99.0.0/16", "fd99::/48"]   # optional; --cluster-cidr wins
+//! [[node]]
+//! name = "node-a"
+//! public_key = "<base64>"
+//! endpoint = "192.168.77.1:51820"                 # optional ([v6]:port allowed)
+//! pod_cidrs = ["10.99.1.0/24", "fd99:0:1::/64"]
+//! persistent_keepalive = 25                       # optional, seconds
+//! ```
+//!
+//! Every node, this one included, is listed. A bad entry is rejected on its own, with its file,
+//! line and field; a file that does not parse as a whole (or a directory with such a file) is an
+//! error, and the reconciler keeps the last good mesh. In a directory, files whose names start
+//! with `.` are ignored, so editors' and `kubectl`'s temporary files do no harm.
+//!
+//! Changes are noticed by polling file metadata (size, modification time, inode) every
+//! [`FilePeerSource::with_interval`] (250 ms by default): cheap, and it follows the symlink swaps
+//! a Kubernetes ConfigMap volume makes. Write the file atomically (temporary file + rename).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::Error;
+use crate::backend::PeerSource;
+use crate::mesh::{NodeEntry, RejectReason, Rejection, Snapshot, parse_cidr};
+
+const NODE_FIELDS: &str = "name, public_key, endpoint, pod_cidrs, persistent_keepalive";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(default)]
+    cluster_cidrs: Vec<String>,
+    #[serde(default)]
+    node: Vec<toml::Spanned<toml::Table>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Reads one `[[node]]` table; an error names the field.
+fn node_entry(table: &toml::Table, origin: String) -> Result<NodeEntry, Rejection> {
+    let name = table
+        .get("name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let reject = |field: &str, reason: String| Rejection {
+        name: name.clone(),
+        origin: origin.clone(),
+        reason: RejectReason::Invalid {
+            field: field.to_owned(),
+            reason,
+        },
+    };
+    let string = |field: &str, required: bool| -> Result<Option<String>, Rejection> {
+        match table.get(field) {
+            None if required => Err(reject(field, "missing".into())),
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(reject(
+                field,
+                format!("expected a string, found {}", v.type_str()),
+            )),
+        }
+    };
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| !NODE_FIELDS.split(", ").any(|f| f == k.as_str()))
+    {
+        return Err(reject(
+            unknown,
+            format!("unknown field (expected one of {NODE_FIELDS})"),
+        ));
+    }
+    string("name", true)?;
+    let public_key = string("public_key", true)?.unwrap_or_default();
+    let endpoint = string("endpoint", false)?;
+    let pod_cidrs = match table.get("pod_cidrs") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                v => Err(reject(
+                    "pod_cidrs",
+                    format!("expected strings, found {}", v.type_str()),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => {
+            return Err(reject(
+                "pod_cidrs",
+                format!("expected an array, found {}", v.type_str()),
+            ));
+        }
+    };
+    let persistent_keepalive = match table.get("persistent_keepalive") {
+        None => None,
+        Some(toml::Value::Integer(n)) => Some(
+            u16::try_from(*n)
+                .map_err(|_| reject("persistent_keepalive", format!("{n} is not in 0..=65535")))?,
+        ),
+        Some(v) => {
+            return Err(reject(
+                "persistent_keepalive",
+                format!("expected seconds, found {}", v.type_str()),
+            ));
+        }
+    };
+    Ok(NodeEntry {
+        name,
+        public_key,
+        endpoint,
+        pod_cidrs,
+        persistent_keepalive,
+        origin,
+    })
+}
+
+/// Parses the text of one peers file. `origin` (usually the path) prefixes every entry's origin.
+///
+/// ```
+/// let text = r#"
+/// cluster_cidrs = ["10.99.0.0/16"]
+/// [[node]]
+/// name = "node-a"
+/// public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+/// pod_cidrs = ["10.99.1.0/24"]
+/// "#;
+/// let snapshot = wormhole_core::file_source::parse(text, "peers.toml").unwrap();
+/// assert_eq!(snapshot.nodes[0].origin, "peers.toml:3 node[0]");
+/// ```
+pub fn parse(text: &str, origin: &str) -> Result<Snapshot, String> {
+    let doc: FileDoc = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| format!("line {}: ", line_of(text, s.start)))
+            .unwrap_or_default();
+        format!("{at}{}", e.message())
+    })?;
+    let mut snapshot = Snapshot::default();
+    for (i, text_cidr) in doc.cluster_cidrs.iter().enumerate() {
+        let cidr: IpNet = parse_cidr(text_cidr).map_err(|r| format!("cluster_cidrs[{i}]: {r}"))?;
+        snapshot.cluster_cidrs.push(cidr);
+    }
+    for (i, node) in doc.node.iter().enumerate() {
+        let origin = format!("{origin}:{} node[{i}]", line_of(text, node.span().start));
+        match node_entry(node.get_ref(), origin) {
+            Ok(entry) => snapshot.nodes.push(entry),
+            Err(rejection) => snapshot.rejected.push(rejection),
+        }
+    }
+    Ok(snapshot)
+}
+
+/// What the file (or directory) looked like when last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fingerprint {
+    Files(Vec<(PathBuf, u64, Option<SystemTime>, u64)>),
+    Unreadable(String),
+}
+
+/// The files to read: `path` itself, or the `*.toml` files in it, sorted.
+fn files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !std::fs::metadata(path)?.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let file = entry?.path();
+        let hidden = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        if !hidden && file.extension().is_some_and(|e| e == "toml") && file.is_file() {
+            files.push(file);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt as _;
+    let read = || -> std::io::Result<_> {
+        let mut prints = Vec::new();
+        for file in files(path)? {
+            let meta = std::fs::metadata(&file)?;
+            prints.push((file, meta.len(), meta.modified().ok(), meta.ino()));
+        }
+        Ok(prints)
+    };
+    read().map_or_else(
+        |e| Fingerprint::Unreadable(e.to_string()),
+        Fingerprint::Files,
+    )
+}
+
+/// Reads and parses a peers file or directory once.
+pub fn load(path: &Path) -> Result<Snapshot, Error> {
+    let err = |message: String| Error::PeersFile {
+        path: path.to_owned(),
+        message,
+    };
+    let mut snapshot = Snapshot::default();
+    for file in files(path).map_err(|e| err(e.to_string()))? {
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| err(format!("{}: {e}", file.display())))?;
+        let origin = file.display().to_string();
+        let part = parse(&text, &origin).map_err(|m| Error::PeersFile {
+            path: file.clone(),
+            message: m,
+        })?;
+        for cidr in part.cluster_cidrs {
+            if !snapshot.cluster_cidrs.contains(&cidr) {
+                snapshot.cluster_cidrs.push(cidr);
+            }
+        }
+        snapshot.nodes.extend(part.nodes);
+        snapshot.rejected.extend(part.rejected);
+    }
+    Ok(snapshot)
+}
+
+/// A [`PeerSource`] reading a peers file or a directory of them, re-read when they change.
+#[derive(Debug)]
+pub struct FilePeerSource {
+    path: PathBuf,
+    interval: Duration,
+    last: Option<Fingerprint>,
+}
+
+impl FilePeerSource {
+    /// Watches `path` (a file or a directory of `*.toml`).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FilePeerSource {
+            path: path.into(),
+            interval: Duration::from_millis(250),
+            last: None,
+        }
+    }
+
+    /// How often to look for changes.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+}
+
+#[async_trait]
+impl PeerSource for FilePeerSource {
+    async fn next(&mut self) -> Result<Snapshot, Error> {
+        loop {
+            let now = fingerprint(&self.path);
+            if self.last.as_ref() != Some(&now) {
+                // Let a writer that is not atomic finish before reading.
+                tokio::time::sleep(self.interval / 5).await;
+                if fingerprint(&self.path) != now {
+                    continue;
+                }
+                self.last = Some(now);
+                let path = self.path.clone();
+                return tokio::task::spawn_blocking(move || load(&path))
+                    .await
+                    .map_err(|e| Error::Source(e.into()))?;
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Mesh, PrivateKey, PublicKey};
+
+    fn node(name: &str, key: &str, cidr: &str) -> String {
+        format!(
+            "[[node]]\nname = \"{name}\"\npublic_key = \"{key}\"\nendpoint = \"192.168.77.2:51820\"\npod_cidrs = [\"{cidr}\"]\n\n"
+        )
+    }
+
+    fn key() -> PublicKey {
+        PrivateKey::generate().public_key()
+    }
+
+    #[test]
+    fn five_entries_one_bad_key_gives_four_peers_and_one_named_error() {
+        let me = key();
+        let mut text = String::from("cluster_cidrs = [\"10.99.0.0/16\", \"fd99::/48\"]\n\n");
+        text += &node("local", &me.to_base64(), "10.99.1.0/24");
+        text += &node("a", &key().to_base64(), "10.99.2.0/24");
+        text += &node("b", &key().to_base64(), "10.99.3.0/24");
+        text += &node("bad", "not-a-key", "10.99.4.0/24");
+        text += &node("c", &key().to_base64(), "10.99.5.0/24");
+        text += &node("d", &key().to_base64(), "10.99.6.0/24");
+        let snapshot = parse(&text, "peers.toml").unwrap();
+        let mesh = Mesh::build("local", &me, &[], &snapshot, None).unwrap();
+        assert_eq!(mesh.peers.len(), 4);
+        assert_eq!(mesh.rejected.len(), 1);
+        let err = mesh.rejected[0].to_string();
+        assert!(
+            err.starts_with("bad (peers.toml:21 node[3]): malformed public key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_rejected_per_entry_with_position_and_field() {
+        let k = key().to_base64();
+        let text = format!(
+            "[[node]]\nname = \"a\"\npublic_key = \"{k}\"\npod_cidrs = \"10.0.0.0/24\"\n\n\
+             [[node]]\nname = \"b\"\npublic_key = \"{k}\"\npodcidrs = []\n\n\
+             [[node]]\nname = \"c\"\npublic_key = \"{k}\"\npersistent_keepalive = 70000\n\n\
+             [[node]]\nname = \"d\"\n\n\
+             [[node]]\nname = \"e\"\npublic_key = 5\n"
+        );
+        let snapshot = parse(&text, "f").unwrap();
+        assert!(snapshot.nodes.is_empty());
+        let got: Vec<String> = snapshot.rejected.iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), 5, "{got:#?}");
+        assert!(
+            got[0].starts_with("a (f:1 node[0]): field pod_cidrs: expected an array"),
+            "{}",
+            got[0]
+        );
+        assert!(
+            got[1].contains("field podcidrs: unknown field"),
+            "{}",
+            got[1]
+        );
+        assert!(
+            got[2].contains("field persistent_keepalive: 70000 is not in"),
+            "{}",
+            got[2]
+        );
+        assert!(got[3].contains("field public_key: missing"), "{}", got[3]);
+        assert!(
+            got[4].contains("field public_key: expected a string, found integer"),
+            "{}",
+            got[4]
+        );
+    }
+
+    #[test]
+    fn a_broken_file_is_one_error_with_a_line() {
+        let err = parse(
+            "cluster_cidrs = [\"10.99.0.0/16\"]\n[[node]\nname = 1\n",
+            "f",
+        )
+        .unwrap_err();
+        assert!(err.starts_with("line 2:"), "{err}");
+        let err = parse("cluster_cidr = []\n", "f").unwrap_err();
+        assert!(err.contains("unknown field `cluster_cidr`"), "{err}");
+        let err = parse("cluster_cidrs = [\"10.99.0.1/16\"]\n", "f").unwrap_err();
+        assert!(err.contains("cluster_cidrs[0]"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn reloads_on_change_and_reads_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (key().to_base64(), key().to_base64());
+        std::fs::write(dir.path().join("a.toml"), node("a", &a, "10.99.1.0/24")).unwrap();
+        std::fs::write(dir.path().join(".hidden.toml"), "garbage [[").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "garbage [[").unwrap();
+        let mut source = FilePeerSource::new(dir.path()).with_interval(Duration::from_millis(20));
+        let first = source.next().await.unwrap();
+        assert_eq!(first.nodes.len(), 1);
+        assert_eq!(
+            first.nodes[0].origin,
+            format!("{}:1 node[0]", dir.path().join("a.toml").display())
+        );
+        // Nothing changes: next() keeps waiting.
+        let waited = tokio::time::timeout(Duration::from_millis(150), source.next()).await;
+        assert!(waited.is_err());
+        std::fs::write(dir.path().join("b.toml"), node("b", &b, "10.99.2.0/24")).unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(5), source.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.nodes.len(), 2);
+        std::fs::write(dir.path().join("b.toml"), "[[node]\n").unwrap();
+        let broken = tokio::time::timeout(Duration::from_secs(5), source.next())
+            .await
+            .unwrap();
+        let err = broken.unwrap_err().to_string();
+        assert!(err.contains("b.toml") && err.contains("line 1"), "{err}");
+    }
+}

@@ -1,0 +1,270 @@
+//! Where the node's private key (and the optional cluster secret) live.
+//!
+//! [`FileKeyStore`] keeps the key across restarts in a file created `0600` atomically, and refuses
+//! to use a file that group or others can read. Rotation is explicit ([`KeyStore::rotate`]): a
+//! restart never changes the key.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use crate::Error;
+use crate::keys::{PresharedKey, PrivateKey};
+
+/// Loads (or creates) the node's private key and the optional cluster secret.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// The node's private key, created on first use.
+    async fn load_or_create(&self) -> Result<PrivateKey, Error>;
+    /// Replaces the private key with a new one and returns it.
+    async fn rotate(&self) -> Result<PrivateKey, Error>;
+    /// The cluster secret from which pair pre-shared keys are derived, if one is configured.
+    async fn cluster_secret(&self) -> Result<Option<PresharedKey>, Error>;
+}
+
+/// Keys in files: the private key (created if absent) and an optional cluster-secret file.
+#[derive(Debug, Clone)]
+pub struct FileKeyStore {
+    key_path: PathBuf,
+    psk_path: Option<PathBuf>,
+}
+
+impl FileKeyStore {
+    /// A store for the private key at `key_path` (for example `/var/lib/wormhole/private.key`).
+    pub fn new(key_path: impl Into<PathBuf>) -> Self {
+        FileKeyStore {
+            key_path: key_path.into(),
+            psk_path: None,
+        }
+    }
+
+    /// Also read the cluster secret (base64, as `wg genpsk` prints) from `path`.
+    pub fn with_cluster_secret(mut self, path: impl Into<PathBuf>) -> Self {
+        self.psk_path = Some(path.into());
+        self
+    }
+
+    /// The private key's path.
+    pub fn key_path(&self) -> &Path {
+        &self.key_path
+    }
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Reads a secret file, refusing it if group or others have any access.
+fn read_secret_file(path: &Path) -> Result<Option<zeroize::Zeroizing<String>>, Error> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("stat", path)(e)),
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(Error::InsecureKeyFile {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+    Ok(Some(zeroize::Zeroizing::new(text)))
+}
+
+/// Writes `text` to `path` atomically: a `0600` temporary file in the same directory, fsync,
+/// rename, fsync of the directory. The directory is created `0700` if missing.
+fn write_secret_file(path: &Path, text: &str) -> Result<(), Error> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("create directory", dir))?;
+    }
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        file.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
+        file.write_all(b"\n").map_err(io("write", &tmp))?;
+        file.sync_all().map_err(io("sync", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(io("rename", path))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl FileKeyStore {
+    fn load_or_create_blocking(&self) -> Result<PrivateKey, Error> {
+        let path = &self.key_path;
+        match read_secret_file(path)? {
+            Some(text) => text.parse().map_err(|source| Error::KeyFile {
+                path: path.clone(),
+                source,
+            }),
+            None => {
+                let key = PrivateKey::generate();
+                write_secret_file(path, &key.to_base64_secret())?;
+                tracing::info!(path = %path.display(), public_key = %key.public_key(), "created private key");
+                Ok(key)
+            }
+        }
+    }
+
+    fn rotate_blocking(&self) -> Result<PrivateKey, Error> {
+        let key = PrivateKey::generate();
+        write_secret_file(&self.key_path, &key.to_base64_secret())?;
+        tracing::info!(path = %self.key_path.display(), public_key = %key.public_key(), "rotated private key");
+        Ok(key)
+    }
+
+    fn cluster_secret_blocking(&self) -> Result<Option<PresharedKey>, Error> {
+        let Some(path) = &self.psk_path else {
+            return Ok(None);
+        };
+        let text = read_secret_file(path)?.ok_or_else(|| Error::Io {
+            action: "read",
+            path: path.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        text.parse().map(Some).map_err(|source| Error::KeyFile {
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::backend("keystore", format!("blocking task failed: {e}")))?
+}
+
+#[async_trait]
+impl KeyStore for FileKeyStore {
+    async fn load_or_create(&self) -> Result<PrivateKey, Error> {
+        let this = self.clone();
+        blocking(move || this.load_or_create_blocking()).await
+    }
+
+    async fn rotate(&self) -> Result<PrivateKey, Error> {
+        let this = self.clone();
+        blocking(move || this.rotate_blocking()).await
+    }
+
+    async fn cluster_secret(&self) -> Result<Option<PresharedKey>, Error> {
+        let this = self.clone();
+        blocking(move || this.cluster_secret_blocking()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn creates_0600_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/private.key");
+        let store = FileKeyStore::new(&path);
+        let first = store.load_or_create().await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A second store (a restarted daemon) reads the same key.
+        let again = FileKeyStore::new(&path).load_or_create().await.unwrap();
+        assert_eq!(first, again);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        // Rotation is explicit and persistent.
+        let rotated = store.rotate().await.unwrap();
+        assert_ne!(rotated, first);
+        assert_eq!(store.load_or_create().await.unwrap(), rotated);
+    }
+
+    #[tokio::test]
+    async fn refuses_a_key_file_readable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.key");
+        let key = PrivateKey::generate();
+        std::fs::write(&path, key.to_base64_secret().as_bytes()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = FileKeyStore::new(&path).load_or_create().await.unwrap_err();
+        assert!(
+            matches!(err, Error::InsecureKeyFile { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        // The file was not replaced by a new key.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            *key.to_base64_secret()
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(FileKeyStore::new(&path).load_or_create().await.is_err());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            FileKeyStore::new(&path).load_or_create().await.unwrap(),
+            key
+        );
+    }
+
+    #[tokio::test]
+    async fn corrupt_key_file_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.key");
+        std::fs::write(&path, "garbage").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = FileKeyStore::new(&path).load_or_create().await.unwrap_err();
+        assert!(err.to_string().contains("not valid base64"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "garbage");
+    }
+
+    #[tokio::test]
+    async fn cluster_secret_is_optional_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("private.key");
+        assert!(
+            FileKeyStore::new(&key)
+                .cluster_secret()
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let psk_path = dir.path().join("psk");
+        let psk = PresharedKey::generate();
+        std::fs::write(&psk_path, psk.to_base64_secret().as_bytes()).unwrap();
+        std::fs::set_permissions(&psk_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = FileKeyStore::new(&key).with_cluster_secret(&psk_path);
+        assert!(matches!(
+            store.cluster_secret().await,
+            Err(Error::InsecureKeyFile { .. })
+        ));
+        std::fs::set_permissions(&psk_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(store.cluster_secret().await.unwrap(), Some(psk));
+    }
+}

@@ -1,0 +1,59 @@
+//! `wormhole-core`: the mesh model, planner and reconciler of Wormhole, an encrypted pod network
+//! built on WireGuard.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! PeerSource ──snapshot──▶ Mesh (validated) ──▶ desired HostState
+//!                                                     │
+//!              backends ──read──▶ observed HostState ─┴─▶ plan() ──▶ Plan ──▶ backends apply
+//! ```
+//!
+//! Where to start:
+//! - [`keys`]: WireGuard keys, redacted and zeroized secrets, pair pre-shared keys.
+//! - [`mesh`]: [`NodeEntry`] (what a source reports), [`Mesh`] (what validation accepted, with a
+//!   reason for every rejected peer).
+//! - [`state`] and [`plan`]: the host as data, and the pure, minimal diff between two of them.
+//! - [`backend`]: the traits a host implements ([`WireGuardDevice`], [`HostNetwork`],
+//!   [`Firewall`], [`KeyStore`], [`PeerSource`]); [`memory`] has in-memory implementations.
+//! - [`reconciler`]: the level-triggered loop tying it together, and its [`Status`].
+//! - [`file_source`]: the peers-file [`PeerSource`] (a TOML file or a directory of them).
+//!
+//! ```
+//! use wormhole_core::{memory, Reconciler, Settings, PrivateKey};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), wormhole_core::Error> {
+//! let backends = memory::Backends::default();
+//! let keys = memory::MemoryKeyStore::new(PrivateKey::generate(), None);
+//! let settings = Settings::new("node-a", vec!["10.99.0.0/16".parse().unwrap()]);
+//! let mut reconciler = Reconciler::new(settings, backends.handles(keys));
+//! // Feed a snapshot from any PeerSource, then run passes (or `reconciler.run(..)`).
+//! # let _ = &mut reconciler;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod backend;
+mod error;
+pub mod file_source;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod keys;
+pub mod keystore;
+pub mod memory;
+pub mod mesh;
+pub mod plan;
+pub mod reconciler;
+pub mod state;
+pub mod status;
+
+pub use backend::{Firewall, HostNetwork, PeerSource, WireGuardDevice};
+pub use error::Error;
+pub use file_source::FilePeerSource;
+pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
+pub use keystore::{FileKeyStore, KeyStore};
+pub use mesh::{Mesh, NodeEntry, NodeSpec, RejectReason, Rejection, Snapshot};
+pub use plan::{Plan, plan};
+pub use reconciler::{Backends, Reconciler, Settings};
+pub use state::HostState;
+pub use status::Status;

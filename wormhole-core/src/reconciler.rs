@@ -1,0 +1,343 @@
+//! The reconciler: a level-triggered loop that keeps the host equal to the desired mesh.
+//!
+//! Each pass reads the observed state from the backends, builds the desired state from the last
+//! good mesh, plans the difference and applies it. A pass runs when the source reports a change
+//! and on every resync tick; a failed pass is retried with capped exponential backoff. Nothing is
+//! ever torn down because of an error, and a restart adopts what already exists: before the first
+//! good snapshot nothing is planned, and an already-correct host plans to zero changes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::{Firewall, HostNetwork, PeerSource, WireGuardDevice};
+use crate::keystore::KeyStore;
+use crate::mesh::{Mesh, Snapshot};
+use crate::plan::{Plan, plan};
+use crate::state::{HostSettings, HostState, ObservedDevice};
+use crate::status::{PassInfo, PeerStatus, Status};
+use crate::{Error, PrivateKey};
+
+/// What the reconciler needs to know besides the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// This node's name in the snapshots.
+    pub node_name: String,
+    /// Overlay CIDRs; when non-empty they win over the source's.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Interface, bridge, port and MTU.
+    pub host: HostSettings,
+    /// Time between passes when nothing happens (drift repair). Default 30 s.
+    pub resync: Duration,
+    /// First retry delay after a failed pass. Default 500 ms.
+    pub backoff_min: Duration,
+    /// Longest retry delay. Default 30 s.
+    pub backoff_max: Duration,
+}
+
+impl Settings {
+    /// Defaults for node `node_name` with these cluster CIDRs (empty: take the source's).
+    pub fn new(node_name: impl Into<String>, cluster_cidrs: Vec<IpNet>) -> Self {
+        Settings {
+            node_name: node_name.into(),
+            cluster_cidrs,
+            host: HostSettings::default(),
+            resync: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// The retry delay after `failures` consecutive failed passes.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(failures.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.backoff_min
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
+/// The backends a reconciler drives.
+#[derive(Clone)]
+pub struct Backends {
+    /// Key store.
+    pub keys: Arc<dyn KeyStore>,
+    /// WireGuard device.
+    pub device: Arc<dyn WireGuardDevice>,
+    /// Link and routes.
+    pub network: Arc<dyn HostNetwork>,
+    /// Firewall.
+    pub firewall: Arc<dyn Firewall>,
+}
+
+/// Keeps a host equal to the mesh a [`PeerSource`] describes.
+pub struct Reconciler {
+    settings: Settings,
+    backends: Backends,
+    /// A source update not yet taken into account.
+    pending: Option<Result<Snapshot, Error>>,
+    /// The last snapshot that made a valid mesh, and that mesh.
+    snapshot: Option<Snapshot>,
+    mesh: Option<Mesh>,
+    status: watch::Sender<Status>,
+}
+
+impl Reconciler {
+    /// A reconciler with no mesh yet: until a snapshot arrives it only observes.
+    pub fn new(settings: Settings, backends: Backends) -> Self {
+        let status = Status {
+            node_name: settings.node_name.clone(),
+            backend: backends.device.kind().to_owned(),
+            interface: settings.host.interface.clone(),
+            mtu: settings.host.mtu,
+            ..Status::default()
+        };
+        Reconciler {
+            settings,
+            backends,
+            pending: None,
+            snapshot: None,
+            mesh: None,
+            status: watch::channel(status).0,
+        }
+    }
+
+    /// A handle on the status, updated after every pass; `borrow()` is cheap.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// The mesh in force (the last good one).
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// Hands the reconciler a source update; the next pass takes it into account. An error (or a
+    /// snapshot that makes no valid mesh) keeps the last good mesh in force.
+    pub fn update(&mut self, update: Result<Snapshot, Error>) {
+        self.pending = Some(update);
+    }
+
+    /// Takes the pending update into account (or rebuilds the mesh after a key change).
+    fn refresh_mesh(&mut self, key: &PrivateKey) {
+        let public = key.public_key();
+        let rebuilt = match self.pending.take() {
+            Some(Err(e)) => Err(e),
+            Some(Ok(snapshot)) => self.build(&snapshot, &public).map(|mesh| (snapshot, mesh)),
+            None => match (&self.snapshot, &self.mesh) {
+                (Some(snapshot), Some(mesh)) if mesh.local.public_key != public => self
+                    .build(snapshot, &public)
+                    .map(|mesh| (snapshot.clone(), mesh)),
+                _ => return,
+            },
+        };
+        match rebuilt {
+            Ok((snapshot, mesh)) => {
+                let old = self
+                    .mesh
+                    .as_ref()
+                    .map(|m| &m.rejected[..])
+                    .unwrap_or_default();
+                for rejection in mesh.rejected.iter().filter(|r| !old.contains(r)) {
+                    tracing::warn!(peer = %rejection.name, origin = %rejection.origin, reason = %rejection.reason, "peer rejected");
+                }
+                self.status.send_modify(|s| s.source_error = None);
+                self.snapshot = Some(snapshot);
+                self.mesh = Some(mesh);
+            }
+            Err(e) => {
+                let kept = if self.mesh.is_some() {
+                    "keeping the last good mesh"
+                } else {
+                    "no mesh yet"
+                };
+                tracing::warn!(error = %e, "{kept}");
+                self.status
+                    .send_modify(|s| s.source_error = Some(e.to_string()));
+            }
+        }
+    }
+
+    fn build(&self, snapshot: &Snapshot, public: &crate::PublicKey) -> Result<Mesh, Error> {
+        let s = &self.settings;
+        Mesh::build(
+            &s.node_name,
+            public,
+            &s.cluster_cidrs,
+            snapshot,
+            self.mesh.as_ref(),
+        )
+    }
+
+    async fn observe(&self) -> Result<(HostState, Option<ObservedDevice>), Error> {
+        let b = &self.backends;
+        let (device, (link, routes), firewall) =
+            tokio::try_join!(b.device.read(), b.network.read(), b.firewall.read())?;
+        let state = HostState {
+            device: device.as_ref().map(|d| d.config.clone()),
+            link,
+            routes,
+            firewall,
+        };
+        Ok((state, device))
+    }
+
+    async fn apply(&self, plan: &Plan) -> Result<(), Error> {
+        let b = &self.backends;
+        if let Some(policy) = &plan.firewall {
+            b.firewall.apply(policy).await?;
+        }
+        if plan.device.create || !plan.device.changes.is_empty() {
+            b.device.apply(&plan.device).await?;
+        }
+        if !plan.link.is_empty() || !plan.routes.is_empty() {
+            b.network.apply(&plan.link, &plan.routes).await?;
+        }
+        Ok(())
+    }
+
+    async fn pass(&mut self) -> Result<(Plan, Option<ObservedDevice>), Error> {
+        let key = self.backends.keys.load_or_create().await?;
+        let secret = self.backends.keys.cluster_secret().await?;
+        self.refresh_mesh(&key);
+        self.status
+            .send_modify(|s| s.public_key = Some(key.public_key()));
+        let (observed, device) = self.observe().await?;
+        let Some(mesh) = &self.mesh else {
+            // Nothing desired yet: adopt what is there, change nothing.
+            return Ok((Plan::default(), device));
+        };
+        let desired = HostState::desired(mesh, &key, secret.as_ref(), &self.settings.host);
+        let plan = plan(&desired, &observed);
+        if !plan.is_empty() {
+            tracing::info!("applying {} change(s):\n{plan}", plan.len());
+            self.apply(&plan).await?;
+        }
+        Ok((plan, device))
+    }
+
+    /// Runs one pass: observe, plan, apply. Returns the plan it applied.
+    pub async fn reconcile(&mut self) -> Result<Plan, Error> {
+        let started = Instant::now();
+        let at = SystemTime::now();
+        let result = self.pass().await;
+        let duration = started.elapsed();
+        let mesh = self.mesh.as_ref();
+        self.status.send_modify(|s| {
+            s.passes += 1;
+            s.last_pass = Some(PassInfo {
+                at,
+                duration,
+                changes: result.as_ref().map_or(0, |(p, _)| p.len()),
+                error: result.as_ref().err().map(ToString::to_string),
+            });
+            match &result {
+                Ok((plan, device)) => {
+                    s.last_success = Some(at);
+                    s.device_present = device.is_some() || plan.device.create;
+                    if let Some(mesh) = mesh {
+                        s.pod_cidrs = mesh.local.pod_cidrs.clone();
+                        s.rejected = mesh.rejected.clone();
+                        s.peers = peer_statuses(mesh, device.as_ref());
+                    }
+                }
+                Err(e) => {
+                    s.errors += 1;
+                    *s.errors_by_kind.entry(e.kind().to_owned()).or_default() += 1;
+                }
+            }
+        });
+        result.map(|(plan, _)| plan)
+    }
+
+    /// Runs until `shutdown` completes: a pass on every source change and resync tick, with
+    /// backoff after failures. Returns without tearing anything down.
+    pub async fn run<S>(mut self, mut source: S, shutdown: impl Future<Output = ()>)
+    where
+        S: PeerSource + 'static,
+    {
+        let (tx, mut rx) = mpsc::channel(1);
+        let pump = tokio::spawn(async move {
+            loop {
+                let update = source.next().await;
+                let failed = update.is_err();
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+                if failed {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+        tokio::pin!(shutdown);
+        let mut failures = 0u32;
+        let mut next_pass = tokio::time::Instant::now();
+        let mut source_open = true;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                update = rx.recv(), if source_open => match update {
+                    Some(mut update) => {
+                        // Only the latest full snapshot matters.
+                        while let Ok(newer) = rx.try_recv() {
+                            update = newer;
+                        }
+                        self.update(update);
+                        next_pass = tokio::time::Instant::now();
+                    }
+                    None => {
+                        source_open = false;
+                        tracing::error!("peer source stopped; keeping the last good mesh");
+                    }
+                },
+                () = tokio::time::sleep_until(next_pass) => {}
+            }
+            if tokio::time::Instant::now() < next_pass {
+                continue;
+            }
+            match self.reconcile().await {
+                Ok(_) => {
+                    failures = 0;
+                    next_pass = tokio::time::Instant::now() + self.settings.resync;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = self.settings.backoff(failures);
+                    tracing::warn!(error = %e, retry_in = ?delay, "reconcile failed");
+                    next_pass = tokio::time::Instant::now() + delay;
+                }
+            }
+        }
+        pump.abort();
+        tracing::info!("reconciler stopped; interface, routes and rules left in place");
+    }
+}
+
+fn peer_statuses(mesh: &Mesh, device: Option<&ObservedDevice>) -> Vec<PeerStatus> {
+    mesh.peers
+        .iter()
+        .map(|p| {
+            let stats = device
+                .and_then(|d| d.stats.get(&p.public_key))
+                .copied()
+                .unwrap_or_default();
+            let learned = device
+                .and_then(|d| d.config.peers.get(&p.public_key))
+                .and_then(|c| c.endpoint);
+            PeerStatus {
+                name: p.name.clone(),
+                public_key: p.public_key,
+                endpoint: p.endpoint.or(learned),
+                allowed_ips: p.pod_cidrs.clone(),
+                latest_handshake: stats.latest_handshake,
+                rx_bytes: stats.rx_bytes,
+                tx_bytes: stats.tx_bytes,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,202 @@
+//! The host as data: one [`HostState`] type describes both what we want (built from a [`Mesh`]
+//! by [`HostState::desired`]) and what the backends observed. [`plan`](crate::plan()) diffs two
+//! of them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::mesh::Mesh;
+
+/// One WireGuard peer's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerConfig {
+    /// Endpoint. In a desired state `None` means "leave whatever WireGuard learned".
+    pub endpoint: Option<SocketAddr>,
+    /// Allowed IPs, sorted.
+    pub allowed_ips: Vec<IpNet>,
+    /// Persistent keepalive in seconds; `None` is off.
+    pub persistent_keepalive: Option<u16>,
+    /// Pre-shared key.
+    pub preshared_key: Option<PresharedKey>,
+}
+
+/// Counters WireGuard keeps for a peer (observed only; never planned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerStats {
+    /// When the latest handshake completed.
+    pub latest_handshake: Option<SystemTime>,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+}
+
+/// A WireGuard device's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceState {
+    /// The device's private key.
+    pub private_key: Option<PrivateKey>,
+    /// UDP listen port.
+    pub listen_port: Option<u16>,
+    /// Peers by public key.
+    pub peers: BTreeMap<PublicKey, PeerConfig>,
+}
+
+/// What a [`WireGuardDevice`](crate::WireGuardDevice) reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedDevice {
+    /// Its configuration.
+    pub config: DeviceState,
+    /// Per-peer counters.
+    pub stats: BTreeMap<PublicKey, PeerStats>,
+}
+
+/// The WireGuard interface as a network link.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkState {
+    /// Administratively up.
+    pub up: bool,
+    /// MTU, if known.
+    pub mtu: Option<u32>,
+    /// Addresses on the interface.
+    pub addresses: BTreeSet<IpNet>,
+}
+
+/// What the firewall must enforce; a [`Firewall`](crate::Firewall) renders it as rules.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FirewallPolicy {
+    /// The WireGuard interface: the only way overlay traffic may leave the host.
+    pub interface: String,
+    /// The pod bridge.
+    pub bridge: String,
+    /// The overlay CIDRs.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// This node's pod CIDRs.
+    pub local_pod_cidrs: Vec<IpNet>,
+    /// Every remote node's pod CIDRs, sorted.
+    pub remote_pod_cidrs: Vec<IpNet>,
+    /// The WireGuard MTU, for TCP MSS clamping.
+    pub mtu: u32,
+}
+
+/// The network configuration of the host that Wormhole manages.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostState {
+    /// The WireGuard device; `None` when the interface does not exist.
+    pub device: Option<DeviceState>,
+    /// The WireGuard interface's link settings.
+    pub link: LinkState,
+    /// Routes through the WireGuard interface that Wormhole owns.
+    pub routes: BTreeSet<IpNet>,
+    /// The firewall policy in force, `None` when absent or tampered with.
+    pub firewall: Option<FirewallPolicy>,
+}
+
+/// The host-level settings the desired state needs besides the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSettings {
+    /// WireGuard interface name.
+    pub interface: String,
+    /// Pod bridge name.
+    pub bridge: String,
+    /// WireGuard UDP port.
+    pub listen_port: u16,
+    /// WireGuard MTU (the pods use the same one).
+    pub mtu: u32,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            interface: "wormhole0".into(),
+            bridge: "wormhole-br0".into(),
+            listen_port: 51820,
+            mtu: 1420,
+        }
+    }
+}
+
+/// The address this node uses on the WireGuard interface inside `cidr`: its first host address,
+/// as a host route (`/32` or `/128`). The CNI bridge gets the same address as the pods' gateway.
+pub fn overlay_address(cidr: &IpNet) -> IpNet {
+    let first: IpAddr = match cidr {
+        IpNet::V4(n) => (u32::from(n.network()).saturating_add(1))
+            .to_be_bytes()
+            .into(),
+        IpNet::V6(n) => (u128::from(n.network()).saturating_add(1))
+            .to_be_bytes()
+            .into(),
+    };
+    IpNet::from(first)
+}
+
+impl HostState {
+    /// What the host should look like for `mesh`.
+    ///
+    /// With a cluster secret, each peer gets the pair key derived from it (see
+    /// [`PresharedKey::derive_pair`]).
+    pub fn desired(
+        mesh: &Mesh,
+        private_key: &PrivateKey,
+        cluster_secret: Option<&PresharedKey>,
+        host: &HostSettings,
+    ) -> HostState {
+        let local_key = private_key.public_key();
+        let peers = mesh
+            .peers
+            .iter()
+            .map(|p| {
+                let config = PeerConfig {
+                    endpoint: p.endpoint,
+                    allowed_ips: p.pod_cidrs.clone(),
+                    persistent_keepalive: p.persistent_keepalive,
+                    preshared_key: cluster_secret.map(|s| s.derive_pair(&local_key, &p.public_key)),
+                };
+                (p.public_key, config)
+            })
+            .collect();
+        let routes: BTreeSet<IpNet> = mesh
+            .peers
+            .iter()
+            .flat_map(|p| p.pod_cidrs.iter().copied())
+            .collect();
+        HostState {
+            device: Some(DeviceState {
+                private_key: Some(private_key.clone()),
+                listen_port: Some(host.listen_port),
+                peers,
+            }),
+            link: LinkState {
+                up: true,
+                mtu: Some(host.mtu),
+                addresses: mesh.local.pod_cidrs.iter().map(overlay_address).collect(),
+            },
+            firewall: Some(FirewallPolicy {
+                interface: host.interface.clone(),
+                bridge: host.bridge.clone(),
+                cluster_cidrs: mesh.cluster_cidrs.clone(),
+                local_pod_cidrs: mesh.local.pod_cidrs.clone(),
+                remote_pod_cidrs: routes.iter().copied().collect(),
+                mtu: host.mtu,
+            }),
+            routes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_addresses() {
+        let v4: IpNet = "10.99.1.0/24".parse().unwrap();
+        let v6: IpNet = "fd99:0:1::/64".parse().unwrap();
+        assert_eq!(overlay_address(&v4).to_string(), "10.99.1.1/32");
+        assert_eq!(overlay_address(&v6).to_string(), "fd99:0:1::1/128");
+    }
+}

@@ -1,0 +1,4 @@
+//! The one integration-test binary of `wormhole-core`.
+
+mod props;
+mod reconciler;

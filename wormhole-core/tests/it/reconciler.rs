@@ -1,0 +1,389 @@
+//! The reconciler on in-memory backends.
+
+use std::time::{Duration, SystemTime};
+
+use wormhole_core::memory::{self, MemoryKeyStore, MemorySource};
+use wormhole_core::mesh::{NodeEntry, Snapshot};
+use wormhole_core::state::{HostState, PeerStats};
+use wormhole_core::status::PeerState;
+use wormhole_core::{Error, KeyStore, PresharedKey, PrivateKey, PublicKey, Reconciler, Settings};
+
+fn entry(name: &str, key: &PublicKey, cidr: &str) -> NodeEntry {
+    NodeEntry {
+        name: name.into(),
+        public_key: key.to_base64(),
+        endpoint: Some(format!("192.168.77.{}:51820", name.len())),
+        pod_cidrs: vec![cidr.into()],
+        persistent_keepalive: None,
+        origin: format!("test {name}"),
+    }
+}
+
+struct Node {
+    key: PrivateKey,
+    backends: memory::Backends,
+}
+
+impl Node {
+    fn new() -> Self {
+        Node {
+            key: PrivateKey::generate(),
+            backends: memory::Backends::default(),
+        }
+    }
+
+    fn reconciler(&self, secret: Option<PresharedKey>) -> Reconciler {
+        let keys = MemoryKeyStore::new(self.key.clone(), secret);
+        Reconciler::new(settings(), self.backends.handles(keys))
+    }
+
+    fn peer_keys(&self) -> Vec<PublicKey> {
+        self.backends
+            .device
+            .state()
+            .map(|d| d.peers.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn settings() -> Settings {
+    let mut settings = Settings::new("local", vec!["10.99.0.0/16".parse().unwrap()]);
+    settings.backoff_min = Duration::from_millis(100);
+    settings
+}
+
+fn snapshot(local: &PublicKey, peers: &[(&str, &PublicKey, &str)]) -> Snapshot {
+    let mut nodes = vec![entry("local", local, "10.99.1.0/24")];
+    nodes.extend(peers.iter().map(|(n, k, c)| entry(n, k, c)));
+    Snapshot {
+        nodes,
+        ..Snapshot::default()
+    }
+}
+
+#[tokio::test]
+async fn adds_changes_and_removes_peers() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let (a, b) = (
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+    );
+    let mut r = node.reconciler(None);
+
+    // Before any snapshot: observe only, change nothing.
+    assert!(r.reconcile().await.unwrap().is_empty());
+    assert_eq!(node.backends.writes(), 0);
+
+    r.update(Ok(snapshot(&me, &[("a", &a, "10.99.2.0/24")])));
+    let plan = r.reconcile().await.unwrap();
+    assert!(plan.device.create);
+    assert_eq!(node.peer_keys(), [a]);
+    let (link, routes) = node.backends.network.state();
+    assert!(link.up);
+    assert_eq!(link.mtu, Some(1420));
+    assert_eq!(
+        link.addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["10.99.1.1/32"]
+    );
+    assert_eq!(
+        routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["10.99.2.0/24"]
+    );
+    assert!(node.backends.firewall.policy().is_some());
+
+    // Add b.
+    r.update(Ok(snapshot(
+        &me,
+        &[("a", &a, "10.99.2.0/24"), ("b", &b, "10.99.3.0/24")],
+    )));
+    let plan = r.reconcile().await.unwrap();
+    assert_eq!(plan.device.changes.len(), 1, "{plan}");
+    let mut keys = vec![a, b];
+    keys.sort();
+    assert_eq!(node.peer_keys(), keys);
+
+    // Change b's CIDR: only b is updated, only its allowed IPs, and the routes follow.
+    r.update(Ok(snapshot(
+        &me,
+        &[("a", &a, "10.99.2.0/24"), ("b", &b, "10.99.4.0/24")],
+    )));
+    let plan = r.reconcile().await.unwrap();
+    assert_eq!(plan.device.changes.len(), 1, "{plan}");
+    assert!(plan.to_string().contains("~ peer"), "{plan}");
+    assert_eq!(plan.routes.len(), 2, "{plan}");
+    let device = node.backends.device.state().unwrap();
+    assert_eq!(
+        device.peers[&b].allowed_ips,
+        ["10.99.4.0/24".parse().unwrap()]
+    );
+
+    // Remove a.
+    r.update(Ok(snapshot(&me, &[("b", &b, "10.99.4.0/24")])));
+    r.reconcile().await.unwrap();
+    assert_eq!(node.peer_keys(), [b]);
+    let routes = node.backends.network.state().1;
+    assert_eq!(
+        routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["10.99.4.0/24"]
+    );
+
+    // Level-triggered: a further pass is a no-op.
+    let writes = node.backends.writes();
+    assert!(r.reconcile().await.unwrap().is_empty());
+    assert_eq!(node.backends.writes(), writes);
+}
+
+#[tokio::test]
+async fn source_failure_keeps_the_last_mesh() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let mut r = node.reconciler(None);
+    r.update(Ok(snapshot(&me, &[("a", &a, "10.99.2.0/24")])));
+    r.reconcile().await.unwrap();
+    let before = node.backends.device.state();
+
+    // The source fails...
+    r.update(Err(Error::Source("api server unreachable".into())));
+    assert!(r.reconcile().await.unwrap().is_empty());
+    assert_eq!(node.backends.device.state(), before);
+    let status = r.status().borrow().clone();
+    assert_eq!(
+        status.source_error.as_deref(),
+        Some("peer source: api server unreachable")
+    );
+    assert_eq!(status.peers.len(), 1);
+
+    // ...or sends a snapshot that makes no mesh (this node missing): the last mesh stays.
+    r.update(Ok(Snapshot {
+        nodes: vec![entry("other", &a, "10.99.2.0/24")],
+        ..Snapshot::default()
+    }));
+    assert!(r.reconcile().await.unwrap().is_empty());
+    assert_eq!(node.backends.device.state(), before);
+    assert!(
+        r.status()
+            .borrow()
+            .source_error
+            .as_deref()
+            .unwrap()
+            .contains("not in the snapshot")
+    );
+
+    // Drift is still repaired from the last good mesh while the source is down.
+    node.backends.device.set_state(None);
+    r.reconcile().await.unwrap();
+    assert_eq!(node.backends.device.state(), before);
+
+    // Recovery clears the error.
+    r.update(Ok(snapshot(&me, &[("a", &a, "10.99.2.0/24")])));
+    r.reconcile().await.unwrap();
+    assert_eq!(r.status().borrow().source_error, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backend_failing_twice_then_recovering_converges() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let r = node.reconciler(None);
+    let status = r.status();
+    let (handle, source) = MemorySource::channel();
+    handle.send(snapshot(&me, &[("a", &a, "10.99.2.0/24")]));
+    node.backends.device.fail_next(2);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(r.run(source, async move {
+        let _ = stopped.await;
+    }));
+    // Time is paused and auto-advances: the retries happen at 100 ms, then 200 ms.
+    let mut status = status;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| {
+            s.errors == 2
+                && s.last_pass
+                    .as_ref()
+                    .is_some_and(|p| p.error.is_none() && p.changes > 0)
+        }),
+    )
+    .await
+    .expect("converged after two failures")
+    .unwrap();
+    assert_eq!(node.peer_keys(), [a]);
+    let s = status.borrow().clone();
+    assert_eq!(s.errors_by_kind.get("wireguard"), Some(&2));
+    assert!(s.ready());
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    // Stopping tore nothing down.
+    assert_eq!(node.peer_keys(), [a]);
+    assert!(node.backends.firewall.policy().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_follows_the_source_and_resyncs_drift() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let (a, b) = (
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+    );
+    let r = node.reconciler(None);
+    let mut status = r.status();
+    let (handle, source) = MemorySource::channel();
+    let task = tokio::spawn(r.run(source, std::future::pending()));
+    handle.send(snapshot(&me, &[("a", &a, "10.99.2.0/24")]));
+    status.wait_for(|s| s.peers.len() == 1).await.unwrap();
+    handle.send(snapshot(
+        &me,
+        &[("a", &a, "10.99.2.0/24"), ("b", &b, "10.99.3.0/24")],
+    ));
+    status.wait_for(|s| s.peers.len() == 2).await.unwrap();
+    // Someone deletes the firewall table: the next resync tick repairs it.
+    node.backends.firewall.set_policy(None);
+    let passes = status.borrow().passes;
+    status.wait_for(|s| s.passes > passes).await.unwrap();
+    assert!(node.backends.firewall.policy().is_some());
+    task.abort();
+}
+
+#[tokio::test]
+async fn restart_over_a_correct_host_writes_nothing() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let snap = snapshot(&me, &[("a", &a, "10.99.2.0/24")]);
+    let secret = Some(PresharedKey::generate());
+    let mut first = node.reconciler(secret.clone());
+    first.update(Ok(snap.clone()));
+    first.reconcile().await.unwrap();
+    drop(first);
+    let writes = node.backends.writes();
+
+    // A new daemon over the same host: adopts it, zero writes.
+    let mut second = node.reconciler(secret);
+    assert!(second.reconcile().await.unwrap().is_empty());
+    second.update(Ok(snap));
+    let plan = second.reconcile().await.unwrap();
+    assert!(plan.is_empty(), "{plan}");
+    assert_eq!(node.backends.writes(), writes);
+    assert!(second.status().borrow().ready());
+}
+
+#[tokio::test]
+async fn pair_keys_match_on_both_ends_and_rotation_is_picked_up() {
+    let (x, y) = (Node::new(), Node::new());
+    let secret = PresharedKey::generate();
+    let (kx, ky) = (x.key.public_key(), y.key.public_key());
+    let mut rx = x.reconciler(Some(secret.clone()));
+    let mut settings_y = settings();
+    settings_y.node_name = "y".into();
+    let keys_y = MemoryKeyStore::new(y.key.clone(), Some(secret));
+    let mut ry = Reconciler::new(settings_y, y.backends.handles(keys_y));
+    let nodes = vec![
+        entry("local", &kx, "10.99.1.0/24"),
+        entry("y", &ky, "10.99.2.0/24"),
+    ];
+    rx.update(Ok(Snapshot {
+        nodes: nodes.clone(),
+        ..Snapshot::default()
+    }));
+    ry.update(Ok(Snapshot {
+        nodes,
+        ..Snapshot::default()
+    }));
+    rx.reconcile().await.unwrap();
+    ry.reconcile().await.unwrap();
+    let psk_x = x.backends.device.state().unwrap().peers[&ky]
+        .preshared_key
+        .clone();
+    let psk_y = y.backends.device.state().unwrap().peers[&kx]
+        .preshared_key
+        .clone();
+    assert!(psk_x.is_some());
+    assert_eq!(psk_x, psk_y);
+
+    // Rotation through the key store: the next pass sets the new key, and status shows it.
+    let keys = MemoryKeyStore::new(x.key.clone(), None);
+    let rotated = keys.rotate().await.unwrap();
+    let mut r = Reconciler::new(settings(), x.backends.handles(keys));
+    r.update(Ok(Snapshot {
+        nodes: vec![
+            entry("local", &rotated.public_key(), "10.99.1.0/24"),
+            entry("y", &ky, "10.99.2.0/24"),
+        ],
+        ..Snapshot::default()
+    }));
+    let plan = r.reconcile().await.unwrap();
+    assert!(plan.to_string().contains("private key"), "{plan}");
+    assert_eq!(
+        x.backends.device.state().unwrap().private_key,
+        Some(rotated.clone())
+    );
+    // The PSK was removed (no secret any more), and the peer otherwise untouched.
+    assert_eq!(
+        x.backends.device.state().unwrap().peers[&ky].preshared_key,
+        None
+    );
+    assert_eq!(r.status().borrow().public_key, Some(rotated.public_key()));
+}
+
+#[tokio::test]
+async fn status_reports_peer_states_and_rejections() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let (a, b) = (
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+    );
+    let mut r = node.reconciler(None);
+    let mut snap = snapshot(&me, &[("a", &a, "10.99.2.0/24"), ("b", &b, "10.99.3.0/24")]);
+    snap.nodes.push(entry(
+        "thief",
+        &PrivateKey::generate().public_key(),
+        "10.99.2.0/24",
+    ));
+    r.update(Ok(snap));
+    r.reconcile().await.unwrap();
+    let now = SystemTime::now();
+    node.backends.device.set_stats(
+        a,
+        PeerStats {
+            latest_handshake: Some(now),
+            rx_bytes: 10,
+            tx_bytes: 20,
+        },
+    );
+    node.backends.device.set_stats(
+        b,
+        PeerStats {
+            latest_handshake: Some(now - Duration::from_secs(600)),
+            ..PeerStats::default()
+        },
+    );
+    r.reconcile().await.unwrap();
+    let status = r.status().borrow().clone();
+    let states: Vec<_> = status
+        .peers
+        .iter()
+        .map(|p| (p.name.as_str(), p.state(now)))
+        .collect();
+    assert_eq!(states, [("a", PeerState::Ok), ("b", PeerState::Stale)]);
+    assert_eq!(status.peers[0].rx_bytes, 10);
+    assert_eq!(status.rejected.len(), 1);
+    assert!(
+        status.rejected[0]
+            .to_string()
+            .contains("overlaps 10.99.2.0/24 of node a")
+    );
+    assert_eq!(status.passes, 2);
+    assert_eq!(status.backend, "memory");
+    // A desired state for comparison: the status matches the mesh.
+    let mesh = r.mesh().unwrap();
+    let desired = HostState::desired(mesh, &node.key, None, &settings().host);
+    assert_eq!(desired.device.unwrap().peers.len(), 2);
+}
