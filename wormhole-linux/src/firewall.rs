@@ -1,0 +1,284 @@
+//! The firewall as one nftables table of our own, `inet wormhole`, replaced atomically.
+//!
+//! The ruleset is rendered as nft's own text syntax and loaded with `nft -f -`, which applies a
+//! whole file as one transaction: the table is created (if absent), deleted and re-created in that
+//! same transaction, so there is never a moment without rules. We drive the `nft` binary rather
+//! than a netlink library because the text we load is exactly what `nft list table inet wormhole`
+//! shows a person troubleshooting, the syntax is stable across nftables releases, and it costs no
+//! dependency; the `nftables` crate would only wrap the same binary in JSON.
+//!
+//! Drift (a rule deleted by hand, the table flushed or deleted) is detected by comparing
+//! `nft -s list table inet wormhole` with what it printed right after our last apply. After a
+//! restart nothing is known, so the first pass re-applies once (atomically, without disruption).
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use wormhole_core::state::FirewallPolicy;
+use wormhole_core::{Error, Firewall};
+
+use crate::backend_error;
+
+/// The table's name (family `inet`).
+pub const TABLE: &str = "wormhole";
+
+/// Our nftables table.
+#[derive(Debug)]
+pub struct Nftables {
+    nft: String,
+    /// The policy last applied and how `nft -s list` printed it right after.
+    last: Mutex<Option<(FirewallPolicy, String)>>,
+}
+
+impl Default for Nftables {
+    fn default() -> Self {
+        Nftables {
+            nft: "nft".into(),
+            last: Mutex::new(None),
+        }
+    }
+}
+
+fn set(name: &str, v6: bool, nets: &[IpNet]) -> String {
+    let kind = if v6 { "ipv6_addr" } else { "ipv4_addr" };
+    let elements: Vec<String> = nets
+        .iter()
+        .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+        .map(ToString::to_string)
+        .collect();
+    let mut s = format!("  set {name} {{\n    type {kind}\n    flags interval\n");
+    if !elements.is_empty() {
+        s += &format!("    elements = {{ {} }}\n", elements.join(", "));
+    }
+    s + "  }\n"
+}
+
+/// The nft script enforcing `policy` (without the table's replacement preamble).
+pub fn render(policy: &FirewallPolicy) -> String {
+    let wg = format!("\"{}\"", policy.interface);
+    let br = format!("\"{}\"", policy.bridge);
+    // MSS = MTU - IP header - TCP header.
+    let mss4 = policy.mtu.saturating_sub(40);
+    let mss6 = policy.mtu.saturating_sub(60);
+    let mut s = format!("table inet {TABLE} {{\n");
+    for v6 in [false, true] {
+        let f = if v6 { "6" } else { "4" };
+        s += &set(&format!("cluster{f}"), v6, &policy.cluster_cidrs);
+        s += &set(&format!("local{f}"), v6, &policy.local_pod_cidrs);
+        s += &set(&format!("remote{f}"), v6, &policy.remote_pod_cidrs);
+    }
+    s += &format!(
+        r#"
+  # Anti-spoofing: overlay-sourced packets must come from the tunnel (remote pods) or the bridge
+  # (local pods); from anywhere else, such as the underlay, they are dropped.
+  chain prerouting {{
+    type filter hook prerouting priority raw; policy accept;
+    iifname != {wg} ip saddr @remote4 counter drop comment "spoofed remote pod source"
+    iifname != {wg} ip6 saddr @remote6 counter drop comment "spoofed remote pod source"
+    iifname != {{ {br}, "lo" }} ip saddr @local4 counter drop comment "spoofed local pod source"
+    iifname != {{ {br}, "lo" }} ip6 saddr @local6 counter drop comment "spoofed local pod source"
+  }}
+
+  # No cleartext: traffic to the overlay leaves only through the tunnel or to local pods.
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    ip daddr @cluster4 oifname != {{ {wg}, {br} }} counter drop comment "no cleartext"
+    ip6 daddr @cluster6 oifname != {{ {wg}, {br} }} counter drop comment "no cleartext"
+    oifname {wg} meta nfproto ipv4 tcp flags syn / syn,rst tcp option maxseg size set {mss4} comment "clamp MSS to the tunnel MTU"
+    oifname {wg} meta nfproto ipv6 tcp flags syn / syn,rst tcp option maxseg size set {mss6} comment "clamp MSS to the tunnel MTU"
+    iifname {br} oifname {wg} accept
+    iifname {wg} oifname {br} accept
+  }}
+
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    ip daddr @cluster4 oifname != {{ {wg}, {br}, "lo" }} counter drop comment "no cleartext"
+    ip6 daddr @cluster6 oifname != {{ {wg}, {br}, "lo" }} counter drop comment "no cleartext"
+    oifname {wg} meta nfproto ipv4 tcp flags syn / syn,rst tcp option maxseg size set {mss4} comment "clamp MSS to the tunnel MTU"
+    oifname {wg} meta nfproto ipv6 tcp flags syn / syn,rst tcp option maxseg size set {mss6} comment "clamp MSS to the tunnel MTU"
+  }}
+
+  # Pods reaching beyond the overlay leave with the node's address.
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr @local4 ip daddr != @cluster4 oifname != {br} masquerade
+    ip6 saddr @local6 ip6 daddr != @cluster6 oifname != {br} masquerade
+  }}
+}}
+"#
+    );
+    s
+}
+
+impl Nftables {
+    /// Uses `nft` from `PATH`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
+        let what = format!("{} {}", self.nft, args.join(" "));
+        let mut child = Command::new(&self.nft)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                backend_error(
+                    "firewall",
+                    format!("run {what} (is nftables installed?)"),
+                    e,
+                )
+            })?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes())
+                .map_err(|e| backend_error("firewall", format!("write to {what}"), e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| backend_error("firewall", format!("wait for {what}"), e))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(Error::backend(
+                "firewall",
+                format!("{what}: {}", stderr.trim()),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The table as nft prints it, without counter values; `None` when absent.
+    fn listing(&self) -> Result<Option<String>, Error> {
+        match self.run(&["-s", "list", "table", "inet", TABLE], None) {
+            Ok(text) => Ok(Some(text)),
+            Err(Error::Backend { message, .. })
+                if message.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the table (for `--cleanup-on-exit`); absent is fine.
+    pub async fn delete(&self) -> Result<(), Error> {
+        *self.last.lock().unwrap() = None;
+        let script = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
+        let this = self.nft.clone();
+        tokio::task::spawn_blocking(move || {
+            Nftables {
+                nft: this,
+                last: Mutex::new(None),
+            }
+            .run(&["-f", "-"], Some(&script))
+        })
+        .await
+        .map_err(|e| Error::backend("firewall", format!("task failed: {e}")))?
+        .map(drop)
+    }
+}
+
+#[async_trait]
+impl Firewall for Nftables {
+    async fn read(&self) -> Result<Option<FirewallPolicy>, Error> {
+        let Some((policy, expected)) = self.last.lock().unwrap().clone() else {
+            return Ok(None);
+        };
+        let nft = self.nft.clone();
+        let listing = tokio::task::spawn_blocking(move || {
+            Nftables {
+                nft,
+                last: Mutex::new(None),
+            }
+            .listing()
+        })
+        .await
+        .map_err(|e| Error::backend("firewall", format!("task failed: {e}")))??;
+        if listing.as_deref() == Some(expected.as_str()) {
+            Ok(Some(policy))
+        } else {
+            tracing::warn!("nftables table inet {TABLE} was changed by someone else; restoring it");
+            Ok(None)
+        }
+    }
+
+    async fn apply(&self, policy: &FirewallPolicy) -> Result<(), Error> {
+        // One transaction: make sure the table exists, delete it, create it anew.
+        let script = format!(
+            "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
+            render(policy)
+        );
+        let nft = self.nft.clone();
+        let listing = tokio::task::spawn_blocking(move || {
+            let this = Nftables {
+                nft,
+                last: Mutex::new(None),
+            };
+            this.run(&["-f", "-"], Some(&script))?;
+            this.listing()
+        })
+        .await
+        .map_err(|e| Error::backend("firewall", format!("task failed: {e}")))??;
+        let listing = listing
+            .ok_or_else(|| Error::backend("firewall", "table missing right after applying it"))?;
+        *self.last.lock().unwrap() = Some((policy.clone(), listing));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> FirewallPolicy {
+        FirewallPolicy {
+            interface: "wormhole0".into(),
+            bridge: "wormhole-br0".into(),
+            cluster_cidrs: vec![
+                "10.99.0.0/16".parse().unwrap(),
+                "fd99::/48".parse().unwrap(),
+            ],
+            local_pod_cidrs: vec!["10.99.1.0/24".parse().unwrap()],
+            remote_pod_cidrs: vec![
+                "10.99.2.0/24".parse().unwrap(),
+                "fd99:0:0:2::/64".parse().unwrap(),
+            ],
+            mtu: 1420,
+        }
+    }
+
+    #[test]
+    fn renders_every_rule_family_for_both_stacks() {
+        let text = render(&policy());
+        assert!(text.contains(
+            "set remote4 {\n    type ipv4_addr\n    flags interval\n    elements = { 10.99.2.0/24 }"
+        ));
+        assert!(text.contains("set remote6 {\n    type ipv6_addr\n    flags interval\n    elements = { fd99:0:0:2::/64 }"));
+        // No IPv6 local CIDR: the set exists, empty.
+        assert!(text.contains("set local6 {\n    type ipv6_addr\n    flags interval\n  }"));
+        assert!(text.contains("maxseg size set 1380"));
+        assert!(text.contains("maxseg size set 1360"));
+        assert_eq!(text.matches("no cleartext").count(), 4);
+        assert_eq!(text.matches("masquerade").count(), 2);
+        assert!(text.contains(r#"iifname != "wormhole0" ip saddr @remote4"#));
+    }
+
+    #[tokio::test]
+    async fn a_missing_nft_binary_is_a_clear_error() {
+        let nft = Nftables {
+            nft: "/nonexistent/nft".into(),
+            last: Mutex::new(None),
+        };
+        let err = nft.apply(&policy()).await.unwrap_err();
+        assert!(err.to_string().contains("is nftables installed?"), "{err}");
+        assert_eq!(nft.read().await.unwrap(), None);
+    }
+}

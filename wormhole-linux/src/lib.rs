@@ -1,0 +1,38 @@
+//! `wormhole-linux`: the Linux host backends of Wormhole, implementing `wormhole-core`'s traits.
+//!
+//! - [`wireguard::WgDevice`]: [`WireGuardDevice`](wormhole_core::WireGuardDevice) over the kernel
+//!   module, a userspace implementation's UAPI socket (wireguard-go, boringtun-cli), or an
+//!   in-process boringtun device (feature `embedded`, on by default).
+//! - [`network::Network`]: [`HostNetwork`](wormhole_core::HostNetwork) over rtnetlink: the link,
+//!   its addresses and MTU, and the routes we own (route protocol [`network::ROUTE_PROTOCOL`]).
+//! - [`firewall::Nftables`]: [`Firewall`](wormhole_core::Firewall) as one nftables table,
+//!   `inet wormhole`, replaced atomically.
+//!
+//! This is a crate of its own, rather than modules of `wormhole-core`, so that the core builds in
+//! seconds with no netlink, LGPL (wireguard-control) or boringtun dependency for embedders that
+//! bring their own backends, and so that rtnetlink's API churn stays behind one crate boundary.
+#![cfg(target_os = "linux")]
+
+pub mod firewall;
+pub mod network;
+pub mod uapi;
+pub mod wireguard;
+
+pub use firewall::Nftables;
+pub use network::Network;
+pub use wireguard::{Backend, WgDevice};
+
+use wormhole_core::Error;
+
+/// A backend error with its cause.
+pub(crate) fn backend_error(
+    backend: &'static str,
+    message: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Backend {
+        backend,
+        message: message.into(),
+        source: Some(Box::new(source)),
+    }
+}

@@ -1,0 +1,511 @@
+//! WireGuard devices through `wireguard-control`: kernel (netlink), userspace (UAPI socket), and
+//! embedded (an in-process boringtun device, configured over its UAPI socket).
+//!
+//! Every change is incremental: a [`DevicePlan`] becomes one `DeviceUpdate` naming only the peers
+//! and fields that change, so unchanged peers keep their sessions. `wireguard-control` is
+//! blocking, so every call runs in `spawn_blocking`. Keys become `wireguard_control::Key` only
+//! here, and nothing of that type is ever logged (its `Debug` prints keys).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use wireguard_control::{AllowedIp, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+use wormhole_core::plan::{DeviceChange, DevicePlan, PeerField};
+use wormhole_core::state::{DeviceState, ObservedDevice, PeerConfig, PeerStats};
+use wormhole_core::{Error, PresharedKey, PrivateKey, PublicKey, WireGuardDevice};
+
+use crate::backend_error;
+
+/// Which WireGuard implementation runs the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The Linux kernel module; the link is created through rtnetlink.
+    Kernel,
+    /// An external userspace implementation (`wireguard-go` unless `WG_USERSPACE_IMPLEMENTATION`
+    /// names another) over its UAPI socket; started when its socket is absent. Its data plane
+    /// outlives the daemon, so restarts drop no traffic.
+    Userspace,
+    /// An in-process boringtun device. Works on any host with `/dev/net/tun`, but its data plane
+    /// dies with the daemon.
+    #[cfg(feature = "embedded")]
+    Embedded,
+}
+
+impl Backend {
+    /// Lowercase name, as the `--backend` flag spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace",
+            #[cfg(feature = "embedded")]
+            Backend::Embedded => "embedded",
+        }
+    }
+
+    /// `auto`: the kernel module when this host has it, else embedded (or userspace when built
+    /// without the `embedded` feature).
+    pub fn detect() -> Backend {
+        if std::path::Path::new("/sys/module/wireguard").exists() {
+            return Backend::Kernel;
+        }
+        #[cfg(feature = "embedded")]
+        return Backend::Embedded;
+        #[cfg(not(feature = "embedded"))]
+        Backend::Userspace
+    }
+
+    fn control(self) -> wireguard_control::Backend {
+        match self {
+            Backend::Kernel => wireguard_control::Backend::Kernel,
+            _ => wireguard_control::Backend::Userspace,
+        }
+    }
+}
+
+/// Where userspace implementations put their UAPI sockets.
+pub const SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// A WireGuard device driven through one of the [`Backend`]s.
+pub struct WgDevice {
+    iface: String,
+    backend: Backend,
+    #[cfg(feature = "embedded")]
+    embedded: Mutex<Option<boringtun::device::DeviceHandle>>,
+    /// The private key we last set (the embedded device reports only its public key).
+    key: Mutex<Option<PrivateKey>>,
+    network: Option<Arc<crate::Network>>,
+}
+
+impl std::fmt::Debug for WgDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgDevice")
+            .field("iface", &self.iface)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl WgDevice {
+    /// A device named `iface` on `backend`. The kernel backend creates its link through
+    /// `network` (rtnetlink); the others ignore it.
+    pub fn new(
+        iface: &str,
+        backend: Backend,
+        network: Option<Arc<crate::Network>>,
+    ) -> Result<Self, Error> {
+        iface.parse::<InterfaceName>().map_err(|e| {
+            Error::backend(
+                "wireguard",
+                format!("invalid interface name {iface:?}: {e}"),
+            )
+        })?;
+        Ok(WgDevice {
+            iface: iface.to_owned(),
+            backend,
+            #[cfg(feature = "embedded")]
+            embedded: Mutex::new(None),
+            key: Mutex::new(None),
+            network,
+        })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn name(&self) -> InterfaceName {
+        self.iface.parse().expect("checked in new")
+    }
+
+    fn socket(&self) -> PathBuf {
+        PathBuf::from(SOCKET_DIR).join(format!("{}.sock", self.iface))
+    }
+
+    /// A UAPI socket that accepts connections (a stale file left by a dead process does not).
+    fn socket_alive(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let iface = self.iface.clone();
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::backend("wireguard", format!("{what} {iface}: task failed: {e}")))?
+            .map_err(|e| backend_error("wireguard", format!("{what} {iface}"), e))
+    }
+
+    /// Creates the device: the kernel link, the userspace process, or the embedded device.
+    async fn create(&self) -> Result<(), Error> {
+        match self.backend {
+            Backend::Kernel => {
+                let network = self.network.as_ref().ok_or_else(|| {
+                    Error::backend("wireguard", "the kernel backend needs a network handle")
+                })?;
+                network.create_wireguard_link().await
+            }
+            Backend::Userspace => {
+                if self.socket_alive() {
+                    return Ok(());
+                }
+                let iface = self.iface.clone();
+                let socket = self.socket();
+                self.blocking("start userspace WireGuard for", move || {
+                    start_userspace(&iface, &socket)
+                })
+                .await
+            }
+            #[cfg(feature = "embedded")]
+            Backend::Embedded => {
+                let mut handle = self.embedded.lock().unwrap();
+                if handle.is_some() && self.socket_alive() {
+                    return Ok(());
+                }
+                std::fs::create_dir_all(SOCKET_DIR)
+                    .map_err(|e| backend_error("wireguard", format!("create {SOCKET_DIR}"), e))?;
+                let config = boringtun::device::DeviceConfig {
+                    n_threads: 2,
+                    use_connected_socket: true,
+                    use_multi_queue: false,
+                    uapi_fd: -1,
+                };
+                let device =
+                    boringtun::device::DeviceHandle::new(&self.iface, config).map_err(|e| {
+                        Error::backend(
+                            "wireguard",
+                            format!("create embedded device {}: {e:?}", self.iface),
+                        )
+                    })?;
+                *handle = Some(device);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Starts the userspace implementation for `iface` and waits for its UAPI socket.
+fn start_userspace(iface: &str, socket: &std::path::Path) -> std::io::Result<()> {
+    let program = std::env::var("WG_USERSPACE_IMPLEMENTATION")
+        .or_else(|_| std::env::var("WG_QUICK_USERSPACE_IMPLEMENTATION"))
+        .unwrap_or_else(|_| "wireguard-go".into());
+    std::fs::create_dir_all(SOCKET_DIR)?;
+    // wireguard-go daemonizes itself unless WG_PROCESS_FOREGROUND is set: the data plane then
+    // survives the daemon.
+    let output = std::process::Command::new(&program)
+        .arg(iface)
+        .env_remove("WG_PROCESS_FOREGROUND")
+        .output()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot run {program:?}: {e} (set WG_USERSPACE_IMPLEMENTATION)"),
+            )
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(std::io::Error::other(format!(
+            "{program} exited with {}: {}",
+            output.status,
+            stderr.trim()
+        )));
+    }
+    for _ in 0..150 {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(std::io::Error::other(format!(
+        "{program} started but {} did not appear",
+        socket.display()
+    )))
+}
+
+fn to_net(ip: &AllowedIp) -> Option<IpNet> {
+    IpNet::new(ip.address, ip.cidr).ok().map(|n| n.trunc())
+}
+
+fn to_allowed(net: &IpNet) -> AllowedIp {
+    AllowedIp {
+        address: net.network(),
+        cidr: net.prefix_len(),
+    }
+}
+
+/// The configuration and counters of a kernel `wireguard_control::Device`, in core types.
+pub fn observed(device: &wireguard_control::Device) -> ObservedDevice {
+    observed_parts(
+        device.private_key.as_ref(),
+        device.listen_port,
+        &device.peers,
+    )
+}
+
+fn observed_parts(
+    private_key: Option<&Key>,
+    listen_port: Option<u16>,
+    device_peers: &[wireguard_control::PeerInfo],
+) -> ObservedDevice {
+    let mut peers = BTreeMap::new();
+    let mut stats = BTreeMap::new();
+    for peer in device_peers {
+        let key = PublicKey::from_bytes(peer.config.public_key.0);
+        let mut allowed_ips: Vec<IpNet> =
+            peer.config.allowed_ips.iter().filter_map(to_net).collect();
+        allowed_ips.sort();
+        let psk = peer
+            .config
+            .preshared_key
+            .as_ref()
+            .filter(|k| k.0 != [0; 32]);
+        peers.insert(
+            key,
+            PeerConfig {
+                endpoint: peer.config.endpoint,
+                allowed_ips,
+                persistent_keepalive: peer
+                    .config
+                    .persistent_keepalive_interval
+                    .filter(|&k| k != 0),
+                preshared_key: psk.map(|k| PresharedKey::from_bytes(k.0)),
+            },
+        );
+        let latest_handshake = peer.stats.last_handshake_time;
+        stats.insert(
+            key,
+            PeerStats {
+                latest_handshake,
+                rx_bytes: peer.stats.rx_bytes,
+                tx_bytes: peer.stats.tx_bytes,
+            },
+        );
+    }
+    let config = DeviceState {
+        private_key: private_key
+            .filter(|k| k.0 != [0; 32])
+            .map(|k| PrivateKey::from_bytes(k.0)),
+        listen_port: listen_port.filter(|&p| p != 0),
+        peers,
+    };
+    ObservedDevice { config, stats }
+}
+
+fn peer_builder(key: &PublicKey) -> PeerConfigBuilder {
+    PeerConfigBuilder::new(&Key(*key.as_bytes()))
+}
+
+fn with_field(peer: PeerConfigBuilder, field: &PeerField) -> PeerConfigBuilder {
+    match field {
+        PeerField::Endpoint(e) => peer.set_endpoint(*e),
+        PeerField::AllowedIps(ips) => peer
+            .replace_allowed_ips()
+            .add_allowed_ips(&ips.iter().map(to_allowed).collect::<Vec<_>>()),
+        PeerField::Keepalive(Some(k)) => peer.set_persistent_keepalive_interval(*k),
+        PeerField::Keepalive(None) => peer.unset_persistent_keepalive(),
+        PeerField::PresharedKey(Some(k)) => peer.set_preshared_key(Key(*k.secret_bytes())),
+        PeerField::PresharedKey(None) => peer.unset_preshared_key(),
+    }
+}
+
+/// The one `DeviceUpdate` that carries `changes`, naming only what changes.
+pub fn device_update(changes: &[DeviceChange]) -> DeviceUpdate {
+    let mut update = DeviceUpdate::new();
+    for change in changes {
+        update = match change {
+            DeviceChange::SetPrivateKey(k) => update.set_private_key(Key(*k.secret_bytes())),
+            DeviceChange::SetListenPort(p) => update.set_listen_port(*p),
+            DeviceChange::RemovePeer(k) => update.remove_peer_by_key(&Key(*k.as_bytes())),
+            DeviceChange::UpdatePeer(k, fields) => {
+                update.add_peer(fields.iter().fold(peer_builder(k), with_field))
+            }
+            DeviceChange::AddPeer(k, c) => {
+                let mut fields = vec![PeerField::AllowedIps(c.allowed_ips.clone())];
+                fields.extend(c.endpoint.map(PeerField::Endpoint));
+                fields.extend(
+                    c.persistent_keepalive
+                        .map(|k| PeerField::Keepalive(Some(k))),
+                );
+                fields.extend(
+                    c.preshared_key
+                        .clone()
+                        .map(|k| PeerField::PresharedKey(Some(k))),
+                );
+                update.add_peer(fields.iter().fold(peer_builder(k), with_field))
+            }
+        };
+    }
+    update
+}
+
+fn is_absent(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), NotFound | ConnectionRefused)
+        || e.raw_os_error() == Some(19 /* ENODEV */)
+}
+
+#[async_trait]
+impl WireGuardDevice for WgDevice {
+    fn kind(&self) -> &str {
+        self.backend.as_str()
+    }
+
+    async fn read(&self) -> Result<Option<ObservedDevice>, Error> {
+        #[cfg(feature = "embedded")]
+        if self.backend == Backend::Embedded && self.embedded.lock().unwrap().is_none() {
+            // A socket left by another process is not ours to adopt: our data plane lives here.
+            return Ok(None);
+        }
+        let got = if self.backend == Backend::Kernel {
+            let name = self.name();
+            tokio::task::spawn_blocking(move || {
+                wireguard_control::Device::get(&name, wireguard_control::Backend::Kernel)
+                    .map(|d| observed(&d))
+            })
+            .await
+        } else {
+            let socket = self.socket();
+            let known = self.key.lock().unwrap().clone();
+            tokio::task::spawn_blocking(move || {
+                crate::uapi::get(&socket).map(|mut reply| {
+                    let config = &mut reply.device.config;
+                    if config.private_key.is_none() {
+                        // Only claim the key we set if the device reports its public half.
+                        config.private_key =
+                            known.filter(|k| Some(k.public_key()) == reply.own_public_key);
+                    }
+                    reply.device
+                })
+            })
+            .await
+        };
+        match got.map_err(|e| Error::backend("wireguard", format!("read task failed: {e}")))? {
+            Ok(device) => Ok(Some(device)),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(backend_error(
+                "wireguard",
+                format!("read {}", self.iface),
+                e,
+            )),
+        }
+    }
+
+    async fn apply(&self, plan: &DevicePlan) -> Result<(), Error> {
+        if plan.create {
+            self.create().await?;
+        }
+        if plan.changes.is_empty() {
+            return Ok(());
+        }
+        let update = device_update(&plan.changes);
+        let name = self.name();
+        let backend = self.backend.control();
+        self.blocking("configure", move || update.apply(&name, backend))
+            .await?;
+        if let Some(key) = plan.changes.iter().find_map(|c| match c {
+            DeviceChange::SetPrivateKey(k) => Some(k),
+            _ => None,
+        }) {
+            *self.key.lock().unwrap() = Some(key.clone());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    use wormhole_core::plan::DeviceChange;
+
+    fn key(n: u8) -> PublicKey {
+        PrivateKey::from_bytes([n; 32]).public_key()
+    }
+
+    #[test]
+    fn an_update_names_only_what_changes() {
+        let net: IpNet = "10.99.2.0/24".parse().unwrap();
+        let update = device_update(&[DeviceChange::UpdatePeer(
+            key(1),
+            vec![PeerField::AllowedIps(vec![net])],
+        )]);
+        // DeviceUpdate exposes nothing but Debug; read it without printing keys anywhere else.
+        let text = format!("{update:?}");
+        assert!(text.contains("replace_allowed_ips: true"), "{text}");
+        assert!(text.contains("10.99.2.0/24"), "{text}");
+        assert!(text.contains("replace_peers: false"), "{text}");
+        assert!(text.contains("endpoint: None"), "{text}");
+        assert!(
+            text.contains("persistent_keepalive_interval: None"),
+            "{text}"
+        );
+        assert!(text.contains("preshared_key: None"), "{text}");
+    }
+
+    #[test]
+    fn removal_and_psk_unset() {
+        let update = device_update(&[
+            DeviceChange::RemovePeer(key(1)),
+            DeviceChange::UpdatePeer(
+                key(2),
+                vec![PeerField::PresharedKey(None), PeerField::Keepalive(None)],
+            ),
+        ]);
+        let text = format!("{update:?}");
+        assert!(text.contains("remove_me: true"), "{text}");
+        assert!(
+            text.contains("persistent_keepalive_interval: Some(0)"),
+            "{text}"
+        );
+        assert_eq!(text.matches("PeerConfigBuilder").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn observed_normalizes_what_wireguard_reports() {
+        let mut peer = wireguard_control::PeerInfo::from_public_key(Key(*key(3).as_bytes()));
+        peer.config.preshared_key = Some(Key::zero());
+        peer.config.persistent_keepalive_interval = Some(0);
+        peer.config.allowed_ips = vec![
+            AllowedIp {
+                address: "fd99::".parse().unwrap(),
+                cidr: 64,
+            },
+            AllowedIp {
+                address: "10.99.2.0".parse().unwrap(),
+                cidr: 24,
+            },
+        ];
+        peer.stats.last_handshake_time = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(5));
+        let peers = [peer];
+        let got = observed_parts(Some(&Key::zero()), Some(51820), &peers);
+        let p = &got.config.peers[&key(3)];
+        assert_eq!(p.preshared_key, None);
+        assert_eq!(p.persistent_keepalive, None);
+        assert_eq!(p.allowed_ips[0].to_string(), "10.99.2.0/24");
+        assert_eq!(got.config.private_key, None);
+        assert_eq!(got.config.listen_port, Some(51820));
+    }
+
+    #[tokio::test]
+    async fn kernel_backend_needs_a_network_and_names_are_checked() {
+        assert!(WgDevice::new("this-name-is-too-long", Backend::Kernel, None).is_err());
+        let device = WgDevice::new("wh-test0", Backend::Kernel, None).unwrap();
+        let err = device
+            .apply(&DevicePlan {
+                create: true,
+                changes: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("network handle"), "{err}");
+        assert_eq!(device.kind(), "kernel");
+    }
+}
