@@ -18,7 +18,8 @@ use crate::state::{FirewallPolicy, LinkState, ObservedDevice};
 pub trait PeerSource: Send {
     /// Waits until the desired picture may have changed and returns it whole. The first call
     /// returns as soon as a snapshot is available. An error keeps the last good mesh in force;
-    /// the reconciler waits a second before calling again.
+    /// the reconciler waits a second before calling again. After an error, return the next good
+    /// snapshot even if it equals the one before the error: that is what clears the error.
     async fn next(&mut self) -> Result<Snapshot, Error>;
 }
 

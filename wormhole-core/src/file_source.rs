@@ -309,7 +309,7 @@ mod tests {
         text += &node("c", &key().to_base64(), "10.99.5.0/24");
         text += &node("d", &key().to_base64(), "10.99.6.0/24");
         let snapshot = parse(&text, "peers.toml").unwrap();
-        let mesh = Mesh::build("local", &me, &[], &snapshot, None).unwrap();
+        let mesh = Mesh::build("local", &me, &[], snapshot, None).unwrap();
         assert_eq!(mesh.peers.len(), 4);
         assert_eq!(mesh.rejected.len(), 1);
         let err = mesh.rejected[0].to_string();

@@ -50,11 +50,12 @@ pub fn check_mesh(snapshot: &crate::Snapshot) {
             .public_key
             .parse()
             .unwrap_or(PublicKey::from_bytes([9; 32]));
-        let Ok(first) = Mesh::build(&local.name, &key, &cluster, snapshot, None) else {
+        let Ok(first) = Mesh::build(&local.name, &key, &cluster, snapshot.clone(), None) else {
             continue;
         };
         first.check_invariants().unwrap();
-        let again = Mesh::build(&local.name, &key, &cluster, snapshot, Some(&first)).unwrap();
+        let again =
+            Mesh::build(&local.name, &key, &cluster, snapshot.clone(), Some(&first)).unwrap();
         again.check_invariants().unwrap();
         // Building on top of itself changes nothing: the rule is stable.
         assert_eq!(first.peers, again.peers);
@@ -68,6 +69,21 @@ pub fn check_mesh(snapshot: &crate::Snapshot) {
                         .iter()
                         .any(|r| r.reason.kind() == "stale_local_key")
                 )
+        );
+        // Reusing unchanged entries gives exactly what validating them again gives, also when
+        // the snapshot is reordered and an entry changed.
+        let mut changed = snapshot.clone();
+        changed.nodes.rotate_left(1);
+        if let Some(node) = changed.nodes.iter_mut().find(|n| n.name != local.name) {
+            node.pod_cidrs.push("10.1.0.0/16".into());
+        }
+        let mut no_reuse = first.clone();
+        no_reuse.entry_of.clear();
+        let reused = Mesh::build(&local.name, &key, &cluster, changed.clone(), Some(&first));
+        let fresh = Mesh::build(&local.name, &key, &cluster, changed, Some(&no_reuse));
+        assert_eq!(
+            reused.map(|m| (m.peers, m.rejected)).ok(),
+            fresh.map(|m| (m.peers, m.rejected)).ok()
         );
     }
 }

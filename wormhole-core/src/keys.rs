@@ -35,11 +35,20 @@ fn decode(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
     if text.is_empty() {
         return Err(KeyError::Empty);
     }
-    let mut bytes = STANDARD.decode(text).map_err(|_| KeyError::Base64)?;
-    let key =
-        <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| KeyError::Length(bytes.len()));
-    bytes.zeroize();
-    key
+    // Decode into a stack buffer (no allocation on the hot path); a too-long input falls back
+    // to a full decode, only to report its exact length.
+    let mut buf = zeroize::Zeroizing::new([0u8; 48]);
+    match STANDARD.decode_slice(text, &mut buf[..]) {
+        Ok(KEY_LEN) => Ok(buf[..KEY_LEN].try_into().expect("length checked")),
+        Ok(n) => Err(KeyError::Length(n)),
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+            let mut bytes = STANDARD.decode(text).map_err(|_| KeyError::Base64)?;
+            let n = bytes.len();
+            bytes.zeroize();
+            Err(KeyError::Length(n))
+        }
+        Err(base64::DecodeSliceError::DecodeError(_)) => Err(KeyError::Base64),
+    }
 }
 
 /// A WireGuard public key. Public: prints as base64.
@@ -195,13 +204,35 @@ impl PresharedKey {
     /// output is 32 bytes. Both ends compute the same key without exchanging anything, every pair
     /// gets its own key, and nothing changes unless the secret or a public key does.
     pub fn derive_pair(&self, a: &PublicKey, b: &PublicKey) -> PresharedKey {
+        self.pair_deriver().derive(a, b)
+    }
+
+    /// The extract step of [`derive_pair`](Self::derive_pair) done once, for deriving many
+    /// pair keys.
+    pub fn pair_deriver(&self) -> PairDeriver {
+        PairDeriver(hkdf::Hkdf::<sha2::Sha256>::new(Some(PAIR_SALT), &self.0))
+    }
+}
+
+/// Derives pair keys from one cluster secret (see [`PresharedKey::derive_pair`]).
+pub struct PairDeriver(hkdf::Hkdf<sha2::Sha256>);
+
+impl fmt::Debug for PairDeriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PairDeriver(redacted)")
+    }
+}
+
+impl PairDeriver {
+    /// The pre-shared key of the pair `(a, b)`, in either order.
+    pub fn derive(&self, a: &PublicKey, b: &PublicKey) -> PresharedKey {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         let mut info = [0u8; 2 * KEY_LEN];
         info[..KEY_LEN].copy_from_slice(lo.as_bytes());
         info[KEY_LEN..].copy_from_slice(hi.as_bytes());
-        let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(PAIR_SALT), &self.0);
         let mut out = [0u8; KEY_LEN];
-        hkdf.expand(&info, &mut out)
+        self.0
+            .expand(&info, &mut out)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         PresharedKey(out)
     }

@@ -50,6 +50,7 @@ pub mod status;
 pub use backend::{Firewall, HostNetwork, PeerSource, WireGuardDevice};
 pub use error::Error;
 pub use file_source::FilePeerSource;
+pub use ipnet::IpNet;
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use keystore::{FileKeyStore, KeyStore};
 pub use mesh::{Mesh, NodeEntry, NodeSpec, RejectReason, Rejection, Snapshot};

@@ -197,12 +197,19 @@ pub struct Mesh {
     pub cluster_cidrs: Vec<IpNet>,
     /// Refused entries, sorted by name.
     pub rejected: Vec<Rejection>,
+    /// The snapshot this mesh was built from.
+    snapshot: Snapshot,
+    /// For each peer, the position of its entry in `snapshot` (to reuse unchanged entries).
+    pub(crate) entry_of: Vec<u32>,
 }
 
 fn check_name(name: &str) -> Result<(), RejectReason> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| !c.is_whitespace() && !c.is_control());
+    let printable = if name.is_ascii() {
+        name.bytes().all(|b| b.is_ascii_graphic())
+    } else {
+        name.chars().all(|c| !c.is_whitespace() && !c.is_control())
+    };
+    let ok = !name.is_empty() && name.len() <= 253 && printable;
     if ok {
         Ok(())
     } else {
@@ -239,10 +246,19 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, RejectReason> {
         cidr: text.to_owned(),
         reason,
     };
-    let net: IpNet = text
+    // std's address parser is several times faster than ipnet's, and this runs per CIDR per pass.
+    let net = text
         .trim()
-        .parse()
-        .map_err(|_| bad("not an address/prefix".into()))?;
+        .split_once('/')
+        .and_then(|(addr, len)| {
+            let len = if len.len() <= 3 && len.bytes().all(|b| b.is_ascii_digit()) {
+                len.parse().ok()?
+            } else {
+                return None;
+            };
+            IpNet::new(addr.parse::<IpAddr>().ok()?, len).ok()
+        })
+        .ok_or_else(|| bad("not an address/prefix".into()))?;
     if net.trunc() != net {
         return Err(bad(format!(
             "host bits set (did you mean {}?)",
@@ -295,8 +311,21 @@ impl CidrIndex {
     }
 }
 
+/// Whether two CIDRs share any address (for prefixes: one contains the other).
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    let ((fa, sa, ea), (fb, sb, eb)) = (range(a), range(b));
+    fa == fb && sa <= eb && sb <= ea
+}
+
+/// Whether `outer` holds all of `inner`.
+fn holds(outer: &IpNet, inner: &IpNet) -> bool {
+    let ((fo, so, eo), (fi, si, ei)) = (range(outer), range(inner));
+    fo == fi && so <= si && ei <= eo
+}
+
 /// What a peer entry looks like on its own, before it is compared with the others.
 struct Candidate<'a> {
+    position: usize,
     entry: &'a NodeEntry,
     spec: NodeSpec,
 }
@@ -306,7 +335,7 @@ fn check_alone(
     entry: &NodeEntry,
     local_key: &PublicKey,
     cluster_cidrs: &[IpNet],
-    local: &CidrIndex,
+    local_cidrs: &[IpNet],
 ) -> Result<NodeSpec, RejectReason> {
     check_name(&entry.name)?;
     let public_key: PublicKey = entry
@@ -317,23 +346,24 @@ fn check_alone(
         return Err(RejectReason::LocalKey);
     }
     let endpoint = entry.endpoint.as_deref().map(parse_endpoint).transpose()?;
-    let mut own = CidrIndex::default();
-    let mut pod_cidrs = Vec::with_capacity(entry.pod_cidrs.len());
+    let mut pod_cidrs: Vec<IpNet> = Vec::with_capacity(entry.pod_cidrs.len());
     for text in &entry.pod_cidrs {
         let cidr = parse_cidr(text)?;
-        if !cluster_cidrs.iter().any(|c| c.contains(&cidr)) {
+        if !cluster_cidrs.iter().any(|c| holds(c, &cidr)) {
             return Err(RejectReason::OutsideCluster { cidr });
         }
-        if let Some((local, _)) = local.overlap(&cidr) {
-            return Err(RejectReason::OverlapsLocal { cidr, local });
+        if let Some(local) = local_cidrs.iter().find(|l| overlaps(l, &cidr)) {
+            return Err(RejectReason::OverlapsLocal {
+                cidr,
+                local: *local,
+            });
         }
-        if own.overlap(&cidr).is_some() {
+        if pod_cidrs.iter().any(|own| overlaps(own, &cidr)) {
             return Err(RejectReason::BadCidr {
                 cidr: text.clone(),
                 reason: "overlaps another pod CIDR of the same node".into(),
             });
         }
-        own.insert(cidr, "");
         pod_cidrs.push(cidr);
     }
     pod_cidrs.sort();
@@ -344,6 +374,38 @@ fn check_alone(
         pod_cidrs,
         persistent_keepalive: entry.persistent_keepalive.filter(|&k| k != 0),
     })
+}
+
+/// True when no two candidates share a name, a key or an overlapping CIDR: then every one is
+/// accepted whatever the order, and the ranked pass can be skipped. Sorts `candidates` by name.
+fn conflict_free(candidates: &mut [Candidate<'_>]) -> bool {
+    candidates.sort_unstable_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    if candidates
+        .windows(2)
+        .any(|w| w[0].spec.name == w[1].spec.name)
+    {
+        return false;
+    }
+    // Keys are random: ordering by their first 16 bytes settles almost every comparison.
+    let prefix =
+        |k: &PublicKey| u128::from_be_bytes(k.as_bytes()[..16].try_into().expect("16 bytes"));
+    let mut keys: Vec<(u128, &PublicKey)> = candidates
+        .iter()
+        .map(|c| (prefix(&c.spec.public_key), &c.spec.public_key))
+        .collect();
+    keys.sort_unstable();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return false;
+    }
+    let mut ranges: Vec<(bool, u128, u128)> = candidates
+        .iter()
+        .flat_map(|c| c.spec.pod_cidrs.iter().map(range))
+        .collect();
+    ranges.sort_unstable();
+    // Sorted by start, any overlap shows between neighbours.
+    !ranges
+        .windows(2)
+        .any(|w| w[0].0 == w[1].0 && w[1].1 <= w[0].2)
 }
 
 impl Mesh {
@@ -361,7 +423,37 @@ impl Mesh {
     ///
     /// and within each group by name, then public key text, then position. So a newcomer never
     /// evicts an established owner, and the outcome does not depend on the source's ordering.
+    ///
+    /// An entry equal to the one that produced a peer of `previous` (under the same local node and
+    /// cluster CIDRs) is not parsed again: steady-state passes cost little.
     pub fn build(
+        local_name: &str,
+        local_key: &PublicKey,
+        cluster_cidrs: &[IpNet],
+        snapshot: Snapshot,
+        previous: Option<&Mesh>,
+    ) -> Result<Mesh, Error> {
+        let mut mesh = Self::validate(local_name, local_key, cluster_cidrs, &snapshot, previous)?;
+        mesh.snapshot = snapshot;
+        Ok(mesh)
+    }
+
+    /// The snapshot this mesh was built from.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The peer `previous` built from an entry equal to `entry`.
+    fn reused(&self, entry: &NodeEntry) -> Option<NodeSpec> {
+        let i = self
+            .peers
+            .binary_search_by(|p| p.name.as_str().cmp(&entry.name))
+            .ok()?;
+        let was = self.snapshot.nodes.get(*self.entry_of.get(i)? as usize)?;
+        (was == entry).then(|| self.peers[i].clone())
+    }
+
+    fn validate(
         local_name: &str,
         local_key: &PublicKey,
         cluster_cidrs: &[IpNet],
@@ -396,8 +488,7 @@ impl Mesh {
             )));
         }
         let local_entry = local_entries.remove(ours);
-        let mut local_index = CidrIndex::default();
-        let mut local_cidrs = Vec::new();
+        let mut local_cidrs: Vec<IpNet> = Vec::new();
         for text in &local_entry.pod_cidrs {
             let cidr = parse_cidr(text).map_err(|r| Error::Mesh(format!("this node: {r}")))?;
             if !cluster_cidrs.iter().any(|c| c.contains(&cidr)) {
@@ -405,12 +496,11 @@ impl Mesh {
                     "this node's pod CIDR {cidr} is outside the cluster CIDRs"
                 )));
             }
-            if local_index.overlap(&cidr).is_some() {
+            if local_cidrs.iter().any(|l| overlaps(l, &cidr)) {
                 return Err(Error::Mesh(format!(
-                    "this node's pod CIDR {cidr} is listed twice"
+                    "this node's pod CIDR {cidr} overlaps another of its own"
                 )));
             }
-            local_index.insert(cidr, local_name);
             local_cidrs.push(cidr);
         }
         local_cidrs.sort();
@@ -428,13 +518,36 @@ impl Mesh {
                 .endpoint
                 .as_deref()
                 .and_then(|e| parse_endpoint(e).ok()),
-            pod_cidrs: local_cidrs,
+            pod_cidrs: local_cidrs.clone(),
             persistent_keepalive: None,
         };
+        let finish = |accepted: Vec<(NodeSpec, usize)>, mut rejected: Vec<Rejection>| {
+            rejected.sort_by(|a, b| (&a.name, &a.origin).cmp(&(&b.name, &b.origin)));
+            let entry_of = accepted.iter().map(|(_, i)| *i as u32).collect();
+            let peers = accepted.into_iter().map(|(spec, _)| spec).collect();
+            let cluster_cidrs = cluster_cidrs.to_vec();
+            let snapshot = Snapshot::default();
+            Mesh {
+                local: local.clone(),
+                peers,
+                cluster_cidrs,
+                rejected,
+                snapshot,
+                entry_of,
+            }
+        };
+        // Entries unchanged since `previous` keep their validated form, if nothing they were
+        // checked against (our key, our CIDRs, the cluster CIDRs) changed either.
+        let reuse = previous.filter(|p| {
+            p.local.name == local_name
+                && p.local.public_key == *local_key
+                && p.local.pod_cidrs == local.pod_cidrs
+                && p.cluster_cidrs == cluster_cidrs
+        });
 
         // Peers: first the checks each entry passes alone, then the ordered conflict checks.
         let mut candidates = Vec::with_capacity(snapshot.nodes.len());
-        for entry in &snapshot.nodes {
+        for (position, entry) in snapshot.nodes.iter().enumerate() {
             if std::ptr::eq(entry, local_entry) {
                 continue;
             }
@@ -449,10 +562,28 @@ impl Mesh {
                 }));
                 continue;
             }
-            match check_alone(entry, local_key, cluster_cidrs, &local_index) {
-                Ok(spec) => candidates.push(Candidate { entry, spec }),
+            let checked = match reuse.and_then(|p| p.reused(entry)) {
+                Some(spec) => Ok(spec),
+                None => check_alone(entry, local_key, cluster_cidrs, &local_cidrs),
+            };
+            match checked {
+                Ok(spec) => candidates.push(Candidate {
+                    position,
+                    entry,
+                    spec,
+                }),
                 Err(reason) => rejected.push(reject(reason)),
             }
+        }
+        if conflict_free(&mut candidates) {
+            // The common case: already sorted by name, nothing to decide.
+            return Ok(finish(
+                candidates
+                    .into_iter()
+                    .map(|c| (c.spec, c.position))
+                    .collect(),
+                rejected,
+            ));
         }
         let established: HashMap<&str, &NodeSpec> = previous
             .map(|m| m.peers.iter().map(|p| (p.name.as_str(), p)).collect())
@@ -462,15 +593,27 @@ impl Mesh {
             Some(p) if p.public_key == c.spec.public_key => 1,
             _ => 2,
         };
-        // Stable sort: position breaks the remaining ties.
-        candidates
-            .sort_by_cached_key(|c| (rank(c), c.spec.name.clone(), c.entry.public_key.clone()));
+        // Back to input order, then a stable sort: position breaks the remaining ties.
+        candidates.sort_by_key(|c| c.position);
+        let mut ranked: Vec<(u8, Candidate<'_>)> =
+            candidates.into_iter().map(|c| (rank(&c), c)).collect();
+        ranked.sort_by(|(ra, a), (rb, b)| {
+            (ra, &a.spec.name, &a.entry.public_key).cmp(&(rb, &b.spec.name, &b.entry.public_key))
+        });
 
         let mut names: HashMap<&str, &str> = HashMap::new();
         let mut keys: HashMap<PublicKey, &str> = HashMap::new();
         let mut index = CidrIndex::default();
-        let mut peers = Vec::with_capacity(candidates.len());
-        for Candidate { entry, spec } in candidates {
+        let mut peers = Vec::with_capacity(ranked.len());
+        for (
+            _,
+            Candidate {
+                entry,
+                spec,
+                position,
+            },
+        ) in ranked
+        {
             let verdict = if let Some(other) = names.get(spec.name.as_str()) {
                 Err(RejectReason::DuplicateName {
                     other: (*other).to_owned(),
@@ -499,7 +642,7 @@ impl Mesh {
                     for cidr in &spec.pod_cidrs {
                         index.insert(*cidr, &spec.name);
                     }
-                    peers.push(spec);
+                    peers.push((spec, position));
                 }
                 Err(reason) => rejected.push(Rejection {
                     name: entry.name.clone(),
@@ -508,14 +651,8 @@ impl Mesh {
                 }),
             }
         }
-        peers.sort_by(|a, b| a.name.cmp(&b.name));
-        rejected.sort_by(|a, b| (&a.name, &a.origin).cmp(&(&b.name, &b.origin)));
-        Ok(Mesh {
-            local,
-            peers,
-            cluster_cidrs: cluster_cidrs.to_vec(),
-            rejected,
-        })
+        peers.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
+        Ok(finish(peers, rejected))
     }
 
     /// The accepted peer called `name`.
@@ -585,7 +722,7 @@ mod tests {
             nodes,
             ..Default::default()
         };
-        Mesh::build("local", local_key, &cluster(), &snapshot, prev).unwrap()
+        Mesh::build("local", local_key, &cluster(), snapshot, prev).unwrap()
     }
 
     fn reasons(mesh: &Mesh) -> Vec<(&str, &'static str)> {
@@ -688,15 +825,15 @@ mod tests {
             nodes: vec![entry("x", &key(), &[])],
             ..Default::default()
         };
-        let err = Mesh::build("local", &me, &cluster(), &snapshot, None).unwrap_err();
+        let err = Mesh::build("local", &me, &cluster(), snapshot.clone(), None).unwrap_err();
         assert!(err.to_string().contains("not in the snapshot"), "{err}");
-        let err = Mesh::build("x", &me, &[], &snapshot, None).unwrap_err();
+        let err = Mesh::build("x", &me, &[], snapshot.clone(), None).unwrap_err();
         assert!(err.to_string().contains("no cluster CIDRs"), "{err}");
         let snapshot = Snapshot {
             nodes: vec![entry("local", &me, &["10.5.0.0/24"])],
             ..Default::default()
         };
-        assert!(Mesh::build("local", &me, &cluster(), &snapshot, None).is_err());
+        assert!(Mesh::build("local", &me, &cluster(), snapshot, None).is_err());
         // A stale key in our own entry is reported, but our CIDRs are still used.
         let mesh = build(&me, vec![entry("local", &key(), &["10.99.1.0/24"])], None);
         assert_eq!(reasons(&mesh), [("local", "stale_local_key")]);

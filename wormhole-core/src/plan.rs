@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use ipnet::IpNet;
 
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::mesh::Mesh;
 use crate::state::{DeviceState, FirewallPolicy, HostState, LinkState, PeerConfig};
 
 /// One field of a peer that changes.
@@ -212,15 +213,15 @@ fn plan_device(desired: Option<&DeviceState>, observed: Option<&DeviceState>) ->
             changes.push(DeviceChange::SetListenPort(port));
         }
     }
-    for key in observed.peers.keys() {
-        if !desired.peers.contains_key(key) {
-            changes.push(DeviceChange::RemovePeer(*key));
-        }
-    }
+    // Both maps are sorted by key: walk them side by side, no lookups.
     let mut additions = Vec::new();
+    let mut have = observed.peers.iter().peekable();
     for (key, want) in &desired.peers {
-        match observed.peers.get(key) {
-            Some(have) => {
+        while let Some((old, _)) = have.next_if(|(old, _)| *old < key) {
+            changes.push(DeviceChange::RemovePeer(*old));
+        }
+        match have.next_if(|(old, _)| *old == key) {
+            Some((_, have)) => {
                 let fields = peer_fields(want, have);
                 if !fields.is_empty() {
                     changes.push(DeviceChange::UpdatePeer(*key, fields));
@@ -229,6 +230,7 @@ fn plan_device(desired: Option<&DeviceState>, observed: Option<&DeviceState>) ->
             None => additions.push(DeviceChange::AddPeer(*key, want.clone())),
         }
     }
+    changes.extend(have.map(|(old, _)| DeviceChange::RemovePeer(*old)));
     changes.extend(additions);
     DevicePlan { create, changes }
 }
@@ -288,28 +290,54 @@ pub fn plan(desired: &HostState, observed: &HostState) -> Plan {
     }
 }
 
-fn short(key: &PublicKey) -> String {
-    key.to_base64()[..8].to_owned()
+/// A [`Plan`] printed with node names from a mesh (see [`Plan::display`]).
+pub struct PlanDisplay<'a> {
+    plan: &'a Plan,
+    mesh: Option<&'a Mesh>,
+}
+
+impl Plan {
+    /// Formats the plan naming peers as `name (key prefix)` when `mesh` knows them.
+    pub fn display<'a>(&'a self, mesh: Option<&'a Mesh>) -> PlanDisplay<'a> {
+        PlanDisplay { plan: self, mesh }
+    }
 }
 
 impl fmt::Display for Plan {
     /// One line per change, `+` added, `-` removed, `~` changed; secrets never printed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_empty() {
+        self.display(None).fmt(f)
+    }
+}
+
+impl fmt::Display for PlanDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = |key: &PublicKey| {
+            let prefix = &key.to_base64()[..8];
+            let name = self
+                .mesh
+                .and_then(|m| m.peers.iter().find(|p| p.public_key == *key));
+            match name {
+                Some(peer) => format!("{} ({prefix})", peer.name),
+                None => prefix.to_owned(),
+            }
+        };
+        let plan = self.plan;
+        if plan.is_empty() {
             return writeln!(f, "  (no changes)");
         }
-        if let Some(p) = &self.firewall {
+        if let Some(p) = &plan.firewall {
+            let n = p.remote_pod_cidrs.len();
             writeln!(
                 f,
-                "  ~ firewall: table for {} ({} remote CIDRs)",
-                p.interface,
-                p.remote_pod_cidrs.len()
+                "  ~ firewall: table for {} (remote CIDRs: {n})",
+                p.interface
             )?;
         }
-        if self.device.create {
+        if plan.device.create {
             writeln!(f, "  + device")?;
         }
-        for change in &self.device.changes {
+        for change in &plan.device.changes {
             match change {
                 DeviceChange::SetPrivateKey(k) => {
                     writeln!(f, "  ~ private key (public {})", short(&k.public_key()))?
@@ -342,7 +370,7 @@ impl fmt::Display for Plan {
                 }
             }
         }
-        for change in &self.link {
+        for change in &plan.link {
             match change {
                 LinkChange::SetUp => writeln!(f, "  ~ link up")?,
                 LinkChange::SetMtu(m) => writeln!(f, "  ~ mtu {m}")?,
@@ -350,7 +378,7 @@ impl fmt::Display for Plan {
                 LinkChange::RemoveAddress(a) => writeln!(f, "  - address {a}")?,
             }
         }
-        for change in &self.routes {
+        for change in &plan.routes {
             match change {
                 RouteChange::Add(r) => writeln!(f, "  + route {r}")?,
                 RouteChange::Remove(r) => writeln!(f, "  - route {r}")?,

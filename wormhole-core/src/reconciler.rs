@@ -81,8 +81,7 @@ pub struct Reconciler {
     backends: Backends,
     /// A source update not yet taken into account.
     pending: Option<Result<Snapshot, Error>>,
-    /// The last snapshot that made a valid mesh, and that mesh.
-    snapshot: Option<Snapshot>,
+    /// The last good mesh (it keeps the snapshot it was built from).
     mesh: Option<Mesh>,
     status: watch::Sender<Status>,
 }
@@ -101,7 +100,6 @@ impl Reconciler {
             settings,
             backends,
             pending: None,
-            snapshot: None,
             mesh: None,
             status: watch::channel(status).0,
         }
@@ -126,18 +124,24 @@ impl Reconciler {
     /// Takes the pending update into account (or rebuilds the mesh after a key change).
     fn refresh_mesh(&mut self, key: &PrivateKey) {
         let public = key.public_key();
-        let rebuilt = match self.pending.take() {
-            Some(Err(e)) => Err(e),
-            Some(Ok(snapshot)) => self.build(&snapshot, &public).map(|mesh| (snapshot, mesh)),
-            None => match (&self.snapshot, &self.mesh) {
-                (Some(snapshot), Some(mesh)) if mesh.local.public_key != public => self
-                    .build(snapshot, &public)
-                    .map(|mesh| (snapshot.clone(), mesh)),
-                _ => return,
-            },
+        let rebuilt = match (self.pending.take(), &self.mesh) {
+            (Some(Err(e)), _) => Err(e),
+            // The same picture again (a source may repeat itself): nothing to rebuild.
+            (Some(Ok(snapshot)), Some(mesh))
+                if mesh.local.public_key == public && *mesh.snapshot() == snapshot =>
+            {
+                self.status.send_modify(|s| s.source_error = None);
+                return;
+            }
+            (Some(Ok(snapshot)), _) => self.build(snapshot, &public),
+            // A new key (rotation): rebuild the last good picture around it.
+            (None, Some(mesh)) if mesh.local.public_key != public => {
+                self.build(mesh.snapshot().clone(), &public)
+            }
+            (None, _) => return,
         };
         match rebuilt {
-            Ok((snapshot, mesh)) => {
+            Ok(mesh) => {
                 let old = self
                     .mesh
                     .as_ref()
@@ -147,7 +151,6 @@ impl Reconciler {
                     tracing::warn!(peer = %rejection.name, origin = %rejection.origin, reason = %rejection.reason, "peer rejected");
                 }
                 self.status.send_modify(|s| s.source_error = None);
-                self.snapshot = Some(snapshot);
                 self.mesh = Some(mesh);
             }
             Err(e) => {
@@ -163,7 +166,7 @@ impl Reconciler {
         }
     }
 
-    fn build(&self, snapshot: &Snapshot, public: &crate::PublicKey) -> Result<Mesh, Error> {
+    fn build(&self, snapshot: Snapshot, public: &crate::PublicKey) -> Result<Mesh, Error> {
         let s = &self.settings;
         Mesh::build(
             &s.node_name,
@@ -215,7 +218,11 @@ impl Reconciler {
         let desired = HostState::desired(mesh, &key, secret.as_ref(), &self.settings.host);
         let plan = plan(&desired, &observed);
         if !plan.is_empty() {
-            tracing::info!("applying {} change(s):\n{plan}", plan.len());
+            tracing::info!(
+                "applying {} change(s):\n{}",
+                plan.len(),
+                plan.display(Some(mesh))
+            );
             self.apply(&plan).await?;
         }
         Ok((plan, device))

@@ -146,6 +146,7 @@ impl HostState {
         host: &HostSettings,
     ) -> HostState {
         let local_key = private_key.public_key();
+        let deriver = cluster_secret.map(PresharedKey::pair_deriver);
         let peers = mesh
             .peers
             .iter()
@@ -154,7 +155,9 @@ impl HostState {
                     endpoint: p.endpoint,
                     allowed_ips: p.pod_cidrs.clone(),
                     persistent_keepalive: p.persistent_keepalive,
-                    preshared_key: cluster_secret.map(|s| s.derive_pair(&local_key, &p.public_key)),
+                    preshared_key: deriver
+                        .as_ref()
+                        .map(|d| d.derive(&local_key, &p.public_key)),
                 };
                 (p.public_key, config)
             })
