@@ -84,7 +84,11 @@ pub struct Reconciler {
     /// The last good mesh (it keeps the snapshot it was built from).
     mesh: Option<Mesh>,
     status: watch::Sender<Status>,
+    hook: Option<PassHook>,
 }
+
+/// Called after every pass with its outcome and, if it succeeded, the plan it applied.
+pub type PassHook = Box<dyn FnMut(&PassInfo, Option<&Plan>) + Send + Sync>;
 
 impl Reconciler {
     /// A reconciler with no mesh yet: until a snapshot arrives it only observes.
@@ -102,12 +106,18 @@ impl Reconciler {
             pending: None,
             mesh: None,
             status: watch::channel(status).0,
+            hook: None,
         }
     }
 
     /// A handle on the status, updated after every pass; `borrow()` is cheap.
     pub fn status(&self) -> watch::Receiver<Status> {
         self.status.subscribe()
+    }
+
+    /// Calls `hook` after every pass (for metrics, or to show plans as they are applied).
+    pub fn on_pass(&mut self, hook: impl FnMut(&PassInfo, Option<&Plan>) + Send + Sync + 'static) {
+        self.hook = Some(Box::new(hook));
     }
 
     /// The mesh in force (the last good one).
@@ -235,14 +245,18 @@ impl Reconciler {
         let result = self.pass().await;
         let duration = started.elapsed();
         let mesh = self.mesh.as_ref();
+        let info = PassInfo {
+            at,
+            duration,
+            changes: result.as_ref().map_or(0, |(p, _)| p.len()),
+            error: result.as_ref().err().map(ToString::to_string),
+        };
+        if let Some(hook) = &mut self.hook {
+            hook(&info, result.as_ref().ok().map(|(plan, _)| plan));
+        }
         self.status.send_modify(|s| {
             s.passes += 1;
-            s.last_pass = Some(PassInfo {
-                at,
-                duration,
-                changes: result.as_ref().map_or(0, |(p, _)| p.len()),
-                error: result.as_ref().err().map(ToString::to_string),
-            });
+            s.last_pass = Some(info);
             match &result {
                 Ok((plan, device)) => {
                     s.last_success = Some(at);

@@ -387,3 +387,27 @@ async fn status_reports_peer_states_and_rejections() {
     let desired = HostState::desired(mesh, &node.key, None, &settings().host);
     assert_eq!(desired.device.unwrap().peers.len(), 2);
 }
+
+#[tokio::test]
+async fn the_pass_hook_sees_every_pass_and_its_plan() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let mut r = node.reconciler(None);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    r.on_pass(move |info, plan| {
+        log.lock()
+            .unwrap()
+            .push((info.error.is_some(), plan.map(|p| p.len())));
+    });
+    r.update(Ok(snapshot(&me, &[("a", &a, "10.99.2.0/24")])));
+    let applied = r.reconcile().await.unwrap().len();
+    node.backends.firewall.fail_next(1);
+    node.backends.firewall.set_policy(None);
+    assert!(r.reconcile().await.is_err());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(false, Some(applied)), (true, None)]
+    );
+}

@@ -1,0 +1,450 @@
+//! The command line. Every `run` flag can also come from a `WORMHOLE_*` environment variable or
+//! from the TOML file named by `--config` (same names, with `_` for `-`); the command line wins
+//! over the environment, which wins over the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Where the admin server listens by default: metrics, health and status, on loopback only.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9473";
+
+/// Wormhole: an encrypted pod network for Kubernetes, built on WireGuard.
+#[derive(Debug, Parser)]
+#[command(name = "wormhole", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent on this node.
+    Run(Box<RunArgs>),
+    /// Ask the running agent how its peers are doing (exit code 1 when any peer is not ok).
+    Status(StatusArgs),
+    /// Print a new private key (base64), like `wg genkey`.
+    Genkey,
+    /// Read a private key on stdin and print its public key, like `wg pubkey`.
+    Pubkey,
+    /// Replace the node's private key with a new one and print the new public key.
+    RotateKey(RotateKeyArgs),
+}
+
+/// A WireGuard implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendArg {
+    /// The kernel module when present, else embedded.
+    Auto,
+    /// The Linux kernel module.
+    Kernel,
+    /// wireguard-go (or `WG_USERSPACE_IMPLEMENTATION`) over its UAPI socket.
+    Userspace,
+    /// An in-process boringtun device.
+    Embedded,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `wormhole run`. Options are `Option`s so that the config file can fill what is not given.
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// A TOML file with any of these options (command line and environment win).
+    #[arg(long, env = "WORMHOLE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name in the peers file [default: the host name].
+    #[arg(long, env = "WORMHOLE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Peers file, or a directory of `*.toml` peers files, re-read on change.
+    #[arg(long, env = "WORMHOLE_PEERS", value_name = "FILE|DIR")]
+    pub peers: Option<PathBuf>,
+    /// Take peers from the Kubernetes API (Node and WormholeNode objects).
+    #[arg(long, env = "WORMHOLE_KUBERNETES")]
+    pub kubernetes: bool,
+    /// WireGuard interface name [default: wormhole0].
+    #[arg(long, env = "WORMHOLE_INTERFACE")]
+    pub interface: Option<String>,
+    /// WireGuard UDP port [default: 51820].
+    #[arg(long, env = "WORMHOLE_LISTEN_PORT")]
+    pub listen_port: Option<u16>,
+    /// WireGuard implementation [default: auto].
+    #[arg(long, env = "WORMHOLE_BACKEND", value_enum)]
+    pub backend: Option<BackendArg>,
+    /// The node's private key, created 0600 if absent [default: /var/lib/wormhole/private.key].
+    #[arg(long, env = "WORMHOLE_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Optional cluster secret (base64, `wg genpsk`) from which pair pre-shared keys are derived.
+    #[arg(long, env = "WORMHOLE_PSK_FILE", value_name = "FILE")]
+    pub psk_file: Option<PathBuf>,
+    /// Overlay CIDR, IPv4 or IPv6; repeat for dual-stack (wins over the peers file's).
+    #[arg(long, env = "WORMHOLE_CLUSTER_CIDR", value_delimiter = ',')]
+    pub cluster_cidr: Vec<IpNet>,
+    /// WireGuard and pod MTU, or `auto` (underlay MTU - 80) [default: auto].
+    #[arg(long, env = "WORMHOLE_MTU")]
+    pub mtu: Option<String>,
+    /// The pods' bridge, named in the CNI conflist [default: wormhole-br0].
+    #[arg(long, env = "WORMHOLE_BRIDGE")]
+    pub bridge: Option<String>,
+    /// Where to write 10-wormhole.conflist [default: /etc/cni/net.d].
+    #[arg(long, env = "WORMHOLE_CNI_CONF_DIR", value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Time between full reconcile passes, e.g. 30s, 2m [default: 30s].
+    #[arg(long, env = "WORMHOLE_RESYNC")]
+    pub resync: Option<String>,
+    /// Admin server (metrics, health, status) address [default: 127.0.0.1:9473].
+    #[arg(long, env = "WORMHOLE_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Log format [default: text]; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "WORMHOLE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// On exit, remove the interface, routes, firewall table and conflist (for uninstalling).
+    /// Without it, stopping leaves everything in place and pods keep talking.
+    #[arg(long, env = "WORMHOLE_CLEANUP_ON_EXIT")]
+    pub cleanup_on_exit: bool,
+}
+
+/// `wormhole status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// The agent's admin address.
+    #[arg(long, env = "WORMHOLE_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+}
+
+/// `wormhole status -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// The JSON behind the table.
+    Json,
+}
+
+/// `wormhole rotate-key`.
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// The key file to replace.
+    #[arg(
+        long,
+        env = "WORMHOLE_KEY_FILE",
+        default_value = "/var/lib/wormhole/private.key"
+    )]
+    pub key_file: PathBuf,
+}
+
+/// The config file: the same options as `wormhole run`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_name: Option<String>,
+    peers: Option<PathBuf>,
+    #[serde(default)]
+    kubernetes: bool,
+    interface: Option<String>,
+    listen_port: Option<u16>,
+    backend: Option<BackendArg>,
+    key_file: Option<PathBuf>,
+    psk_file: Option<PathBuf>,
+    #[serde(default)]
+    cluster_cidr: Vec<IpNet>,
+    mtu: Option<toml::Value>,
+    bridge: Option<String>,
+    cni_conf_dir: Option<PathBuf>,
+    resync: Option<String>,
+    admin_addr: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    cleanup_on_exit: bool,
+}
+
+/// Where peers come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSourceKind {
+    /// A peers file or directory.
+    File(PathBuf),
+    /// The Kubernetes API.
+    Kubernetes,
+}
+
+/// Everything `wormhole run` needs, resolved and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node_name: String,
+    pub source: PeerSourceKind,
+    pub interface: String,
+    pub listen_port: u16,
+    pub backend: BackendArg,
+    pub key_file: PathBuf,
+    pub psk_file: Option<PathBuf>,
+    pub cluster_cidrs: Vec<IpNet>,
+    /// `None`: detect.
+    pub mtu: Option<u32>,
+    pub bridge: String,
+    pub cni_conf_dir: PathBuf,
+    pub resync: Duration,
+    pub admin_addr: SocketAddr,
+    pub log_format: LogFormat,
+    pub cleanup_on_exit: bool,
+}
+
+/// Parses `30s`, `2m`, `500ms`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (try 30s, 2m, 500ms)"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("duration {text:?} must be more than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_mtu(text: &str) -> Result<Option<u32>, String> {
+    if text.trim() == "auto" {
+        return Ok(None);
+    }
+    let mtu: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid --mtu {text:?}: a number or auto"))?;
+    if !(1280..=65535).contains(&mtu) {
+        return Err(format!(
+            "invalid --mtu {mtu}: must be 1280..65535 (IPv6 needs at least 1280)"
+        ));
+    }
+    Ok(Some(mtu))
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_owned()).filter(|n| !n.is_empty())
+}
+
+impl RunArgs {
+    /// Merges command line/environment, config file and defaults, and checks the result.
+    pub fn resolve(self) -> Result<Config, String> {
+        let file: FileConfig = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+        };
+        let kubernetes = self.kubernetes || file.kubernetes;
+        let peers = self.peers.or(file.peers);
+        let source = match (peers, kubernetes) {
+            (Some(_), true) => {
+                return Err("--peers and --kubernetes exclude each other: pick one".into());
+            }
+            (Some(path), false) => PeerSourceKind::File(path),
+            (None, true) => PeerSourceKind::Kubernetes,
+            (None, false) => {
+                return Err("no peer source: pass --peers FILE|DIR (or --kubernetes)".into());
+            }
+        };
+        let node_name = self
+            .node_name
+            .or(file.node_name)
+            .or_else(hostname)
+            .ok_or("no node name: pass --node-name")?;
+        let mtu = match (self.mtu, file.mtu) {
+            (Some(text), _) => parse_mtu(&text)?,
+            (None, Some(toml::Value::Integer(n))) => parse_mtu(&n.to_string())?,
+            (None, Some(toml::Value::String(s))) => parse_mtu(&s)?,
+            (None, Some(other)) => {
+                return Err(format!(
+                    "config file: mtu must be a number or \"auto\", not {other}"
+                ));
+            }
+            (None, None) => None,
+        };
+        let resync = parse_duration(self.resync.or(file.resync).as_deref().unwrap_or("30s"))
+            .map_err(|e| format!("--resync: {e}"))?;
+        let interface = self
+            .interface
+            .or(file.interface)
+            .unwrap_or_else(|| "wormhole0".into());
+        if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+            return Err(format!(
+                "invalid --interface {interface:?}: 1-15 characters, no '/' or spaces"
+            ));
+        }
+        let cluster_cidrs = if self.cluster_cidr.is_empty() {
+            file.cluster_cidr
+        } else {
+            self.cluster_cidr
+        };
+        if let Some(bad) = cluster_cidrs.iter().find(|c| c.trunc() != **c) {
+            return Err(format!(
+                "invalid --cluster-cidr {bad}: host bits set (did you mean {}?)",
+                bad.trunc()
+            ));
+        }
+        Ok(Config {
+            node_name,
+            source,
+            interface,
+            listen_port: self.listen_port.or(file.listen_port).unwrap_or(51820),
+            backend: self.backend.or(file.backend).unwrap_or(BackendArg::Auto),
+            key_file: self
+                .key_file
+                .or(file.key_file)
+                .unwrap_or_else(|| "/var/lib/wormhole/private.key".into()),
+            psk_file: self.psk_file.or(file.psk_file),
+            cluster_cidrs,
+            mtu,
+            bridge: self
+                .bridge
+                .or(file.bridge)
+                .unwrap_or_else(|| "wormhole-br0".into()),
+            cni_conf_dir: self
+                .cni_conf_dir
+                .or(file.cni_conf_dir)
+                .unwrap_or_else(|| "/etc/cni/net.d".into()),
+            resync,
+            admin_addr: self
+                .admin_addr
+                .or(file.admin_addr)
+                .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.parse().expect("valid default")),
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            cleanup_on_exit: self.cleanup_on_exit || file.cleanup_on_exit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut full = vec!["wormhole", "run"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Run(args) => args.resolve(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = parse(&["--peers", "/p.toml", "--node-name", "a"]).unwrap();
+        assert_eq!(c.interface, "wormhole0");
+        assert_eq!(c.listen_port, 51820);
+        assert_eq!(c.backend, BackendArg::Auto);
+        assert_eq!(c.mtu, None);
+        assert_eq!(c.resync, Duration::from_secs(30));
+        assert_eq!(c.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
+        assert_eq!(c.source, PeerSourceKind::File("/p.toml".into()));
+        let c = parse(&[
+            "--peers",
+            "/p",
+            "--node-name",
+            "a",
+            "--mtu",
+            "1380",
+            "--resync",
+            "500ms",
+            "--cluster-cidr",
+            "10.99.0.0/16",
+            "--cluster-cidr",
+            "fd99::/48",
+            "--backend",
+            "userspace",
+        ])
+        .unwrap();
+        assert_eq!(c.mtu, Some(1380));
+        assert_eq!(c.resync, Duration::from_millis(500));
+        assert_eq!(c.cluster_cidrs.len(), 2);
+        assert_eq!(c.backend, BackendArg::Userspace);
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        let err = parse(&["--node-name", "a"]).unwrap_err();
+        assert!(err.contains("no peer source"), "{err}");
+        let err = parse(&["--peers", "p", "--kubernetes", "--node-name", "a"]).unwrap_err();
+        assert!(err.contains("exclude each other"), "{err}");
+        let err = parse(&["--peers", "p", "--node-name", "a", "--mtu", "9"]).unwrap_err();
+        assert!(err.contains("1280"), "{err}");
+        let err = parse(&["--peers", "p", "--node-name", "a", "--resync", "3 weeks"]).unwrap_err();
+        assert!(err.contains("--resync"), "{err}");
+        let err = parse(&[
+            "--peers",
+            "p",
+            "--node-name",
+            "a",
+            "--cluster-cidr",
+            "10.99.0.1/16",
+        ])
+        .unwrap_err();
+        assert!(err.contains("did you mean 10.99.0.0/16"), "{err}");
+        let err = parse(&[
+            "--peers",
+            "p",
+            "--node-name",
+            "a",
+            "--interface",
+            "much-too-long-name",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--interface"), "{err}");
+    }
+
+    #[test]
+    fn config_file_fills_what_the_command_line_does_not_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wormhole.toml");
+        std::fs::write(
+            &path,
+            "node_name = \"from-file\"\npeers = \"/etc/wormhole/peers.toml\"\nmtu = 1400\nlisten_port = 4000\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap(), "--listen-port", "5000"]).unwrap();
+        assert_eq!(c.node_name, "from-file");
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.listen_port, 5000, "the command line wins");
+        std::fs::write(&path, "node_nam = \"typo\"\n").unwrap();
+        let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("unknown field `node_nam`"), "{err}");
+    }
+}

@@ -1,0 +1,123 @@
+//! The CNI conflist: the standard `bridge` + `host-local` plugins put pods on our bridge, with
+//! the node's pod CIDRs and the WireGuard MTU, then `portmap` and `loopback`.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde_json::json;
+
+/// The file we own in the CNI configuration directory. `10-` sorts it before most others.
+pub const CONFLIST: &str = "10-wormhole.conflist";
+
+/// The conflist for pods on `bridge` in `pod_cidrs`, with `mtu`.
+pub fn render(bridge: &str, pod_cidrs: &[IpNet], mtu: u32) -> String {
+    let ranges: Vec<_> = pod_cidrs
+        .iter()
+        .map(|c| json!([{ "subnet": c.to_string() }]))
+        .collect();
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "wormhole",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "isDefaultGateway": true,
+                // Our nftables table masquerades; the plugin's own rules would duplicate it.
+                "ipMasq": false,
+                "hairpinMode": true,
+                "mtu": mtu,
+                "ipam": { "type": "host-local", "ranges": ranges }
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+            { "type": "loopback" }
+        ]
+    });
+    let mut text = serde_json::to_string_pretty(&conf).expect("JSON values serialize");
+    text.push('\n');
+    text
+}
+
+/// Writes `text` as `dir/10-wormhole.conflist` atomically (temporary file, fsync, rename), so the
+/// runtime never reads half a file. Other files in `dir` are left alone. Returns the path.
+pub fn write(dir: &Path, text: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(CONFLIST);
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return Ok(path);
+    }
+    // A name without the .conflist suffix: runtimes ignore it while it is incomplete.
+    let tmp = dir.join(format!(".{CONFLIST}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| path)
+}
+
+/// Removes our conflist (for `--cleanup-on-exit`).
+pub fn remove(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(CONFLIST)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_dual_stack_bridge_with_the_mtu() {
+        let cidrs: Vec<IpNet> = vec![
+            "10.99.1.0/24".parse().unwrap(),
+            "fd99:0:0:1::/64".parse().unwrap(),
+        ];
+        let text = render("wormhole-br0", &cidrs, 1420);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        let bridge = &v["plugins"][0];
+        assert_eq!(bridge["type"], "bridge");
+        assert_eq!(bridge["bridge"], "wormhole-br0");
+        assert_eq!(bridge["mtu"], 1420);
+        assert_eq!(bridge["isDefaultGateway"], true);
+        assert_eq!(bridge["ipam"]["type"], "host-local");
+        assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.99.1.0/24");
+        assert_eq!(bridge["ipam"]["ranges"][1][0]["subnet"], "fd99:0:0:1::/64");
+        assert_eq!(v["plugins"][1]["type"], "portmap");
+        assert_eq!(v["plugins"][2]["type"], "loopback");
+    }
+
+    #[test]
+    fn writes_atomically_and_leaves_other_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("99-other.conflist"), "theirs").unwrap();
+        let path = write(dir.path(), "one").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one");
+        write(dir.path(), "two").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["10-wormhole.conflist", "99-other.conflist"]);
+        remove(dir.path()).unwrap();
+        remove(dir.path()).unwrap();
+        assert!(dir.path().join("99-other.conflist").exists());
+    }
+}

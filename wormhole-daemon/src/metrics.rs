@@ -1,0 +1,182 @@
+//! Prometheus metrics, rendered from the reconciler's status at each scrape (so peers that left
+//! leave no stale series), plus the reconcile-duration histogram kept across scrapes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use wormhole_core::Status;
+
+type Labels = Vec<(String, String)>;
+
+/// Metrics that need memory across scrapes.
+#[derive(Debug)]
+pub struct Metrics {
+    reconcile_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        // 1 ms to ~16 s.
+        let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15);
+        Metrics {
+            reconcile_duration: Histogram::new(buckets),
+        }
+    }
+}
+
+fn label(k: &str, v: impl Into<String>) -> Labels {
+    vec![(k.to_owned(), v.into())]
+}
+
+impl Metrics {
+    /// Records one reconcile pass.
+    pub fn observe_pass(&self, duration: Duration) {
+        self.reconcile_duration.observe(duration.as_secs_f64());
+    }
+
+    /// The exposition text for `status` at `now`.
+    pub fn render(&self, status: &Status, now: SystemTime) -> String {
+        let mut registry = Registry::with_prefix("wormhole");
+
+        let info = Family::<Labels, Gauge>::default();
+        info.get_or_create(&label("version", env!("CARGO_PKG_VERSION")))
+            .set(1);
+        registry.register("build_info", "Build information", info);
+
+        let peers = Family::<Labels, Gauge>::default();
+        for state in ["ok", "stale", "never"] {
+            peers.get_or_create(&label("state", state)).set(0);
+        }
+        let handshake_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let rx = Family::<Labels, Counter>::default();
+        let tx = Family::<Labels, Counter>::default();
+        for p in &status.peers {
+            peers
+                .get_or_create(&label("state", p.state(now).as_str()))
+                .inc();
+            let peer = label("peer", p.name.clone());
+            if let Some(t) = p.latest_handshake {
+                handshake_age
+                    .get_or_create(&peer)
+                    .set(now.duration_since(t).unwrap_or_default().as_secs_f64());
+            }
+            rx.get_or_create(&peer).inc_by(p.rx_bytes);
+            tx.get_or_create(&peer).inc_by(p.tx_bytes);
+        }
+        registry.register(
+            "peers",
+            "Accepted peers by state (ok, stale: handshake older than 3 min, never)",
+            peers,
+        );
+        registry.register(
+            "peer_handshake_age_seconds",
+            "Seconds since the latest handshake with each peer",
+            handshake_age,
+        );
+        registry.register("peer_receive_bytes", "Bytes received from each peer", rx);
+        registry.register("peer_transmit_bytes", "Bytes sent to each peer", tx);
+
+        let mut by_reason: BTreeMap<&str, i64> = BTreeMap::new();
+        for r in &status.rejected {
+            *by_reason.entry(r.reason.kind()).or_default() += 1;
+        }
+        let rejected = Family::<Labels, Gauge>::default();
+        for (reason, n) in by_reason {
+            rejected.get_or_create(&label("reason", reason)).set(n);
+        }
+        registry.register(
+            "rejected_peers",
+            "Peers refused by validation, by reason",
+            rejected,
+        );
+
+        let errors = Family::<Labels, Counter>::default();
+        for (kind, n) in &status.errors_by_kind {
+            errors
+                .get_or_create(&label("kind", kind.clone()))
+                .inc_by(*n);
+        }
+        registry.register(
+            "reconcile_errors",
+            "Failed reconcile passes by kind of error",
+            errors,
+        );
+        let passes = Counter::<u64>::default();
+        passes.inc_by(status.passes);
+        registry.register("reconciles", "Reconcile passes", passes);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            self.reconcile_duration.clone(),
+        );
+        let ready = Gauge::<i64>::default();
+        ready.set(i64::from(status.ready()));
+        registry.register(
+            "ready",
+            "1 when the first reconcile succeeded and the device exists",
+            ready,
+        );
+        let source_ok = Gauge::<i64>::default();
+        source_ok.set(i64::from(status.source_error.is_none()));
+        registry.register(
+            "peer_source_ok",
+            "0 while the peer source reports an error",
+            source_ok,
+        );
+        let mtu = Gauge::<i64>::default();
+        mtu.set(i64::from(status.mtu));
+        registry.register("mtu", "WireGuard (and pod) MTU", mtu);
+
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wormhole_core::PrivateKey;
+    use wormhole_core::status::PeerStatus;
+
+    #[test]
+    fn renders_peer_states_and_histogram() {
+        let now = SystemTime::now();
+        let status = Status {
+            passes: 3,
+            peers: vec![PeerStatus {
+                name: "n2".into(),
+                public_key: PrivateKey::generate().public_key(),
+                endpoint: None,
+                allowed_ips: vec![],
+                latest_handshake: Some(now - Duration::from_secs(7)),
+                rx_bytes: 100,
+                tx_bytes: 50,
+            }],
+            errors_by_kind: [("wireguard".to_owned(), 2)].into(),
+            ..Status::default()
+        };
+        let m = Metrics::default();
+        m.observe_pass(Duration::from_millis(3));
+        let text = m.render(&status, now);
+        for needle in [
+            "wormhole_peers{state=\"ok\"} 1",
+            "wormhole_peers{state=\"never\"} 0",
+            "wormhole_peer_handshake_age_seconds{peer=\"n2\"} 7",
+            "wormhole_peer_receive_bytes_total{peer=\"n2\"} 100",
+            "wormhole_reconcile_errors_total{kind=\"wireguard\"} 2",
+            "wormhole_reconciles_total 3",
+            "wormhole_reconcile_duration_seconds_count 1",
+            "wormhole_build_info{version=",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

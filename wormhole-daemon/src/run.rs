@@ -1,0 +1,207 @@
+//! `wormhole run`: wires the peers file, the Linux backends and the reconciler together, serves
+//! the admin endpoints and keeps the CNI conflist current. Stopping leaves the network in place.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use wormhole_core::reconciler::Backends;
+use wormhole_core::state::HostSettings;
+use wormhole_core::{FileKeyStore, FilePeerSource, KeyStore, Reconciler, Settings, Status};
+use wormhole_linux::{Backend, Network, Nftables, WgDevice};
+
+use crate::admin::{self, Admin};
+use crate::cli::{BackendArg, Config, PeerSourceKind};
+use crate::metrics::Metrics;
+use crate::{Error, cni};
+
+fn backend(arg: BackendArg) -> Result<Backend, Error> {
+    Ok(match arg {
+        BackendArg::Auto => Backend::detect(),
+        BackendArg::Kernel => Backend::Kernel,
+        BackendArg::Userspace => Backend::Userspace,
+        #[cfg(feature = "embedded")]
+        BackendArg::Embedded => Backend::Embedded,
+        #[cfg(not(feature = "embedded"))]
+        BackendArg::Embedded => {
+            return Err(Error::Config(
+                "this build has no embedded backend (feature `embedded`)".into(),
+            ));
+        }
+    })
+}
+
+/// The WireGuard MTU: underlay MTU - 80, the underlay being the interface holding this node's
+/// endpoint address in the peers file, else the one of the default route.
+async fn detect_mtu(config: &Config, network: &Network) -> Result<u32, Error> {
+    let local_ip = match &config.source {
+        PeerSourceKind::File(path) => wormhole_core::file_source::load(path).ok().and_then(|s| {
+            let me = s.nodes.into_iter().find(|n| n.name == config.node_name)?;
+            me.endpoint?
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|e| e.ip())
+        }),
+        PeerSourceKind::Kubernetes => None,
+    };
+    let mtu = network.wireguard_mtu(local_ip).await?;
+    tracing::info!(mtu, "detected MTU (underlay - 80); set --mtu to override");
+    Ok(mtu)
+}
+
+/// Pods on other nodes are reached by routing: turn forwarding on for the families in use.
+fn enable_forwarding() {
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        match std::fs::write(path, "1") {
+            Ok(()) => tracing::info!(path, "enabled IP forwarding"),
+            Err(e) => {
+                tracing::warn!(path, error = %e, "cannot enable IP forwarding: pods will not reach other nodes")
+            }
+        }
+    }
+}
+
+/// Keeps the CNI conflist equal to this node's pod CIDRs and MTU.
+async fn follow_cni(
+    mut status: watch::Receiver<Status>,
+    dir: std::path::PathBuf,
+    bridge: String,
+    mtu: u32,
+) {
+    let mut written: Option<Vec<IpNet>> = None;
+    loop {
+        let cidrs = status.borrow_and_update().pod_cidrs.clone();
+        if !cidrs.is_empty() && written.as_ref() != Some(&cidrs) {
+            match cni::write(&dir, &cni::render(&bridge, &cidrs, mtu)) {
+                Ok(path) => {
+                    tracing::info!(path = %path.display(), ?cidrs, mtu, "wrote CNI conflist");
+                    written = Some(cidrs);
+                }
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot write the CNI conflist")
+                }
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let PeerSourceKind::File(peers) = config.source.clone() else {
+        return Err(Error::Config(
+            "--kubernetes is not available in this build yet (Kubernetes support is issue #5); use --peers FILE|DIR"
+                .into(),
+        ));
+    };
+    let mut keys = FileKeyStore::new(&config.key_file);
+    if let Some(psk) = &config.psk_file {
+        keys = keys.with_cluster_secret(psk);
+    }
+    // Fail fast on unusable keys, before touching the host.
+    let key = keys.load_or_create().await?;
+    keys.cluster_secret().await?;
+    let network = Arc::new(Network::new(&config.interface)?);
+    let backend = backend(config.backend)?;
+    let device = Arc::new(WgDevice::new(
+        &config.interface,
+        backend,
+        Some(network.clone()),
+    )?);
+    let firewall = Arc::new(Nftables::new());
+    let mtu = match config.mtu {
+        Some(mtu) => mtu,
+        None => detect_mtu(&config, &network).await?,
+    };
+    tracing::info!(
+        node = %config.node_name, public_key = %key.public_key(), backend = backend.as_str(),
+        interface = %config.interface, mtu, peers = %peers.display(), "starting"
+    );
+    enable_forwarding();
+
+    let mut settings = Settings::new(&config.node_name, config.cluster_cidrs.clone());
+    settings.host = HostSettings {
+        interface: config.interface.clone(),
+        bridge: config.bridge.clone(),
+        listen_port: config.listen_port,
+        mtu,
+    };
+    settings.resync = config.resync;
+    let backends = Backends {
+        keys: Arc::new(keys),
+        device: device.clone(),
+        network: network.clone(),
+        firewall: firewall.clone(),
+    };
+    let mut reconciler = Reconciler::new(settings, backends);
+    let metrics = Arc::new(Metrics::default());
+    let observed = metrics.clone();
+    reconciler.on_pass(move |info, _| observed.observe_pass(info.duration));
+    let status = reconciler.status();
+
+    let listener = TcpListener::bind(config.admin_addr)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("listen on --admin-addr {}", config.admin_addr),
+            source,
+        })?;
+    tracing::info!(addr = %config.admin_addr, "admin server: /status /metrics /healthz /readyz");
+    let admin = Admin {
+        status: status.clone(),
+        device: device.clone(),
+        metrics,
+        liveness: config.resync * 3 + Duration::from_secs(60),
+        started: SystemTime::now(),
+    };
+    let admin_task = tokio::spawn(admin::serve(listener, Arc::new(admin)));
+    let cni_task = tokio::spawn(follow_cni(
+        status,
+        config.cni_conf_dir.clone(),
+        config.bridge.clone(),
+        mtu,
+    ));
+
+    reconciler
+        .run(FilePeerSource::new(&peers), shutdown_signal())
+        .await;
+    admin_task.abort();
+    cni_task.abort();
+
+    if config.cleanup_on_exit {
+        tracing::info!("--cleanup-on-exit: removing interface, firewall table and conflist");
+        network.delete_link().await?;
+        firewall.delete().await?;
+        cni::remove(&config.cni_conf_dir).map_err(|source| Error::Io {
+            what: "remove the CNI conflist".into(),
+            source,
+        })?;
+    } else {
+        tracing::info!("stopped; interface, routes, firewall and conflist left in place");
+    }
+    drop(device);
+    Ok(())
+}

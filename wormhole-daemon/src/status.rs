@@ -1,0 +1,313 @@
+//! The JSON behind `wormhole status` (served at `/status`) and its table.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use wormhole_core::Status;
+
+/// One row: an accepted peer or a rejected entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub name: String,
+    pub public_key: Option<String>,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the latest handshake; `null` if none yet.
+    pub latest_handshake_age_seconds: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// `ok`, `stale`, `never`, or `rejected: <reason>`.
+    pub state: String,
+}
+
+/// The latest reconcile pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassView {
+    pub age_seconds: u64,
+    pub duration_ms: f64,
+    pub changes: usize,
+    pub error: Option<String>,
+}
+
+/// Everything `wormhole status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub node: String,
+    pub public_key: Option<String>,
+    pub backend: String,
+    pub interface: String,
+    pub mtu: u32,
+    pub pod_cidrs: Vec<String>,
+    pub ready: bool,
+    pub last_reconcile: Option<PassView>,
+    pub source_error: Option<String>,
+    pub passes: u64,
+    pub errors: u64,
+    pub peers: Vec<PeerView>,
+}
+
+fn age(now: SystemTime, t: SystemTime) -> u64 {
+    now.duration_since(t).unwrap_or_default().as_secs()
+}
+
+impl StatusView {
+    /// The view of `status` at `now`.
+    pub fn new(status: &Status, now: SystemTime) -> Self {
+        let mut peers: Vec<PeerView> = status
+            .peers
+            .iter()
+            .map(|p| PeerView {
+                name: p.name.clone(),
+                public_key: Some(p.public_key.to_base64()),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                allowed_ips: p.allowed_ips.iter().map(ToString::to_string).collect(),
+                latest_handshake_age_seconds: p.latest_handshake.map(|t| age(now, t)),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                state: p.state(now).as_str().to_owned(),
+            })
+            .collect();
+        peers.extend(status.rejected.iter().map(|r| PeerView {
+            name: if r.name.is_empty() {
+                format!("({})", r.origin)
+            } else {
+                r.name.clone()
+            },
+            public_key: None,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            latest_handshake_age_seconds: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            state: format!("rejected: {}", r.reason),
+        }));
+        StatusView {
+            node: status.node_name.clone(),
+            public_key: status.public_key.map(|k| k.to_base64()),
+            backend: status.backend.clone(),
+            interface: status.interface.clone(),
+            mtu: status.mtu,
+            pod_cidrs: status.pod_cidrs.iter().map(ToString::to_string).collect(),
+            ready: status.ready(),
+            last_reconcile: status.last_pass.as_ref().map(|p| PassView {
+                age_seconds: age(now, p.at),
+                duration_ms: p.duration.as_secs_f64() * 1000.0,
+                changes: p.changes,
+                error: p.error.clone(),
+            }),
+            source_error: status.source_error.clone(),
+            passes: status.passes,
+            errors: status.errors,
+            peers,
+        }
+    }
+
+    /// Every peer is `ok` (and nothing was rejected).
+    pub fn all_ok(&self) -> bool {
+        self.peers.iter().all(|p| p.state == "ok")
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        _ => format!("{}h", secs / 3600),
+    }
+}
+
+/// The table `wormhole status` prints.
+pub fn table(view: &StatusView) -> String {
+    let mut out = format!(
+        "node {}  backend {}  interface {}  mtu {}  pod CIDRs {}\npublic key {}\n",
+        view.node,
+        view.backend,
+        view.interface,
+        view.mtu,
+        if view.pod_cidrs.is_empty() {
+            "-".into()
+        } else {
+            view.pod_cidrs.join(",")
+        },
+        view.public_key.as_deref().unwrap_or("-"),
+    );
+    match &view.last_reconcile {
+        None => out += "last reconcile: none yet\n",
+        Some(p) => {
+            out += &format!(
+                "last reconcile {} ago, {:.1} ms, {} change(s), {}\n",
+                ago(p.age_seconds),
+                p.duration_ms,
+                p.changes,
+                p.error
+                    .as_deref()
+                    .map_or("ok".to_owned(), |e| format!("error: {e}")),
+            );
+        }
+    }
+    if let Some(e) = &view.source_error {
+        out += &format!("peer source error (last good mesh kept): {e}\n");
+    }
+    out += "\n";
+    let header = [
+        "PEER",
+        "ENDPOINT",
+        "ALLOWED IPS",
+        "HANDSHAKE",
+        "RX",
+        "TX",
+        "STATE",
+    ];
+    let rows: Vec<[String; 7]> = view
+        .peers
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.endpoint.clone().unwrap_or_else(|| "-".into()),
+                if p.allowed_ips.is_empty() {
+                    "-".into()
+                } else {
+                    p.allowed_ips.join(",")
+                },
+                p.latest_handshake_age_seconds
+                    .map_or("-".into(), |s| format!("{} ago", ago(s))),
+                bytes(p.rx_bytes),
+                bytes(p.tx_bytes),
+                p.state.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l += cell;
+            } else {
+                l += &format!("{cell:<w$}  ");
+            }
+        }
+        l + "\n"
+    };
+    out += &line(&header);
+    for row in &rows {
+        out += &line(&row.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        out += "(no peers)\n";
+    }
+    out
+}
+
+/// Fetches the view from the agent at `addr`.
+pub fn fetch(addr: SocketAddr) -> Result<StatusView, String> {
+    let unreachable = |e: std::io::Error| {
+        format!(
+            "cannot reach the wormhole agent at {addr}: {e} (is `wormhole run` running? see --admin-addr)"
+        )
+    };
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(unreachable)?;
+    stream
+        .write_all(b"GET /status HTTP/1.0\r\nHost: wormhole\r\n\r\n")
+        .map_err(unreachable)?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).map_err(unreachable)?;
+    let reply = String::from_utf8_lossy(&reply);
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .ok_or("malformed reply from the agent")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "agent answered {}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
+    serde_json::from_str(body).map_err(|e| format!("malformed status from the agent: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wormhole_core::mesh::{RejectReason, Rejection};
+    use wormhole_core::status::PeerStatus;
+    use wormhole_core::{KeyError, PrivateKey};
+
+    #[test]
+    fn states_and_table() {
+        let now = SystemTime::now();
+        let peer = |name: &str, handshake: Option<u64>| PeerStatus {
+            name: name.into(),
+            public_key: PrivateKey::generate().public_key(),
+            endpoint: Some("192.168.77.2:51820".parse().unwrap()),
+            allowed_ips: vec!["10.99.2.0/24".parse().unwrap()],
+            latest_handshake: handshake.map(|s| now - Duration::from_secs(s)),
+            rx_bytes: 2048,
+            tx_bytes: 10,
+        };
+        let status = Status {
+            node_name: "n1".into(),
+            peers: vec![
+                peer("fresh", Some(5)),
+                peer("old", Some(600)),
+                peer("silent", None),
+            ],
+            rejected: vec![Rejection {
+                name: "bad".into(),
+                origin: "peers.toml:9 node[2]".into(),
+                reason: RejectReason::MalformedKey(KeyError::Base64),
+            }],
+            ..Status::default()
+        };
+        let view = StatusView::new(&status, now);
+        let states: Vec<_> = view.peers.iter().map(|p| p.state.as_str()).collect();
+        assert_eq!(
+            states,
+            [
+                "ok",
+                "stale",
+                "never",
+                "rejected: malformed public key: not valid base64"
+            ]
+        );
+        assert!(!view.all_ok());
+        let text = table(&view);
+        assert!(text.contains("fresh"), "{text}");
+        assert!(text.contains("5s ago"), "{text}");
+        assert!(text.contains("2.0 KiB"), "{text}");
+        assert!(text.contains("last reconcile: none yet"), "{text}");
+        let json = serde_json::to_string(&view).unwrap();
+        assert_eq!(serde_json::from_str::<StatusView>(&json).unwrap(), view);
+        let ok = StatusView {
+            peers: view.peers[..1].to_vec(),
+            ..view
+        };
+        assert!(ok.all_ok());
+    }
+}
