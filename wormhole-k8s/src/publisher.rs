@@ -1,0 +1,188 @@
+//! Publishes this node's WormholeNode by server-side apply (field manager
+//! [`FIELD_MANAGER`](crate::FIELD_MANAGER)): its public key and endpoint, owned by its Node so
+//! that deleting the Node garbage-collects it; and a status summary. Writes happen only when
+//! something changed: no heartbeats.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt as _};
+use serde_json::json;
+use wormhole_core::status::PeerState;
+use wormhole_core::{PublicKey, Status};
+
+use crate::crd::{WormholeNode, WormholeNodeSpec, WormholeNodeStatus};
+use crate::{Error, FIELD_MANAGER};
+
+/// The node's first InternalIP (IPv4 preferred) from its status.
+pub fn internal_ip(node: &Node) -> Option<IpAddr> {
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    let ips: Vec<IpAddr> = addresses
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()).copied()
+}
+
+/// The status summary of `status` at `now` (without the time, which changes every pass).
+pub fn summary(status: &Status, now: SystemTime) -> WormholeNodeStatus {
+    let count = |state| {
+        status
+            .peers
+            .iter()
+            .filter(|p| p.state(now) == state)
+            .count() as u32
+    };
+    let ok = count(PeerState::Ok);
+    WormholeNodeStatus {
+        key_prefix: status
+            .public_key
+            .map(|k| k.to_base64()[..8].to_owned())
+            .unwrap_or_default(),
+        peers: format!("{ok}/{}", status.peers.len()),
+        peers_ok: ok,
+        peers_stale: count(PeerState::Stale),
+        peers_never: count(PeerState::Never),
+        peers_rejected: status.rejected.len() as u32,
+        last_error: status.last_pass.as_ref().and_then(|p| p.error.clone()),
+        last_reconcile: None,
+    }
+}
+
+/// Applies this node's WormholeNode.
+pub struct Publisher {
+    api: Api<WormholeNode>,
+    nodes: Api<Node>,
+    name: String,
+    listen_port: u16,
+    endpoint: Option<SocketAddr>,
+    last_spec: Option<WormholeNodeSpec>,
+    last_status: Option<WormholeNodeStatus>,
+}
+
+impl Publisher {
+    /// Publishes for node `name`; `endpoint` overrides the Node's InternalIP with `listen_port`.
+    pub fn new(client: Client, name: &str, listen_port: u16, endpoint: Option<SocketAddr>) -> Self {
+        Publisher {
+            api: Api::all(client.clone()),
+            nodes: Api::all(client),
+            name: name.to_owned(),
+            listen_port,
+            endpoint,
+            last_spec: None,
+            last_status: None,
+        }
+    }
+
+    /// Applies the spec (key and endpoint) if it changed since the last apply. Returns whether
+    /// it wrote.
+    pub async fn publish_spec(&mut self, key: &PublicKey) -> Result<bool, Error> {
+        let node = self
+            .nodes
+            .get(&self.name)
+            .await
+            .map_err(Error::api(format!("get Node {}", self.name)))?;
+        let endpoint = match self.endpoint {
+            Some(e) => Some(e),
+            None => internal_ip(&node).map(|ip| SocketAddr::new(ip, self.listen_port)),
+        };
+        let spec = WormholeNodeSpec {
+            public_key: key.to_base64(),
+            endpoint: endpoint.map(|e| e.to_string()),
+            listen_port: self.listen_port,
+        };
+        if self.last_spec.as_ref() == Some(&spec) {
+            return Ok(false);
+        }
+        let uid = node
+            .metadata
+            .uid
+            .clone()
+            .ok_or_else(|| Error::Invalid(format!("Node {} has no uid", self.name)))?;
+        let object = json!({
+            "apiVersion": "wormhole.dev/v1alpha1",
+            "kind": "WormholeNode",
+            "metadata": {
+                "name": self.name,
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Node", "name": node.name_any(), "uid": uid,
+                }],
+            },
+            "spec": spec,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.api
+            .patch(&self.name, &params, &Patch::Apply(&object))
+            .await
+            .map_err(Error::api(format!("apply WormholeNode {}", self.name)))?;
+        tracing::info!(node = %self.name, endpoint = ?spec.endpoint, "published WormholeNode");
+        self.last_spec = Some(spec);
+        Ok(true)
+    }
+
+    /// Applies the status summary if it changed. Returns whether it wrote.
+    pub async fn publish_status(&mut self, status: &Status) -> Result<bool, Error> {
+        let now = SystemTime::now();
+        let summary = summary(status, now);
+        if self.last_status.as_ref() == Some(&summary) || self.last_spec.is_none() {
+            return Ok(false);
+        }
+        let mut with_time = summary.clone();
+        with_time.last_reconcile = Some(k8s_openapi::jiff::Timestamp::now().to_string());
+        let object = json!({
+            "apiVersion": "wormhole.dev/v1alpha1",
+            "kind": "WormholeNode",
+            "metadata": { "name": self.name },
+            "status": with_time,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.api
+            .patch_status(&self.name, &params, &Patch::Apply(&object))
+            .await
+            .map_err(Error::api(format!(
+                "apply WormholeNode {} status",
+                self.name
+            )))?;
+        self.last_status = Some(summary);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+
+    #[test]
+    fn internal_ip_prefers_ipv4() {
+        let node = |addrs: &[(&str, &str)]| Node {
+            status: Some(NodeStatus {
+                addresses: Some(
+                    addrs
+                        .iter()
+                        .map(|(t, a)| NodeAddress {
+                            type_: t.to_string(),
+                            address: a.to_string(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let n = node(&[
+            ("Hostname", "n1"),
+            ("InternalIP", "fd00::5"),
+            ("InternalIP", "10.0.0.5"),
+        ]);
+        assert_eq!(internal_ip(&n), Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(
+            internal_ip(&node(&[("InternalIP", "fd00::5")])),
+            Some("fd00::5".parse().unwrap())
+        );
+        assert_eq!(internal_ip(&node(&[("ExternalIP", "1.2.3.4")])), None);
+    }
+}
