@@ -2,8 +2,8 @@
 //! threads all live in the node's namespace, driving the real backends through the core
 //! reconciler.
 
-use std::net::IpAddr;
-use std::process::{Command, Output};
+use std::io::BufRead as _;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -12,7 +12,8 @@ use tokio::sync::Mutex;
 use wormhole_core::memory::MemoryKeyStore;
 use wormhole_core::mesh::{NodeEntry, Snapshot};
 use wormhole_core::reconciler::Backends;
-use wormhole_core::{Plan, PrivateKey, Reconciler, Settings};
+use wormhole_core::state::ObservedDevice;
+use wormhole_core::{Plan, PrivateKey, Reconciler, Settings, WireGuardDevice as _};
 use wormhole_linux::{Backend, Network, Nftables, WgDevice};
 
 /// True when running as root; otherwise prints why the test is skipped.
@@ -81,6 +82,59 @@ impl Netns {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
         run(&full)
+    }
+
+    /// Starts `args` in this namespace in the background (killed at the latest when the
+    /// namespace is dropped).
+    pub(crate) fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// Starts tcpdump on `iface` of this namespace; returns once it captures.
+    pub(crate) fn capture(&self, iface: &str) -> Capture {
+        let file = std::env::temp_dir().join(format!(
+            "{}-{iface}-{}.pcap",
+            self.name,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "tcpdump", "-i", iface])
+            // Headers are all we look at; -U writes each packet as it comes.
+            .args(["-nn", "-U", "-s", "128", "-w"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // tcpdump prints "listening on IFACE" once the capture is active.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut said = Vec::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("listening on") {
+                    let _ = tx.send(Ok(()));
+                }
+                said.push(line);
+            }
+            let _ = tx.send(Err(said.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Capture { child, file },
+            Ok(Err(said)) => panic!("tcpdump on {iface} in {} failed: {said}", self.name),
+            Err(e) => panic!("tcpdump on {iface} in {} did not start: {e}", self.name),
+        }
     }
 
     /// A tokio runtime all of whose threads (workers and blocking pool) enter this namespace.
@@ -192,6 +246,58 @@ impl Node {
         full.extend_from_slice(args);
         self.ns.sh(&full)
     }
+
+    /// The device as our backend reads it (configuration and per-peer counters).
+    pub(crate) fn observed(&self) -> ObservedDevice {
+        let device = self.device.clone();
+        self.block_on(async move { device.read().await })
+            .unwrap_or_else(|e| panic!("n{}: read device: {e}", self.index))
+            .unwrap_or_else(|| panic!("n{}: no device", self.index))
+    }
+
+    /// The packets counted by the rules of `inet wormhole` chain `chain` whose line contains
+    /// every one of `needles` (summed when several rules match).
+    pub(crate) fn nft_counter(&self, chain: &str, needles: &[&str]) -> u64 {
+        let listing = self
+            .ns
+            .sh(&["nft", "list", "chain", "inet", "wormhole", chain]);
+        let mut matched = 0;
+        let mut packets = 0;
+        for line in listing.lines() {
+            if needles.iter().all(|n| line.contains(n)) {
+                matched += 1;
+                let count = line
+                    .split("counter packets ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("no counter in {line:?}"));
+                packets += count;
+            }
+        }
+        assert!(
+            matched > 0,
+            "no rule with {needles:?} in chain {chain}:\n{listing}"
+        );
+        packets
+    }
+
+    /// Pings `target` once at a time until a reply comes back (bounded); true on success.
+    pub(crate) fn ping_until(&self, target: &str, attempts: u32) -> bool {
+        (0..attempts).any(|_| self.ping(target, 1))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // wireguard-go killed with the namespace leaves its socket behind.
+        let socket = format!(
+            "{}/{}.sock",
+            wormhole_linux::wireguard::SOCKET_DIR,
+            self.iface
+        );
+        let _ = std::fs::remove_file(socket);
+    }
 }
 
 /// An underlay bridge in its own namespace, and nodes attached to it.
@@ -290,29 +396,9 @@ impl Cluster {
         }
     }
 
-    /// Starts tcpdump on the underlay bridge writing to a file; stop it with [`Capture::stop`].
+    /// Starts tcpdump on the underlay bridge; stop it with [`Capture::stop`].
     pub(crate) fn capture(&self) -> Capture {
-        let file = std::env::temp_dir().join(format!("{}-underlay.pcap", self.prefix));
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.underlay.name,
-                "tcpdump",
-                "-i",
-                "br0",
-                "-nn",
-                "-U",
-                "-w",
-            ])
-            .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // tcpdump prints "listening on" once it captures.
-        std::thread::sleep(Duration::from_millis(700));
-        Capture { child, file }
+        self.underlay.capture("br0")
     }
 }
 
@@ -325,11 +411,16 @@ pub(crate) struct Capture {
 impl Capture {
     /// Stops the capture and returns one line per packet (`tcpdump -r -nn`).
     pub(crate) fn stop(mut self) -> Vec<String> {
+        // Let packets in flight reach the capture.
         std::thread::sleep(Duration::from_millis(300));
         let _ = run(&["kill", "-INT", &self.child.id().to_string()]);
         let _ = self.child.wait();
         let out = run(&["tcpdump", "-r", self.file.to_str().unwrap(), "-nn"]);
-        let _ = std::fs::remove_file(&self.file);
+        assert!(
+            out.status.success(),
+            "tcpdump -r: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)
@@ -337,7 +428,10 @@ impl Capture {
     }
 }
 
-/// An address without its prefix length.
-pub(crate) fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
 }

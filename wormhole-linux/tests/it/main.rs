@@ -3,5 +3,9 @@
 //! These tests need root (network namespaces, TUN, nftables). Without root each test prints a
 //! loud SKIPPED line and passes; CI runs them as root, where nothing is skipped.
 
+mod drift;
+mod encryption;
+mod firewall;
 mod harness;
 mod mesh;
+mod sessions;

@@ -39,6 +39,13 @@ fn two_nodes_embedded() {
 }
 
 #[test]
+fn three_nodes_embedded() {
+    if root_or_skip("three_nodes_embedded") {
+        mesh_pings(3, Backend::Embedded);
+    }
+}
+
+#[test]
 fn three_nodes_userspace_wireguard_go() {
     if root_or_skip("three_nodes_userspace_wireguard_go") {
         mesh_pings(3, Backend::Userspace);
