@@ -18,6 +18,9 @@ pub mod events;
 pub mod keys;
 pub mod publisher;
 pub mod source;
+#[cfg(feature = "fake-api")]
+#[doc(hidden)]
+pub mod testing;
 
 /// The API group of our custom resource.
 pub const GROUP: &str = "wormhole.dev";

@@ -1,0 +1,82 @@
+//! The publisher's exact requests: server-side apply with our field manager, an owner reference
+//! to the Node, writes on change only.
+
+use std::time::{Duration, SystemTime};
+
+use wormhole_core::status::PeerStatus;
+use wormhole_core::{PrivateKey, Status};
+use wormhole_k8s::publisher::Publisher;
+use wormhole_k8s::testing::{FakeApi, Kind};
+
+#[tokio::test]
+async fn applies_its_own_wormholenode_on_change_only() {
+    let api = FakeApi::start().await;
+    let uid = api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
+    let key = PrivateKey::generate().public_key();
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    assert!(publisher.publish_spec(&key).await.unwrap());
+
+    let applies: Vec<_> = api.requests().into_iter().filter(|r| r.method == "PATCH").collect();
+    assert_eq!(applies.len(), 1);
+    let apply = &applies[0];
+    assert!(apply.target.starts_with("/apis/wormhole.dev/v1alpha1/wormholenodes/n1?"), "{}", apply.target);
+    assert!(apply.target.contains("fieldManager=wormhole-agent"), "{}", apply.target);
+    assert!(apply.target.contains("force=true"), "{}", apply.target);
+    assert_eq!(apply.content_type, "application/apply-patch+yaml");
+    let body: serde_json::Value = serde_json::from_str(&apply.body).unwrap();
+    assert_eq!(body["spec"]["publicKey"], key.to_base64());
+    assert_eq!(body["spec"]["endpoint"], "192.168.77.1:51820", "the Node's InternalIP and our port");
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], uid);
+    assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert!(body["spec"].get("podCIDRs").is_none());
+
+    // No change, no write.
+    assert!(!publisher.publish_spec(&key).await.unwrap());
+    // A new key (rotation) is published.
+    let rotated = PrivateKey::generate().public_key();
+    assert!(publisher.publish_spec(&rotated).await.unwrap());
+    assert_eq!(api.get(Kind::Wormhole, "n1").unwrap()["spec"]["publicKey"], rotated.to_base64());
+
+    // Status: written once, then only when the summary changes (no heartbeats).
+    let now = SystemTime::now();
+    let mut status = Status {
+        public_key: Some(rotated),
+        peers: vec![PeerStatus {
+            name: "n2".into(),
+            public_key: PrivateKey::generate().public_key(),
+            endpoint: None,
+            allowed_ips: vec![],
+            latest_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        }],
+        ..Status::default()
+    };
+    assert!(publisher.publish_status(&status).await.unwrap());
+    assert!(!publisher.publish_status(&status).await.unwrap());
+    status.peers[0].latest_handshake = Some(now - Duration::from_secs(3));
+    status.peers[0].rx_bytes = 999; // counters alone are not a change
+    assert!(publisher.publish_status(&status).await.unwrap());
+    let stored = api.get(Kind::Wormhole, "n1").unwrap();
+    assert_eq!(stored["status"]["peers"], "1/1");
+    assert_eq!(stored["status"]["keyPrefix"], &rotated.to_base64()[..8]);
+    let status_applies = api.requests().iter().filter(|r| r.target.contains("/n1/status?")).count();
+    assert_eq!(status_applies, 2);
+
+    // Deleting the Node garbage-collects its WormholeNode (the ownerReference at work).
+    api.delete_node("n1");
+    assert!(api.get(Kind::Wormhole, "n1").is_none());
+}
+
+#[tokio::test]
+async fn the_endpoint_flag_wins_and_ipv6_is_bracketed() {
+    let api = FakeApi::start().await;
+    api.put_node("n1", &["10.99.1.0/24"], "fd00::1");
+    let key = PrivateKey::generate().public_key();
+    let mut publisher = Publisher::new(api.client(), "n1", 51821, None);
+    publisher.publish_spec(&key).await.unwrap();
+    assert_eq!(api.get(Kind::Wormhole, "n1").unwrap()["spec"]["endpoint"], "[fd00::1]:51821");
+    let mut publisher = Publisher::new(api.client(), "n1", 51821, Some("203.0.113.7:4000".parse().unwrap()));
+    publisher.publish_spec(&key).await.unwrap();
+    assert_eq!(api.get(Kind::Wormhole, "n1").unwrap()["spec"]["endpoint"], "203.0.113.7:4000");
+}

@@ -1,0 +1,213 @@
+//! The peer source over real HTTP: follows Nodes and WormholeNodes, survives API restarts and
+//! compaction, and takes CIDRs from Nodes only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use wormhole_core::memory::{self, MemoryKeyStore};
+use wormhole_core::{PeerSource, PrivateKey, PublicKey, Reconciler, Settings, Snapshot};
+use wormhole_k8s::events::EventSink;
+use wormhole_k8s::keys::SecretKeyStore;
+use wormhole_k8s::source::{KubePeerSource, detect_cluster_cidrs};
+use wormhole_k8s::testing::FakeApi;
+
+fn key() -> PublicKey {
+    PrivateKey::generate().public_key()
+}
+
+fn cluster() -> Vec<ipnet::IpNet> {
+    vec!["10.99.0.0/16".parse().unwrap(), "fd99::/48".parse().unwrap()]
+}
+
+fn publish(api: &FakeApi, name: &str, key: &PublicKey, i: u8) {
+    api.put_wormhole(name, json!({"publicKey": key.to_base64(), "endpoint": format!("192.168.77.{i}:51820"), "listenPort": 51820}));
+}
+
+async fn next(source: &mut KubePeerSource) -> Snapshot {
+    tokio::time::timeout(Duration::from_secs(10), source.next()).await.expect("a snapshot within 10 s").expect("a good snapshot")
+}
+
+fn names(s: &Snapshot) -> Vec<&str> {
+    s.nodes.iter().map(|n| n.name.as_str()).collect()
+}
+
+/// A cluster with `local` and peer `a`.
+async fn cluster_with_a() -> (Arc<FakeApi>, PublicKey, PublicKey) {
+    let api = FakeApi::start().await;
+    let (me, a) = (key(), key());
+    api.put_node("local", &["10.99.1.0/24"], "192.168.77.1");
+    api.put_node("a", &["10.99.2.0/24", "fd99:0:0:2::/64"], "192.168.77.2");
+    publish(&api, "a", &a, 2);
+    (api, me, a)
+}
+
+#[tokio::test]
+async fn follows_node_add_update_delete_and_cidr_changes() {
+    let (api, me, _) = cluster_with_a().await;
+    let mut source = KubePeerSource::new(api.client(), "local", me, cluster());
+    let s = next(&mut source).await;
+    assert_eq!(names(&s), ["a", "local"]);
+    assert_eq!(s.nodes[0].pod_cidrs, ["10.99.2.0/24", "fd99:0:0:2::/64"]);
+    assert_eq!(s.nodes[0].endpoint.as_deref(), Some("192.168.77.2:51820"));
+
+    // A Node without a WormholeNode is not a peer yet; once published, it is.
+    api.put_node("b", &["10.99.3.0/24"], "192.168.77.3");
+    publish(&api, "b", &key(), 3);
+    let s = next(&mut source).await;
+    assert_eq!(names(&s), ["a", "b", "local"]);
+
+    // IPAM changes a's CIDR.
+    api.put_node("a", &["10.99.20.0/24"], "192.168.77.2");
+    let s = next(&mut source).await;
+    assert_eq!(s.nodes[0].pod_cidrs, ["10.99.20.0/24"]);
+
+    // Deleting b's Node garbage-collects its WormholeNode; b leaves.
+    api.delete_node("b");
+    let s = next(&mut source).await;
+    assert_eq!(names(&s), ["a", "local"]);
+    assert!(api.get(wormhole_k8s::testing::Kind::Wormhole, "b").is_none());
+
+    // A heartbeat-like rewrite of a Node that changes nothing yields nothing.
+    api.put_node("a", &["10.99.20.0/24"], "192.168.77.2");
+    assert!(tokio::time::timeout(Duration::from_millis(700), source.next()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_wormholenode_cannot_claim_cidrs() {
+    let (api, me, a) = cluster_with_a().await;
+    // a claims local's CIDR and the whole cluster through fields the type does not have.
+    api.put_wormhole(
+        "a",
+        json!({"publicKey": a.to_base64(), "listenPort": 51820, "podCIDRs": ["10.99.1.0/24"],
+               "allowedIPs": ["10.99.0.0/16"], "podCIDR": "10.99.1.0/24"}),
+    );
+    let mut source = KubePeerSource::new(api.client(), "local", me, cluster());
+    let s = next(&mut source).await;
+    assert_eq!(s.nodes[0].name, "a");
+    assert_eq!(s.nodes[0].pod_cidrs, ["10.99.2.0/24", "fd99:0:0:2::/64"], "CIDRs come from the Node only");
+}
+
+#[tokio::test]
+async fn survives_an_api_server_restart_and_410_gone_without_removing_peers() {
+    let (api, me, _) = cluster_with_a().await;
+    api.put_node("b", &["10.99.3.0/24"], "192.168.77.3");
+    publish(&api, "b", &key(), 3);
+    let mut source = KubePeerSource::new(api.client(), "local", me, cluster());
+    assert_eq!(names(&next(&mut source).await), ["a", "b", "local"]);
+
+    // The API server goes away. Whatever the source says meanwhile, it never drops a peer.
+    api.stop().await;
+    let outage = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match source.next().await {
+                Ok(s) => assert_eq!(names(&s), ["a", "b", "local"], "a peer vanished during the outage"),
+                Err(e) => eprintln!("during the outage: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(outage.is_err(), "the loop only ends by timeout");
+
+    // While it was down, c joined and etcd compacted: the watch resumes with 410 Gone, the
+    // watcher lists again and converges.
+    api.put_node("c", &["10.99.4.0/24"], "192.168.77.4");
+    publish(&api, "c", &key(), 4);
+    api.compact();
+    api.restart().await;
+    let s = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(s) = source.next().await {
+                if names(&s).contains(&"c") {
+                    return s;
+                }
+            }
+        }
+    })
+    .await
+    .expect("converged after the restart");
+    assert_eq!(names(&s), ["a", "b", "c", "local"]);
+    // Each kind was listed twice: at start, and again after the 410.
+    let lists = |prefix: &str| {
+        api.requests().iter().filter(|r| r.target.starts_with(prefix) && !r.target.contains("watch=")).count()
+    };
+    assert!(lists("/api/v1/nodes?") >= 2, "Nodes were listed again after 410 Gone");
+    assert!(lists("/apis/wormhole.dev/v1alpha1/wormholenodes?") >= 2, "WormholeNodes were listed again");
+}
+
+#[tokio::test]
+async fn a_bad_key_is_rejected_with_an_event_and_the_rest_works() {
+    let (api, me, _) = cluster_with_a().await;
+    api.put_node("evil", &["10.99.5.0/24"], "192.168.77.5");
+    api.put_wormhole("evil", json!({"publicKey": "not-a-key", "listenPort": 51820}));
+    let local = PrivateKey::generate();
+    let _ = me;
+    let backends = memory::Backends::default();
+    let mut r = Reconciler::new(
+        Settings::new("local", cluster()),
+        backends.handles(MemoryKeyStore::new(local.clone(), None)),
+    );
+    let mut source = KubePeerSource::new(api.client(), "local", local.public_key(), cluster());
+    r.update(Ok(next(&mut source).await));
+    r.reconcile().await.unwrap();
+    let status = r.status().borrow().clone();
+    assert_eq!(status.peers.len(), 1);
+    assert_eq!(status.rejected.len(), 1);
+    assert!(status.rejected[0].to_string().contains("malformed public key"));
+
+    let mut events = EventSink::new(api.client(), "local");
+    events.observe(&status).await;
+    events.observe(&status).await; // rate-limited: no second Event
+    let sent = api.events();
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0]["reason"], "PeerRejected");
+    assert_eq!(sent[0]["type"], "Warning");
+    assert_eq!(sent[0]["regarding"]["kind"], "Node");
+    assert_eq!(sent[0]["regarding"]["name"], "local");
+    assert!(sent[0]["note"].as_str().unwrap().contains("evil"));
+}
+
+#[tokio::test]
+async fn psk_from_a_secret_converges_without_restart() {
+    let (api, _, a) = cluster_with_a().await;
+    let local = PrivateKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let file = wormhole_core::FileKeyStore::new(dir.path().join("key"));
+    std::fs::write(dir.path().join("key"), local.to_base64_secret().as_bytes()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path().join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let keys = SecretKeyStore::new(file, api.client(), "wormhole", "wormhole-psk");
+    let backends = memory::Backends::default();
+    let mut r = Reconciler::new(Settings::new("local", cluster()), backends.handles(keys));
+    let mut source = KubePeerSource::new(api.client(), "local", local.public_key(), cluster());
+    r.update(Ok(next(&mut source).await));
+
+    // Configured but absent: a clear error, nothing applied.
+    let err = r.reconcile().await.unwrap_err().to_string();
+    assert!(err.contains("Secret wormhole/wormhole-psk"), "{err}");
+    assert_eq!(backends.writes(), 0);
+
+    let first = wormhole_core::PresharedKey::generate();
+    api.put_secret("wormhole", "wormhole-psk", "psk", first.to_base64_secret().as_bytes());
+    r.reconcile().await.unwrap();
+    let psk = |b: &memory::Backends| b.device.state().unwrap().peers[&a].preshared_key.clone();
+    assert_eq!(psk(&backends), Some(first.derive_pair(&local.public_key(), &a)));
+
+    let second = wormhole_core::PresharedKey::generate();
+    api.put_secret("wormhole", "wormhole-psk", "psk", second.secret_bytes());
+    r.reconcile().await.unwrap();
+    assert_eq!(psk(&backends), Some(second.derive_pair(&local.public_key(), &a)));
+}
+
+#[tokio::test]
+async fn cluster_cidrs_from_kubeadm_config() {
+    let api = FakeApi::start().await;
+    assert!(detect_cluster_cidrs(api.client()).await.unwrap().is_empty());
+    api.put_configmap(
+        "kube-system",
+        "kubeadm-config",
+        json!({"ClusterConfiguration": "apiVersion: kubeadm.k8s.io/v1beta3\nnetworking:\n  dnsDomain: cluster.local\n  podSubnet: 10.244.0.0/16,fd00:10:244::/56\n  serviceSubnet: 10.96.0.0/12\n"}),
+    );
+    let cidrs = detect_cluster_cidrs(api.client()).await.unwrap();
+    assert_eq!(cidrs, ["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/56".parse::<ipnet::IpNet>().unwrap()]);
+}
