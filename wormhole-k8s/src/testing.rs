@@ -183,7 +183,14 @@ impl FakeApi {
         s.history.clear();
     }
 
-    fn record(&self, s: &mut State, kind: Kind, name: &str, kind_of_event: &'static str, mut object: Value) -> Value {
+    fn record(
+        &self,
+        s: &mut State,
+        kind: Kind,
+        name: &str,
+        kind_of_event: &'static str,
+        mut object: Value,
+    ) -> Value {
         s.rv += 1;
         object["metadata"]["resourceVersion"] = json!(s.rv.to_string());
         if kind_of_event == "DELETED" {
@@ -215,7 +222,11 @@ impl FakeApi {
             "spec": {"podCIDR": pod_cidrs.first(), "podCIDRs": pod_cidrs},
             "status": {"addresses": [{"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}]},
         });
-        let event = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+        let event = if existing.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         self.record(&mut s, Kind::Node, name, event, node);
         uid
     }
@@ -223,7 +234,9 @@ impl FakeApi {
     /// Deletes a Node and, like the garbage collector, the objects it owns.
     pub fn delete_node(&self, name: &str) {
         let mut s = self.state.lock().unwrap();
-        let Some(node) = s.objects.get(&(Kind::Node, name.to_owned())).cloned() else { return };
+        let Some(node) = s.objects.get(&(Kind::Node, name.to_owned())).cloned() else {
+            return;
+        };
         let uid = node["metadata"]["uid"].clone();
         self.record(&mut s, Kind::Node, name, "DELETED", node);
         let owned: Vec<(String, Value)> = s
@@ -231,7 +244,9 @@ impl FakeApi {
             .iter()
             .filter(|((k, _), o)| {
                 *k == Kind::Wormhole
-                    && o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+                    && o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
             })
             .map(|((_, n), o)| (n.clone(), o.clone()))
             .collect();
@@ -244,7 +259,10 @@ impl FakeApi {
     /// of the same name if it exists.
     pub fn put_wormhole(&self, name: &str, spec: Value) {
         let mut s = self.state.lock().unwrap();
-        let owner = s.objects.get(&(Kind::Node, name.to_owned())).map(|n| n["metadata"]["uid"].clone());
+        let owner = s
+            .objects
+            .get(&(Kind::Node, name.to_owned()))
+            .map(|n| n["metadata"]["uid"].clone());
         let existing = s.objects.get(&(Kind::Wormhole, name.to_owned())).cloned();
         let uid = match &existing {
             Some(o) => o["metadata"]["uid"].clone(),
@@ -256,15 +274,25 @@ impl FakeApi {
             "spec": spec,
         });
         if let Some(owner) = owner {
-            object["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Node", "name": name, "uid": owner}]);
+            object["metadata"]["ownerReferences"] =
+                json!([{"apiVersion": "v1", "kind": "Node", "name": name, "uid": owner}]);
         }
-        let event = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+        let event = if existing.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         self.record(&mut s, Kind::Wormhole, name, event, object);
     }
 
     /// An object as stored.
     pub fn get(&self, kind: Kind, name: &str) -> Option<Value> {
-        self.state.lock().unwrap().objects.get(&(kind, name.to_owned())).cloned()
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .get(&(kind, name.to_owned()))
+            .cloned()
     }
 
     /// Stores a Secret with one `key: value` (value as raw bytes).
@@ -273,14 +301,22 @@ impl FakeApi {
         let data = base64::engine::general_purpose::STANDARD.encode(value);
         let secret = json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": name, "namespace": namespace}, "data": {key: data}});
-        self.state.lock().unwrap().secrets.insert((namespace.into(), name.into()), secret);
+        self.state
+            .lock()
+            .unwrap()
+            .secrets
+            .insert((namespace.into(), name.into()), secret);
     }
 
     /// Stores a ConfigMap with this data.
     pub fn put_configmap(&self, namespace: &str, name: &str, data: Value) {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": namespace}, "data": data});
-        self.state.lock().unwrap().configmaps.insert((namespace.into(), name.into()), cm);
+        self.state
+            .lock()
+            .unwrap()
+            .configmaps
+            .insert((namespace.into(), name.into()), cm);
     }
 
     /// Events created so far.
@@ -302,7 +338,10 @@ impl FakeApi {
                 return;
             }
             let mut parts = line.split_whitespace();
-            let (method, target) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+            let (method, target) = (
+                parts.next().unwrap_or("").to_owned(),
+                parts.next().unwrap_or("").to_owned(),
+            );
             let (mut length, mut content_type) = (0usize, String::new());
             loop {
                 let mut header = String::new();
@@ -343,7 +382,9 @@ impl FakeApi {
                 "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 text.len()
             );
-            if write.write_all(head.as_bytes()).await.is_err() || write.write_all(text.as_bytes()).await.is_err() {
+            if write.write_all(head.as_bytes()).await.is_err()
+                || write.write_all(text.as_bytes()).await.is_err()
+            {
                 return;
             }
         }
@@ -372,16 +413,32 @@ impl FakeApi {
         if let Some((kind, name, status_sub)) = Self::kind_of(path) {
             return match (method, name) {
                 ("GET", None) => {
-                    let items: Vec<Value> = s.objects.iter().filter(|((k, _), _)| *k == kind).map(|(_, o)| o.clone()).collect();
-                    let limit: usize = query(target, "limit").and_then(|l| l.parse().ok()).unwrap_or(usize::MAX);
-                    let start: usize = query(target, "continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+                    let items: Vec<Value> = s
+                        .objects
+                        .iter()
+                        .filter(|((k, _), _)| *k == kind)
+                        .map(|(_, o)| o.clone())
+                        .collect();
+                    let limit: usize = query(target, "limit")
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or(usize::MAX);
+                    let start: usize = query(target, "continue")
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
                     let page: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
                     let mut metadata = json!({"resourceVersion": s.rv.to_string()});
                     if start + page.len() < items.len() {
                         metadata["continue"] = json!((start + page.len()).to_string());
                     }
-                    let list_kind = if kind == Kind::Node { "NodeList" } else { "WormholeNodeList" };
-                    (200, json!({"kind": list_kind, "apiVersion": "v1", "metadata": metadata, "items": page}))
+                    let list_kind = if kind == Kind::Node {
+                        "NodeList"
+                    } else {
+                        "WormholeNodeList"
+                    };
+                    (
+                        200,
+                        json!({"kind": list_kind, "apiVersion": "v1", "metadata": metadata, "items": page}),
+                    )
                 }
                 ("GET", Some(name)) => match s.objects.get(&(kind, name.to_owned())) {
                     Some(o) => (200, o.clone()),
@@ -389,10 +446,16 @@ impl FakeApi {
                 },
                 ("PATCH", Some(name)) if kind == Kind::Wormhole => {
                     if !content_type.starts_with("application/apply-patch") {
-                        return (415, status(415, "UnsupportedMediaType", "only server-side apply"));
+                        return (
+                            415,
+                            status(415, "UnsupportedMediaType", "only server-side apply"),
+                        );
                     }
                     if query(target, "fieldManager").is_none() {
-                        return (422, status(422, "Invalid", "fieldManager is required for apply"));
+                        return (
+                            422,
+                            status(422, "Invalid", "fieldManager is required for apply"),
+                        );
                     }
                     let Ok(patch) = serde_json::from_str::<Value>(body) else {
                         return (400, status(400, "BadRequest", "body is not JSON"));
@@ -400,7 +463,9 @@ impl FakeApi {
                     let existing = s.objects.get(&(kind, name.to_owned())).cloned();
                     let mut object = match existing {
                         Some(o) => o,
-                        None if status_sub => return (404, status(404, "NotFound", &format!("{name} not found"))),
+                        None if status_sub => {
+                            return (404, status(404, "NotFound", &format!("{name} not found")));
+                        }
                         None => {
                             let uid = Self::uid(&mut s);
                             json!({"apiVersion": "wormhole.dev/v1alpha1", "kind": "WormholeNode",
@@ -415,13 +480,24 @@ impl FakeApi {
                             object["metadata"]["ownerReferences"] = refs.clone();
                         }
                     }
-                    let event = if s.objects.contains_key(&(kind, name.to_owned())) { "MODIFIED" } else { "ADDED" };
+                    let event = if s.objects.contains_key(&(kind, name.to_owned())) {
+                        "MODIFIED"
+                    } else {
+                        "ADDED"
+                    };
                     drop(s);
                     let mut s = self.state.lock().unwrap();
                     let stored = self.record(&mut s, kind, name, event, object);
                     (200, stored)
                 }
-                _ => (405, status(405, "MethodNotAllowed", "not supported by the fake API server")),
+                _ => (
+                    405,
+                    status(
+                        405,
+                        "MethodNotAllowed",
+                        "not supported by the fake API server",
+                    ),
+                ),
             };
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -429,35 +505,67 @@ impl FakeApi {
             ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
                 match s.secrets.get(&((*ns).to_owned(), (*name).to_owned())) {
                     Some(o) => (200, o.clone()),
-                    None => (404, status(404, "NotFound", &format!("secrets \"{name}\" not found"))),
+                    None => (
+                        404,
+                        status(404, "NotFound", &format!("secrets \"{name}\" not found")),
+                    ),
                 }
             }
             ("GET", ["api", "v1", "namespaces", ns, "configmaps", name]) => {
                 match s.configmaps.get(&((*ns).to_owned(), (*name).to_owned())) {
                     Some(o) => (200, o.clone()),
-                    None => (404, status(404, "NotFound", &format!("configmaps \"{name}\" not found"))),
+                    None => (
+                        404,
+                        status(404, "NotFound", &format!("configmaps \"{name}\" not found")),
+                    ),
                 }
             }
-            ("POST" | "PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _ns, "events", ..]) => {
+            (
+                "POST" | "PATCH",
+                [
+                    "apis",
+                    "events.k8s.io",
+                    "v1",
+                    "namespaces",
+                    _ns,
+                    "events",
+                    ..,
+                ],
+            ) => {
                 let event: Value = serde_json::from_str(body).unwrap_or(Value::Null);
                 s.events.push(event.clone());
                 (201, event)
             }
-            _ => (404, status(404, "NotFound", &format!("the fake API server does not serve {method} {path}"))),
+            _ => (
+                404,
+                status(
+                    404,
+                    "NotFound",
+                    &format!("the fake API server does not serve {method} {path}"),
+                ),
+            ),
         }
     }
 
     async fn watch(&self, target: &str, write: &mut tokio::net::tcp::OwnedWriteHalf) {
         let path = target.split('?').next().unwrap_or("");
-        let Some((kind, None, _)) = Self::kind_of(path) else { return };
-        let since: u64 = query(target, "resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let Some((kind, None, _)) = Self::kind_of(path) else {
+            return;
+        };
+        let since: u64 = query(target, "resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut live = self.tx.subscribe();
         let backlog: Result<Vec<(u64, Kind, &'static str, Value)>, ()> = {
             let s = self.state.lock().unwrap();
             if since < s.oldest {
                 Err(())
             } else {
-                Ok(s.history.iter().filter(|(rv, k, _, _)| *rv > since && *k == kind).cloned().collect())
+                Ok(s.history
+                    .iter()
+                    .filter(|(rv, k, _, _)| *rv > since && *k == kind)
+                    .cloned()
+                    .collect())
             }
         };
         let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -480,7 +588,11 @@ impl FakeApi {
         let mut last = since;
         for (rv, _, event, object) in backlog {
             last = rv;
-            if write.write_all(send(json!({"type": event, "object": object})).as_bytes()).await.is_err() {
+            if write
+                .write_all(send(json!({"type": event, "object": object})).as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -488,7 +600,11 @@ impl FakeApi {
             if k != kind || rv <= last {
                 continue;
             }
-            if write.write_all(send(json!({"type": event, "object": object})).as_bytes()).await.is_err() {
+            if write
+                .write_all(send(json!({"type": event, "object": object})).as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
         }

@@ -1,1 +1,239 @@
+//! Every manifest in `deploy/` parses into k8s-openapi types, and says what the security model
+//! needs it to say.
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Deserialize as _;
+
+#[derive(Default)]
+struct Manifests {
+    namespaces: Vec<Namespace>,
+    service_accounts: Vec<ServiceAccount>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    daemonsets: Vec<DaemonSet>,
+    policies: Vec<ValidatingAdmissionPolicy>,
+    policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
+    crds: Vec<CustomResourceDefinition>,
+}
+
+fn load() -> Manifests {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let mut m = Manifests::default();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).unwrap();
+            if value.is_null() {
+                continue;
+            }
+            let kind = value["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{file:?}: a document without kind"));
+            macro_rules! push {
+                ($list:ident) => {
+                    m.$list.push(
+                        serde_yaml::from_value(value.clone())
+                            .unwrap_or_else(|e| panic!("{file:?} {kind}: {e}")),
+                    )
+                };
+            }
+            match kind {
+                "Namespace" => push!(namespaces),
+                "ServiceAccount" => push!(service_accounts),
+                "ClusterRole" => push!(cluster_roles),
+                "ClusterRoleBinding" => push!(cluster_role_bindings),
+                "Role" => push!(roles),
+                "RoleBinding" => push!(role_bindings),
+                "DaemonSet" => push!(daemonsets),
+                "ValidatingAdmissionPolicy" => push!(policies),
+                "ValidatingAdmissionPolicyBinding" => push!(policy_bindings),
+                "CustomResourceDefinition" => push!(crds),
+                other => panic!("{file:?}: unexpected kind {other}"),
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn every_manifest_parses_and_each_kind_is_there() {
+    let m = load();
+    assert_eq!(m.namespaces.len(), 1);
+    assert_eq!(m.service_accounts.len(), 1);
+    assert_eq!(m.cluster_roles.len(), 1);
+    assert_eq!(m.cluster_role_bindings.len(), 1);
+    assert_eq!(m.daemonsets.len(), 1);
+    assert_eq!(m.policies.len(), 1);
+    assert_eq!(m.policy_bindings.len(), 1);
+    assert_eq!(m.crds.len(), 1);
+    assert_eq!(
+        m.crds[0].metadata.name.as_deref(),
+        Some("wormholenodes.wormhole.dev")
+    );
+}
+
+#[test]
+fn rbac_reads_nodes_never_writes_them_and_gets_one_secret() {
+    let m = load();
+    let rules = m.cluster_roles[0].rules.clone().unwrap();
+    let nodes = rules
+        .iter()
+        .find(|r| r.resources.as_deref() == Some(&["nodes".to_owned()][..]))
+        .unwrap();
+    assert_eq!(nodes.verbs, ["get", "list", "watch"]);
+    for rule in &rules {
+        assert!(
+            !rule.resources.iter().flatten().any(|r| r == "secrets"),
+            "no Secret access cluster-wide"
+        );
+        assert!(!rule.verbs.iter().any(|v| v == "*"), "no wildcard verbs");
+    }
+    let psk = m
+        .roles
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some("wormhole-psk"))
+        .unwrap();
+    let rule = &psk.rules.as_ref().unwrap()[0];
+    assert_eq!(rule.verbs, ["get"]);
+    assert_eq!(
+        rule.resource_names.as_deref(),
+        Some(&["wormhole-psk".to_owned()][..])
+    );
+    let binding = &m.cluster_role_bindings[0].subjects.as_ref().unwrap()[0];
+    assert_eq!(
+        (binding.name.as_str(), binding.namespace.as_deref()),
+        ("wormhole", Some("wormhole"))
+    );
+}
+
+#[test]
+fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
+    let m = load();
+    let pod = m.daemonsets[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.service_account_name.as_deref(), Some("wormhole"));
+    assert!(
+        pod.tolerations
+            .unwrap()
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none())
+    );
+    let c = &pod.containers[0];
+    let security = c.security_context.as_ref().unwrap();
+    assert_ne!(security.privileged, Some(true));
+    let caps = security.capabilities.as_ref().unwrap();
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["NET_ADMIN".to_owned(), "NET_RAW".to_owned()][..])
+    );
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(probe_path(&c.liveness_probe), "/healthz");
+    assert_eq!(probe_path(&c.readiness_probe), "/readyz");
+    let env = c.env.as_ref().unwrap();
+    let node_name = env.iter().find(|e| e.name == "WORMHOLE_NODE_NAME").unwrap();
+    let field = node_name
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+    assert!(
+        c.args
+            .as_ref()
+            .unwrap()
+            .contains(&"--kubernetes".to_owned())
+    );
+    let host_paths: Vec<String> = pod
+        .volumes
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.host_path.as_ref().map(|h| h.path.clone()))
+        .collect();
+    for path in [
+        "/etc/cni/net.d",
+        "/opt/cni/bin",
+        "/var/lib/wormhole",
+        "/run/wireguard",
+    ] {
+        assert!(
+            host_paths.iter().any(|p| p == path),
+            "missing hostPath {path}"
+        );
+    }
+    let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+    assert!(requests.contains_key("memory") && requests.contains_key("cpu"));
+}
+
+#[test]
+fn the_admission_policy_binds_writes_to_the_token_node() {
+    let m = load();
+    let policy = m.policies[0].spec.as_ref().unwrap();
+    let rules = policy
+        .match_constraints
+        .as_ref()
+        .unwrap()
+        .resource_rules
+        .as_ref()
+        .unwrap();
+    let resources = rules[0].resources.as_ref().unwrap();
+    assert!(
+        resources.contains(&"wormholenodes".to_owned())
+            && resources.contains(&"wormholenodes/status".to_owned())
+    );
+    let condition = &policy.match_conditions.as_ref().unwrap()[0].expression;
+    assert!(
+        condition.contains("system:serviceaccount:wormhole:wormhole"),
+        "{condition}"
+    );
+    let checks: Vec<&str> = policy
+        .validations
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.expression.as_str())
+        .collect();
+    assert!(
+        checks[0].contains("authentication.kubernetes.io/node-name")
+            && checks[0].contains("request.name")
+    );
+    assert!(checks[1].contains("ownerReferences"));
+    let binding = m.policy_bindings[0].spec.as_ref().unwrap();
+    assert_eq!(binding.policy_name, m.policies[0].metadata.name.clone());
+    assert_eq!(
+        binding.validation_actions.as_deref(),
+        Some(&["Deny".to_owned()][..])
+    );
+}

@@ -16,16 +16,33 @@ async fn applies_its_own_wormholenode_on_change_only() {
     let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
     assert!(publisher.publish_spec(&key).await.unwrap());
 
-    let applies: Vec<_> = api.requests().into_iter().filter(|r| r.method == "PATCH").collect();
+    let applies: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
     assert_eq!(applies.len(), 1);
     let apply = &applies[0];
-    assert!(apply.target.starts_with("/apis/wormhole.dev/v1alpha1/wormholenodes/n1?"), "{}", apply.target);
-    assert!(apply.target.contains("fieldManager=wormhole-agent"), "{}", apply.target);
+    assert!(
+        apply
+            .target
+            .starts_with("/apis/wormhole.dev/v1alpha1/wormholenodes/n1?"),
+        "{}",
+        apply.target
+    );
+    assert!(
+        apply.target.contains("fieldManager=wormhole-agent"),
+        "{}",
+        apply.target
+    );
     assert!(apply.target.contains("force=true"), "{}", apply.target);
     assert_eq!(apply.content_type, "application/apply-patch+yaml");
     let body: serde_json::Value = serde_json::from_str(&apply.body).unwrap();
     assert_eq!(body["spec"]["publicKey"], key.to_base64());
-    assert_eq!(body["spec"]["endpoint"], "192.168.77.1:51820", "the Node's InternalIP and our port");
+    assert_eq!(
+        body["spec"]["endpoint"], "192.168.77.1:51820",
+        "the Node's InternalIP and our port"
+    );
     assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], uid);
     assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "Node");
     assert!(body["spec"].get("podCIDRs").is_none());
@@ -35,7 +52,10 @@ async fn applies_its_own_wormholenode_on_change_only() {
     // A new key (rotation) is published.
     let rotated = PrivateKey::generate().public_key();
     assert!(publisher.publish_spec(&rotated).await.unwrap());
-    assert_eq!(api.get(Kind::Wormhole, "n1").unwrap()["spec"]["publicKey"], rotated.to_base64());
+    assert_eq!(
+        api.get(Kind::Wormhole, "n1").unwrap()["spec"]["publicKey"],
+        rotated.to_base64()
+    );
 
     // Status: written once, then only when the summary changes (no heartbeats).
     let now = SystemTime::now();
@@ -60,7 +80,11 @@ async fn applies_its_own_wormholenode_on_change_only() {
     let stored = api.get(Kind::Wormhole, "n1").unwrap();
     assert_eq!(stored["status"]["peers"], "1/1");
     assert_eq!(stored["status"]["keyPrefix"], &rotated.to_base64()[..8]);
-    let status_applies = api.requests().iter().filter(|r| r.target.contains("/n1/status?")).count();
+    let status_applies = api
+        .requests()
+        .iter()
+        .filter(|r| r.target.contains("/n1/status?"))
+        .count();
     assert_eq!(status_applies, 2);
 
     // Deleting the Node garbage-collects its WormholeNode (the ownerReference at work).
@@ -75,8 +99,19 @@ async fn the_endpoint_flag_wins_and_ipv6_is_bracketed() {
     let key = PrivateKey::generate().public_key();
     let mut publisher = Publisher::new(api.client(), "n1", 51821, None);
     publisher.publish_spec(&key).await.unwrap();
-    assert_eq!(api.get(Kind::Wormhole, "n1").unwrap()["spec"]["endpoint"], "[fd00::1]:51821");
-    let mut publisher = Publisher::new(api.client(), "n1", 51821, Some("203.0.113.7:4000".parse().unwrap()));
+    assert_eq!(
+        api.get(Kind::Wormhole, "n1").unwrap()["spec"]["endpoint"],
+        "[fd00::1]:51821"
+    );
+    let mut publisher = Publisher::new(
+        api.client(),
+        "n1",
+        51821,
+        Some("203.0.113.7:4000".parse().unwrap()),
+    );
     publisher.publish_spec(&key).await.unwrap();
-    assert_eq!(api.get(Kind::Wormhole, "n1").unwrap()["spec"]["endpoint"], "203.0.113.7:4000");
+    assert_eq!(
+        api.get(Kind::Wormhole, "n1").unwrap()["spec"]["endpoint"],
+        "203.0.113.7:4000"
+    );
 }

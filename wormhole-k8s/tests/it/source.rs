@@ -17,7 +17,10 @@ fn key() -> PublicKey {
 }
 
 fn cluster() -> Vec<ipnet::IpNet> {
-    vec!["10.99.0.0/16".parse().unwrap(), "fd99::/48".parse().unwrap()]
+    vec![
+        "10.99.0.0/16".parse().unwrap(),
+        "fd99::/48".parse().unwrap(),
+    ]
 }
 
 fn publish(api: &FakeApi, name: &str, key: &PublicKey, i: u8) {
@@ -25,7 +28,10 @@ fn publish(api: &FakeApi, name: &str, key: &PublicKey, i: u8) {
 }
 
 async fn next(source: &mut KubePeerSource) -> Snapshot {
-    tokio::time::timeout(Duration::from_secs(10), source.next()).await.expect("a snapshot within 10 s").expect("a good snapshot")
+    tokio::time::timeout(Duration::from_secs(10), source.next())
+        .await
+        .expect("a snapshot within 10 s")
+        .expect("a good snapshot")
 }
 
 fn names(s: &Snapshot) -> Vec<&str> {
@@ -66,11 +72,18 @@ async fn follows_node_add_update_delete_and_cidr_changes() {
     api.delete_node("b");
     let s = next(&mut source).await;
     assert_eq!(names(&s), ["a", "local"]);
-    assert!(api.get(wormhole_k8s::testing::Kind::Wormhole, "b").is_none());
+    assert!(
+        api.get(wormhole_k8s::testing::Kind::Wormhole, "b")
+            .is_none()
+    );
 
     // A heartbeat-like rewrite of a Node that changes nothing yields nothing.
     api.put_node("a", &["10.99.20.0/24"], "192.168.77.2");
-    assert!(tokio::time::timeout(Duration::from_millis(700), source.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), source.next())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -85,7 +98,11 @@ async fn a_wormholenode_cannot_claim_cidrs() {
     let mut source = KubePeerSource::new(api.client(), "local", me, cluster());
     let s = next(&mut source).await;
     assert_eq!(s.nodes[0].name, "a");
-    assert_eq!(s.nodes[0].pod_cidrs, ["10.99.2.0/24", "fd99:0:0:2::/64"], "CIDRs come from the Node only");
+    assert_eq!(
+        s.nodes[0].pod_cidrs,
+        ["10.99.2.0/24", "fd99:0:0:2::/64"],
+        "CIDRs come from the Node only"
+    );
 }
 
 #[tokio::test]
@@ -101,7 +118,11 @@ async fn survives_an_api_server_restart_and_410_gone_without_removing_peers() {
     let outage = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             match source.next().await {
-                Ok(s) => assert_eq!(names(&s), ["a", "b", "local"], "a peer vanished during the outage"),
+                Ok(s) => assert_eq!(
+                    names(&s),
+                    ["a", "b", "local"],
+                    "a peer vanished during the outage"
+                ),
                 Err(e) => eprintln!("during the outage: {e}"),
             }
         }
@@ -129,17 +150,29 @@ async fn survives_an_api_server_restart_and_410_gone_without_removing_peers() {
     assert_eq!(names(&s), ["a", "b", "c", "local"]);
     // Each kind was listed twice: at start, and again after the 410.
     let lists = |prefix: &str| {
-        api.requests().iter().filter(|r| r.target.starts_with(prefix) && !r.target.contains("watch=")).count()
+        api.requests()
+            .iter()
+            .filter(|r| r.target.starts_with(prefix) && !r.target.contains("watch="))
+            .count()
     };
-    assert!(lists("/api/v1/nodes?") >= 2, "Nodes were listed again after 410 Gone");
-    assert!(lists("/apis/wormhole.dev/v1alpha1/wormholenodes?") >= 2, "WormholeNodes were listed again");
+    assert!(
+        lists("/api/v1/nodes?") >= 2,
+        "Nodes were listed again after 410 Gone"
+    );
+    assert!(
+        lists("/apis/wormhole.dev/v1alpha1/wormholenodes?") >= 2,
+        "WormholeNodes were listed again"
+    );
 }
 
 #[tokio::test]
 async fn a_bad_key_is_rejected_with_an_event_and_the_rest_works() {
     let (api, me, _) = cluster_with_a().await;
     api.put_node("evil", &["10.99.5.0/24"], "192.168.77.5");
-    api.put_wormhole("evil", json!({"publicKey": "not-a-key", "listenPort": 51820}));
+    api.put_wormhole(
+        "evil",
+        json!({"publicKey": "not-a-key", "listenPort": 51820}),
+    );
     let local = PrivateKey::generate();
     let _ = me;
     let backends = memory::Backends::default();
@@ -153,7 +186,11 @@ async fn a_bad_key_is_rejected_with_an_event_and_the_rest_works() {
     let status = r.status().borrow().clone();
     assert_eq!(status.peers.len(), 1);
     assert_eq!(status.rejected.len(), 1);
-    assert!(status.rejected[0].to_string().contains("malformed public key"));
+    assert!(
+        status.rejected[0]
+            .to_string()
+            .contains("malformed public key")
+    );
 
     let mut events = EventSink::new(api.client(), "local");
     events.observe(&status).await;
@@ -175,7 +212,11 @@ async fn psk_from_a_secret_converges_without_restart() {
     let file = wormhole_core::FileKeyStore::new(dir.path().join("key"));
     std::fs::write(dir.path().join("key"), local.to_base64_secret().as_bytes()).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(dir.path().join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let keys = SecretKeyStore::new(file, api.client(), "wormhole", "wormhole-psk");
     let backends = memory::Backends::default();
     let mut r = Reconciler::new(Settings::new("local", cluster()), backends.handles(keys));
@@ -188,15 +229,26 @@ async fn psk_from_a_secret_converges_without_restart() {
     assert_eq!(backends.writes(), 0);
 
     let first = wormhole_core::PresharedKey::generate();
-    api.put_secret("wormhole", "wormhole-psk", "psk", first.to_base64_secret().as_bytes());
+    api.put_secret(
+        "wormhole",
+        "wormhole-psk",
+        "psk",
+        first.to_base64_secret().as_bytes(),
+    );
     r.reconcile().await.unwrap();
     let psk = |b: &memory::Backends| b.device.state().unwrap().peers[&a].preshared_key.clone();
-    assert_eq!(psk(&backends), Some(first.derive_pair(&local.public_key(), &a)));
+    assert_eq!(
+        psk(&backends),
+        Some(first.derive_pair(&local.public_key(), &a))
+    );
 
     let second = wormhole_core::PresharedKey::generate();
     api.put_secret("wormhole", "wormhole-psk", "psk", second.secret_bytes());
     r.reconcile().await.unwrap();
-    assert_eq!(psk(&backends), Some(second.derive_pair(&local.public_key(), &a)));
+    assert_eq!(
+        psk(&backends),
+        Some(second.derive_pair(&local.public_key(), &a))
+    );
 }
 
 #[tokio::test]
@@ -209,5 +261,11 @@ async fn cluster_cidrs_from_kubeadm_config() {
         json!({"ClusterConfiguration": "apiVersion: kubeadm.k8s.io/v1beta3\nnetworking:\n  dnsDomain: cluster.local\n  podSubnet: 10.244.0.0/16,fd00:10:244::/56\n  serviceSubnet: 10.96.0.0/12\n"}),
     );
     let cidrs = detect_cluster_cidrs(api.client()).await.unwrap();
-    assert_eq!(cidrs, ["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/56".parse::<ipnet::IpNet>().unwrap()]);
+    assert_eq!(
+        cidrs,
+        [
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse::<ipnet::IpNet>().unwrap()
+        ]
+    );
 }
