@@ -23,6 +23,13 @@ pub trait PeerSource: Send {
     async fn next(&mut self) -> Result<Snapshot, Error>;
 }
 
+#[async_trait]
+impl<S: PeerSource + ?Sized> PeerSource for Box<S> {
+    async fn next(&mut self) -> Result<Snapshot, Error> {
+        (**self).next().await
+    }
+}
+
 /// A WireGuard device (kernel, userspace over UAPI, or embedded).
 #[async_trait]
 pub trait WireGuardDevice: Send + Sync {

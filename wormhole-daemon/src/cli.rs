@@ -76,6 +76,18 @@ pub struct RunArgs {
     /// Take peers from the Kubernetes API (Node and WormholeNode objects).
     #[arg(long, env = "WORMHOLE_KUBERNETES")]
     pub kubernetes: bool,
+    /// Kubeconfig for --kubernetes [default: in-cluster service account].
+    #[arg(long, env = "WORMHOLE_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the Secret holding the cluster PSK secret (key `psk`).
+    #[arg(long, env = "WORMHOLE_PSK_SECRET", value_name = "NAME")]
+    pub psk_secret: Option<String>,
+    /// The namespace of --psk-secret [default: wormhole].
+    #[arg(long, env = "WORMHOLE_PSK_SECRET_NAMESPACE", value_name = "NAMESPACE")]
+    pub psk_secret_namespace: Option<String>,
+    /// With --kubernetes: the endpoint to publish [default: the Node's InternalIP, --listen-port].
+    #[arg(long, env = "WORMHOLE_ENDPOINT", value_name = "IP:PORT")]
+    pub endpoint: Option<SocketAddr>,
     /// WireGuard interface name [default: wormhole0].
     #[arg(long, env = "WORMHOLE_INTERFACE")]
     pub interface: Option<String>,
@@ -158,6 +170,10 @@ struct FileConfig {
     peers: Option<PathBuf>,
     #[serde(default)]
     kubernetes: bool,
+    kubeconfig: Option<PathBuf>,
+    psk_secret: Option<String>,
+    psk_secret_namespace: Option<String>,
+    endpoint: Option<SocketAddr>,
     interface: Option<String>,
     listen_port: Option<u16>,
     backend: Option<BackendArg>,
@@ -181,7 +197,18 @@ pub enum PeerSourceKind {
     /// A peers file or directory.
     File(PathBuf),
     /// The Kubernetes API.
-    Kubernetes,
+    Kubernetes(KubeOptions),
+}
+
+/// Options of the Kubernetes mode.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KubeOptions {
+    /// `None`: in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// `(namespace, name)` of the PSK Secret.
+    pub psk_secret: Option<(String, String)>,
+    /// The endpoint to publish.
+    pub endpoint: Option<SocketAddr>,
 }
 
 /// Everything `wormhole run` needs, resolved and checked.
@@ -265,13 +292,27 @@ impl RunArgs {
             }
         };
         let kubernetes = self.kubernetes || file.kubernetes;
+        let psk_secret_given = self.psk_secret.is_some() || file.psk_secret.is_some();
+        if psk_secret_given && !kubernetes {
+            return Err("--psk-secret needs --kubernetes (use --psk-file with --peers)".into());
+        }
+        if psk_secret_given && (self.psk_file.is_some() || file.psk_file.is_some()) {
+            return Err("--psk-secret and --psk-file exclude each other: pick one".into());
+        }
         let peers = self.peers.or(file.peers);
         let source = match (peers, kubernetes) {
             (Some(_), true) => {
                 return Err("--peers and --kubernetes exclude each other: pick one".into());
             }
             (Some(path), false) => PeerSourceKind::File(path),
-            (None, true) => PeerSourceKind::Kubernetes,
+            (None, true) => PeerSourceKind::Kubernetes(KubeOptions {
+                kubeconfig: self.kubeconfig.or(file.kubeconfig),
+                psk_secret: self.psk_secret.or(file.psk_secret).map(|name| {
+                    let ns = self.psk_secret_namespace.or(file.psk_secret_namespace);
+                    (ns.unwrap_or_else(|| "wormhole".into()), name)
+                }),
+                endpoint: self.endpoint.or(file.endpoint),
+            }),
             (None, false) => {
                 return Err("no peer source: pass --peers FILE|DIR (or --kubernetes)".into());
             }

@@ -9,11 +9,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wormhole_core::reconciler::Backends;
 use wormhole_core::state::HostSettings;
-use wormhole_core::{FileKeyStore, FilePeerSource, KeyStore, Reconciler, Settings, Status};
+use wormhole_core::{
+    FileKeyStore, FilePeerSource, KeyStore, PeerSource, PrivateKey, Reconciler, Settings, Status,
+};
+use wormhole_k8s::events::EventSink;
+use wormhole_k8s::keys::SecretKeyStore;
+use wormhole_k8s::publisher::Publisher;
+use wormhole_k8s::source::{KubePeerSource, detect_cluster_cidrs};
 use wormhole_linux::{Backend, Network, Nftables, WgDevice};
 
 use crate::admin::{self, Admin};
-use crate::cli::{BackendArg, Config, PeerSourceKind};
+use crate::cli::{BackendArg, Config, KubeOptions, PeerSourceKind};
 use crate::metrics::Metrics;
 use crate::{Error, cni};
 
@@ -44,7 +50,7 @@ async fn detect_mtu(config: &Config, network: &Network) -> Result<u32, Error> {
                 .ok()
                 .map(|e| e.ip())
         }),
-        PeerSourceKind::Kubernetes => None,
+        PeerSourceKind::Kubernetes(k) => k.endpoint.map(|e| e.ip()),
     };
     let mtu = network.wireguard_mtu(local_ip).await?;
     tracing::info!(mtu, "detected MTU (underlay - 80); set --mtu to override");
@@ -110,21 +116,130 @@ async fn shutdown_signal() {
     }
 }
 
+/// A `kube` client from `--kubeconfig`, else the in-cluster service account.
+async fn kube_client(options: &KubeOptions) -> Result<kube::Client, Error> {
+    let config = match &options.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            Error::Config(format!("not running in a cluster ({e}): pass --kubeconfig"))
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| Error::Config(format!("Kubernetes client: {e}")))
+}
+
+/// The peer source and key store of the chosen mode, and the Kubernetes client if any.
+async fn source_and_keys(
+    config: &Config,
+    file_keys: FileKeyStore,
+    key: &PrivateKey,
+) -> Result<
+    (
+        Box<dyn PeerSource>,
+        Arc<dyn KeyStore>,
+        Vec<IpNet>,
+        Option<kube::Client>,
+    ),
+    Error,
+> {
+    match &config.source {
+        PeerSourceKind::File(peers) => {
+            let source = Box::new(FilePeerSource::new(peers));
+            Ok((
+                source,
+                Arc::new(file_keys),
+                config.cluster_cidrs.clone(),
+                None,
+            ))
+        }
+        PeerSourceKind::Kubernetes(options) => {
+            let client = kube_client(options).await?;
+            let mut cidrs = config.cluster_cidrs.clone();
+            if cidrs.is_empty() {
+                cidrs = detect_cluster_cidrs(client.clone())
+                    .await
+                    .map_err(wormhole_core::Error::from)?;
+                if cidrs.is_empty() {
+                    return Err(Error::Config(
+                        "no cluster CIDR: pass --cluster-cidr (no kubeadm-config ConfigMap to read networking.podSubnet from)"
+                            .into(),
+                    ));
+                }
+                tracing::info!(?cidrs, "cluster CIDRs from kubeadm-config");
+            }
+            let keys: Arc<dyn KeyStore> = match &options.psk_secret {
+                Some((namespace, name)) => Arc::new(SecretKeyStore::new(
+                    file_keys,
+                    client.clone(),
+                    namespace,
+                    name,
+                )),
+                None => Arc::new(file_keys),
+            };
+            let source = KubePeerSource::new(
+                client.clone(),
+                &config.node_name,
+                key.public_key(),
+                cidrs.clone(),
+            );
+            Ok((Box::new(source), keys, cidrs, Some(client)))
+        }
+    }
+}
+
+/// Kubernetes mode: publishes this node's WormholeNode and Events as the status changes.
+async fn follow_kubernetes(
+    mut status: watch::Receiver<Status>,
+    client: kube::Client,
+    config: Config,
+) {
+    let PeerSourceKind::Kubernetes(options) = &config.source else {
+        return;
+    };
+    let mut publisher = Publisher::new(
+        client.clone(),
+        &config.node_name,
+        config.listen_port,
+        options.endpoint,
+    );
+    let mut events = EventSink::new(client, &config.node_name);
+    loop {
+        let current = status.borrow_and_update().clone();
+        if let Some(key) = current.public_key {
+            if let Err(e) = publisher.publish_spec(&key).await {
+                tracing::warn!(error = %e, "cannot publish this node's WormholeNode; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            if let Err(e) = publisher.publish_status(&current).await {
+                tracing::warn!(error = %e, "cannot publish the WormholeNode status");
+            }
+        }
+        events.observe(&current).await;
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let PeerSourceKind::File(peers) = config.source.clone() else {
-        return Err(Error::Config(
-            "--kubernetes is not available in this build yet (Kubernetes support is issue #5); use --peers FILE|DIR"
-                .into(),
-        ));
-    };
-    let mut keys = FileKeyStore::new(&config.key_file);
+    let mut file_keys = FileKeyStore::new(&config.key_file);
     if let Some(psk) = &config.psk_file {
-        keys = keys.with_cluster_secret(psk);
+        file_keys = file_keys.with_cluster_secret(psk);
     }
     // Fail fast on unusable keys, before touching the host.
-    let key = keys.load_or_create().await?;
-    keys.cluster_secret().await?;
+    let key = file_keys.load_or_create().await?;
+    file_keys.cluster_secret().await?;
+    let (source, keys, cluster_cidrs, client) = source_and_keys(&config, file_keys, &key).await?;
     let network = Arc::new(Network::new(&config.interface)?);
     let backend = backend(config.backend)?;
     let device = Arc::new(WgDevice::new(
@@ -139,11 +254,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     tracing::info!(
         node = %config.node_name, public_key = %key.public_key(), backend = backend.as_str(),
-        interface = %config.interface, mtu, peers = %peers.display(), "starting"
+        interface = %config.interface, mtu, source = ?config.source, "starting"
     );
     enable_forwarding();
 
-    let mut settings = Settings::new(&config.node_name, config.cluster_cidrs.clone());
+    let mut settings = Settings::new(&config.node_name, cluster_cidrs);
     settings.host = HostSettings {
         interface: config.interface.clone(),
         bridge: config.bridge.clone(),
@@ -152,7 +267,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     settings.resync = config.resync;
     let backends = Backends {
-        keys: Arc::new(keys),
+        keys,
         device: device.clone(),
         network: network.clone(),
         firewall: firewall.clone(),
@@ -179,17 +294,20 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     let admin_task = tokio::spawn(admin::serve(listener, Arc::new(admin)));
     let cni_task = tokio::spawn(follow_cni(
-        status,
+        status.clone(),
         config.cni_conf_dir.clone(),
         config.bridge.clone(),
         mtu,
     ));
+    let kube_task =
+        client.map(|client| tokio::spawn(follow_kubernetes(status, client, config.clone())));
 
-    reconciler
-        .run(FilePeerSource::new(&peers), shutdown_signal())
-        .await;
+    reconciler.run(source, shutdown_signal()).await;
     admin_task.abort();
     cni_task.abort();
+    if let Some(task) = kube_task {
+        task.abort();
+    }
 
     if config.cleanup_on_exit {
         tracing::info!("--cleanup-on-exit: removing interface, firewall table and conflist");

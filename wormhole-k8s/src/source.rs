@@ -71,9 +71,14 @@ pub fn snapshot(
                 )));
             }
             local_seen = true;
+            // The key as published (other nodes use it), else ours (not yet published).
+            let published_key = published
+                .get(&name)
+                .filter(|wh| owned_by(wh, node))
+                .map(|wh| wh.spec.public_key.clone());
             entries.push(NodeEntry {
                 name,
-                public_key: local_key.to_base64(),
+                public_key: published_key.unwrap_or_else(|| local_key.to_base64()),
                 endpoint: None,
                 pod_cidrs: cidrs,
                 persistent_keepalive: None,
