@@ -212,13 +212,13 @@ impl KubePeerSource {
             local: local.to_owned(),
             local_key,
             cluster_cidrs,
-            debounce: Duration::from_millis(100),
+            debounce: Duration::from_millis(25),
             last: None,
             failed: false,
         }
     }
 
-    /// How long to gather changes before building a snapshot (default 100 ms).
+    /// How long to gather changes before building a snapshot (default 25 ms).
     pub fn with_debounce(mut self, debounce: Duration) -> Self {
         self.debounce = debounce;
         self
