@@ -129,7 +129,7 @@ for i in $(seq $N); do
   done
 done
 
-ns $P-u tcpdump -i br0 -nn -U -w "$WORK/underlay.pcap" 2>/dev/null &
+ns $P-u tcpdump -i br0 --immediate-mode -nn -U -w "$WORK/underlay.pcap" 2>/dev/null &
 sleep 1
 
 echo "demo: every pod pings every pod on the other nodes (IPv4 and IPv6)"

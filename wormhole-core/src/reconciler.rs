@@ -262,6 +262,7 @@ impl Reconciler {
                     s.last_success = Some(at);
                     s.device_present = device.is_some() || plan.device.create;
                     if let Some(mesh) = mesh {
+                        s.configured = true;
                         s.pod_cidrs = mesh.local.pod_cidrs.clone();
                         s.rejected = mesh.rejected.clone();
                         s.peers = peer_statuses(mesh, device.as_ref());

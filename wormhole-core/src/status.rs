@@ -111,11 +111,14 @@ pub struct Status {
     pub source_error: Option<String>,
     /// The WireGuard device exists (as of the latest pass).
     pub device_present: bool,
+    /// A pass has applied a mesh (not merely observed the host before the first snapshot).
+    pub configured: bool,
 }
 
 impl Status {
-    /// Ready: a pass succeeded, the device exists and the mesh is configured.
+    /// Ready: a pass that had a mesh succeeded, and the device exists. A pass before the first
+    /// snapshot (after a restart, over a device that survived) does not count.
     pub fn ready(&self) -> bool {
-        self.last_success.is_some() && self.device_present
+        self.configured && self.device_present
     }
 }

@@ -41,7 +41,11 @@ fn backend(arg: BackendArg) -> Result<Backend, Error> {
 
 /// The WireGuard MTU: underlay MTU - 80, the underlay being the interface holding this node's
 /// endpoint address in the peers file, else the one of the default route.
-async fn detect_mtu(config: &Config, network: &Network) -> Result<u32, Error> {
+async fn detect_mtu(
+    config: &Config,
+    network: &Network,
+    client: Option<&kube::Client>,
+) -> Result<u32, Error> {
     let local_ip = match &config.source {
         PeerSourceKind::File(path) => wormhole_core::file_source::load(path).ok().and_then(|s| {
             let me = s.nodes.into_iter().find(|n| n.name == config.node_name)?;
@@ -50,7 +54,22 @@ async fn detect_mtu(config: &Config, network: &Network) -> Result<u32, Error> {
                 .ok()
                 .map(|e| e.ip())
         }),
-        PeerSourceKind::Kubernetes(k) => k.endpoint.map(|e| e.ip()),
+        PeerSourceKind::Kubernetes(k) => match (k.endpoint, client) {
+            (Some(e), _) => Some(e.ip()),
+            // The address other nodes reach us at: this Node's InternalIP.
+            (None, Some(client)) => {
+                let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+                    kube::Api::all(client.clone());
+                let node = nodes.get(&config.node_name).await.map_err(|e| {
+                    Error::Config(format!(
+                        "get Node {} (is --node-name right?): {e}",
+                        config.node_name
+                    ))
+                })?;
+                wormhole_k8s::publisher::internal_ip(&node)
+            }
+            (None, None) => None,
+        },
     };
     let mtu = network.wireguard_mtu(local_ip).await?;
     tracing::info!(mtu, "detected MTU (underlay - 80); set --mtu to override");
@@ -141,6 +160,7 @@ async fn source_and_keys(
     config: &Config,
     file_keys: FileKeyStore,
     key: &PrivateKey,
+    client: Option<kube::Client>,
 ) -> Result<
     (
         Box<dyn PeerSource>,
@@ -161,7 +181,7 @@ async fn source_and_keys(
             ))
         }
         PeerSourceKind::Kubernetes(options) => {
-            let client = kube_client(options).await?;
+            let client = client.expect("run() makes the client before loading keys");
             let mut cidrs = config.cluster_cidrs.clone();
             if cidrs.is_empty() {
                 cidrs = detect_cluster_cidrs(client.clone())
@@ -236,10 +256,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some(psk) = &config.psk_file {
         file_keys = file_keys.with_cluster_secret(psk);
     }
-    // Fail fast on unusable keys, before touching the host.
+    // Fail fast, before creating a key file or touching the host: no cluster, no start.
+    let client = match &config.source {
+        PeerSourceKind::Kubernetes(options) => Some(kube_client(options).await?),
+        PeerSourceKind::File(_) => None,
+    };
     let key = file_keys.load_or_create().await?;
     file_keys.cluster_secret().await?;
-    let (source, keys, cluster_cidrs, client) = source_and_keys(&config, file_keys, &key).await?;
+    let (source, keys, cluster_cidrs, client) =
+        source_and_keys(&config, file_keys, &key, client).await?;
     let network = Arc::new(Network::new(&config.interface)?);
     let backend = backend(config.backend)?;
     let device = Arc::new(WgDevice::new(
@@ -250,7 +275,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let firewall = Arc::new(Nftables::new());
     let mtu = match config.mtu {
         Some(mtu) => mtu,
-        None => detect_mtu(&config, &network).await?,
+        None => detect_mtu(&config, &network, client.as_ref()).await?,
     };
     tracing::info!(
         node = %config.node_name, public_key = %key.public_key(), backend = backend.as_str(),

@@ -104,9 +104,9 @@ impl StatusView {
         }
     }
 
-    /// Every peer is `ok` (and nothing was rejected).
+    /// The agent is ready and every peer is `ok` (and nothing was rejected).
     pub fn all_ok(&self) -> bool {
-        self.peers.iter().all(|p| p.state == "ok")
+        self.ready && self.peers.iter().all(|p| p.state == "ok")
     }
 }
 
@@ -161,6 +161,9 @@ pub fn table(view: &StatusView) -> String {
                     .map_or("ok".to_owned(), |e| format!("error: {e}")),
             );
         }
+    }
+    if !view.ready {
+        out += "NOT READY: no mesh applied yet (waiting for the peer source, or the device is missing)\n";
     }
     if let Some(e) = &view.source_error {
         out += &format!("peer source error (last good mesh kept): {e}\n");
@@ -304,10 +307,14 @@ mod tests {
         assert!(text.contains("last reconcile: none yet"), "{text}");
         let json = serde_json::to_string(&view).unwrap();
         assert_eq!(serde_json::from_str::<StatusView>(&json).unwrap(), view);
+        assert!(text.contains("NOT READY"), "{text}");
         let ok = StatusView {
             peers: view.peers[..1].to_vec(),
             ..view
         };
-        assert!(ok.all_ok());
+        assert!(!ok.all_ok(), "every peer ok, but not ready: not ok");
+        let ready = StatusView { ready: true, ..ok };
+        assert!(ready.all_ok());
+        assert!(!table(&ready).contains("NOT READY"));
     }
 }

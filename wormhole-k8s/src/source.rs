@@ -225,6 +225,24 @@ impl KubePeerSource {
     }
 }
 
+impl KubePeerSource {
+    /// Both reflectors have completed their first list.
+    fn listed(&self) -> bool {
+        use futures::FutureExt as _;
+        let nodes = self
+            .nodes
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok());
+        nodes
+            && self
+                .wormholes
+                .wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
+    }
+}
+
 #[async_trait]
 impl PeerSource for KubePeerSource {
     async fn next(&mut self) -> Result<wormhole_core::Snapshot, wormhole_core::Error> {
@@ -253,10 +271,10 @@ impl PeerSource for KubePeerSource {
                     more = self.changes.next() => if more.is_none() { break },
                 }
             }
-            if self.nodes.wait_until_ready().await.is_err()
-                || self.wormholes.wait_until_ready().await.is_err()
-            {
-                return Err(Error::Invalid("the Kubernetes reflectors stopped".into()).into());
+            // Until both kinds were listed once, keep driving the watches (only polling them
+            // makes progress: waiting on the stores here would never end).
+            if !self.listed() {
+                continue;
             }
             let snapshot = snapshot(
                 &self.nodes.state(),

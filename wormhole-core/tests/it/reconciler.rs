@@ -267,6 +267,8 @@ async fn restart_over_a_correct_host_writes_nothing() {
     // A new daemon over the same host: adopts it, zero writes.
     let mut second = node.reconciler(secret);
     assert!(second.reconcile().await.unwrap().is_empty());
+    // The device survived, but no mesh is applied yet: not ready.
+    assert!(!second.status().borrow().ready());
     second.update(Ok(snap));
     let plan = second.reconcile().await.unwrap();
     assert!(plan.is_empty(), "{plan}");

@@ -1,0 +1,256 @@
+//! The command line as a user meets it: keys, refusals with clear messages, and what stopping
+//! the daemon leaves behind.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::harness::{
+    BIN, Backend, CONFLIST, Cluster, Netns, new_key, poll, prefix, pubkey, root_or_skip,
+    wait_timeout,
+};
+
+/// Runs the binary (in namespace `ns` if given) without our own `WORMHOLE_*`, `KUBE*` and
+/// `*BACKTRACE` variables (so errors read as a user sees them), bounded in time.
+fn wormhole(ns: Option<&Netns>, args: &[&str]) -> Output {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name, BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WORMHOLE_") || k.starts_with("KUBE") || k.ends_with("BACKTRACE") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(20));
+    assert!(
+        status.is_some(),
+        "wormhole {args:?} did not exit within 20 s"
+    );
+    child.wait_with_output().unwrap()
+}
+
+fn with_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn genkey_pubkey_round_trip_and_match_wg() {
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let out = wormhole(None, &["genkey"]);
+        assert!(out.status.success());
+        let private = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(private.trim().len(), 44, "{private:?}");
+        assert!(!seen.contains(&private), "genkey repeated a key");
+        let ours = pubkey(&private);
+        let theirs = with_stdin(&["wg", "pubkey"], &private);
+        assert!(
+            theirs.status.success(),
+            "wg pubkey (wireguard-tools): {}",
+            String::from_utf8_lossy(&theirs.stderr)
+        );
+        assert_eq!(ours, String::from_utf8(theirs.stdout).unwrap().trim());
+        // And the other way: a key from `wg genkey` gives the same public key in both.
+        let wg_key = with_stdin(&["wg", "genkey"], "");
+        let wg_key = String::from_utf8(wg_key.stdout).unwrap();
+        let theirs = with_stdin(&["wg", "pubkey"], &wg_key);
+        assert_eq!(
+            pubkey(&wg_key),
+            String::from_utf8(theirs.stdout).unwrap().trim()
+        );
+        seen.push(private);
+    }
+    let bad = with_stdin(&[BIN, "pubkey"], "not a key\n");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("invalid private key"), "{err}");
+}
+
+#[test]
+fn run_refuses_bad_invocations_clearly() {
+    // As root, in a scratch namespace: if a refusal regressed, the daemon would get to work there
+    // rather than on this host.
+    let ns = nix::unistd::Uid::effective()
+        .is_root()
+        .then(|| Netns::new(format!("{}x", prefix())));
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str], needles: &[&str]| {
+        let out = wormhole(ns.as_ref(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "wormhole {args:?} succeeded: {err}");
+        for needle in needles {
+            assert!(
+                err.contains(needle),
+                "wormhole {args:?}: {needle:?} not in {err:?}"
+            );
+        }
+    };
+    // Every invocation names a key file of ours: the default one is on the host.
+    let scratch_key = dir.path().join("scratch.key");
+    let scratch_key = scratch_key.to_str().unwrap();
+    refused(
+        &["run", "--node-name", "n1", "--key-file", scratch_key],
+        &["no peer source", "--peers"],
+    );
+    // Outside a cluster and without --kubeconfig, Kubernetes mode says what to pass.
+    refused(
+        &[
+            "run",
+            "--node-name",
+            "n1",
+            "--kubernetes",
+            "--key-file",
+            scratch_key,
+        ],
+        &["not running in a cluster", "--kubeconfig"],
+    );
+    refused(
+        &[
+            "run",
+            "--node-name",
+            "n1",
+            "--kubernetes",
+            "--peers",
+            "/nonexistent",
+            "--key-file",
+            scratch_key,
+        ],
+        &["--peers and --kubernetes exclude each other"],
+    );
+
+    let peers = dir.path().join("peers.toml");
+    let key = dir.path().join("private.key");
+    let public = new_key(&key);
+    std::fs::write(
+        &peers,
+        format!(
+            "cluster_cidrs = [\"10.99.0.0/16\"]\n[[node]]\nname = \"n1\"\npublic_key = \"{public}\"\n\
+             pod_cidrs = [\"10.99.1.0/24\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cni = dir.path().join("cni");
+    let iface = format!("{}x", prefix());
+    refused(
+        &[
+            "run",
+            "--node-name",
+            "n1",
+            "--peers",
+            peers.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+            "--interface",
+            &iface,
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--backend",
+            "embedded",
+        ],
+        &[key.to_str().unwrap(), "chmod 600"],
+    );
+    assert!(!cni.exists(), "a conflist was written with a refused key");
+    if let Some(ns) = &ns {
+        let link = ns.run(&["ip", "link", "show", &iface]);
+        assert!(!link.status.success(), "an interface was created");
+    }
+    // The key was left as it was, not replaced.
+    assert_eq!(pubkey(&std::fs::read_to_string(&key).unwrap()), public);
+}
+
+#[test]
+fn sigterm_leaves_the_network_and_cleanup_on_exit_removes_it() {
+    if !root_or_skip("sigterm_leaves_the_network_and_cleanup_on_exit_removes_it") {
+        return;
+    }
+    // Userspace: the data plane lives in wireguard-go, so it can outlive the daemon.
+    let mut c = Cluster::new(2, Backend::Userspace);
+    c.start_all(&[]);
+    c.add_pods(1, &["a"]);
+    c.add_pods(2, &["a"]);
+    let talk = |c: &Cluster| {
+        let (n1a, n2a) = (c.pod("n1a"), c.pod("n2a"));
+        n1a.ping(&n2a.ip4, 2) && n2a.ping(&n1a.ip6, 2)
+    };
+    assert!(talk(&c));
+    let conflist = c.node(1).cni_dir().join(CONFLIST);
+    let other = c.node(1).cni_dir().join("99-other.conflist");
+    std::fs::write(&other, "{}").unwrap();
+
+    let present = |c: &Cluster| {
+        let n1 = c.node(1);
+        let link = n1
+            .ns
+            .run(&["ip", "link", "show", &n1.iface])
+            .status
+            .success();
+        let routes = n1.ns.wormhole_routes();
+        let routes = routes.contains("10.99.2.0/24") && routes.contains("fd99:0:0:2::/64");
+        let table = n1
+            .ns
+            .run(&["nft", "list", "table", "inet", "wormhole"])
+            .status
+            .success();
+        [link, routes, table, conflist.exists()]
+    };
+    assert_eq!(present(&c), [true; 4]);
+
+    let n1 = c.node_mut(1);
+    let status = n1.daemon.take().unwrap().terminate();
+    assert!(status.success(), "SIGTERM: {status}\n{}", n1.log_tail());
+    assert_eq!(
+        present(&c),
+        [true; 4],
+        "[interface, routes, nft table, conflist] after SIGTERM\n{}",
+        c.logs()
+    );
+    // Pods keep talking while no daemon runs.
+    assert!(talk(&c), "pods stopped talking after SIGTERM\n{}", c.logs());
+    assert!(c.node(1).log_tail().contains("left in place"));
+
+    let n1 = c.node_mut(1);
+    n1.start(&["--cleanup-on-exit"]);
+    n1.wait_ready();
+    let status = n1.daemon.take().unwrap().terminate();
+    assert!(status.success(), "SIGTERM: {status}\n{}", n1.log_tail());
+    let gone = poll(Duration::from_secs(5), || {
+        (present(&c) == [false; 4]).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "[interface, routes, nft table, conflist] after --cleanup-on-exit: {:?}\n{}",
+        present(&c),
+        c.logs()
+    );
+    assert!(
+        other.exists(),
+        "--cleanup-on-exit removed someone else's conflist"
+    );
+}

@@ -1,0 +1,482 @@
+//! The numbers in `BENCHMARKS.md` ("wormhole daemon"), measured on the real binary:
+//!
+//! ```sh
+//! sudo -E cargo test -p wormhole-daemon --release --test it -- --ignored --nocapture measure
+//! ```
+//!
+//! It prints a Markdown report: machine, stripped binary size, daemon RSS with 3 and 1,000
+//! peers and idle CPU over 60 s (embedded and userspace backends), pod-to-pod TCP throughput
+//! through the mesh next to wireguard-go configured by hand with `wg` between the same
+//! namespaces, and node-join convergence. It takes about four minutes.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::churn::{add_fourth, join, leave};
+use crate::harness::{
+    BIN, Backend, Cluster, cpu_ticks, poll, pubkey, root_or_skip, rss_kib, run, sh,
+    wireguard_go_pid, write_atomically,
+};
+
+const IDLE: Duration = Duration::from_secs(60);
+const EXTRA_PEERS: usize = 997;
+const THROUGHPUT_RUNS: usize = 5;
+const THROUGHPUT_SECONDS: &str = "5";
+const JOIN_RUNS: usize = 7;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Fake peers `first..first + n`: fresh keys, endpoints in the underlay subnet that nobody answers
+/// (no traffic goes to them), disjoint /26 and /64 pod CIDRs.
+fn fake_peers(first: usize, n: usize, keys: &[String]) -> String {
+    let mut text = String::new();
+    for (i, key) in keys.iter().enumerate().skip(first).take(n) {
+        let _ = write!(
+            text,
+            "\n[[node]]\nname = \"fake{i}\"\npublic_key = \"{}\"\nendpoint = \"192.168.77.{}:{}\"\n\
+             pod_cidrs = [\"10.99.{}.{}/26\", \"fd99:0:0:{:x}::/64\"]\n",
+            key,
+            10 + i % 240,
+            52000 + i / 240,
+            4 + i / 4,
+            (i % 4) * 64,
+            0x1000 + i
+        );
+    }
+    text
+}
+
+struct Resources {
+    backend: Backend,
+    idle_cpu_ticks: u64,
+    idle_cpu_ticks_wg_go: Option<u64>,
+    rss3: (u64, u64),
+    rss3_wg_go: Option<(u64, u64)>,
+    rss1000: (u64, u64),
+    rss1000_wg_go: Option<(u64, u64)>,
+    apply1000: Duration,
+    pass1000_ms: f64,
+}
+
+fn resources(backend: Backend, keys: &[String]) -> Resources {
+    let mut c = Cluster::new(3, backend);
+    // n1 reads its own file: the three nodes plus one more peer (3 peers); later 1,000 peers.
+    let own = c.work.path().join("peers-n1.toml");
+    write_atomically(&own, &c.peers_text(&[1, 2, 3], &fake_peers(0, 1, keys)));
+    c.node_mut(1).peers = own.clone();
+    c.start_all(&[]);
+    for i in 1..=3 {
+        c.add_pods(i, &["a"]);
+    }
+    for to in ["n2a", "n3a"] {
+        assert!(c.pod("n1a").ping(&c.pod(to).ip4, 3), "n1a -> {to}");
+    }
+    let n1 = c.node(1);
+    let pid = n1.daemon.as_ref().unwrap().pid();
+    let wg_go = (backend == Backend::Userspace).then(|| wireguard_go_pid(&n1.iface).unwrap());
+    std::thread::sleep(Duration::from_secs(2));
+
+    let (t0, w0) = (cpu_ticks(pid), wg_go.map(cpu_ticks));
+    std::thread::sleep(IDLE);
+    let (t1, w1) = (cpu_ticks(pid), wg_go.map(cpu_ticks));
+    let rss3 = rss_kib(pid);
+    let rss3_wg_go = wg_go.map(rss_kib);
+    assert_eq!(n1.wg_peers().len(), 3);
+
+    let text = c.peers_text(&[1, 2, 3], &fake_peers(0, EXTRA_PEERS + 1, keys));
+    write_atomically(&own, &text);
+    let changed = Instant::now();
+    let applied = poll(Duration::from_secs(120), || {
+        let status = n1.status_json();
+        let peers = status["peers"].as_array().unwrap().len();
+        (peers == 1000
+            && status["last_reconcile"]["error"].is_null()
+            && n1.wg_peers().len() == 1000)
+            .then(|| (changed.elapsed(), status))
+    });
+    let (apply1000, status) = applied.expect("1,000 peers applied within 120 s");
+    let pass1000_ms = status["last_reconcile"]["duration_ms"].as_f64().unwrap();
+    let routes = n1.ns.wormhole_routes().lines().count();
+    assert_eq!(routes, 2000, "1,000 peers, one v4 and one v6 route each");
+    std::thread::sleep(Duration::from_secs(2));
+    Resources {
+        backend,
+        idle_cpu_ticks: t1 - t0,
+        idle_cpu_ticks_wg_go: w0.zip(w1).map(|(a, b)| b - a),
+        rss3,
+        rss3_wg_go,
+        rss1000: rss_kib(pid),
+        rss1000_wg_go: wg_go.map(rss_kib),
+        apply1000,
+        pass1000_ms,
+    }
+}
+
+/// iperf3 client in namespace `ns` to `server` for a few seconds: received bits per second.
+fn iperf(ns: &crate::harness::Netns, server: &str) -> f64 {
+    let out = ns.run(&["iperf3", "-c", server, "-t", THROUGHPUT_SECONDS, "-J"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J");
+    assert!(
+        out.status.success() && report.get("error").is_none(),
+        "iperf3 -c {server}: {report}"
+    );
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+}
+
+/// A wireguard-go device configured by hand with `wg` + `ip` in each of the first two nodes
+/// (10.98.0.1 and .2, port 51821); its UAPI sockets are removed on drop.
+struct HandWireGuard {
+    ifaces: Vec<String>,
+}
+
+impl Drop for HandWireGuard {
+    fn drop(&mut self) {
+        for iface in &self.ifaces {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{iface}.sock"));
+        }
+    }
+}
+
+fn hand_wireguard(c: &Cluster, mtu: u64) -> HandWireGuard {
+    let ifaces: Vec<String> = (1..=2).map(|i| format!("{}h{i}", c.prefix)).collect();
+    let guard = HandWireGuard {
+        ifaces: ifaces.clone(),
+    };
+    let keys: Vec<(std::path::PathBuf, String)> = (1..=2)
+        .map(|i| {
+            let path = c.work.path().join(format!("hand{i}.key"));
+            let private = sh(&["wg", "genkey"]);
+            std::fs::write(&path, &private).unwrap();
+            (path, pubkey(&private))
+        })
+        .collect();
+    for i in 1..=2 {
+        let (me, peer) = (i - 1, 2 - i);
+        let ns = &c.node(i).ns;
+        ns.sh(&["wireguard-go", &ifaces[me]]);
+        ns.sh(&[
+            "wg",
+            "set",
+            &ifaces[me],
+            "listen-port",
+            "51821",
+            "private-key",
+            keys[me].0.to_str().unwrap(),
+            "peer",
+            &keys[peer].1,
+            "allowed-ips",
+            &format!("10.98.0.{}/32", peer + 1),
+            "endpoint",
+            &format!("192.168.77.{}:51821", peer + 1),
+        ]);
+        ns.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.98.0.{i}/24"),
+            "dev",
+            &ifaces[me],
+        ]);
+        ns.sh(&[
+            "ip",
+            "link",
+            "set",
+            &ifaces[me],
+            "mtu",
+            &mtu.to_string(),
+            "up",
+        ]);
+    }
+    guard
+}
+
+/// Bits per second per run, the three paths alternated.
+struct Throughput {
+    /// Pod n1a to pod n2a through the mesh (the number that matters).
+    mesh_pods: Vec<f64>,
+    /// Node n1 to n2's overlay address 10.99.2.1 through the mesh: the same path shape as `hand`.
+    mesh_nodes: Vec<f64>,
+    /// Node n1 to node n2 through wireguard-go configured by hand with `wg` and `ip`.
+    hand: Vec<f64>,
+}
+
+fn throughput(backend: Backend) -> Throughput {
+    let mut c = Cluster::new(2, backend);
+    c.start_all(&[]);
+    c.add_pods(1, &["a"]);
+    c.add_pods(2, &["a"]);
+    let mtu = c.node(1).status_json()["mtu"].as_u64().unwrap();
+    let _hand = hand_wireguard(&c, mtu);
+    let (n1a, n2a) = (c.pod("n1a"), c.pod("n2a"));
+    let (n1, n2) = (&c.node(1).ns, &c.node(2).ns);
+    let _servers = [n2a.ns.spawn(&["iperf3", "-s"]), n2.spawn(&["iperf3", "-s"])];
+    assert!(n1a.ping(&n2a.ip4, 3), "mesh path");
+    assert!(
+        (0..3).any(|_| n1
+            .run(&["ping", "-c1", "-W2", "10.98.0.2"])
+            .status
+            .success()),
+        "hand-configured path"
+    );
+    assert!(
+        (0..3).any(|_| n1
+            .run(&["ping", "-c1", "-W2", "10.99.2.1"])
+            .status
+            .success()),
+        "mesh node-to-node path"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut t = Throughput {
+        mesh_pods: Vec::new(),
+        mesh_nodes: Vec::new(),
+        hand: Vec::new(),
+    };
+    for _ in 0..THROUGHPUT_RUNS {
+        t.mesh_pods.push(iperf(&n1a.ns, &n2a.ip4));
+        t.hand.push(iperf(n1, "10.98.0.2"));
+        t.mesh_nodes.push(iperf(n1, "10.99.2.1"));
+    }
+    t
+}
+
+/// Join and leave runs on a 4-node cluster: per run, the time until each of n1a..n3a first
+/// reaches n4a, and the time until n4's peer and routes are gone everywhere.
+fn convergence(backend: Backend) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let mut c = Cluster::new(3, backend);
+    c.start_all(&[]);
+    for i in 1..=3 {
+        c.add_pods(i, &["a"]);
+    }
+    add_fourth(&mut c, backend);
+    // Leave first, so that every measured join starts from the same state.
+    write_atomically(&c.peers, &c.peers_text(&[1, 2, 3], ""));
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+    for _ in 0..JOIN_RUNS {
+        let times = join(&c);
+        joins.push(
+            times
+                .iter()
+                .map(|t| t.expect("joined within 10 s").as_secs_f64())
+                .collect(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        leaves.push(leave(&c).expect("left within 10 s").as_secs_f64());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (joins, leaves)
+}
+
+fn first_line(args: &[&str]) -> String {
+    let out = run(args);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.lines().next().unwrap_or("").trim().to_owned()
+}
+
+#[test]
+#[ignore = "takes minutes; run with --release --ignored --nocapture measure (as root)"]
+fn measure() {
+    if !root_or_skip("measure") {
+        return;
+    }
+    let mut r = String::new();
+    let lscpu = sh(&["lscpu"]);
+    let model = lscpu
+        .lines()
+        .find(|l| l.starts_with("Model name:"))
+        .map(|l| l["Model name:".len()..].trim().to_owned())
+        .unwrap_or_default();
+    let load = |r: &mut String, when: &str| {
+        let l = std::fs::read_to_string("/proc/loadavg").unwrap();
+        let _ = writeln!(r, "- load average {when}: {}", l.trim());
+    };
+    let _ = writeln!(
+        r,
+        "- machine: {} CPUs (`nproc`), `lscpu` model name `{model}`, kernel {}",
+        sh(&["nproc"]).trim(),
+        sh(&["uname", "-r"]).trim()
+    );
+    let _ = writeln!(
+        r,
+        "- {}, {}, {}",
+        first_line(&["wireguard-go", "--version"]),
+        first_line(&["iperf3", "--version"]),
+        first_line(&["rustc", "--version"])
+    );
+    load(&mut r, "at start");
+
+    // Binary.
+    let size = std::fs::metadata(BIN).unwrap().len();
+    let file = sh(&["file", "-L", BIN]);
+    let _ = writeln!(
+        r,
+        "- binary: `{BIN}`, {size} bytes ({:.2} MB, {:.2} MiB); `file`: {}",
+        size as f64 / 1e6,
+        size as f64 / 1048576.0,
+        file.split(": ").nth(1).unwrap_or("").trim()
+    );
+    if !BIN.contains("/release/") {
+        let _ = writeln!(r, "- WARNING: not a release build; run with --release");
+    }
+
+    // 1,000 fresh keys for the fake peers.
+    let keys: Vec<String> = (0..=EXTRA_PEERS)
+        .map(|_| pubkey(&sh(&[BIN, "genkey"])))
+        .collect();
+
+    // Resources, both backends side by side (idle windows overlap; CPU is per process).
+    let res: Vec<Resources> = std::thread::scope(|s| {
+        let handles: Vec<_> = [Backend::Embedded, Backend::Userspace]
+            .into_iter()
+            .map(|b| {
+                let keys = &keys;
+                s.spawn(move || resources(b, keys))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let tck: f64 = sh(&["getconf", "CLK_TCK"]).trim().parse().unwrap();
+    let _ = writeln!(
+        r,
+        "\n| backend | process | VmRSS 3 peers | VmRSS 1,000 peers | VmHWM 1,000 peers | CPU over {} s idle, 3 peers |",
+        IDLE.as_secs()
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|---|");
+    for x in &res {
+        let _ = writeln!(
+            r,
+            "| {} | `wormhole run` | {} | {} | {} | {:.2} s ({:.3}%) |",
+            x.backend.as_str(),
+            mib(x.rss3.0),
+            mib(x.rss1000.0),
+            mib(x.rss1000.1),
+            x.idle_cpu_ticks as f64 / tck,
+            x.idle_cpu_ticks as f64 / tck / IDLE.as_secs_f64() * 100.0
+        );
+        if let (Some(a), Some(b), Some(t)) = (x.rss3_wg_go, x.rss1000_wg_go, x.idle_cpu_ticks_wg_go)
+        {
+            let _ = writeln!(
+                r,
+                "| {} | `wireguard-go` (data plane) | {} | {} | {} | {:.2} s |",
+                x.backend.as_str(),
+                mib(a.0),
+                mib(b.0),
+                mib(b.1),
+                t as f64 / tck
+            );
+        }
+    }
+    for x in &res {
+        let _ = writeln!(
+            r,
+            "- {}: 3 -> 1,000 peers: file change to 1,000 peers on the device {:.2} s; that pass took {:.0} ms",
+            x.backend.as_str(),
+            x.apply1000.as_secs_f64(),
+            x.pass1000_ms
+        );
+    }
+    load(&mut r, "after the resource runs");
+
+    // Throughput.
+    let _ = writeln!(
+        r,
+        "\n| backend | run | mesh pod->pod | mesh node->node | hand wireguard-go node->node | pod->pod / hand |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for backend in [Backend::Userspace, Backend::Embedded] {
+        let t = throughput(backend);
+        let paired: Vec<f64> = t
+            .mesh_pods
+            .iter()
+            .zip(&t.hand)
+            .map(|(m, h)| m / h)
+            .collect();
+        for (i, ratio) in paired.iter().enumerate() {
+            let _ = writeln!(
+                r,
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {ratio:.2} |",
+                backend.as_str(),
+                i + 1,
+                t.mesh_pods[i] / 1e6,
+                t.mesh_nodes[i] / 1e6,
+                t.hand[i] / 1e6,
+            );
+        }
+        let (pods, nodes, hand) = (median(t.mesh_pods), median(t.mesh_nodes), median(t.hand));
+        let _ = writeln!(
+            r,
+            "| {} | **median** | **{:.0}** | **{:.0}** | **{:.0}** | **{:.2}** (median of the runs) |",
+            backend.as_str(),
+            pods / 1e6,
+            nodes / 1e6,
+            hand / 1e6,
+            median(paired)
+        );
+        ratios.push((backend, pods / hand, nodes / hand));
+    }
+    let _ = writeln!(r, "\n(Mbit/s, iperf3 -t {THROUGHPUT_SECONDS}, received)");
+    for (b, pods, nodes) in &ratios {
+        let _ = writeln!(
+            r,
+            "- {}: median mesh pod->pod / median hand = {pods:.3}; median mesh node->node / median hand = {nodes:.3}",
+            b.as_str()
+        );
+    }
+    load(&mut r, "after the throughput runs");
+
+    // Join convergence.
+    let _ = writeln!(
+        r,
+        "\n| backend | run | n1a, n2a, n3a first reach n4a (s) | all three (s) | leave: n4 gone everywhere (s) |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|");
+    for backend in [Backend::Embedded, Backend::Userspace] {
+        let (joins, leaves) = convergence(backend);
+        let mut firsts = Vec::new();
+        let mut alls = Vec::new();
+        for (i, (j, l)) in joins.iter().zip(&leaves).enumerate() {
+            let all = j.iter().copied().fold(0.0, f64::max);
+            firsts.extend(j.iter().copied());
+            alls.push(all);
+            let _ = writeln!(
+                r,
+                "| {} | {} | {} | {all:.2} | {l:.2} |",
+                backend.as_str(),
+                i + 1,
+                j.iter()
+                    .map(|t| format!("{t:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let _ = writeln!(
+            r,
+            "| {} | **median** | **{:.2}** (of all {} pod pings) | **{:.2}** | **{:.2}** |",
+            backend.as_str(),
+            median(firsts.clone()),
+            firsts.len(),
+            median(alls),
+            median(leaves)
+        );
+    }
+    load(&mut r, "at the end");
+    println!("\n===== measure report =====\n{r}");
+}
