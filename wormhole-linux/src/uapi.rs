@@ -1,8 +1,10 @@
-//! A reader for the cross-platform WireGuard configuration protocol (`get=1` on the UAPI socket).
+//! The cross-platform WireGuard configuration protocol over a UAPI socket (`get=1`, `set=1`),
+//! for the userspace and embedded backends.
 //!
-//! `wireguard-control` writes configuration for us, but its userspace reader prints keys it does
-//! not know to stdout (boringtun's `own_public_key`, on every read) and cannot represent a device
-//! that reports only its public key, so we read with this instead.
+//! We speak it ourselves rather than through `wireguard-control`, whose userspace side prints to
+//! stdout (unknown keys such as boringtun's `own_public_key`, and errors), cannot represent a
+//! device that reports only its public key, has no timeouts (a wedged device would hang the
+//! reconciler) and reduces errors to "other error". Every request here has a 5 s timeout.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -11,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
+use wormhole_core::plan::{DeviceChange, PeerField};
 use wormhole_core::state::{DeviceState, ObservedDevice, PeerConfig, PeerStats};
 use wormhole_core::{PresharedKey, PrivateKey, PublicKey};
 
@@ -217,5 +220,299 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(19));
         assert!(parse("public_key=zz\n").is_err());
         assert!(parse("garbage\n").is_err());
+    }
+}
+
+/// Lowercase hex of a key, as the protocol wants it.
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn peer_lines(out: &mut String, key: &PublicKey, fields: &[PeerField]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "public_key={}", hex(key.as_bytes()));
+    for field in fields {
+        match field {
+            PeerField::Endpoint(e) => {
+                let _ = writeln!(out, "endpoint={e}");
+            }
+            PeerField::AllowedIps(ips) => {
+                out.push_str("replace_allowed_ips=true\n");
+                for ip in ips {
+                    let _ = writeln!(out, "allowed_ip={ip}");
+                }
+            }
+            PeerField::Keepalive(k) => {
+                let _ = writeln!(out, "persistent_keepalive_interval={}", k.unwrap_or(0));
+            }
+            PeerField::PresharedKey(k) => {
+                let bytes = k.as_ref().map_or([0; 32], |k| *k.secret_bytes());
+                let _ = writeln!(out, "preshared_key={}", hex(&bytes));
+            }
+        }
+    }
+}
+
+/// The fields that set a peer up from nothing.
+pub fn fields_of(config: &PeerConfig) -> Vec<PeerField> {
+    let mut fields = vec![PeerField::AllowedIps(config.allowed_ips.clone())];
+    fields.extend(config.endpoint.map(PeerField::Endpoint));
+    fields.extend(
+        config
+            .persistent_keepalive
+            .map(|k| PeerField::Keepalive(Some(k))),
+    );
+    fields.extend(
+        config
+            .preshared_key
+            .clone()
+            .map(|k| PeerField::PresharedKey(Some(k))),
+    );
+    fields
+}
+
+/// The body of a `set=1` request carrying `changes` (holds secrets: zeroized on drop).
+pub fn set_request(changes: &[DeviceChange]) -> zeroize::Zeroizing<String> {
+    use std::fmt::Write as _;
+    let mut out = zeroize::Zeroizing::new(String::from("set=1\n"));
+    for change in changes {
+        match change {
+            DeviceChange::SetPrivateKey(k) => {
+                let _ = writeln!(out, "private_key={}", hex(k.secret_bytes()));
+            }
+            DeviceChange::SetListenPort(p) => {
+                let _ = writeln!(out, "listen_port={p}");
+            }
+            DeviceChange::RemovePeer(k) => {
+                let _ = writeln!(out, "public_key={}\nremove=true", hex(k.as_bytes()));
+            }
+            DeviceChange::UpdatePeer(k, fields) => peer_lines(&mut out, k, fields),
+            DeviceChange::AddPeer(k, config) => peer_lines(&mut out, k, &fields_of(config)),
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// [`set_request`] for boringtun 0.7, whose parser carries a peer section's `remove`,
+/// `endpoint`, keepalive and pre-shared key over into the next section: updates become remove +
+/// add ([`without_updates`]), every added peer states each field (keepalive 0 and an all-zero
+/// key mean "none" to WireGuard), removals come first and peers without an endpoint before any
+/// that sets one, so nothing is inherited.
+pub fn boringtun_request(
+    changes: &[DeviceChange],
+    current: &DeviceState,
+) -> zeroize::Zeroizing<String> {
+    use std::fmt::Write as _;
+    let changes = without_updates(changes, current);
+    let mut out = zeroize::Zeroizing::new(String::from("set=1\n"));
+    let mut removals = String::new();
+    let mut additions: Vec<(bool, String)> = Vec::new();
+    for change in &changes {
+        match change {
+            DeviceChange::SetPrivateKey(k) => {
+                let _ = writeln!(out, "private_key={}", hex(k.secret_bytes()));
+            }
+            DeviceChange::SetListenPort(p) => {
+                let _ = writeln!(out, "listen_port={p}");
+            }
+            DeviceChange::RemovePeer(k) => {
+                let _ = writeln!(removals, "public_key={}\nremove=true", hex(k.as_bytes()));
+            }
+            DeviceChange::AddPeer(k, config) => {
+                let mut section = String::new();
+                let mut fields = vec![
+                    PeerField::AllowedIps(config.allowed_ips.clone()),
+                    PeerField::Keepalive(config.persistent_keepalive),
+                    PeerField::PresharedKey(config.preshared_key.clone()),
+                ];
+                fields.extend(config.endpoint.map(PeerField::Endpoint));
+                peer_lines(&mut section, k, &fields);
+                section.push_str("remove=false\n");
+                additions.push((config.endpoint.is_some(), section));
+            }
+            DeviceChange::UpdatePeer(..) => unreachable!("without_updates removed updates"),
+        }
+    }
+    additions.sort_by_key(|(has_endpoint, _)| *has_endpoint);
+    out.push_str(&removals);
+    for (_, mut section) in additions {
+        out.push_str(&section);
+        zeroize::Zeroize::zeroize(&mut section);
+    }
+    out.push('\n');
+    out
+}
+
+/// Sends one `set=1` request (from [`set_request`] or [`boringtun_request`]) to the socket at
+/// `path`.
+pub fn set(path: &Path, request: &str) -> std::io::Result<()> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    match reply.trim().strip_prefix("errno=").map(str::parse::<i32>) {
+        Some(Ok(0)) => Ok(()),
+        Some(Ok(errno)) => Err(std::io::Error::from_raw_os_error(errno)),
+        _ => Err(invalid(format!(
+            "unexpected UAPI reply {:?} (did the device crash?)",
+            reply.trim()
+        ))),
+    }
+}
+
+/// boringtun cannot modify a peer in place (it panics): an update becomes remove + add with
+/// the peer's merged configuration, which restarts that peer's session only.
+pub fn without_updates(changes: &[DeviceChange], current: &DeviceState) -> Vec<DeviceChange> {
+    let mut out = Vec::with_capacity(changes.len());
+    for change in changes {
+        match change {
+            DeviceChange::UpdatePeer(key, fields) => {
+                let mut config = current.peers.get(key).cloned().unwrap_or_default();
+                for field in fields {
+                    match field {
+                        PeerField::Endpoint(e) => config.endpoint = Some(*e),
+                        PeerField::AllowedIps(ips) => config.allowed_ips = ips.clone(),
+                        PeerField::Keepalive(k) => config.persistent_keepalive = *k,
+                        PeerField::PresharedKey(k) => config.preshared_key = k.clone(),
+                    }
+                }
+                out.push(DeviceChange::RemovePeer(*key));
+                out.push(DeviceChange::AddPeer(*key, config));
+            }
+            other => out.push(other.clone()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod set_tests {
+    use super::*;
+
+    fn key(n: u8) -> PublicKey {
+        PrivateKey::from_bytes([n; 32]).public_key()
+    }
+
+    #[test]
+    fn set_requests_name_only_what_changes() {
+        let net: IpNet = "10.99.2.0/24".parse().unwrap();
+        let text = set_request(&[
+            DeviceChange::SetListenPort(51820),
+            DeviceChange::RemovePeer(key(1)),
+            DeviceChange::UpdatePeer(
+                key(2),
+                vec![PeerField::AllowedIps(vec![net]), PeerField::Keepalive(None)],
+            ),
+        ]);
+        let k1 = hex(key(1).as_bytes());
+        let k2 = hex(key(2).as_bytes());
+        assert_eq!(
+            *text,
+            format!(
+                "set=1\nlisten_port=51820\npublic_key={k1}\nremove=true\npublic_key={k2}\n\
+                 replace_allowed_ips=true\nallowed_ip=10.99.2.0/24\npersistent_keepalive_interval=0\n\n"
+            )
+        );
+        let psk = PresharedKey::from_bytes([7; 32]);
+        let add = set_request(&[DeviceChange::AddPeer(
+            key(3),
+            PeerConfig {
+                endpoint: Some("[fd00::1]:51820".parse().unwrap()),
+                allowed_ips: vec![net],
+                persistent_keepalive: Some(25),
+                preshared_key: Some(psk),
+            },
+        )]);
+        assert!(add.contains("endpoint=[fd00::1]:51820\n"), "{}", *add);
+        assert!(add.contains(&format!("preshared_key={}\n", "07".repeat(32))));
+        assert!(add.contains("persistent_keepalive_interval=25\n"));
+    }
+
+    #[test]
+    fn boringtun_requests_leave_nothing_to_inherit() {
+        let mut current = DeviceState::default();
+        current.peers.insert(
+            key(2),
+            PeerConfig {
+                allowed_ips: vec!["10.99.2.0/24".parse().unwrap()],
+                ..Default::default()
+            },
+        );
+        let with_endpoint = PeerConfig {
+            endpoint: Some("192.168.77.4:51820".parse().unwrap()),
+            allowed_ips: vec!["10.99.4.0/24".parse().unwrap()],
+            persistent_keepalive: Some(25),
+            preshared_key: Some(PresharedKey::from_bytes([7; 32])),
+        };
+        let text = boringtun_request(
+            &[
+                DeviceChange::AddPeer(key(4), with_endpoint),
+                DeviceChange::UpdatePeer(key(2), vec![PeerField::Keepalive(Some(10))]),
+                DeviceChange::RemovePeer(key(1)),
+            ],
+            &current,
+        );
+        let sections: Vec<&str> = text.split("public_key=").skip(1).collect();
+        assert_eq!(sections.len(), 4, "{}", *text);
+        let (k1, k2, k4) = (
+            hex(key(1).as_bytes()),
+            hex(key(2).as_bytes()),
+            hex(key(4).as_bytes()),
+        );
+        // Removals first (1, and 2's half of its update), then 2 (no endpoint), then 4.
+        let removed: Vec<&str> = sections[..2].iter().map(|s| &s[..64]).collect();
+        assert!(removed.contains(&k1.as_str()) && removed.contains(&k2.as_str()), "{}", *text);
+        assert!(sections[..2].iter().all(|s| s.contains("remove=true")));
+        assert!(sections[2].starts_with(&k2), "{}", *text);
+        assert!(sections[3].starts_with(&k4), "{}", *text);
+        for added in &sections[2..] {
+            for field in [
+                "remove=false",
+                "replace_allowed_ips=true",
+                "persistent_keepalive_interval=",
+                "preshared_key=",
+            ] {
+                assert!(added.contains(field), "{field} missing in {added}");
+            }
+        }
+        assert!(
+            sections[2].contains("persistent_keepalive_interval=10")
+                && !sections[2].contains("endpoint=")
+        );
+        assert!(sections[2].contains(&format!("preshared_key={}", "0".repeat(64))));
+        assert!(sections[3].contains("endpoint=192.168.77.4:51820"));
+    }
+
+    #[test]
+    fn updates_become_remove_and_add_with_the_merged_config() {
+        let mut current = DeviceState::default();
+        let endpoint: SocketAddr = "192.168.77.2:51820".parse().unwrap();
+        current.peers.insert(
+            key(2),
+            PeerConfig {
+                endpoint: Some(endpoint),
+                allowed_ips: vec!["10.99.2.0/24".parse().unwrap()],
+                ..Default::default()
+            },
+        );
+        let changes = without_updates(
+            &[
+                DeviceChange::SetListenPort(1),
+                DeviceChange::UpdatePeer(key(2), vec![PeerField::Keepalive(Some(25))]),
+            ],
+            &current,
+        );
+        assert_eq!(changes.len(), 3);
+        assert_eq!(changes[1], DeviceChange::RemovePeer(key(2)));
+        let DeviceChange::AddPeer(k, config) = &changes[2] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(*k, key(2));
+        assert_eq!(config.endpoint, Some(endpoint), "unchanged fields are kept");
+        assert_eq!(config.persistent_keepalive, Some(25));
+        assert_eq!(config.allowed_ips.len(), 1);
     }
 }

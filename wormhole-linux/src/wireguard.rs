@@ -1,5 +1,5 @@
-//! WireGuard devices through `wireguard-control`: kernel (netlink), userspace (UAPI socket), and
-//! embedded (an in-process boringtun device, configured over its UAPI socket).
+//! WireGuard devices: kernel (netlink, through `wireguard-control`), userspace and embedded (an
+//! in-process boringtun device), both over their UAPI socket ([`crate::uapi`]).
 //!
 //! Every change is incremental: a [`DevicePlan`] becomes one `DeviceUpdate` naming only the peers
 //! and fields that change, so unchanged peers keep their sessions. `wireguard-control` is
@@ -30,7 +30,8 @@ pub enum Backend {
     /// outlives the daemon, so restarts drop no traffic.
     Userspace,
     /// An in-process boringtun device. Works on any host with `/dev/net/tun`, but its data plane
-    /// dies with the daemon.
+    /// dies with the daemon, and (boringtun cannot modify a peer in place) changing a peer
+    /// re-adds it, which restarts that peer's session.
     #[cfg(feature = "embedded")]
     Embedded,
 }
@@ -56,13 +57,6 @@ impl Backend {
         return Backend::Embedded;
         #[cfg(not(feature = "embedded"))]
         Backend::Userspace
-    }
-
-    fn control(self) -> wireguard_control::Backend {
-        match self {
-            Backend::Kernel => wireguard_control::Backend::Kernel,
-            _ => wireguard_control::Backend::Userspace,
-        }
     }
 }
 
@@ -404,11 +398,38 @@ impl WireGuardDevice for WgDevice {
         if plan.changes.is_empty() {
             return Ok(());
         }
-        let update = device_update(&plan.changes);
-        let name = self.name();
-        let backend = self.backend.control();
-        self.blocking("configure", move || update.apply(&name, backend))
-            .await?;
+        match self.backend {
+            Backend::Kernel => {
+                let update = device_update(&plan.changes);
+                let name = self.name();
+                self.blocking("configure", move || {
+                    update.apply(&name, wireguard_control::Backend::Kernel)
+                })
+                .await?;
+            }
+            Backend::Userspace => {
+                let (socket, request) = (self.socket(), crate::uapi::set_request(&plan.changes));
+                self.blocking("configure", move || crate::uapi::set(&socket, &request))
+                    .await?;
+            }
+            #[cfg(feature = "embedded")]
+            Backend::Embedded => {
+                let (socket, changes) = (self.socket(), plan.changes.clone());
+                let updates = changes
+                    .iter()
+                    .any(|c| matches!(c, DeviceChange::UpdatePeer(..)));
+                self.blocking("configure", move || {
+                    // Updates become re-adds with the merged config: read what is there.
+                    let current = if updates {
+                        crate::uapi::get(&socket)?.device.config
+                    } else {
+                        Default::default()
+                    };
+                    crate::uapi::set(&socket, &crate::uapi::boringtun_request(&changes, &current))
+                })
+                .await?;
+            }
+        }
         if let Some(key) = plan.changes.iter().find_map(|c| match c {
             DeviceChange::SetPrivateKey(k) => Some(k),
             _ => None,

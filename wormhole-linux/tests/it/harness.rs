@@ -2,7 +2,7 @@
 //! threads all live in the node's namespace, driving the real backends through the core
 //! reconciler.
 
-use std::io::BufRead as _;
+use std::io::{BufRead as _, Write as _};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,8 +21,24 @@ pub(crate) fn root_or_skip(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {
         return true;
     }
-    eprintln!("SKIPPED {test}: needs root (network namespaces, TUN, nftables); CI runs it as root");
+    // Written to the process's stderr directly: libtest captures `eprintln!`, and a skip must
+    // show.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root (network namespaces, TUN, nftables); CI runs it as root"
+    );
     false
+}
+
+/// An error with its causes, `: `-separated (our errors keep the cause as `source`).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 /// Runs a command, panicking with its output if it fails.
@@ -106,8 +122,10 @@ impl Netns {
         ));
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.name, "tcpdump", "-i", iface])
-            // Headers are all we look at; -U writes each packet as it comes.
-            .args(["-nn", "-U", "-s", "128", "-w"])
+            // Headers are all we look at. --immediate-mode hands over each packet as it comes
+            // (by default the kernel batches them up to a second, and a stop loses the batch);
+            // -U writes each one to the file at once.
+            .args(["-nn", "--immediate-mode", "-U", "-s", "128", "-w"])
             .arg(&file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -189,7 +207,6 @@ pub(crate) struct Node {
     pub(crate) rt: tokio::runtime::Runtime,
     pub(crate) reconciler: Arc<Mutex<Reconciler>>,
     pub(crate) device: Arc<WgDevice>,
-    pub(crate) firewall: Arc<Nftables>,
 }
 
 impl Node {
@@ -290,6 +307,11 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test may leave an embedded (boringtun) device wedged, and dropping a
+            // wedged device blocks forever: leak it instead, so the failure is reported.
+            std::mem::forget(self.device.clone());
+        }
         // wireguard-go killed with the namespace leaves its socket behind.
         let socket = format!(
             "{}/{}.sock",
@@ -304,7 +326,6 @@ impl Drop for Node {
 pub(crate) struct Cluster {
     pub(crate) underlay: Netns,
     pub(crate) nodes: Vec<Node>,
-    pub(crate) prefix: String,
 }
 
 impl Cluster {
@@ -319,11 +340,7 @@ impl Cluster {
         let nodes = (1..=n)
             .map(|i| Self::node(&prefix, &underlay, i, backend))
             .collect();
-        Cluster {
-            underlay,
-            nodes,
-            prefix,
-        }
+        Cluster { underlay, nodes }
     }
 
     fn node(prefix: &str, underlay: &Netns, i: usize, backend: Backend) -> Node {
@@ -364,7 +381,7 @@ impl Cluster {
             keys: Arc::new(keys),
             device: device.clone(),
             network,
-            firewall: firewall.clone(),
+            firewall,
         };
         let reconciler = Arc::new(Mutex::new(Reconciler::new(settings, backends)));
         Node {
@@ -375,7 +392,6 @@ impl Cluster {
             rt,
             reconciler,
             device,
-            firewall,
         }
     }
 
@@ -392,7 +408,7 @@ impl Cluster {
         let snapshot = self.snapshot();
         for node in &self.nodes {
             node.reconcile(&snapshot)
-                .unwrap_or_else(|e| panic!("n{}: {e}", node.index));
+                .unwrap_or_else(|e| panic!("n{}: {}", node.index, chain(&e)));
         }
     }
 
