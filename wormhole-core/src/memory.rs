@@ -1,5 +1,5 @@
 //! In-memory implementations of every trait, for tests and embedders. Each backend counts its
-//! writes and can be told to fail its next `n` writes.
+//! reads and writes and can be told to fail its next `n` writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -22,9 +22,14 @@ use crate::{Error, reconciler};
 struct Writes {
     count: AtomicU64,
     fail: AtomicU32,
+    reads: AtomicU64,
 }
 
 impl Writes {
+    fn read(&self) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn write(&self, backend: &'static str) -> Result<(), Error> {
         let failing = self
             .fail
@@ -43,6 +48,10 @@ macro_rules! fault_injection {
             /// Successful writes so far.
             pub fn writes(&self) -> u64 {
                 self.writes.count.load(Ordering::SeqCst)
+            }
+            /// Reads so far.
+            pub fn reads(&self) -> u64 {
+                self.writes.reads.load(Ordering::SeqCst)
             }
             /// Makes the next `n` writes fail.
             pub fn fail_next(&self, n: u32) {
@@ -82,6 +91,7 @@ impl WireGuardDevice for MemoryDevice {
         "memory"
     }
     async fn read(&self) -> Result<Option<ObservedDevice>, Error> {
+        self.writes.read();
         let config = self.state.lock().unwrap().clone();
         let stats = self.stats.lock().unwrap().clone();
         Ok(config.map(|config| ObservedDevice { config, stats }))
@@ -115,6 +125,7 @@ impl MemoryNetwork {
 #[async_trait]
 impl HostNetwork for MemoryNetwork {
     async fn read(&self) -> Result<(LinkState, BTreeSet<IpNet>), Error> {
+        self.writes.read();
         Ok(self.state.lock().unwrap().clone())
     }
     async fn apply(&self, link: &[LinkChange], routes: &[RouteChange]) -> Result<(), Error> {
@@ -148,6 +159,7 @@ impl MemoryFirewall {
 #[async_trait]
 impl Firewall for MemoryFirewall {
     async fn read(&self) -> Result<Option<FirewallPolicy>, Error> {
+        self.writes.read();
         Ok(self.policy.lock().unwrap().clone())
     }
     async fn apply(&self, policy: &FirewallPolicy) -> Result<(), Error> {

@@ -327,11 +327,10 @@ impl fmt::Display for PlanDisplay<'_> {
             return writeln!(f, "  (no changes)");
         }
         if let Some(p) = &plan.firewall {
-            let n = p.remote_pod_cidrs.len();
             writeln!(
                 f,
-                "  ~ firewall: table for {} (remote CIDRs: {n})",
-                p.interface
+                "  ~ firewall: table for {} and {}",
+                p.interface, p.bridge
             )?;
         }
         if plan.device.create {

@@ -2,7 +2,10 @@
 //!
 //! Each pass reads the observed state from the backends, builds the desired state from the last
 //! good mesh, plans the difference and applies it. A pass runs when the source reports a change
-//! and on every resync tick; a failed pass is retried with capped exponential backoff. Nothing is
+//! and on every resync tick; a failed pass is retried with capped exponential backoff. A pass
+//! for a source change plans against the host as the previous successful pass left it instead of
+//! reading it all again (at thousands of peers the read is most of the work); the resync tick,
+//! and any pass after a failure, reads everything, so drift is repaired within one `resync`. Nothing is
 //! ever torn down because of an error, and a restart adopts what already exists: before the first
 //! good snapshot nothing is planned, and an already-correct host plans to zero changes.
 
@@ -85,6 +88,10 @@ pub struct Reconciler {
     mesh: Option<Mesh>,
     status: watch::Sender<Status>,
     hook: Option<PassHook>,
+    /// The host as the last successful pass left it (what was read, with the plan applied) and
+    /// the device counters last read. Passes triggered by the source plan against it instead of
+    /// reading everything again; resync ticks, and any pass after a failure, read the host.
+    expected: Option<(HostState, Option<ObservedDevice>)>,
 }
 
 /// Called after every pass with its outcome and, if it succeeded, the plan it applied.
@@ -107,6 +114,7 @@ impl Reconciler {
             mesh: None,
             status: watch::channel(status).0,
             hook: None,
+            expected: None,
         }
     }
 
@@ -214,53 +222,77 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn pass(&mut self) -> Result<(Plan, Option<ObservedDevice>), Error> {
+    /// One pass. With `read` false and the host as the last pass left it known, that is used
+    /// instead of reading the backends. Returns the plan, the device as last read (for
+    /// counters), and whether the device exists now.
+    async fn pass(&mut self, read: bool) -> Result<(Plan, Option<ObservedDevice>, bool), Error> {
         let key = self.backends.keys.load_or_create().await?;
         let secret = self.backends.keys.cluster_secret().await?;
         self.refresh_mesh(&key);
         self.status
             .send_modify(|s| s.public_key = Some(key.public_key()));
-        let (observed, device) = self.observe().await?;
-        let Some(mesh) = &self.mesh else {
-            // Nothing desired yet: adopt what is there, change nothing.
-            return Ok((Plan::default(), device));
+        // Taken: a failure below leaves nothing cached, so the next pass reads the host.
+        let (observed, device) = match (read, self.expected.take()) {
+            (false, Some(known)) => known,
+            _ => self.observe().await?,
         };
-        let desired = HostState::desired(mesh, &key, secret.as_ref(), &self.settings.host);
-        let plan = plan(&desired, &observed);
-        if !plan.is_empty() {
-            tracing::info!(
-                "applying {} change(s):\n{}",
-                plan.len(),
-                plan.display(Some(mesh))
-            );
-            self.apply(&plan).await?;
-        }
-        Ok((plan, device))
+        let plan = match &self.mesh {
+            // Nothing desired yet: adopt what is there, change nothing.
+            None => Plan::default(),
+            Some(mesh) => {
+                let desired = HostState::desired(mesh, &key, secret.as_ref(), &self.settings.host);
+                let plan = plan(&desired, &observed);
+                if !plan.is_empty() {
+                    tracing::info!(
+                        "applying {} change(s):\n{}",
+                        plan.len(),
+                        plan.display(Some(mesh))
+                    );
+                    self.apply(&plan).await?;
+                }
+                plan
+            }
+        };
+        let mut after = observed;
+        plan.apply_to(&mut after);
+        let present = after.device.is_some();
+        self.expected = Some((after, device.clone()));
+        Ok((plan, device, present))
     }
 
-    /// Runs one pass: observe, plan, apply. Returns the plan it applied.
+    /// Runs one pass: read the host, plan, apply. Returns the plan it applied.
     pub async fn reconcile(&mut self) -> Result<Plan, Error> {
+        self.reconcile_reading(true).await
+    }
+
+    /// A pass for a source change: plans against the host as the last pass left it when that is
+    /// known (resync ticks repair what others changed meanwhile), else reads it.
+    pub async fn reconcile_change(&mut self) -> Result<Plan, Error> {
+        self.reconcile_reading(false).await
+    }
+
+    async fn reconcile_reading(&mut self, read: bool) -> Result<Plan, Error> {
         let started = Instant::now();
         let at = SystemTime::now();
-        let result = self.pass().await;
+        let result = self.pass(read).await;
         let duration = started.elapsed();
         let mesh = self.mesh.as_ref();
         let info = PassInfo {
             at,
             duration,
-            changes: result.as_ref().map_or(0, |(p, _)| p.len()),
+            changes: result.as_ref().map_or(0, |(p, _, _)| p.len()),
             error: result.as_ref().err().map(ToString::to_string),
         };
         if let Some(hook) = &mut self.hook {
-            hook(&info, result.as_ref().ok().map(|(plan, _)| plan));
+            hook(&info, result.as_ref().ok().map(|(plan, _, _)| plan));
         }
         self.status.send_modify(|s| {
             s.passes += 1;
             s.last_pass = Some(info);
             match &result {
-                Ok((plan, device)) => {
+                Ok((_, device, present)) => {
                     s.last_success = Some(at);
-                    s.device_present = device.is_some() || plan.device.create;
+                    s.device_present = *present;
                     if let Some(mesh) = mesh {
                         s.configured = true;
                         s.pod_cidrs = mesh.local.pod_cidrs.clone();
@@ -274,7 +306,7 @@ impl Reconciler {
                 }
             }
         });
-        result.map(|(plan, _)| plan)
+        result.map(|(plan, _, _)| plan)
     }
 
     /// Runs until `shutdown` completes: a pass on every source change and resync tick, with
@@ -300,6 +332,8 @@ impl Reconciler {
         let mut failures = 0u32;
         let mut next_pass = tokio::time::Instant::now();
         let mut source_open = true;
+        // A pass for a source change plans against what the last pass left; ticks read.
+        let mut for_change = false;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -311,6 +345,7 @@ impl Reconciler {
                         }
                         self.update(update);
                         next_pass = tokio::time::Instant::now();
+                        for_change = true;
                     }
                     None => {
                         source_open = false;
@@ -322,7 +357,10 @@ impl Reconciler {
             if tokio::time::Instant::now() < next_pass {
                 continue;
             }
-            match self.reconcile().await {
+            let result = self
+                .reconcile_reading(!std::mem::take(&mut for_change))
+                .await;
+            match result {
                 Ok(_) => {
                     failures = 0;
                     next_pass = tokio::time::Instant::now() + self.settings.resync;

@@ -67,6 +67,9 @@ pub struct LinkState {
 }
 
 /// What the firewall must enforce; a [`Firewall`](crate::Firewall) renders it as rules.
+///
+/// It depends on the overlay and this node only, not on the peers: peers come and go without
+/// a firewall change (remote pod sources are "cluster CIDRs that are not ours").
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FirewallPolicy {
     /// The WireGuard interface: the only way overlay traffic may leave the host.
@@ -77,8 +80,6 @@ pub struct FirewallPolicy {
     pub cluster_cidrs: Vec<IpNet>,
     /// This node's pod CIDRs.
     pub local_pod_cidrs: Vec<IpNet>,
-    /// Every remote node's pod CIDRs, sorted.
-    pub remote_pod_cidrs: Vec<IpNet>,
     /// The WireGuard MTU, for TCP MSS clamping.
     pub mtu: u32,
 }
@@ -183,7 +184,6 @@ impl HostState {
                 bridge: host.bridge.clone(),
                 cluster_cidrs: mesh.cluster_cidrs.clone(),
                 local_pod_cidrs: mesh.local.pod_cidrs.clone(),
-                remote_pod_cidrs: routes.iter().copied().collect(),
                 mtu: host.mtu,
             }),
             routes,

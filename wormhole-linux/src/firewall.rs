@@ -44,11 +44,19 @@ impl Default for Nftables {
 
 fn set(name: &str, v6: bool, nets: &[IpNet]) -> String {
     let kind = if v6 { "ipv6_addr" } else { "ipv4_addr" };
-    let elements: Vec<String> = nets
+    // nft refuses overlapping intervals: keep only the outermost of nested CIDRs (for example
+    // cluster CIDRs 10.0.0.0/8 and 10.99.0.0/16 given together).
+    let family: Vec<&IpNet> = nets
         .iter()
         .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+        .collect();
+    let mut elements: Vec<String> = family
+        .iter()
+        .filter(|n| !family.iter().any(|o| o != *n && o.contains(**n)))
         .map(ToString::to_string)
         .collect();
+    elements.sort();
+    elements.dedup();
     let mut s = format!("  set {name} {{\n    type {kind}\n    flags interval\n");
     if !elements.is_empty() {
         s += &format!("    elements = {{ {} }}\n", elements.join(", "));
@@ -68,18 +76,21 @@ pub fn render(policy: &FirewallPolicy) -> String {
         let f = if v6 { "6" } else { "4" };
         s += &set(&format!("cluster{f}"), v6, &policy.cluster_cidrs);
         s += &set(&format!("local{f}"), v6, &policy.local_pod_cidrs);
-        s += &set(&format!("remote{f}"), v6, &policy.remote_pod_cidrs);
     }
     s += &format!(
         r#"
-  # Anti-spoofing: overlay-sourced packets must come from the tunnel (remote pods) or the bridge
-  # (local pods); from anywhere else, such as the underlay, they are dropped.
+  # Anti-spoofing. An overlay source may arrive only from the tunnel (another node's pods, which
+  # WireGuard has already checked against that peer's allowed IPs) or from the bridge (our own
+  # pods). From anywhere else, such as the underlay, it is dropped; so is a peer claiming one of
+  # our pods' addresses, and a pod claiming an address that is not on this node.
   chain prerouting {{
     type filter hook prerouting priority raw; policy accept;
-    iifname != {wg} ip saddr @remote4 counter drop comment "spoofed remote pod source"
-    iifname != {wg} ip6 saddr @remote6 counter drop comment "spoofed remote pod source"
-    iifname != {{ {br}, "lo" }} ip saddr @local4 counter drop comment "spoofed local pod source"
-    iifname != {{ {br}, "lo" }} ip6 saddr @local6 counter drop comment "spoofed local pod source"
+    iifname != {{ {wg}, {br}, "lo" }} ip saddr @cluster4 counter drop comment "spoofed overlay source"
+    iifname != {{ {wg}, {br}, "lo" }} ip6 saddr @cluster6 counter drop comment "spoofed overlay source"
+    iifname {wg} ip saddr @local4 counter drop comment "peer claims a local pod source"
+    iifname {wg} ip6 saddr @local6 counter drop comment "peer claims a local pod source"
+    iifname {br} ip saddr @cluster4 ip saddr != @local4 counter drop comment "pod claims a remote pod source"
+    iifname {br} ip6 saddr @cluster6 ip6 saddr != @local6 counter drop comment "pod claims a remote pod source"
   }}
 
   # No cleartext: traffic to the overlay leaves only through the tunnel or to local pods.
@@ -247,10 +258,6 @@ mod tests {
                 "fd99::/48".parse().unwrap(),
             ],
             local_pod_cidrs: vec!["10.99.1.0/24".parse().unwrap()],
-            remote_pod_cidrs: vec![
-                "10.99.2.0/24".parse().unwrap(),
-                "fd99:0:0:2::/64".parse().unwrap(),
-            ],
             mtu: 1420,
         }
     }
@@ -259,16 +266,32 @@ mod tests {
     fn renders_every_rule_family_for_both_stacks() {
         let text = render(&policy());
         assert!(text.contains(
-            "set remote4 {\n    type ipv4_addr\n    flags interval\n    elements = { 10.99.2.0/24 }"
+            "set cluster6 {\n    type ipv6_addr\n    flags interval\n    elements = { fd99::/48 }"
         ));
-        assert!(text.contains("set remote6 {\n    type ipv6_addr\n    flags interval\n    elements = { fd99:0:0:2::/64 }"));
+        assert!(text.contains(
+            "set local4 {\n    type ipv4_addr\n    flags interval\n    elements = { 10.99.1.0/24 }"
+        ));
+        // Nested cluster CIDRs collapse to the outermost (nft refuses overlapping intervals).
+        let mut nested = policy();
+        nested.cluster_cidrs.push("10.0.0.0/8".parse().unwrap());
+        nested.cluster_cidrs.push("10.0.0.0/8".parse().unwrap());
+        assert!(
+            render(&nested).contains("elements = { 10.0.0.0/8 }"),
+            "{}",
+            render(&nested)
+        );
+        // Nothing about peers: they come and go without a firewall change.
+        assert!(!text.contains("remote4") && !text.contains("10.99.2."));
         // No IPv6 local CIDR: the set exists, empty.
         assert!(text.contains("set local6 {\n    type ipv6_addr\n    flags interval\n  }"));
         assert!(text.contains("maxseg size set 1380"));
         assert!(text.contains("maxseg size set 1360"));
         assert_eq!(text.matches("no cleartext").count(), 4);
         assert_eq!(text.matches("masquerade").count(), 2);
-        assert!(text.contains(r#"iifname != "wormhole0" ip saddr @remote4"#));
+        assert!(text.contains(
+            r#"iifname != { "wormhole0", "wormhole-br0", "lo" } ip saddr @cluster4 counter drop"#
+        ));
+        assert_eq!(text.matches("spoofed overlay source").count(), 2);
     }
 
     #[tokio::test]

@@ -464,7 +464,11 @@ mod set_tests {
         );
         // Removals first (1, and 2's half of its update), then 2 (no endpoint), then 4.
         let removed: Vec<&str> = sections[..2].iter().map(|s| &s[..64]).collect();
-        assert!(removed.contains(&k1.as_str()) && removed.contains(&k2.as_str()), "{}", *text);
+        assert!(
+            removed.contains(&k1.as_str()) && removed.contains(&k2.as_str()),
+            "{}",
+            *text
+        );
         assert!(sections[..2].iter().all(|s| s.contains("remove=true")));
         assert!(sections[2].starts_with(&k2), "{}", *text);
         assert!(sections[3].starts_with(&k4), "{}", *text);

@@ -413,3 +413,59 @@ async fn the_pass_hook_sees_every_pass_and_its_plan() {
         [(false, Some(applied)), (true, None)]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn source_changes_plan_against_the_last_pass_and_ticks_read_the_host() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let (a, b) = (
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+    );
+    let r = node.reconciler(None);
+    let mut status = r.status();
+    let (handle, source) = MemorySource::channel();
+    let task = tokio::spawn(r.run(source, std::future::pending()));
+    handle.send(snapshot(&me, &[("a", &a, "10.99.2.0/24")]));
+    status.wait_for(|s| s.peers.len() == 1).await.unwrap();
+    let reads = node.backends.device.reads();
+
+    // A source change: planned against what the last pass left, no read.
+    handle.send(snapshot(
+        &me,
+        &[("a", &a, "10.99.2.0/24"), ("b", &b, "10.99.3.0/24")],
+    ));
+    status.wait_for(|s| s.peers.len() == 2).await.unwrap();
+    assert_eq!(
+        node.backends.device.reads(),
+        reads,
+        "a source change read the device"
+    );
+    let mut keys = vec![a, b];
+    keys.sort();
+    assert_eq!(node.peer_keys(), keys);
+
+    // Someone removes b by hand: the next resync tick reads the host and repairs it.
+    let mut device = node.backends.device.state().unwrap();
+    device.peers.remove(&b);
+    node.backends.device.set_state(Some(device));
+    let passes = status.borrow().passes;
+    status.wait_for(|s| s.passes > passes).await.unwrap();
+    assert!(node.backends.device.reads() > reads);
+    assert_eq!(node.peer_keys(), keys, "the tick repaired the drift");
+
+    // A failed pass forgets what it knew: the retry reads the host.
+    node.backends.network.fail_next(1);
+    let reads = node.backends.device.reads();
+    handle.send(snapshot(&me, &[("a", &a, "10.99.2.0/24")]));
+    status
+        .wait_for(|s| s.peers.len() == 1 && s.last_pass.as_ref().is_some_and(|p| p.error.is_none()))
+        .await
+        .unwrap();
+    assert!(
+        node.backends.device.reads() > reads,
+        "the retry after a failure read the host"
+    );
+    assert_eq!(node.peer_keys(), [a]);
+    task.abort();
+}

@@ -212,3 +212,102 @@ fn kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion() {
         "n1 and n2 still talk"
     );
 }
+
+/// Scale: 5,000 Nodes with WormholeNodes in the API server, one real daemon. Measures its
+/// initial sync (process start to all 4,999 peers configured), resident memory, and the time
+/// from one Node's pod-CIDR change in the API to the new route through WireGuard. Run with
+/// `cargo test -p wormhole-daemon --release --test it -- --ignored --nocapture kubernetes_scale`.
+#[test]
+#[ignore = "takes a minute; run with --release --ignored --nocapture kubernetes_scale (as root)"]
+fn kubernetes_scale() {
+    if !root_or_skip("kubernetes_scale") {
+        return;
+    }
+    // The userspace backend keeps the data plane (wireguard-go) out of the daemon's memory.
+    for backend in [Backend::Userspace, Backend::Embedded] {
+        scale(backend);
+    }
+}
+
+fn scale(backend: Backend) {
+    const NODES: usize = 5_000;
+    let mut cluster = Cluster::new(1, backend);
+    let (_api_ns, _rt, api) = api_for(&cluster);
+    // Node i (2..=5000): 10.(100 + i / 256).(i % 256).0/24; n1 keeps 10.99.1.0/24.
+    let cidr = |i: usize| format!("10.{}.{}.0/24", 100 + i / 256, i % 256);
+    let started = Instant::now();
+    for i in 2..=NODES {
+        let name = format!("n{i}");
+        api.put_node(&name, &[&cidr(i)], &format!("192.168.77.{}", 10 + i % 240));
+        let key = wormhole_core::PrivateKey::generate()
+            .public_key()
+            .to_base64();
+        api.put_wormhole(
+            &name,
+            serde_json::json!({"publicKey": key, "endpoint": format!("192.168.77.{}:{}", 10 + i % 240, 52000 + i / 240), "listenPort": 51820}),
+        );
+    }
+    eprintln!(
+        "API server filled with {NODES} Nodes in {:?}",
+        started.elapsed()
+    );
+    let kubeconfig = cluster.work.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let mut args = kube_args(&cluster, 1, &kubeconfig);
+    args.extend(["--cluster-cidr".to_owned(), "10.0.0.0/8".to_owned()]);
+    let start = Instant::now();
+    cluster.node_mut(1).start_with(args);
+    let node = cluster.node(1);
+    let synced = poll(Duration::from_secs(120), || {
+        let (code, metrics) = crate::harness::http_get(&node.ns.name, "/metrics")?;
+        let never = metrics
+            .lines()
+            .find(|l| l.starts_with("wormhole_peers{state=\"never\"}"))?;
+        (code == 200 && never.ends_with(&format!(" {}", NODES - 1))).then(|| start.elapsed())
+    })
+    .unwrap_or_else(|| {
+        let _ = std::fs::copy(node.log(), "/tmp/wormhole-scale.log");
+        panic!(
+            "no full sync (log: /tmp/wormhole-scale.log)\n{}",
+            node.log_tail()
+        )
+    });
+    let pid = node.daemon.as_ref().unwrap().pid();
+    let (rss, hwm) = crate::harness::rss_kib(pid);
+
+    // One Node's pod CIDR changes: time until the new route through WireGuard exists.
+    let mut changes = Vec::new();
+    for round in 0..5 {
+        let moved = format!("10.250.{round}.0/24");
+        let t = Instant::now();
+        api.put_node("n2500", &[&moved], "192.168.77.10");
+        let applied = poll(Duration::from_secs(10), || {
+            let out = node
+                .ns
+                .run(&["ip", "-4", "route", "show", "exact", &moved, "proto", "87"]);
+            (!out.stdout.is_empty()).then(|| t.elapsed())
+        })
+        .unwrap_or_else(|| panic!("the change was not applied\n{}", node.log_tail()));
+        changes.push(applied);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    changes.sort();
+    let (rss_after, hwm_after) = crate::harness::rss_kib(pid);
+    println!(
+        "\n| Kubernetes, {NODES} Nodes, {} backend | measured | goal |\n|---|---|---|\n\
+         | initial sync (start to {} peers configured) | {:.2} s | < 5 s |\n\
+         | daemon VmRSS after sync (VmHWM) | {:.1} MiB ({:.1} MiB) | < 64 MiB |\n\
+         | daemon VmRSS after 5 changes (VmHWM) | {:.1} MiB ({:.1} MiB) | < 64 MiB |\n\
+         | one Node change, API write to route (median of 5; min, max) | {:.0} ms ({:.0}, {:.0}) | < 100 ms |",
+        backend.as_str(),
+        NODES - 1,
+        synced.as_secs_f64(),
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        hwm_after as f64 / 1024.0,
+        changes[2].as_secs_f64() * 1000.0,
+        changes[0].as_secs_f64() * 1000.0,
+        changes[4].as_secs_f64() * 1000.0,
+    );
+}

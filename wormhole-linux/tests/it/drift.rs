@@ -71,8 +71,8 @@ fn one_pass_repairs_drift(backend: Backend) {
     let table = n1.ns.sh(&["nft", "list", "table", "inet", "wormhole"]);
     for rule in [
         "\"no cleartext\"",
-        "\"spoofed remote pod source\"",
-        "10.99.2.0/24",
+        "\"spoofed overlay source\"",
+        "10.99.0.0/16",
     ] {
         assert!(table.contains(rule), "{rule} missing from\n{table}");
     }

@@ -12,11 +12,11 @@ fn no_cleartext(node: &Node) -> u64 {
     node.nft_counter("output", &["ip daddr @cluster4", "\"no cleartext\""])
 }
 
-/// The IPv4 "spoofed remote pod source" drop counter of chain `prerouting`.
+/// The IPv4 "spoofed overlay source" drop counter of chain `prerouting`.
 fn spoofed(node: &Node) -> u64 {
     node.nft_counter(
         "prerouting",
-        &["ip saddr @remote4", "\"spoofed remote pod source\""],
+        &["ip saddr @cluster4", "\"spoofed overlay source\""],
     )
 }
 
