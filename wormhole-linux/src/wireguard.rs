@@ -71,6 +71,10 @@ pub struct WgDevice {
     embedded: Mutex<Option<boringtun::device::DeviceHandle>>,
     /// The private key we last set (the embedded device reports only its public key).
     key: Mutex<Option<PrivateKey>>,
+    /// The embedded device's peers as last read or applied: an update re-adds a peer with its
+    /// merged configuration, and reading all peers for that would cost more than the change.
+    #[cfg(feature = "embedded")]
+    known: Arc<Mutex<Option<DeviceState>>>,
     network: Option<Arc<crate::Network>>,
 }
 
@@ -103,6 +107,8 @@ impl WgDevice {
             #[cfg(feature = "embedded")]
             embedded: Mutex::new(None),
             key: Mutex::new(None),
+            #[cfg(feature = "embedded")]
+            known: Arc::default(),
             network,
         })
     }
@@ -179,6 +185,8 @@ impl WgDevice {
                         )
                     })?;
                 *handle = Some(device);
+                // A new device: nothing of the old one's peers is there.
+                *self.known.lock().unwrap() = None;
                 Ok(())
             }
         }
@@ -381,7 +389,13 @@ impl WireGuardDevice for WgDevice {
             .await
         };
         match got.map_err(|e| Error::backend("wireguard", format!("read task failed: {e}")))? {
-            Ok(device) => Ok(Some(device)),
+            Ok(device) => {
+                #[cfg(feature = "embedded")]
+                if self.backend == Backend::Embedded {
+                    *self.known.lock().unwrap() = Some(device.config.clone());
+                }
+                Ok(Some(device))
+            }
             Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(backend_error(
                 "wireguard",
@@ -414,18 +428,23 @@ impl WireGuardDevice for WgDevice {
             }
             #[cfg(feature = "embedded")]
             Backend::Embedded => {
-                let (socket, changes) = (self.socket(), plan.changes.clone());
-                let updates = changes
-                    .iter()
-                    .any(|c| matches!(c, DeviceChange::UpdatePeer(..)));
+                let (socket, plan, known) = (self.socket(), plan.clone(), self.known.clone());
                 self.blocking("configure", move || {
-                    // Updates become re-adds with the merged config: read what is there.
-                    let current = if updates {
-                        crate::uapi::get(&socket)?.device.config
-                    } else {
-                        Default::default()
+                    // Updates become re-adds with the merged config: what is there is known
+                    // from the last read or apply, else read.
+                    let mut known = known.lock().unwrap();
+                    let current = match known.take() {
+                        Some(state) => state,
+                        None => crate::uapi::get(&socket)?.device.config,
                     };
-                    crate::uapi::set(&socket, &crate::uapi::boringtun_request(&changes, &current))
+                    crate::uapi::set(
+                        &socket,
+                        &crate::uapi::boringtun_request(&plan.changes, &current),
+                    )?;
+                    let mut after = Some(current);
+                    wormhole_core::plan::apply_device(&mut after, &plan);
+                    *known = after;
+                    Ok(())
                 })
                 .await?;
             }
