@@ -201,6 +201,8 @@ pub struct Mesh {
     snapshot: Snapshot,
     /// For each peer, the position of its entry in `snapshot` (to reuse unchanged entries).
     pub(crate) entry_of: Vec<u32>,
+    /// For each entry of `snapshot`, the peer it became ([`NOT_A_PEER`] if none).
+    pub(crate) peer_at: Vec<u32>,
 }
 
 fn check_name(name: &str) -> Result<(), RejectReason> {
@@ -311,6 +313,9 @@ impl CidrIndex {
     }
 }
 
+/// `Mesh::peer_at` of an entry that is not a peer.
+const NOT_A_PEER: u32 = u32::MAX;
+
 /// Whether two CIDRs share any address (for prefixes: one contains the other).
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     let ((fa, sa, ea), (fb, sb, eb)) = (range(a), range(b));
@@ -397,15 +402,16 @@ fn conflict_free(candidates: &mut [Candidate<'_>]) -> bool {
     if keys.windows(2).any(|w| w[0] == w[1]) {
         return false;
     }
-    let mut ranges: Vec<(bool, u128, u128)> = candidates
+    // Per family, so that CIDRs listed in order stay sorted (and sorting them is cheap).
+    let (mut v4, mut v6): (Vec<_>, Vec<_>) = candidates
         .iter()
         .flat_map(|c| c.spec.pod_cidrs.iter().map(range))
-        .collect();
-    ranges.sort_unstable();
+        .partition(|(v6, _, _)| !v6);
+    v4.sort_unstable();
+    v6.sort_unstable();
     // Sorted by start, any overlap shows between neighbours.
-    !ranges
-        .windows(2)
-        .any(|w| w[0].0 == w[1].0 && w[1].1 <= w[0].2)
+    let overlap = |ranges: &[(bool, u128, u128)]| ranges.windows(2).any(|w| w[1].1 <= w[0].2);
+    !overlap(&v4) && !overlap(&v6)
 }
 
 impl Mesh {
@@ -444,13 +450,23 @@ impl Mesh {
     }
 
     /// The peer `previous` built from an entry equal to `entry`.
-    fn reused(&self, entry: &NodeEntry) -> Option<NodeSpec> {
-        let i = self
-            .peers
-            .binary_search_by(|p| p.name.as_str().cmp(&entry.name))
-            .ok()?;
-        let was = self.snapshot.nodes.get(*self.entry_of.get(i)? as usize)?;
-        (was == entry).then(|| self.peers[i].clone())
+    fn reused(&self, position: usize, entry: &NodeEntry) -> Option<NodeSpec> {
+        // Sources usually keep their order: look at the same place first, then by name.
+        let peer = match self.peer_at.get(position) {
+            Some(&i) if i != NOT_A_PEER && self.snapshot.nodes[position] == *entry => i as usize,
+            _ => {
+                let i = self
+                    .peers
+                    .binary_search_by(|p| p.name.as_str().cmp(&entry.name))
+                    .ok()?;
+                let was = self.snapshot.nodes.get(*self.entry_of.get(i)? as usize)?;
+                if was != entry {
+                    return None;
+                }
+                i
+            }
+        };
+        Some(self.peers[peer].clone())
     }
 
     fn validate(
@@ -523,7 +539,11 @@ impl Mesh {
         };
         let finish = |accepted: Vec<(NodeSpec, usize)>, mut rejected: Vec<Rejection>| {
             rejected.sort_by(|a, b| (&a.name, &a.origin).cmp(&(&b.name, &b.origin)));
-            let entry_of = accepted.iter().map(|(_, i)| *i as u32).collect();
+            let entry_of: Vec<u32> = accepted.iter().map(|(_, i)| *i as u32).collect();
+            let mut peer_at = vec![NOT_A_PEER; snapshot.nodes.len()];
+            for (peer, &position) in entry_of.iter().enumerate() {
+                peer_at[position as usize] = peer as u32;
+            }
             let peers = accepted.into_iter().map(|(spec, _)| spec).collect();
             let cluster_cidrs = cluster_cidrs.to_vec();
             let snapshot = Snapshot::default();
@@ -534,6 +554,7 @@ impl Mesh {
                 rejected,
                 snapshot,
                 entry_of,
+                peer_at,
             }
         };
         // Entries unchanged since `previous` keep their validated form, if nothing they were
@@ -562,7 +583,7 @@ impl Mesh {
                 }));
                 continue;
             }
-            let checked = match reuse.and_then(|p| p.reused(entry)) {
+            let checked = match reuse.and_then(|p| p.reused(position, entry)) {
                 Some(spec) => Ok(spec),
                 None => check_alone(entry, local_key, cluster_cidrs, &local_cidrs),
             };
