@@ -271,18 +271,31 @@ pub fn fields_of(config: &PeerConfig) -> Vec<PeerField> {
     fields
 }
 
+/// Writes the line of a device-level change (key, port); false for peer changes.
+fn device_line(out: &mut String, change: &DeviceChange) -> bool {
+    use std::fmt::Write as _;
+    match change {
+        DeviceChange::SetPrivateKey(k) => {
+            let _ = writeln!(out, "private_key={}", hex(k.secret_bytes()));
+        }
+        DeviceChange::SetListenPort(p) => {
+            let _ = writeln!(out, "listen_port={p}");
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// The body of a `set=1` request carrying `changes` (holds secrets: zeroized on drop).
 pub fn set_request(changes: &[DeviceChange]) -> zeroize::Zeroizing<String> {
     use std::fmt::Write as _;
     let mut out = zeroize::Zeroizing::new(String::from("set=1\n"));
     for change in changes {
+        if device_line(&mut out, change) {
+            continue;
+        }
         match change {
-            DeviceChange::SetPrivateKey(k) => {
-                let _ = writeln!(out, "private_key={}", hex(k.secret_bytes()));
-            }
-            DeviceChange::SetListenPort(p) => {
-                let _ = writeln!(out, "listen_port={p}");
-            }
+            DeviceChange::SetPrivateKey(_) | DeviceChange::SetListenPort(_) => {}
             DeviceChange::RemovePeer(k) => {
                 let _ = writeln!(out, "public_key={}\nremove=true", hex(k.as_bytes()));
             }
@@ -309,13 +322,11 @@ pub fn boringtun_request(
     let mut removals = String::new();
     let mut additions: Vec<(bool, String)> = Vec::new();
     for change in &changes {
+        if device_line(&mut out, change) {
+            continue;
+        }
         match change {
-            DeviceChange::SetPrivateKey(k) => {
-                let _ = writeln!(out, "private_key={}", hex(k.secret_bytes()));
-            }
-            DeviceChange::SetListenPort(p) => {
-                let _ = writeln!(out, "listen_port={p}");
-            }
+            DeviceChange::SetPrivateKey(_) | DeviceChange::SetListenPort(_) => {}
             DeviceChange::RemovePeer(k) => {
                 let _ = writeln!(removals, "public_key={}\nremove=true", hex(k.as_bytes()));
             }
