@@ -215,10 +215,11 @@ fn kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion() {
 
 /// Scale: 5,000 Nodes with WormholeNodes in the API server, one real daemon. Measures its
 /// initial sync (process start to all 4,999 peers configured), resident memory, and the time
-/// from one Node's pod-CIDR change in the API to the new route through WireGuard. Run with
+/// from one Node's pod-CIDR change in the API to the new route through WireGuard, and asserts
+/// the goals (< 5 s, < 64 MiB for the agent, < 100 ms) on a release build. CI runs it with
 /// `cargo test -p wormhole-daemon --release --test it -- --ignored --nocapture kubernetes_scale`.
 #[test]
-#[ignore = "takes a minute; run with --release --ignored --nocapture kubernetes_scale (as root)"]
+#[ignore = "a release-build measurement; CI runs it with --release --ignored kubernetes_scale"]
 fn kubernetes_scale() {
     if !root_or_skip("kubernetes_scale") {
         return;
@@ -310,4 +311,27 @@ fn scale(backend: Backend) {
         changes[0].as_secs_f64() * 1000.0,
         changes[4].as_secs_f64() * 1000.0,
     );
+    // The goals, asserted on a release build (CI runs this test with --release). Memory is the
+    // agent's own: with the embedded backend the process also holds boringtun's per-peer state
+    // (about 18 MiB per 1,000 peers), so that limit applies to the userspace backend only.
+    if cfg!(debug_assertions) {
+        eprintln!("kubernetes_scale: debug build, goals not asserted");
+        return;
+    }
+    assert!(
+        synced < Duration::from_secs(5),
+        "initial sync {synced:?} (goal < 5 s)"
+    );
+    assert!(
+        changes[2] < Duration::from_millis(100),
+        "one change {:?} (goal < 100 ms)",
+        changes[2]
+    );
+    if backend == Backend::Userspace {
+        assert!(
+            hwm_after < 64 * 1024,
+            "agent VmHWM {} KiB (goal < 64 MiB)",
+            hwm_after
+        );
+    }
 }
