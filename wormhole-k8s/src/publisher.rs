@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt as _};
+use kube::{Api, Client};
 use serde_json::json;
 use wormhole_core::status::PeerState;
 use wormhole_core::{PublicKey, Status};
@@ -61,6 +61,9 @@ pub struct Publisher {
     endpoint: Option<SocketAddr>,
     last_spec: Option<WormholeNodeSpec>,
     last_status: Option<WormholeNodeStatus>,
+    /// The Node's uid and our endpoint, read once: the agent publishes on every status change,
+    /// and the Node need not be fetched each time. Forgotten when an apply fails.
+    node: Option<(String, Option<SocketAddr>)>,
 }
 
 impl Publisher {
@@ -74,20 +77,33 @@ impl Publisher {
             endpoint,
             last_spec: None,
             last_status: None,
+            node: None,
         }
     }
 
     /// Applies the spec (key and endpoint) if it changed since the last apply. Returns whether
     /// it wrote.
     pub async fn publish_spec(&mut self, key: &PublicKey) -> Result<bool, Error> {
-        let node = self
-            .nodes
-            .get(&self.name)
-            .await
-            .map_err(Error::api(format!("get Node {}", self.name)))?;
-        let endpoint = match self.endpoint {
-            Some(e) => Some(e),
-            None => internal_ip(&node).map(|ip| SocketAddr::new(ip, self.listen_port)),
+        let (uid, endpoint) = match &self.node {
+            Some(known) => known.clone(),
+            None => {
+                let node = self
+                    .nodes
+                    .get(&self.name)
+                    .await
+                    .map_err(Error::api(format!("get Node {}", self.name)))?;
+                let uid = node
+                    .metadata
+                    .uid
+                    .clone()
+                    .ok_or_else(|| Error::Invalid(format!("Node {} has no uid", self.name)))?;
+                let endpoint = match self.endpoint {
+                    Some(e) => Some(e),
+                    None => internal_ip(&node).map(|ip| SocketAddr::new(ip, self.listen_port)),
+                };
+                self.node = Some((uid.clone(), endpoint));
+                (uid, endpoint)
+            }
         };
         let spec = WormholeNodeSpec {
             public_key: key.to_base64(),
@@ -97,27 +113,27 @@ impl Publisher {
         if self.last_spec.as_ref() == Some(&spec) {
             return Ok(false);
         }
-        let uid = node
-            .metadata
-            .uid
-            .clone()
-            .ok_or_else(|| Error::Invalid(format!("Node {} has no uid", self.name)))?;
         let object = json!({
             "apiVersion": "wormhole.dev/v1alpha1",
             "kind": "WormholeNode",
             "metadata": {
                 "name": self.name,
                 "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "Node", "name": node.name_any(), "uid": uid,
+                    "apiVersion": "v1", "kind": "Node", "name": self.name, "uid": uid,
                 }],
             },
             "spec": spec,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.api
+        if let Err(e) = self
+            .api
             .patch(&self.name, &params, &Patch::Apply(&object))
             .await
-            .map_err(Error::api(format!("apply WormholeNode {}", self.name)))?;
+        {
+            // The Node may have been re-created (new uid): read it again next time.
+            self.node = None;
+            return Err(Error::api(format!("apply WormholeNode {}", self.name))(e));
+        }
         tracing::info!(node = %self.name, endpoint = ?spec.endpoint, "published WormholeNode");
         self.last_spec = Some(spec);
         Ok(true)

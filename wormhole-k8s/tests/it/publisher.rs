@@ -47,8 +47,14 @@ async fn applies_its_own_wormholenode_on_change_only() {
     assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "Node");
     assert!(body["spec"].get("podCIDRs").is_none());
 
-    // No change, no write.
+    // No change, no write, and no second read of the Node.
     assert!(!publisher.publish_spec(&key).await.unwrap());
+    let node_reads = api
+        .requests()
+        .iter()
+        .filter(|r| r.target.starts_with("/api/v1/nodes/n1"))
+        .count();
+    assert_eq!(node_reads, 1, "the Node is read once");
     // A new key (rotation) is published.
     let rotated = PrivateKey::generate().public_key();
     assert!(publisher.publish_spec(&rotated).await.unwrap());
