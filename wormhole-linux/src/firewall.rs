@@ -124,76 +124,83 @@ pub fn render(policy: &FirewallPolicy) -> String {
     s
 }
 
+/// Runs `nft ARGS`, feeding it `stdin`; its stdout, or its stderr as the error.
+fn run(nft: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
+    let what = format!("{nft} {}", args.join(" "));
+    let mut child = Command::new(nft)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            backend_error(
+                "firewall",
+                format!("run {what} (is nftables installed?)"),
+                e,
+            )
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| backend_error("firewall", format!("write to {what}"), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| backend_error("firewall", format!("wait for {what}"), e))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::backend(
+            "firewall",
+            format!("{what}: {}", stderr.trim()),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The table as nft prints it, without counter values; `None` when absent.
+fn listing(nft: &str) -> Result<Option<String>, Error> {
+    match run(nft, &["-s", "list", "table", "inet", TABLE], None) {
+        Ok(text) => Ok(Some(text)),
+        Err(Error::Backend { message, .. }) if message.contains("No such file or directory") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The whole-table replacement script: one transaction that makes sure the table exists,
+/// deletes it, and (with `rules`) creates it anew.
+fn replacement(rules: &str) -> String {
+    format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{rules}")
+}
+
 impl Nftables {
     /// Uses `nft` from `PATH`.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
-        let what = format!("{} {}", self.nft, args.join(" "));
-        let mut child = Command::new(&self.nft)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                backend_error(
-                    "firewall",
-                    format!("run {what} (is nftables installed?)"),
-                    e,
-                )
-            })?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes())
-                .map_err(|e| backend_error("firewall", format!("write to {what}"), e))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| backend_error("firewall", format!("wait for {what}"), e))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(Error::backend(
-                "firewall",
-                format!("{what}: {}", stderr.trim()),
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// The table as nft prints it, without counter values; `None` when absent.
-    fn listing(&self) -> Result<Option<String>, Error> {
-        match self.run(&["-s", "list", "table", "inet", TABLE], None) {
-            Ok(text) => Ok(Some(text)),
-            Err(Error::Backend { message, .. })
-                if message.contains("No such file or directory") =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+    /// Runs `f` with the nft path on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&str) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let nft = self.nft.clone();
+        tokio::task::spawn_blocking(move || f(&nft))
+            .await
+            .map_err(|e| Error::backend("firewall", format!("task failed: {e}")))?
     }
 
     /// Deletes the table (for `--cleanup-on-exit`); absent is fine.
     pub async fn delete(&self) -> Result<(), Error> {
         *self.last.lock().unwrap() = None;
-        let script = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
-        let this = self.nft.clone();
-        tokio::task::spawn_blocking(move || {
-            Nftables {
-                nft: this,
-                last: Mutex::new(None),
-            }
-            .run(&["-f", "-"], Some(&script))
-        })
-        .await
-        .map_err(|e| Error::backend("firewall", format!("task failed: {e}")))?
-        .map(drop)
+        self.blocking(|nft| run(nft, &["-f", "-"], Some(&replacement(""))))
+            .await
+            .map(drop)
     }
 }
 
@@ -203,17 +210,7 @@ impl Firewall for Nftables {
         let Some((policy, expected)) = self.last.lock().unwrap().clone() else {
             return Ok(None);
         };
-        let nft = self.nft.clone();
-        let listing = tokio::task::spawn_blocking(move || {
-            Nftables {
-                nft,
-                last: Mutex::new(None),
-            }
-            .listing()
-        })
-        .await
-        .map_err(|e| Error::backend("firewall", format!("task failed: {e}")))??;
-        if listing.as_deref() == Some(expected.as_str()) {
+        if self.blocking(listing).await?.as_deref() == Some(expected.as_str()) {
             Ok(Some(policy))
         } else {
             tracing::warn!("nftables table inet {TABLE} was changed by someone else; restoring it");
@@ -222,23 +219,13 @@ impl Firewall for Nftables {
     }
 
     async fn apply(&self, policy: &FirewallPolicy) -> Result<(), Error> {
-        // One transaction: make sure the table exists, delete it, create it anew.
-        let script = format!(
-            "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
-            render(policy)
-        );
-        let nft = self.nft.clone();
-        let listing = tokio::task::spawn_blocking(move || {
-            let this = Nftables {
-                nft,
-                last: Mutex::new(None),
-            };
-            this.run(&["-f", "-"], Some(&script))?;
-            this.listing()
-        })
-        .await
-        .map_err(|e| Error::backend("firewall", format!("task failed: {e}")))??;
-        let listing = listing
+        let script = replacement(&render(policy));
+        let listing = self
+            .blocking(move |nft| {
+                run(nft, &["-f", "-"], Some(&script))?;
+                listing(nft)
+            })
+            .await?
             .ok_or_else(|| Error::backend("firewall", "table missing right after applying it"))?;
         *self.last.lock().unwrap() = Some((policy.clone(), listing));
         Ok(())
