@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use wormhole_core::state::FirewallPolicy;
+use wormhole_core::state::{FirewallPolicy, overlay_address};
 use wormhole_core::{Error, Firewall};
 
 use crate::backend_error;
@@ -71,6 +71,21 @@ pub fn render(policy: &FirewallPolicy) -> String {
     // MSS = MTU - IP header - TCP header.
     let mss4 = policy.mtu.saturating_sub(40);
     let mss6 = policy.mtu.saturating_sub(60);
+    // Without a pod CIDR of a family the node has no overlay address of it, and no peer accepts
+    // such a source from us anyway: no rule.
+    let mut foreign = String::new();
+    for (v6, ip, set) in [(false, "ip", "local4"), (true, "ip6", "local6")] {
+        if let Some(cidr) = policy
+            .local_pod_cidrs
+            .iter()
+            .find(|c| matches!(c, IpNet::V6(_)) == v6)
+        {
+            let to = overlay_address(cidr).addr();
+            foreign += &format!(
+                "    oifname {wg} {ip} saddr != @{set} snat {ip} to {to} comment \"foreign source into the tunnel\"\n"
+            );
+        }
+    }
     let mut s = format!("table inet {TABLE} {{\n");
     for v6 in [false, true] {
         let f = if v6 { "6" } else { "4" };
@@ -93,31 +108,36 @@ pub fn render(policy: &FirewallPolicy) -> String {
     iifname {br} ip6 saddr @cluster6 ip6 saddr != @local6 counter drop comment "pod claims a remote pod source"
   }}
 
-  # No cleartext: traffic to the overlay leaves only through the tunnel or to local pods.
+  # Forwarding between our pods and the tunnel.
   chain forward {{
     type filter hook forward priority filter; policy accept;
-    ip daddr @cluster4 oifname != {{ {wg}, {br} }} counter drop comment "no cleartext"
-    ip6 daddr @cluster6 oifname != {{ {wg}, {br} }} counter drop comment "no cleartext"
-    oifname {wg} meta nfproto ipv4 tcp flags syn / syn,rst tcp option maxseg size set {mss4} comment "clamp MSS to the tunnel MTU"
-    oifname {wg} meta nfproto ipv6 tcp flags syn / syn,rst tcp option maxseg size set {mss6} comment "clamp MSS to the tunnel MTU"
     iifname {br} oifname {wg} accept
     iifname {wg} oifname {br} accept
   }}
 
-  chain output {{
-    type filter hook output priority filter; policy accept;
+  # No cleartext: traffic to the overlay leaves only through the tunnel, to our pods or to this
+  # host itself. Judged on the postrouting hook, where the output interface is final for forwarded
+  # and locally generated traffic alike: kube-proxy DNATs a host's packet to a ClusterIP in the nat
+  # output hook, after which the kernel re-routes it, so output-hook chains still see the interface
+  # of the route to the ClusterIP (usually the underlay), not the one the packet leaves by.
+  chain egress {{
+    type filter hook postrouting priority filter; policy accept;
     ip daddr @cluster4 oifname != {{ {wg}, {br}, "lo" }} counter drop comment "no cleartext"
     ip6 daddr @cluster6 oifname != {{ {wg}, {br}, "lo" }} counter drop comment "no cleartext"
     oifname {wg} meta nfproto ipv4 tcp flags syn / syn,rst tcp option maxseg size set {mss4} comment "clamp MSS to the tunnel MTU"
     oifname {wg} meta nfproto ipv6 tcp flags syn / syn,rst tcp option maxseg size set {mss6} comment "clamp MSS to the tunnel MTU"
   }}
 
-  # Pods reaching beyond the overlay leave with the node's address.
+  # Pods reaching beyond the overlay leave with the node's address. Packets entering the tunnel
+  # with a source outside this node's pod CIDRs (a host-network client of a ClusterIP whose
+  # backend is on another node, with the node's underlay address as source) leave with the node's
+  # overlay address: the receiving peer drops any source outside our allowed IPs. Packets into
+  # our bridge keep their source.
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr @local4 ip daddr != @cluster4 oifname != {br} masquerade
     ip6 saddr @local6 ip6 daddr != @cluster6 oifname != {br} masquerade
-  }}
+{foreign}  }}
 }}
 "#
     );
@@ -273,8 +293,27 @@ mod tests {
         assert!(text.contains("set local6 {\n    type ipv6_addr\n    flags interval\n  }"));
         assert!(text.contains("maxseg size set 1380"));
         assert!(text.contains("maxseg size set 1360"));
-        assert_eq!(text.matches("no cleartext").count(), 4);
+        assert_eq!(text.matches("\"no cleartext\"").count(), 2);
         assert_eq!(text.matches("masquerade").count(), 2);
+        // No cleartext is judged where the output interface is final (after kube-proxy's DNAT
+        // in nat output has re-routed a host's packet), not in the output hook.
+        let egress = text.split("chain egress {").nth(1).unwrap();
+        let egress = &egress[..egress.find("\n  }").unwrap()];
+        assert!(egress.contains("type filter hook postrouting priority filter;"));
+        assert_eq!(egress.matches("\"no cleartext\"").count(), 2);
+        assert_eq!(egress.matches("maxseg size set").count(), 2);
+        assert!(!text.contains("hook output"));
+        // A foreign source entering the tunnel takes the node's overlay address; IPv4 only here,
+        // since this node has no IPv6 pod CIDR.
+        assert!(text.contains(
+            r#"oifname "wormhole0" ip saddr != @local4 snat ip to 10.99.1.1 comment "foreign source into the tunnel""#
+        ));
+        assert!(!text.contains("snat ip6"));
+        let mut dual = policy();
+        dual.local_pod_cidrs.push("fd99:0:1::/64".parse().unwrap());
+        assert!(render(&dual).contains(
+            r#"oifname "wormhole0" ip6 saddr != @local6 snat ip6 to fd99:0:1::1 comment "foreign source into the tunnel""#
+        ));
         assert!(text.contains(
             r#"iifname != { "wormhole0", "wormhole-br0", "lo" } ip saddr @cluster4 counter drop"#
         ));

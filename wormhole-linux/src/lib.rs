@@ -1,7 +1,7 @@
 //! `wormhole-linux`: the Linux host backends of Wormhole, implementing `wormhole-core`'s traits.
 //!
 //! - [`wireguard::WgDevice`]: [`WireGuardDevice`](wormhole_core::WireGuardDevice) over the kernel
-//!   module, a userspace implementation's UAPI socket (wireguard-go, boringtun-cli), or an
+//!   module (generic netlink, spoken by our own small `kernel` module), a userspace implementation's UAPI socket (wireguard-go, boringtun-cli), or an
 //!   in-process boringtun device (feature `embedded`, on by default).
 //! - [`network::Network`]: [`HostNetwork`](wormhole_core::HostNetwork) over rtnetlink: the link,
 //!   its addresses and MTU, and the routes we own (route protocol [`network::ROUTE_PROTOCOL`]).
@@ -9,11 +9,12 @@
 //!   `inet wormhole`, replaced atomically.
 //!
 //! This is a crate of its own, rather than modules of `wormhole-core`, so that the core builds in
-//! seconds with no netlink, LGPL (wireguard-control) or boringtun dependency for embedders that
+//! seconds with no netlink or boringtun dependency for embedders that
 //! bring their own backends, and so that rtnetlink's API churn stays behind one crate boundary.
 #![cfg(target_os = "linux")]
 
 pub mod firewall;
+mod kernel;
 pub mod network;
 pub mod uapi;
 pub mod wireguard;

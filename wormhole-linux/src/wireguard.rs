@@ -1,22 +1,20 @@
-//! WireGuard devices: kernel (netlink, through `wireguard-control`), userspace and embedded (an
+//! WireGuard devices: kernel (generic netlink, [`crate::kernel`]), userspace and embedded (an
 //! in-process boringtun device), both over their UAPI socket ([`crate::uapi`]).
 //!
-//! Every change is incremental: a [`DevicePlan`] becomes one `DeviceUpdate` naming only the peers
-//! and fields that change, so unchanged peers keep their sessions. `wireguard-control` is
-//! blocking, so every call runs in `spawn_blocking`. Keys become `wireguard_control::Key` only
-//! here, and nothing of that type is ever logged (its `Debug` prints keys).
+//! Every change is incremental: a [`DevicePlan`] becomes requests naming only the peers and
+//! fields that change, so unchanged peers keep their sessions. Netlink and UAPI calls are
+//! blocking, so every call runs in `spawn_blocking`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ipnet::IpNet;
-use wireguard_control::{AllowedIp, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
-use wormhole_core::plan::{DeviceChange, DevicePlan, PeerField};
-use wormhole_core::state::{DeviceState, ObservedDevice, PeerConfig, PeerStats};
-use wormhole_core::{Error, PresharedKey, PrivateKey, PublicKey, WireGuardDevice};
+use wormhole_core::plan::{DeviceChange, DevicePlan};
+#[cfg(feature = "embedded")]
+use wormhole_core::state::DeviceState;
+use wormhole_core::state::ObservedDevice;
+use wormhole_core::{Error, PrivateKey, WireGuardDevice};
 
 use crate::backend_error;
 
@@ -95,12 +93,7 @@ impl WgDevice {
         backend: Backend,
         network: Option<Arc<crate::Network>>,
     ) -> Result<Self, Error> {
-        iface.parse::<InterfaceName>().map_err(|e| {
-            Error::backend(
-                "wireguard",
-                format!("invalid interface name {iface:?}: {e}"),
-            )
-        })?;
+        check_interface_name(iface)?;
         Ok(WgDevice {
             iface: iface.to_owned(),
             backend,
@@ -116,10 +109,6 @@ impl WgDevice {
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    fn name(&self) -> InterfaceName {
-        self.iface.parse().expect("checked in new")
     }
 
     fn socket(&self) -> PathBuf {
@@ -231,120 +220,29 @@ fn start_userspace(iface: &str, socket: &std::path::Path) -> std::io::Result<()>
     )))
 }
 
-fn to_net(ip: &AllowedIp) -> Option<IpNet> {
-    IpNet::new(ip.address, ip.cidr).ok().map(|n| n.trunc())
-}
-
-fn to_allowed(net: &IpNet) -> AllowedIp {
-    AllowedIp {
-        address: net.network(),
-        cidr: net.prefix_len(),
-    }
-}
-
-/// The configuration and counters of a kernel `wireguard_control::Device`, in core types.
-pub fn observed(device: &wireguard_control::Device) -> ObservedDevice {
-    observed_parts(
-        device.private_key.as_ref(),
-        device.listen_port,
-        &device.peers,
-    )
-}
-
-fn observed_parts(
-    private_key: Option<&Key>,
-    listen_port: Option<u16>,
-    device_peers: &[wireguard_control::PeerInfo],
-) -> ObservedDevice {
-    let mut peers = BTreeMap::new();
-    let mut stats = BTreeMap::new();
-    for peer in device_peers {
-        let key = PublicKey::from_bytes(peer.config.public_key.0);
-        let mut allowed_ips: Vec<IpNet> =
-            peer.config.allowed_ips.iter().filter_map(to_net).collect();
-        allowed_ips.sort();
-        let psk = peer
-            .config
-            .preshared_key
-            .as_ref()
-            .filter(|k| k.0 != [0; 32]);
-        peers.insert(
-            key,
-            PeerConfig {
-                endpoint: peer.config.endpoint,
-                allowed_ips,
-                persistent_keepalive: peer
-                    .config
-                    .persistent_keepalive_interval
-                    .filter(|&k| k != 0),
-                preshared_key: psk.map(|k| PresharedKey::from_bytes(k.0)),
-            },
-        );
-        let latest_handshake = peer.stats.last_handshake_time;
-        stats.insert(
-            key,
-            PeerStats {
-                latest_handshake,
-                rx_bytes: peer.stats.rx_bytes,
-                tx_bytes: peer.stats.tx_bytes,
-            },
-        );
-    }
-    let config = DeviceState {
-        private_key: private_key
-            .filter(|k| k.0 != [0; 32])
-            .map(|k| PrivateKey::from_bytes(k.0)),
-        listen_port: listen_port.filter(|&p| p != 0),
-        peers,
+/// A Linux interface name: 1 to 15 bytes, no `/`, whitespace or `:`, not `.` or `..`.
+fn check_interface_name(iface: &str) -> Result<(), Error> {
+    let problem = if iface.is_empty() {
+        Some("it is empty")
+    } else if iface.len() > 15 {
+        Some("it is longer than 15 bytes")
+    } else if iface == "." || iface == ".." {
+        Some("it is . or ..")
+    } else if iface
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        Some("it contains /, :, whitespace or a control character")
+    } else {
+        None
     };
-    ObservedDevice { config, stats }
-}
-
-fn peer_builder(key: &PublicKey) -> PeerConfigBuilder {
-    PeerConfigBuilder::new(&Key(*key.as_bytes()))
-}
-
-fn with_field(peer: PeerConfigBuilder, field: &PeerField) -> PeerConfigBuilder {
-    match field {
-        PeerField::Endpoint(e) => peer.set_endpoint(*e),
-        PeerField::AllowedIps(ips) => peer
-            .replace_allowed_ips()
-            .add_allowed_ips(&ips.iter().map(to_allowed).collect::<Vec<_>>()),
-        PeerField::Keepalive(Some(k)) => peer.set_persistent_keepalive_interval(*k),
-        PeerField::Keepalive(None) => peer.unset_persistent_keepalive(),
-        PeerField::PresharedKey(Some(k)) => peer.set_preshared_key(Key(*k.secret_bytes())),
-        PeerField::PresharedKey(None) => peer.unset_preshared_key(),
+    match problem {
+        None => Ok(()),
+        Some(why) => Err(Error::backend(
+            "wireguard",
+            format!("invalid interface name {iface:?}: {why}; choose another --interface"),
+        )),
     }
-}
-
-/// The one `DeviceUpdate` that carries `changes`, naming only what changes.
-pub fn device_update(changes: &[DeviceChange]) -> DeviceUpdate {
-    let mut update = DeviceUpdate::new();
-    for change in changes {
-        update = match change {
-            DeviceChange::SetPrivateKey(k) => update.set_private_key(Key(*k.secret_bytes())),
-            DeviceChange::SetListenPort(p) => update.set_listen_port(*p),
-            DeviceChange::RemovePeer(k) => update.remove_peer_by_key(&Key(*k.as_bytes())),
-            DeviceChange::UpdatePeer(k, fields) => {
-                update.add_peer(fields.iter().fold(peer_builder(k), with_field))
-            }
-            DeviceChange::AddPeer(k, c) => {
-                let mut fields = vec![PeerField::AllowedIps(c.allowed_ips.clone())];
-                fields.extend(c.endpoint.map(PeerField::Endpoint));
-                fields.extend(
-                    c.persistent_keepalive
-                        .map(|k| PeerField::Keepalive(Some(k))),
-                );
-                fields.extend(
-                    c.preshared_key
-                        .clone()
-                        .map(|k| PeerField::PresharedKey(Some(k))),
-                );
-                update.add_peer(fields.iter().fold(peer_builder(k), with_field))
-            }
-        };
-    }
-    update
 }
 
 fn is_absent(e: &std::io::Error) -> bool {
@@ -366,12 +264,8 @@ impl WireGuardDevice for WgDevice {
             return Ok(None);
         }
         let got = if self.backend == Backend::Kernel {
-            let name = self.name();
-            tokio::task::spawn_blocking(move || {
-                wireguard_control::Device::get(&name, wireguard_control::Backend::Kernel)
-                    .map(|d| observed(&d))
-            })
-            .await
+            let iface = self.iface.clone();
+            tokio::task::spawn_blocking(move || crate::kernel::get(&iface)).await
         } else {
             let socket = self.socket();
             let known = self.key.lock().unwrap().clone();
@@ -414,12 +308,37 @@ impl WireGuardDevice for WgDevice {
         }
         match self.backend {
             Backend::Kernel => {
-                let update = device_update(&plan.changes);
-                let name = self.name();
-                self.blocking("configure", move || {
-                    update.apply(&name, wireguard_control::Backend::Kernel)
-                })
-                .await?;
+                let (iface, changes) = (self.iface.clone(), plan.changes.clone());
+                let result =
+                    tokio::task::spawn_blocking(move || crate::kernel::set(&iface, &changes))
+                        .await
+                        .map_err(|e| {
+                            Error::backend(
+                                "wireguard",
+                                format!("configure {}: task failed: {e}", self.iface),
+                            )
+                        })?;
+                match result {
+                    Ok(()) => {}
+                    Err(crate::kernel::SetError::Device(e)) => {
+                        return Err(backend_error(
+                            "wireguard",
+                            format!("configure {}", self.iface),
+                            e,
+                        ));
+                    }
+                    Err(crate::kernel::SetError::Peers(failures)) => {
+                        return Err(backend_error(
+                            "wireguard",
+                            format!(
+                                "configure {}: {} peer(s) not applied, every other change applied",
+                                self.iface,
+                                failures.0.len()
+                            ),
+                            failures,
+                        ));
+                    }
+                }
             }
             Backend::Userspace => {
                 let (socket, request) = (self.socket(), crate::uapi::set_request(&plan.changes));
@@ -462,77 +381,6 @@ impl WireGuardDevice for WgDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
-
-    use wormhole_core::plan::DeviceChange;
-
-    fn key(n: u8) -> PublicKey {
-        PrivateKey::from_bytes([n; 32]).public_key()
-    }
-
-    #[test]
-    fn an_update_names_only_what_changes() {
-        let net: IpNet = "10.99.2.0/24".parse().unwrap();
-        let update = device_update(&[DeviceChange::UpdatePeer(
-            key(1),
-            vec![PeerField::AllowedIps(vec![net])],
-        )]);
-        // DeviceUpdate exposes nothing but Debug; read it without printing keys anywhere else.
-        let text = format!("{update:?}");
-        assert!(text.contains("replace_allowed_ips: true"), "{text}");
-        assert!(text.contains("10.99.2.0/24"), "{text}");
-        assert!(text.contains("replace_peers: false"), "{text}");
-        assert!(text.contains("endpoint: None"), "{text}");
-        assert!(
-            text.contains("persistent_keepalive_interval: None"),
-            "{text}"
-        );
-        assert!(text.contains("preshared_key: None"), "{text}");
-    }
-
-    #[test]
-    fn removal_and_psk_unset() {
-        let update = device_update(&[
-            DeviceChange::RemovePeer(key(1)),
-            DeviceChange::UpdatePeer(
-                key(2),
-                vec![PeerField::PresharedKey(None), PeerField::Keepalive(None)],
-            ),
-        ]);
-        let text = format!("{update:?}");
-        assert!(text.contains("remove_me: true"), "{text}");
-        assert!(
-            text.contains("persistent_keepalive_interval: Some(0)"),
-            "{text}"
-        );
-        assert_eq!(text.matches("PeerConfigBuilder").count(), 2, "{text}");
-    }
-
-    #[test]
-    fn observed_normalizes_what_wireguard_reports() {
-        let mut peer = wireguard_control::PeerInfo::from_public_key(Key(*key(3).as_bytes()));
-        peer.config.preshared_key = Some(Key::zero());
-        peer.config.persistent_keepalive_interval = Some(0);
-        peer.config.allowed_ips = vec![
-            AllowedIp {
-                address: "fd99::".parse().unwrap(),
-                cidr: 64,
-            },
-            AllowedIp {
-                address: "10.99.2.0".parse().unwrap(),
-                cidr: 24,
-            },
-        ];
-        peer.stats.last_handshake_time = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(5));
-        let peers = [peer];
-        let got = observed_parts(Some(&Key::zero()), Some(51820), &peers);
-        let p = &got.config.peers[&key(3)];
-        assert_eq!(p.preshared_key, None);
-        assert_eq!(p.persistent_keepalive, None);
-        assert_eq!(p.allowed_ips[0].to_string(), "10.99.2.0/24");
-        assert_eq!(got.config.private_key, None);
-        assert_eq!(got.config.listen_port, Some(51820));
-    }
 
     #[tokio::test]
     async fn kernel_backend_needs_a_network_and_names_are_checked() {

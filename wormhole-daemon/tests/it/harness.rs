@@ -395,6 +395,8 @@ pub(crate) enum Backend {
     Embedded,
     /// wireguard-go, a separate process.
     Userspace,
+    /// The kernel module (only in the VM lane: `scripts/vm-lane.sh`).
+    Kernel,
 }
 
 impl Backend {
@@ -402,6 +404,7 @@ impl Backend {
         match self {
             Backend::Embedded => "embedded",
             Backend::Userspace => "userspace",
+            Backend::Kernel => "kernel",
         }
     }
 }
