@@ -1,15 +1,32 @@
 //! The firewall table `inet wormhole` at work: no cleartext when a route to a remote pod CIDR
-//! is pointed at the underlay by hand, and no spoofed overlay sources from the underlay. Each
-//! proof has a control run without our table, where the bad thing does happen.
+//! is pointed at the underlay by hand (also for a host's packet that a kube-proxy-style DNAT
+//! re-routes there), and no spoofed overlay sources from the underlay. Each proof has a control
+//! run without our table, where the bad thing does happen.
 
 use wormhole_core::plan::RouteChange;
 use wormhole_linux::Backend;
 
 use crate::harness::{Cluster, Node, overlay_ips, root_or_skip, underlay_ip};
 
-/// The IPv4 "no cleartext" drop counter of chain `output`.
+/// The IPv4 "no cleartext" drop counter of chain `egress` (on the postrouting hook).
 fn no_cleartext(node: &Node) -> u64 {
-    node.nft_counter("output", &["ip daddr @cluster4", "\"no cleartext\""])
+    node.nft_counter("egress", &["ip daddr @cluster4", "\"no cleartext\""])
+}
+
+/// A Service address, routed (like any ClusterIP) by the default route to the underlay.
+const CLUSTER_IP: &str = "10.96.0.99";
+
+/// kube-proxy's shape for a host's packets to a ClusterIP: a DNAT in the nat output hook at
+/// priority -100 (dstnat), after which the kernel re-routes the packet towards `backend`.
+fn kube_proxy_dnat(node: &Node, backend: &str) {
+    let script = format!(
+        "table ip kube-proxy {{\n  chain nat-output {{\n    type nat hook output priority -100; \
+         policy accept;\n    ip daddr {CLUSTER_IP} dnat to {backend}\n  }}\n}}\n"
+    );
+    let path = std::env::temp_dir().join(format!("{}-kube-proxy.nft", node.ns.name));
+    std::fs::write(&path, script).unwrap();
+    node.ns.sh(&["nft", "-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(path);
 }
 
 /// The IPv4 "spoofed overlay source" drop counter of chain `prerouting`.
@@ -65,17 +82,57 @@ fn no_cleartext_when_a_route_points_at_the_underlay() {
         after - before
     );
 
-    // Control: without our table the same ping leaves in clear (node 2 may even answer it).
-    n1.ns.sh(&["nft", "delete", "table", "inet", "wormhole"]);
+    // A Service whose backend is that pod: the host's packet to the ClusterIP is routed to the
+    // underlay, DNATed to the pod, and re-routed by the foreign route, to the underlay again. It
+    // must be dropped too (the rule judges the interface the packet really leaves by).
+    n1.ns.sh(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.168.77.254",
+        "dev",
+        "eth0",
+    ]);
+    kube_proxy_dnat(n1, &target);
+    let before = no_cleartext(n1);
     let capture = cluster.capture();
-    n1.ping(&target, 2);
-    let lines = capture.stop();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains(&format!("> {target}: ICMP echo request"))),
-        "the control ping was not seen in clear: {lines:#?}"
+        !n1.ping(CLUSTER_IP, 3),
+        "a ping to a DNATed ClusterIP got through the underlay"
     );
+    let lines = capture.stop();
+    let leaks: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("10.99.") || l.contains(CLUSTER_IP))
+        .collect();
+    assert_eq!(
+        leaks,
+        Vec::<&String>::new(),
+        "DNATed overlay traffic in clear on the underlay"
+    );
+    let after = no_cleartext(n1);
+    assert!(
+        after >= before + 3,
+        "the no-cleartext rule dropped {} DNATed packets, not the 3 pings",
+        after - before
+    );
+
+    // Control: without our table the same pings leave in clear (node 2 may even answer them).
+    n1.ns.sh(&["nft", "delete", "table", "inet", "wormhole"]);
+    for (to, what) in [(target.as_str(), "ping"), (CLUSTER_IP, "DNATed ping")] {
+        let capture = cluster.capture();
+        n1.ping(to, 2);
+        let lines = capture.stop();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("> {target}: ICMP echo request"))),
+            "the control {what} was not seen in clear: {lines:#?}"
+        );
+    }
+    n1.ns.sh(&["nft", "delete", "table", "ip", "kube-proxy"]);
 
     // A pass never touches a route it does not own: it fails, saying so, and leaves it be. The
     // firewall goes first, so the table is back before the pass fails.
