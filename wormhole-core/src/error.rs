@@ -91,3 +91,68 @@ impl Error {
         }
     }
 }
+
+/// Displays an error followed by its causes, `: `-separated (`a: b: c`), so a log line or a
+/// status field shows why, not only what. A cause whose text the line already ends with (an
+/// error that prints its source itself) is not repeated.
+///
+/// ```
+/// use wormhole_core::ErrorChain;
+/// let cause = std::io::Error::other("no such device");
+/// let e = wormhole_core::Error::Backend {
+///     backend: "wireguard",
+///     message: "configure wh0".into(),
+///     source: Some(Box::new(cause)),
+/// };
+/// assert_eq!(ErrorChain(&e).to_string(), "wireguard backend: configure wh0: no such device");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let more = cause.to_string();
+            if !text.ends_with(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            source = cause.source();
+        }
+        f.write_str(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_shows_every_cause_once() {
+        // Io prints its source itself: not repeated.
+        let e = Error::Io {
+            action: "read",
+            path: "/x".into(),
+            source: std::io::Error::other("denied"),
+        };
+        assert_eq!(ErrorChain(&e).to_string(), "read /x: denied");
+        // Backend keeps it as a source only: shown.
+        let e = Error::Backend {
+            backend: "wireguard",
+            message: "start userspace WireGuard for wh0".into(),
+            source: Some(Box::new(std::io::Error::other(
+                "wireguard-go not found in PATH",
+            ))),
+        };
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            "wireguard backend: start userspace WireGuard for wh0: wireguard-go not found in PATH"
+        );
+        assert_eq!(
+            e.to_string(),
+            "wireguard backend: start userspace WireGuard for wh0"
+        );
+    }
+}

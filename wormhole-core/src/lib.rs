@@ -48,7 +48,7 @@ pub mod state;
 pub mod status;
 
 pub use backend::{Firewall, HostNetwork, PeerSource, WireGuardDevice};
-pub use error::Error;
+pub use error::{Error, ErrorChain};
 pub use file_source::FilePeerSource;
 pub use ipnet::IpNet;
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};

@@ -177,9 +177,9 @@ impl Reconciler {
                 } else {
                     "no mesh yet"
                 };
-                tracing::warn!(error = %e, "{kept}");
+                tracing::warn!(error = %crate::ErrorChain(&e), "{kept}");
                 self.status
-                    .send_modify(|s| s.source_error = Some(e.to_string()));
+                    .send_modify(|s| s.source_error = Some(crate::ErrorChain(&e).to_string()));
             }
         }
     }
@@ -281,7 +281,10 @@ impl Reconciler {
             at,
             duration,
             changes: result.as_ref().map_or(0, |(p, _, _)| p.len()),
-            error: result.as_ref().err().map(ToString::to_string),
+            error: result
+                .as_ref()
+                .err()
+                .map(|e| crate::ErrorChain(e).to_string()),
         };
         if let Some(hook) = &mut self.hook {
             hook(&info, result.as_ref().ok().map(|(plan, _, _)| plan));
@@ -368,7 +371,7 @@ impl Reconciler {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = self.settings.backoff(failures);
-                    tracing::warn!(error = %e, retry_in = ?delay, "reconcile failed");
+                    tracing::warn!(error = %crate::ErrorChain(&e), retry_in = ?delay, "reconcile failed");
                     next_pass = tokio::time::Instant::now() + delay;
                 }
             }

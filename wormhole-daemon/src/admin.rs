@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use wormhole_core::ErrorChain;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -145,12 +146,12 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 let admin = admin.clone();
                 tokio::spawn(async move {
                     if let Err(e) = admin.handle(stream).await {
-                        tracing::debug!(error = %e, "admin connection");
+                        tracing::debug!(error = %ErrorChain(&e), "admin connection");
                     }
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                tracing::warn!(error = %ErrorChain(&e), "admin accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use wormhole_core::ErrorChain;
 
 use ipnet::IpNet;
 use tokio::net::TcpListener;
@@ -88,7 +89,7 @@ fn enable_forwarding() {
         match std::fs::write(path, "1") {
             Ok(()) => tracing::info!(path, "enabled IP forwarding"),
             Err(e) => {
-                tracing::warn!(path, error = %e, "cannot enable IP forwarding: pods will not reach other nodes")
+                tracing::warn!(path, error = %ErrorChain(&e), "cannot enable IP forwarding: pods will not reach other nodes")
             }
         }
     }
@@ -111,7 +112,7 @@ async fn follow_cni(
                     written = Some(cidrs);
                 }
                 Err(e) => {
-                    tracing::error!(dir = %dir.display(), error = %e, "cannot write the CNI conflist")
+                    tracing::error!(dir = %dir.display(), error = %ErrorChain(&e), "cannot write the CNI conflist")
                 }
             }
         }
@@ -125,7 +126,7 @@ async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            tracing::error!(error = %ErrorChain(&e), "cannot listen for SIGTERM");
             return std::future::pending().await;
         }
     };
@@ -235,12 +236,12 @@ async fn follow_kubernetes(
         let current = status.borrow_and_update().clone();
         if let Some(key) = current.public_key {
             if let Err(e) = publisher.publish_spec(&key).await {
-                tracing::warn!(error = %e, "cannot publish this node's WormholeNode; retrying");
+                tracing::warn!(error = %ErrorChain(&e), "cannot publish this node's WormholeNode; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
             if let Err(e) = publisher.publish_status(&current).await {
-                tracing::warn!(error = %e, "cannot publish the WormholeNode status");
+                tracing::warn!(error = %ErrorChain(&e), "cannot publish the WormholeNode status");
             }
         }
         events.observe(&current).await;

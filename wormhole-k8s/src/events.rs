@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use wormhole_core::ErrorChain;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -108,7 +109,7 @@ impl EventSink {
                 Ok(()) => {
                     self.sent.insert(key, now);
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot publish an Event"),
+                Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot publish an Event"),
             }
         }
     }

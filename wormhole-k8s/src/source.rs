@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use wormhole_core::ErrorChain;
 
 use async_trait::async_trait;
 use futures::{Stream, StreamExt as _};
@@ -253,7 +254,7 @@ impl PeerSource for KubePeerSource {
                 }
                 Some(Err(e)) => {
                     // kube retries with backoff; report once per outage, keep the last mesh.
-                    tracing::warn!(error = %e, "Kubernetes watch failed; retrying");
+                    tracing::warn!(error = %ErrorChain(&e), "Kubernetes watch failed; retrying");
                     if !self.failed {
                         self.failed = true;
                         return Err(wormhole_core::Error::Source(Box::new(e)));
@@ -288,7 +289,7 @@ impl PeerSource for KubePeerSource {
                     self.failed = true;
                     return Err(e.into());
                 }
-                Err(e) => tracing::debug!(error = %e, "still no usable snapshot"),
+                Err(e) => tracing::debug!(error = %ErrorChain(&e), "still no usable snapshot"),
                 Ok(snapshot) => {
                     // After an error the same picture must be yielded again: it clears the error.
                     if self.failed || self.last.as_ref() != Some(&snapshot) {

@@ -182,6 +182,19 @@ impl WgDevice {
     }
 }
 
+/// Why the userspace implementation `program` could not be started, and the fix.
+fn spawn_error(program: &str, e: &std::io::Error) -> std::io::Error {
+    let text = if e.kind() == std::io::ErrorKind::NotFound {
+        format!(
+            "{program} not found in PATH: install it (Debian: apt install wireguard-go) \
+             or set WG_USERSPACE_IMPLEMENTATION"
+        )
+    } else {
+        format!("cannot run {program}: {e} (set WG_USERSPACE_IMPLEMENTATION)")
+    };
+    std::io::Error::new(e.kind(), text)
+}
+
 /// Starts the userspace implementation for `iface` and waits for its UAPI socket.
 fn start_userspace(iface: &str, socket: &std::path::Path) -> std::io::Result<()> {
     let program = std::env::var("WG_USERSPACE_IMPLEMENTATION")
@@ -194,12 +207,7 @@ fn start_userspace(iface: &str, socket: &std::path::Path) -> std::io::Result<()>
         .arg(iface)
         .env_remove("WG_PROCESS_FOREGROUND")
         .output()
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot run {program:?}: {e} (set WG_USERSPACE_IMPLEMENTATION)"),
-            )
-        })?;
+        .map_err(|e| spawn_error(&program, &e))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(std::io::Error::other(format!(
@@ -381,6 +389,19 @@ impl WireGuardDevice for WgDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_userspace_implementation_names_the_fix() {
+        let missing = std::process::Command::new("wormhole-test-no-such-program")
+            .output()
+            .unwrap_err();
+        let e = spawn_error("wireguard-go", &missing);
+        assert_eq!(
+            e.to_string(),
+            "wireguard-go not found in PATH: install it (Debian: apt install wireguard-go) \
+             or set WG_USERSPACE_IMPLEMENTATION"
+        );
+    }
 
     #[tokio::test]
     async fn kernel_backend_needs_a_network_and_names_are_checked() {

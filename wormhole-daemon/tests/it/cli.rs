@@ -187,11 +187,22 @@ fn run_refuses_bad_invocations_clearly() {
 
 #[test]
 fn sigterm_leaves_the_network_and_cleanup_on_exit_removes_it() {
-    if !root_or_skip("sigterm_leaves_the_network_and_cleanup_on_exit_removes_it") {
-        return;
+    if root_or_skip("sigterm_leaves_the_network_and_cleanup_on_exit_removes_it") {
+        sigterm_leaves_the_network_and_cleanup_on_exit_removes_it_on(Backend::Userspace);
     }
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn sigterm_leaves_the_network_and_cleanup_on_exit_removes_it_kernel() {
+    if root_or_skip("sigterm_leaves_the_network_and_cleanup_on_exit_removes_it_kernel") {
+        sigterm_leaves_the_network_and_cleanup_on_exit_removes_it_on(Backend::Kernel);
+    }
+}
+
+fn sigterm_leaves_the_network_and_cleanup_on_exit_removes_it_on(backend: Backend) {
     // Userspace: the data plane lives in wireguard-go, so it can outlive the daemon.
-    let mut c = Cluster::new(2, Backend::Userspace);
+    let mut c = Cluster::new(2, backend);
     c.start_all(&[]);
     c.add_pods(1, &["a"]);
     c.add_pods(2, &["a"]);

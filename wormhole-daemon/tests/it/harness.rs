@@ -66,8 +66,20 @@ pub(crate) fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Calls `probe` every 50 ms until it returns `Some`, for at most `timeout`.
+/// `d` times `WORMHOLE_TIME_FACTOR` (default 1): wall-clock limits stretch on slow machines (the
+/// VM lane runs under TCG, 3-10x slower) instead of failing there.
+pub(crate) fn scaled(d: Duration) -> Duration {
+    let factor = std::env::var("WORMHOLE_TIME_FACTOR")
+        .ok()
+        .and_then(|f| f.parse::<f64>().ok())
+        .filter(|f| *f >= 1.0)
+        .unwrap_or(1.0);
+    d.mul_f64(factor)
+}
+
+/// Calls `probe` every 50 ms until it returns `Some`, for at most `timeout` ([`scaled`]).
 pub(crate) fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let timeout = scaled(timeout);
     let start = Instant::now();
     loop {
         if let Some(v) = probe() {

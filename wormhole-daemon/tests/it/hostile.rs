@@ -8,10 +8,21 @@ use crate::harness::{Backend, Cluster, http_get, new_key, root_or_skip, write_at
 
 #[test]
 fn hostile_entries_are_rejected_and_the_rest_works() {
-    if !root_or_skip("hostile_entries_are_rejected_and_the_rest_works") {
-        return;
+    if root_or_skip("hostile_entries_are_rejected_and_the_rest_works") {
+        hostile_entries_are_rejected_and_the_rest_works_on(Backend::Embedded);
     }
-    let mut c = Cluster::new(3, Backend::Embedded);
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn hostile_entries_are_rejected_and_the_rest_works_kernel() {
+    if root_or_skip("hostile_entries_are_rejected_and_the_rest_works_kernel") {
+        hostile_entries_are_rejected_and_the_rest_works_on(Backend::Kernel);
+    }
+}
+
+fn hostile_entries_are_rejected_and_the_rest_works_on(backend: Backend) {
+    let mut c = Cluster::new(3, backend);
     let fresh = new_key(&c.work.path().join("stranger.key"));
     // Names sort after n1..n3, so without history the good entries win every conflict.
     let hostile = format!(

@@ -102,10 +102,21 @@ fn accepted(cluster: &Cluster, i: usize) -> Vec<String> {
 
 #[test]
 fn kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion() {
-    if !root_or_skip("kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion") {
-        return;
+    if root_or_skip("kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion") {
+        kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion_on(Backend::Embedded);
     }
-    let mut cluster = Cluster::new(3, Backend::Embedded);
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion_kernel() {
+    if root_or_skip("kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion_kernel") {
+        kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion_on(Backend::Kernel);
+    }
+}
+
+fn kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion_on(backend: Backend) {
+    let mut cluster = Cluster::new(3, backend);
     let (_api_ns, _rt, api) = api_for(&cluster);
     let kubeconfig = cluster.work.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();

@@ -26,6 +26,14 @@ fn mesh_userspace() {
     }
 }
 
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn mesh_kernel() {
+    if root_or_skip("mesh_kernel") {
+        mesh(Backend::Kernel);
+    }
+}
+
 fn mesh(backend: Backend) {
     let mut c = Cluster::new(3, backend);
     c.start_all(&[]);

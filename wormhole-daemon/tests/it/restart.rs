@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::harness::{Backend, Cluster, Node, http_get, poll, root_or_skip, wait_timeout};
+use crate::harness::{Backend, Cluster, Node, http_get, poll, root_or_skip, scaled, wait_timeout};
 
 /// The device as `wg show IFACE dump` has it, minus the counters: the interface line (public
 /// key, port, fwmark) and each peer's key, PSK, endpoint, allowed IPs and keepalive, sorted
@@ -51,10 +51,21 @@ fn snapshot(c: &Cluster) -> (Vec<String>, Vec<BTreeMap<String, u64>>) {
 
 #[test]
 fn restart_keeps_connections_and_handshakes() {
-    if !root_or_skip("restart_keeps_connections_and_handshakes") {
-        return;
+    if root_or_skip("restart_keeps_connections_and_handshakes") {
+        restart_keeps_connections_and_handshakes_on(Backend::Userspace);
     }
-    let mut c = Cluster::new(3, Backend::Userspace);
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn restart_keeps_connections_and_handshakes_kernel() {
+    if root_or_skip("restart_keeps_connections_and_handshakes_kernel") {
+        restart_keeps_connections_and_handshakes_on(Backend::Kernel);
+    }
+}
+
+fn restart_keeps_connections_and_handshakes_on(backend: Backend) {
+    let mut c = Cluster::new(3, backend);
     c.start_all(&[]);
     for i in 1..=3 {
         c.add_pods(i, &["a"]);
@@ -124,7 +135,7 @@ fn restart_keeps_connections_and_handshakes() {
     );
     let after = snapshot(&c);
     assert!(
-        started.elapsed() < Duration::from_secs(7),
+        started.elapsed() < scaled(Duration::from_secs(7)),
         "the restart took too long to happen during the transfer ({:?})",
         started.elapsed()
     );
@@ -184,10 +195,21 @@ fn restart_keeps_connections_and_handshakes() {
 /// on a host where the device already exists (the data plane outlived the daemon).
 #[test]
 fn readyz_after_a_restart_means_the_peers_file_is_applied() {
-    if !root_or_skip("readyz_after_a_restart_means_the_peers_file_is_applied") {
-        return;
+    if root_or_skip("readyz_after_a_restart_means_the_peers_file_is_applied") {
+        readyz_after_a_restart_means_the_peers_file_is_applied_on(Backend::Userspace);
     }
-    let mut c = Cluster::new(2, Backend::Userspace);
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn readyz_after_a_restart_means_the_peers_file_is_applied_kernel() {
+    if root_or_skip("readyz_after_a_restart_means_the_peers_file_is_applied_kernel") {
+        readyz_after_a_restart_means_the_peers_file_is_applied_on(Backend::Kernel);
+    }
+}
+
+fn readyz_after_a_restart_means_the_peers_file_is_applied_on(backend: Backend) {
+    let mut c = Cluster::new(2, backend);
     c.start_all(&[]);
     let n1 = c.node_mut(1);
     assert!(mesh_loaded(n1, 1), "{}", n1.status_json());

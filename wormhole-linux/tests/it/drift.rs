@@ -99,3 +99,11 @@ fn one_pass_repairs_drift_embedded() {
         one_pass_repairs_drift(Backend::Embedded);
     }
 }
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn one_pass_repairs_drift_kernel() {
+    if root_or_skip("one_pass_repairs_drift_kernel") {
+        one_pass_repairs_drift(Backend::Kernel);
+    }
+}

@@ -209,3 +209,11 @@ fn encrypted_on_the_wire_embedded() {
         encrypted_on_the_wire(Backend::Embedded);
     }
 }
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn encrypted_on_the_wire_kernel() {
+    if root_or_skip("encrypted_on_the_wire_kernel") {
+        encrypted_on_the_wire(Backend::Kernel);
+    }
+}

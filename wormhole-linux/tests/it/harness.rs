@@ -16,6 +16,17 @@ use wormhole_core::state::ObservedDevice;
 use wormhole_core::{Plan, PrivateKey, Reconciler, Settings, WireGuardDevice as _};
 use wormhole_linux::{Backend, Network, Nftables, WgDevice};
 
+/// `d` times `WORMHOLE_TIME_FACTOR` (default 1): wall-clock limits stretch on slow machines (the
+/// VM lane runs under TCG, 3-10x slower) instead of failing there.
+pub(crate) fn scaled(d: Duration) -> Duration {
+    let factor = std::env::var("WORMHOLE_TIME_FACTOR")
+        .ok()
+        .and_then(|f| f.parse::<f64>().ok())
+        .filter(|f| *f >= 1.0)
+        .unwrap_or(1.0);
+    d.mul_f64(factor)
+}
+
 /// True when running as root; otherwise prints why the test is skipped.
 pub(crate) fn root_or_skip(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {
@@ -148,7 +159,7 @@ impl Netns {
             }
             let _ = tx.send(Err(said.join("\n")));
         });
-        match rx.recv_timeout(Duration::from_secs(10)) {
+        match rx.recv_timeout(scaled(Duration::from_secs(10))) {
             Ok(Ok(())) => Capture { child, file },
             Ok(Err(said)) => panic!("tcpdump on {iface} in {} failed: {said}", self.name),
             Err(e) => panic!("tcpdump on {iface} in {} did not start: {e}", self.name),
@@ -301,6 +312,7 @@ impl Node {
 
     /// Pings `target` once at a time until a reply comes back (bounded); true on success.
     pub(crate) fn ping_until(&self, target: &str, attempts: u32) -> bool {
+        let attempts = scaled(Duration::from_secs(attempts.into())).as_secs() as u32;
         (0..attempts).any(|_| self.ping(target, 1))
     }
 }

@@ -7,5 +7,6 @@ mod drift;
 mod encryption;
 mod firewall;
 mod harness;
+mod kernel;
 mod mesh;
 mod sessions;

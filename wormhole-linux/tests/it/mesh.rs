@@ -51,3 +51,19 @@ fn three_nodes_userspace_wireguard_go() {
         mesh_pings(3, Backend::Userspace);
     }
 }
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn two_nodes_kernel() {
+    if root_or_skip("two_nodes_kernel") {
+        mesh_pings(2, Backend::Kernel);
+    }
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn three_nodes_kernel() {
+    if root_or_skip("three_nodes_kernel") {
+        mesh_pings(3, Backend::Kernel);
+    }
+}
