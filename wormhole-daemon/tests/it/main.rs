@@ -14,3 +14,4 @@ mod kubernetes;
 mod measure;
 mod mesh;
 mod restart;
+mod services;
