@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs inside the VM lane's guest (see vm-lane.sh): loads the modules and runs each crate's test
-# binary from its own directory, one test at a time, writing log and exit status to OUT.
-root=$1 out=$2 filter=$3
+# binary of the plan from its own directory, writing log and exit status to OUT.
+root=$1 out=$2
 export WORMHOLE_TIME_FACTOR=${WORMHOLE_TIME_FACTOR:-4} RUST_BACKTRACE=1
+# shellcheck disable=SC1091
+[ -f "$out/env" ] && . "$out/env"
 modprobe -a wireguard tun veth bridge nf_tables 2>"$out/modprobe.log"
 [ -d /sys/module/wireguard ] || echo "the guest kernel has no WireGuard module" >>"$out/modprobe.log"
 mkdir -p /var/run/netns /var/run/wireguard
-while read -r crate exe; do
-  (cd "$root/$crate" && "$exe" --ignored --test-threads=1 "$filter") >"$out/$crate.log" 2>&1
+while read -r crate exe args; do
+  # shellcheck disable=SC2086 # args are words
+  (cd "$root/$crate" && "$exe" $args) >"$out/$crate.log" 2>&1
   echo $? >"$out/$crate.rc"
 done <"$out/plan"
 touch "$out/guest-done"

@@ -25,10 +25,15 @@ pub trait KeyStore: Send + Sync {
 }
 
 /// Keys in files: the private key (created if absent) and an optional cluster-secret file.
+///
+/// The store remembers the key it last loaded: if the file disappears while the agent runs, the
+/// next load writes it back from that key (and says so) instead of creating a new one, so the
+/// node's identity changes only through [`KeyStore::rotate`] (or a new file put in place).
 #[derive(Debug, Clone)]
 pub struct FileKeyStore {
     key_path: PathBuf,
     psk_path: Option<PathBuf>,
+    held: std::sync::Arc<std::sync::Mutex<Option<PrivateKey>>>,
 }
 
 impl FileKeyStore {
@@ -37,6 +42,7 @@ impl FileKeyStore {
         FileKeyStore {
             key_path: key_path.into(),
             psk_path: None,
+            held: Default::default(),
         }
     }
 
@@ -119,23 +125,34 @@ fn write_secret_file(path: &Path, text: &str) -> Result<(), Error> {
 impl FileKeyStore {
     fn load_or_create_blocking(&self) -> Result<PrivateKey, Error> {
         let path = &self.key_path;
-        match read_secret_file(path)? {
-            Some(text) => text.parse().map_err(|source| Error::KeyFile {
+        let held = self.held.lock().unwrap().clone();
+        let key = match (read_secret_file(path)?, held) {
+            (Some(text), _) => text.parse().map_err(|source| Error::KeyFile {
                 path: path.clone(),
                 source,
-            }),
-            None => {
+            })?,
+            // Deleted while we run: the key in use stays, and so does the node's identity.
+            (None, Some(key)) => {
+                write_secret_file(path, &key.to_base64_secret())?;
+                tracing::warn!(path = %path.display(), public_key = %key.public_key(),
+                    "private key file was missing: restored it from the key in use (change keys with `wormhole rotate-key`)");
+                key
+            }
+            (None, None) => {
                 let key = PrivateKey::generate();
                 write_secret_file(path, &key.to_base64_secret())?;
                 tracing::info!(path = %path.display(), public_key = %key.public_key(), "created private key");
-                Ok(key)
+                key
             }
-        }
+        };
+        *self.held.lock().unwrap() = Some(key.clone());
+        Ok(key)
     }
 
     fn rotate_blocking(&self) -> Result<PrivateKey, Error> {
         let key = PrivateKey::generate();
         write_secret_file(&self.key_path, &key.to_base64_secret())?;
+        *self.held.lock().unwrap() = Some(key.clone());
         tracing::info!(path = %self.key_path.display(), public_key = %key.public_key(), "rotated private key");
         Ok(key)
     }
@@ -204,6 +221,20 @@ mod tests {
         let rotated = store.rotate().await.unwrap();
         assert_ne!(rotated, first);
         assert_eq!(store.load_or_create().await.unwrap(), rotated);
+    }
+
+    #[tokio::test]
+    async fn a_key_file_deleted_while_running_is_restored_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.key");
+        let store = FileKeyStore::new(&path);
+        let key = store.load_or_create().await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(store.load_or_create().await.unwrap(), key, "the key changed");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A restarted agent (a new store) finds the same key on disk.
+        assert_eq!(FileKeyStore::new(&path).load_or_create().await.unwrap(), key);
     }
 
     #[tokio::test]

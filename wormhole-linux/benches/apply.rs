@@ -69,26 +69,45 @@ fn main() {
     println!("{}", machine());
     println!();
 
-    let userspace = Kind {
-        backend: Backend::Userspace,
-        label: "userspace (wireguard-go)",
-    };
-    let results = run_kind(&rt, &ns, &fixture, &userspace, reps, true);
-    results.print(&userspace);
-
-    let embedded = Kind {
-        backend: Backend::Embedded,
-        label: "embedded (boringtun)",
-    };
-    let results = run_kind(&rt, &ns, &fixture, &embedded, reps, false);
-    results.print(&embedded);
-    println!(
-        "(c) and (d) are not measured on boringtun 0.7.1: there is no baseline, because \
-         `wg syncconf` re-sends every existing peer and boringtun panics on any change to an \
-         existing peer (\"Modifying existing peers is not yet supported\", \
-         boringtun/src/device/mod.rs:321), which wedges the device. Our backend avoids that by \
-         re-adding the changed peer (wormhole-linux/src/uapi.rs, `boringtun_request`)."
-    );
+    // WORMHOLE_BENCH_BACKENDS picks the kinds (default: the two this machine has; the VM lane
+    // runs `kernel`).
+    let wanted =
+        std::env::var("WORMHOLE_BENCH_BACKENDS").unwrap_or_else(|_| "userspace,embedded".into());
+    for name in wanted.split(',').map(str::trim) {
+        match name {
+            "kernel" => {
+                let kernel = Kind {
+                    backend: Backend::Kernel,
+                    label: "kernel (netlink)",
+                };
+                run_kind(&rt, &ns, &fixture, &kernel, reps, true).print(&kernel);
+            }
+            "userspace" => {
+                let userspace = Kind {
+                    backend: Backend::Userspace,
+                    label: "userspace (wireguard-go)",
+                };
+                run_kind(&rt, &ns, &fixture, &userspace, reps, true).print(&userspace);
+            }
+            "embedded" => {
+                let embedded = Kind {
+                    backend: Backend::Embedded,
+                    label: "embedded (boringtun)",
+                };
+                run_kind(&rt, &ns, &fixture, &embedded, reps, false).print(&embedded);
+                println!(
+                    "(c) and (d) are not measured on boringtun 0.7.1: there is no baseline, because \
+                     `wg syncconf` re-sends every existing peer and boringtun panics on any change to an \
+                     existing peer (\"Modifying existing peers is not yet supported\", \
+                     boringtun/src/device/mod.rs:321), which wedges the device. Our backend avoids that by \
+                     re-adding the changed peer (wormhole-linux/src/uapi.rs, `boringtun_request`)."
+                );
+            }
+            other => panic!(
+                "WORMHOLE_BENCH_BACKENDS: unknown backend {other:?} (kernel, userspace, embedded)"
+            ),
+        }
+    }
     drop(rt);
     ns.leave();
 }
@@ -298,7 +317,15 @@ fn machine() -> String {
 
 /// A fresh, empty device of `kind` (the process started, nothing configured).
 fn fresh(rt: &tokio::runtime::Runtime, kind: &Kind, iface: &str) -> Arc<WgDevice> {
-    let device = Arc::new(WgDevice::new(iface, kind.backend, None).unwrap());
+    // The kernel backend creates its link over rtnetlink.
+    let network = (kind.backend == Backend::Kernel).then(|| {
+        let iface = iface.to_owned();
+        Arc::new(
+            rt.block_on(async move { wormhole_linux::Network::new(&iface) })
+                .unwrap(),
+        )
+    });
+    let device = Arc::new(WgDevice::new(iface, kind.backend, network).unwrap());
     let d = device.clone();
     rt.block_on(async move {
         d.apply(&DevicePlan {
@@ -314,7 +341,7 @@ fn fresh(rt: &tokio::runtime::Runtime, kind: &Kind, iface: &str) -> Arc<WgDevice
 /// Removes a device made by [`fresh`]: deletes the link (wireguard-go exits when its TUN goes
 /// away) and waits for its socket to go.
 fn destroy(device: Arc<WgDevice>, iface: &str) {
-    let embedded = device.backend() != Backend::Userspace;
+    let embedded = device.backend() == Backend::Embedded;
     drop(device);
     if !embedded {
         let _ = Command::new("ip").args(["link", "del", iface]).status();
@@ -400,9 +427,21 @@ fn syncconf(iface: &str, file: &Path) -> Result<Duration, String> {
     Ok(elapsed)
 }
 
-/// The device's peers, read back through the UAPI socket (outside any timing).
+/// The device's peers, read back through the UAPI socket, or for a kernel device through our
+/// netlink reader (checked against `wg show dump` by the VM lane's tests); outside any timing.
 fn peers_of(iface: &str) -> Result<DeviceState, String> {
     let socket = Path::new(SOCKET_DIR).join(format!("{iface}.sock"));
+    if !socket.exists() {
+        let device = WgDevice::new(iface, Backend::Kernel, None).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        return rt
+            .block_on(device.read())
+            .map_err(|e| format!("read back {iface}: {e}"))?
+            .map(|d| d.config)
+            .ok_or_else(|| format!("read back {iface}: no device"));
+    }
     wormhole_linux::uapi::get(&socket)
         .map(|reply| reply.device.config)
         .map_err(|e| format!("read back {iface}: {e}"))
@@ -513,11 +552,16 @@ fn run_kind(
         } else {
             (&fx.desired, &fx.file)
         };
-        let (text, round_trip) = raw_get(&ours_name);
-        let start = Instant::now();
-        let before = wormhole_linux::uapi::parse(&text).unwrap().device.config;
-        results.parse.push(start.elapsed());
-        results.get.push(round_trip);
+        let before = if kind.backend == Backend::Kernel {
+            peers_of(&ours_name).unwrap()
+        } else {
+            let (text, round_trip) = raw_get(&ours_name);
+            let start = Instant::now();
+            let before = wormhole_linux::uapi::parse(&text).unwrap().device.config;
+            results.parse.push(start.elapsed());
+            results.get.push(round_trip);
+            before
+        };
         for first in [rep % 4 < 2, rep % 4 >= 2] {
             std::thread::sleep(SETTLE);
             if first {
@@ -639,17 +683,19 @@ impl Results {
                 ratio(median(d.clone()), median(c2.clone())),
                 ratio(min(&d), min(&c2))
             );
-            println!(
-                "profile of the read in (c): UAPI `get=1` round trip {} + our parse {} (medians); \
+            if !self.get.is_empty() {
+                println!(
+                    "profile of the read in (c): UAPI `get=1` round trip {} + our parse {} (medians); \
                  apply of the one-peer plan alone: {} → `wg syncconf` / apply alone = {:.0}",
-                ms(median(self.get.clone())),
-                ms(median(self.parse.clone())),
-                ms(median(self.one_ours.iter().map(|p| p.apply).collect())),
-                ratio(
-                    median(d.clone()),
-                    median(self.one_ours.iter().map(|p| p.apply).collect())
-                )
-            );
+                    ms(median(self.get.clone())),
+                    ms(median(self.parse.clone())),
+                    ms(median(self.one_ours.iter().map(|p| p.apply).collect())),
+                    ratio(
+                        median(d.clone()),
+                        median(self.one_ours.iter().map(|p| p.apply).collect())
+                    )
+                );
+            }
         } else {
             println!();
             println!(

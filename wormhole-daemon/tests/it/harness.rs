@@ -592,11 +592,16 @@ impl Node {
 
     /// `wormhole status -o json`, parsed.
     pub(crate) fn status_json(&self) -> Value {
-        let (_, out) = self.status(&["-o", "json"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| {
+        let out = self.ns.run(&[BIN, "status", "-o", "json"]);
+        let (text, err) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!(
-                "{}: wormhole status -o json: {e}: {out}\n{}",
+                "{}: wormhole status -o json ({}): {e}: {text}{err}\n{}",
                 self.name,
+                out.status,
                 self.log_tail()
             )
         })

@@ -43,10 +43,21 @@ fn overlay_lines(lines: &[String]) -> Vec<&String> {
 
 #[test]
 fn no_cleartext_when_a_route_points_at_the_underlay() {
-    if !root_or_skip("no_cleartext_when_a_route_points_at_the_underlay") {
-        return;
+    if root_or_skip("no_cleartext_when_a_route_points_at_the_underlay") {
+        no_cleartext_when_a_route_points_at_the_underlay_on(Backend::Userspace);
     }
-    let cluster = Cluster::new(2, Backend::Userspace);
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn no_cleartext_when_a_route_points_at_the_underlay_kernel() {
+    if root_or_skip("no_cleartext_when_a_route_points_at_the_underlay_kernel") {
+        no_cleartext_when_a_route_points_at_the_underlay_on(Backend::Kernel);
+    }
+}
+
+fn no_cleartext_when_a_route_points_at_the_underlay_on(backend: Backend) {
+    let cluster = Cluster::new(2, backend);
     cluster.reconcile_all();
     let n1 = &cluster.nodes[0];
     let [target, _] = overlay_ips(2);
@@ -176,10 +187,21 @@ fn no_cleartext_when_a_route_points_at_the_underlay() {
 
 #[test]
 fn spoofed_overlay_sources_from_the_underlay_are_dropped() {
-    if !root_or_skip("spoofed_overlay_sources_from_the_underlay_are_dropped") {
-        return;
+    if root_or_skip("spoofed_overlay_sources_from_the_underlay_are_dropped") {
+        spoofed_overlay_sources_from_the_underlay_are_dropped_on(Backend::Embedded);
     }
-    let cluster = Cluster::new(2, Backend::Embedded);
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn spoofed_overlay_sources_from_the_underlay_are_dropped_kernel() {
+    if root_or_skip("spoofed_overlay_sources_from_the_underlay_are_dropped_kernel") {
+        spoofed_overlay_sources_from_the_underlay_are_dropped_on(Backend::Kernel);
+    }
+}
+
+fn spoofed_overlay_sources_from_the_underlay_are_dropped_on(backend: Backend) {
+    let cluster = Cluster::new(2, backend);
     cluster.reconcile_all();
     let n1 = &cluster.nodes[0];
     let [local, _] = overlay_ips(1);

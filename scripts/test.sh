@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The tests, on a fresh Debian-like machine: installs what they need, then runs formatting and
+# lint checks, `cargo test --workspace` (as root nothing is skipped), the Kubernetes scale test on a
+# release build, and the VM lane (scripts/vm-lane.sh: the kernel backend in Debian's kernel under
+# qemu). Run as root:  sudo env PATH="$PATH" scripts/test.sh
+# Environment: SKIP_VM=1 leaves out the VM lane (for a quick run; CI never sets it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test: needs root (network namespaces, TUN, nftables, qemu); try: sudo env PATH=\"\$PATH\" $0" >&2
+  exit 1
+fi
+command -v cargo >/dev/null || { echo "test: cargo not on PATH (sudo env PATH=\"\$PATH\" $0)" >&2; exit 1; }
+
+need=()
+for cmd in wireguard-go:wireguard-go wg:wireguard-tools nft:nftables ip:iproute2 tcpdump:tcpdump \
+  ping:iputils-ping iperf3:iperf3 jq:jq pgrep:procps iptables:iptables; do
+  command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
+done
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test: installing ${need[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+# Kubernetes scale (5,000 Nodes against the fake API server): goals asserted on a release build.
+cargo test -p wormhole-daemon --release --test it -- --ignored --nocapture kubernetes_scale
+if [ "${SKIP_VM:-}" != 1 ]; then
+  bash scripts/vm-lane.sh
+fi
