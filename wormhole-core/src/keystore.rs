@@ -230,11 +230,18 @@ mod tests {
         let store = FileKeyStore::new(&path);
         let key = store.load_or_create().await.unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(store.load_or_create().await.unwrap(), key, "the key changed");
+        assert_eq!(
+            store.load_or_create().await.unwrap(),
+            key,
+            "the key changed"
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // A restarted agent (a new store) finds the same key on disk.
-        assert_eq!(FileKeyStore::new(&path).load_or_create().await.unwrap(), key);
+        assert_eq!(
+            FileKeyStore::new(&path).load_or_create().await.unwrap(),
+            key
+        );
     }
 
     #[tokio::test]
