@@ -41,23 +41,35 @@ pub fn render(bridge: &str, pod_cidrs: &[IpNet], mtu: u32) -> String {
     text
 }
 
-/// Writes `text` as `dir/10-wormhole.conflist` atomically (temporary file, fsync, rename), so the
-/// runtime never reads half a file. Other files in `dir` are left alone. Returns the path.
-pub fn write(dir: &Path, text: &str) -> std::io::Result<PathBuf> {
+/// Makes `dir/10-wormhole.conflist` hold `text`: nothing is written when it already does (so
+/// calling this on every pass repairs a deleted or edited file at no cost otherwise); else the
+/// file is replaced atomically (temporary file, fsync, rename), so the runtime never reads half a
+/// file. The temporary file is created exclusively (`O_EXCL`: never through a symlink planted at
+/// its name). Other files in `dir` are left alone. Returns whether the file was (re)written.
+pub fn write(dir: &Path, text: &str) -> std::io::Result<bool> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(CONFLIST);
     if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
-        return Ok(path);
+        return Ok(false);
     }
     // A name without the .conflist suffix: runtimes ignore it while it is incomplete.
     let tmp = dir.join(format!(".{CONFLIST}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
+    let create = || {
+        std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o644)
-            .open(&tmp)?;
+            .open(&tmp)
+    };
+    let result = (|| {
+        let mut file = match create() {
+            // Left by a crash, or planted: remove the name (a symlink itself, not its target).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&tmp)?;
+                create()?
+            }
+            other => other?,
+        };
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -66,7 +78,7 @@ pub fn write(dir: &Path, text: &str) -> std::io::Result<PathBuf> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map(|()| path)
+    result.map(|()| true)
 }
 
 /// Removes our conflist (for `--cleanup-on-exit`).
@@ -106,8 +118,10 @@ mod tests {
     fn writes_atomically_and_leaves_other_files_alone() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("99-other.conflist"), "theirs").unwrap();
-        let path = write(dir.path(), "one").unwrap();
+        assert!(write(dir.path(), "one").unwrap());
+        let path = dir.path().join(CONFLIST);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one");
+        assert!(!write(dir.path(), "one").unwrap(), "rewrote an equal file");
         write(dir.path(), "two").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
@@ -119,5 +133,23 @@ mod tests {
         remove(dir.path()).unwrap();
         remove(dir.path()).unwrap();
         assert!(dir.path().join("99-other.conflist").exists());
+    }
+
+    #[test]
+    fn the_temporary_file_never_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".{CONFLIST}.tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        write(dir.path(), "ours").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(CONFLIST)).unwrap(),
+            "ours"
+        );
+        assert!(!tmp.exists());
     }
 }

@@ -95,7 +95,8 @@ fn enable_forwarding() {
     }
 }
 
-/// Keeps the CNI conflist equal to this node's pod CIDRs and MTU.
+/// Keeps the CNI conflist equal to this node's pod CIDRs and MTU: checked on every status
+/// change (every pass), so a deleted or edited file is rewritten at the next pass.
 async fn follow_cni(
     mut status: watch::Receiver<Status>,
     dir: std::path::PathBuf,
@@ -105,12 +106,17 @@ async fn follow_cni(
     let mut written: Option<Vec<IpNet>> = None;
     loop {
         let cidrs = status.borrow_and_update().pod_cidrs.clone();
-        if !cidrs.is_empty() && written.as_ref() != Some(&cidrs) {
+        if !cidrs.is_empty() {
             match cni::write(&dir, &cni::render(&bridge, &cidrs, mtu)) {
-                Ok(path) => {
-                    tracing::info!(path = %path.display(), ?cidrs, mtu, "wrote CNI conflist");
+                Ok(true) => {
+                    if written.as_ref() == Some(&cidrs) {
+                        tracing::warn!(dir = %dir.display(), "the CNI conflist was deleted or changed by someone else; rewrote it");
+                    } else {
+                        tracing::info!(dir = %dir.display(), ?cidrs, mtu, "wrote CNI conflist");
+                    }
                     written = Some(cidrs);
                 }
+                Ok(false) => written = Some(cidrs),
                 Err(e) => {
                     tracing::error!(dir = %dir.display(), error = %ErrorChain(&e), "cannot write the CNI conflist")
                 }
@@ -348,4 +354,51 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     drop(device);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (bounded) until `path` holds exactly `want`.
+    async fn until_holds(path: &std::path::Path, want: &str) -> bool {
+        for _ in 0..200 {
+            if std::fs::read_to_string(path).is_ok_and(|t| t == want) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_deleted_or_edited_conflist_is_rewritten_at_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let cidrs: Vec<IpNet> = vec!["10.99.1.0/24".parse().unwrap()];
+        let (tx, rx) = watch::channel(Status {
+            pod_cidrs: cidrs.clone(),
+            ..Status::default()
+        });
+        let task = tokio::spawn(follow_cni(rx, dir.path().to_owned(), "br0".into(), 1420));
+        let path = dir.path().join("10-wormhole.conflist");
+        let want = cni::render("br0", &cidrs, 1420);
+        assert!(until_holds(&path, &want).await, "never written");
+
+        // Deleted, then a pass (any status change): written again.
+        std::fs::remove_file(&path).unwrap();
+        tx.send_modify(|s| s.errors += 1);
+        assert!(
+            until_holds(&path, &want).await,
+            "not rewritten after deletion"
+        );
+
+        // Edited by hand, then a pass: restored.
+        std::fs::write(&path, "{}").unwrap();
+        tx.send_modify(|s| s.errors += 1);
+        assert!(
+            until_holds(&path, &want).await,
+            "not restored after an edit"
+        );
+        task.abort();
+    }
 }
