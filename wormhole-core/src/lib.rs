@@ -18,6 +18,7 @@
 //!   [`Firewall`], [`KeyStore`], [`PeerSource`]); [`memory`] has in-memory implementations.
 //! - [`reconciler`]: the level-triggered loop tying it together, and its [`Status`].
 //! - [`file_source`]: the peers-file [`PeerSource`] (a TOML file or a directory of them).
+//! - [`text`]: [`text::Escaped`], for printing names and messages that came from outside.
 //!
 //! ```
 //! use wormhole_core::{memory, Reconciler, Settings, PrivateKey};
@@ -46,6 +47,7 @@ pub mod plan;
 pub mod reconciler;
 pub mod state;
 pub mod status;
+pub mod text;
 
 pub use backend::{Firewall, HostNetwork, PeerSource, WireGuardDevice};
 pub use error::{Error, ErrorChain};

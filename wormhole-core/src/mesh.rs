@@ -13,6 +13,13 @@ use ipnet::IpNet;
 
 use crate::Error;
 use crate::keys::{KeyError, PublicKey};
+use crate::text::Escaped;
+
+/// The most pod CIDRs one node may have. Kubernetes gives a Node at most two (one per family);
+/// a peers file may route more subnets to a node, but each CIDR becomes an allowed IP and a route
+/// on every other node, and the kernel backend is tested with one peer of 1,000 CIDRs. 1,024
+/// leaves room far above ordinary use and keeps one hostile entry from costing every node.
+pub const MAX_POD_CIDRS: usize = 1024;
 
 /// A node as a peer source reports it, before validation. Fields are text so that validation, not
 /// the source, decides what is malformed and says why.
@@ -41,6 +48,11 @@ pub struct Snapshot {
     pub nodes: Vec<NodeEntry>,
     /// Entries the source itself could not read (wrong field types, unknown fields, ...).
     pub rejected: Vec<Rejection>,
+    /// `nodes` are listed in the order their claims were made, oldest first (the Kubernetes
+    /// source: by WormholeNode creation time, then uid). Between conflicting newcomers the
+    /// earlier entry then wins; when `false`, the one whose name sorts first. See
+    /// [`Mesh::build`].
+    pub oldest_first: bool,
 }
 
 /// A validated node.
@@ -76,10 +88,11 @@ impl fmt::Display for Rejection {
         } else {
             &self.name
         };
+        let name = Escaped(name);
         if self.origin.is_empty() {
             write!(f, "{name}: {}", self.reason)
         } else {
-            write!(f, "{name} ({}): {}", self.origin, self.reason)
+            write!(f, "{name} ({}): {}", Escaped(&self.origin), self.reason)
         }
     }
 }
@@ -89,27 +102,35 @@ impl fmt::Display for Rejection {
 #[non_exhaustive]
 pub enum RejectReason {
     /// A field has the wrong type, is missing or unknown (reported by the source).
-    #[error("field {field}: {reason}")]
+    #[error("field {}: {}", Escaped(.field), Escaped(.reason))]
     Invalid {
         /// The field's name.
         field: String,
         /// What is wrong with it.
         reason: String,
     },
-    /// The name is empty, too long or holds whitespace or control characters.
-    #[error("invalid name: must be 1-253 printable characters without whitespace")]
+    /// The name is not a DNS-1123 subdomain (what Kubernetes allows for a Node name).
+    #[error(
+        "invalid name: must be a DNS-1123 subdomain like a Kubernetes Node name: 1-253 \
+         characters, lowercase letters, digits, '-' and '.', each dot-separated part starting \
+         and ending with a letter or digit"
+    )]
     BadName,
     /// The public key does not parse.
     #[error("malformed public key: {0}")]
     MalformedKey(KeyError),
     /// Another entry has this name.
-    #[error("duplicate name: already used by the entry at {other}")]
+    #[error("duplicate name: already used by the entry at {}", Escaped(.other))]
     DuplicateName {
         /// The origin of the entry that kept the name.
         other: String,
     },
     /// Another node has this public key.
-    #[error("duplicate public key: already used by node {other}")]
+    #[error(
+        "duplicate public key: already claimed by node {}, whose claim is older; a node \
+         publishing another node's key is misconfigured or compromised",
+        Escaped(.other)
+    )]
     DuplicateKey {
         /// The node that kept the key.
         other: String,
@@ -132,6 +153,14 @@ pub enum RejectReason {
         cidr: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// The entry lists more pod CIDRs than [`MAX_POD_CIDRS`].
+    #[error("too many pod CIDRs ({count}): at most {max} per node")]
+    TooManyCidrs {
+        /// How many the entry lists.
+        count: usize,
+        /// The limit, [`MAX_POD_CIDRS`].
+        max: usize,
     },
     /// A pod CIDR lies outside every cluster CIDR.
     #[error("pod CIDR {cidr} is outside the cluster CIDRs")]
@@ -178,6 +207,7 @@ impl RejectReason {
             RejectReason::LocalKey => "local_key",
             RejectReason::BadEndpoint { .. } => "bad_endpoint",
             RejectReason::BadCidr { .. } => "bad_cidr",
+            RejectReason::TooManyCidrs { .. } => "too_many_cidrs",
             RejectReason::OutsideCluster { .. } => "outside_cluster",
             RejectReason::OverlapsPeer { .. } => "overlaps_peer",
             RejectReason::OverlapsLocal { .. } => "overlaps_local",
@@ -205,14 +235,23 @@ pub struct Mesh {
     pub(crate) peer_at: Vec<u32>,
 }
 
+/// Whether `name` is a DNS-1123 subdomain, as Kubernetes requires of a Node name: at most 253
+/// characters, dot-separated parts of lowercase letters, digits and `-`, each starting and ending
+/// with a letter or digit. Such a name is safe in a log line, a table or a Prometheus label.
+pub fn is_dns1123_subdomain(name: &str) -> bool {
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            let b = part.as_bytes();
+            b.first().is_some_and(alnum)
+                && b.last().is_some_and(alnum)
+                && b.iter().all(|c| alnum(c) || *c == b'-')
+        })
+}
+
 fn check_name(name: &str) -> Result<(), RejectReason> {
-    let printable = if name.is_ascii() {
-        name.bytes().all(|b| b.is_ascii_graphic())
-    } else {
-        name.chars().all(|c| !c.is_whitespace() && !c.is_control())
-    };
-    let ok = !name.is_empty() && name.len() <= 253 && printable;
-    if ok {
+    if is_dns1123_subdomain(name) {
         Ok(())
     } else {
         Err(RejectReason::BadName)
@@ -220,6 +259,11 @@ fn check_name(name: &str) -> Result<(), RejectReason> {
 }
 
 /// Parses an endpoint: an IP literal and a port, neither of them unusable.
+///
+/// Refused: port 0; unspecified, loopback, multicast and broadcast addresses, also in their
+/// IPv4-mapped IPv6 form (`[::ffff:127.0.0.1]`); an IPv6 link-local address without a zone id or
+/// with one that cannot be an interface index (1 to 2^31-1 on Linux); a zone id on any other
+/// address.
 pub fn parse_endpoint(text: &str) -> Result<SocketAddr, RejectReason> {
     let bad = |reason| RejectReason::BadEndpoint {
         endpoint: text.to_owned(),
@@ -232,9 +276,31 @@ pub fn parse_endpoint(text: &str) -> Result<SocketAddr, RejectReason> {
     if addr.port() == 0 {
         return Err(bad("port 0"));
     }
-    let ip = addr.ip();
+    if let SocketAddr::V6(v6) = addr {
+        // fe80::/10: reachable only through the interface the zone id names.
+        let link_local = v6.ip().segments()[0] & 0xffc0 == 0xfe80;
+        let zone = v6.scope_id();
+        if link_local && zone == 0 {
+            return Err(bad(
+                "link-local address without a zone id (write [fe80::...%IFINDEX]:port)",
+            ));
+        }
+        if link_local && i32::try_from(zone).is_err() {
+            return Err(bad("zone id is not an interface index (1 to 2147483647)"));
+        }
+        if !link_local && zone != 0 {
+            return Err(bad("zone id on an address that is not link-local"));
+        }
+    }
+    // IPv4-mapped IPv6 addresses reach the IPv4 address they carry: judge that one.
+    let ip = addr.ip().to_canonical();
     if ip.is_unspecified() {
         return Err(bad("unspecified address"));
+    }
+    if ip.is_loopback() {
+        return Err(bad(
+            "loopback address: a peer on another node cannot be reached there",
+        ));
     }
     if ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
         return Err(bad("multicast or broadcast address"));
@@ -316,10 +382,35 @@ impl CidrIndex {
 /// `Mesh::peer_at` of an entry that is not a peer.
 const NOT_A_PEER: u32 = u32::MAX;
 
-/// Whether two CIDRs share any address (for prefixes: one contains the other).
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
-    let ((fa, sa, ea), (fb, sb, eb)) = (range(a), range(b));
-    fa == fb && sa <= eb && sb <= ea
+/// The first two overlapping CIDRs of `cidrs` (in the order given), in O(n log n): sorted by
+/// start, any overlap shows between neighbours.
+fn own_overlap(cidrs: &[IpNet]) -> Option<(IpNet, IpNet)> {
+    let mut ranges: Vec<((bool, u128, u128), usize)> = cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (range(c), i))
+        .collect();
+    ranges.sort_unstable();
+    ranges
+        .windows(2)
+        .find(|w| w[0].0.0 == w[1].0.0 && w[1].0.1 <= w[0].0.2)
+        .map(|w| {
+            let (a, b) = (w[0].1.min(w[1].1), w[0].1.max(w[1].1));
+            (cidrs[a], cidrs[b])
+        })
+}
+
+/// The CIDR of `sorted` (disjoint, sorted by start) that overlaps `net`, in O(log n): only the
+/// last one starting at or before `net`'s end can (the ones before it end before it starts).
+fn overlap_in_sorted(sorted: &[IpNet], net: &IpNet) -> Option<IpNet> {
+    let (v6, start, end) = range(net);
+    let after = sorted.partition_point(|c| {
+        let (cv6, cstart, _) = range(c);
+        (cv6, cstart) <= (v6, end)
+    });
+    let candidate = sorted[..after].last()?;
+    let (cv6, _, cend) = range(candidate);
+    (cv6 == v6 && cend >= start).then_some(*candidate)
 }
 
 /// Whether `outer` holds all of `inner`.
@@ -351,25 +442,28 @@ fn check_alone(
         return Err(RejectReason::LocalKey);
     }
     let endpoint = entry.endpoint.as_deref().map(parse_endpoint).transpose()?;
+    if entry.pod_cidrs.len() > MAX_POD_CIDRS {
+        return Err(RejectReason::TooManyCidrs {
+            count: entry.pod_cidrs.len(),
+            max: MAX_POD_CIDRS,
+        });
+    }
     let mut pod_cidrs: Vec<IpNet> = Vec::with_capacity(entry.pod_cidrs.len());
     for text in &entry.pod_cidrs {
         let cidr = parse_cidr(text)?;
         if !cluster_cidrs.iter().any(|c| holds(c, &cidr)) {
             return Err(RejectReason::OutsideCluster { cidr });
         }
-        if let Some(local) = local_cidrs.iter().find(|l| overlaps(l, &cidr)) {
-            return Err(RejectReason::OverlapsLocal {
-                cidr,
-                local: *local,
-            });
-        }
-        if pod_cidrs.iter().any(|own| overlaps(own, &cidr)) {
-            return Err(RejectReason::BadCidr {
-                cidr: text.clone(),
-                reason: "overlaps another pod CIDR of the same node".into(),
-            });
+        if let Some(local) = overlap_in_sorted(local_cidrs, &cidr) {
+            return Err(RejectReason::OverlapsLocal { cidr, local });
         }
         pod_cidrs.push(cidr);
+    }
+    if let Some((first, second)) = own_overlap(&pod_cidrs) {
+        return Err(RejectReason::BadCidr {
+            cidr: second.to_string(),
+            reason: format!("overlaps {first}, another pod CIDR of the same node"),
+        });
     }
     pod_cidrs.sort();
     Ok(NodeSpec {
@@ -429,6 +523,9 @@ impl Mesh {
     ///
     /// and within each group by name, then public key text, then position. So a newcomer never
     /// evicts an established owner, and the outcome does not depend on the source's ordering.
+    /// A source that knows when each entry made its claim lists them oldest first and sets
+    /// [`Snapshot::oldest_first`]: within each group the earlier claim then wins, so a node
+    /// publishing another node's key loses also on an agent that starts without history.
     ///
     /// An entry equal to the one that produced a peer of `previous` (under the same local node and
     /// cluster CIDRs) is not parsed again: steady-state passes cost little.
@@ -486,6 +583,13 @@ impl Mesh {
                 "no cluster CIDRs: set cluster_cidrs in the peers file or --cluster-cidr".into(),
             ));
         }
+        if !is_dns1123_subdomain(local_name) {
+            return Err(Error::Mesh(format!(
+                "this node's name \"{}\": {}",
+                Escaped(local_name),
+                RejectReason::BadName
+            )));
+        }
         let mut rejected = snapshot.rejected.clone();
 
         // The local node: the entry with our name (and our key, if several have our name).
@@ -504,6 +608,15 @@ impl Mesh {
             )));
         }
         let local_entry = local_entries.remove(ours);
+        if local_entry.pod_cidrs.len() > MAX_POD_CIDRS {
+            return Err(Error::Mesh(format!(
+                "this node: {}",
+                RejectReason::TooManyCidrs {
+                    count: local_entry.pod_cidrs.len(),
+                    max: MAX_POD_CIDRS
+                }
+            )));
+        }
         let mut local_cidrs: Vec<IpNet> = Vec::new();
         for text in &local_entry.pod_cidrs {
             let cidr = parse_cidr(text).map_err(|r| Error::Mesh(format!("this node: {r}")))?;
@@ -512,14 +625,15 @@ impl Mesh {
                     "this node's pod CIDR {cidr} is outside the cluster CIDRs"
                 )));
             }
-            if local_cidrs.iter().any(|l| overlaps(l, &cidr)) {
-                return Err(Error::Mesh(format!(
-                    "this node's pod CIDR {cidr} overlaps another of its own"
-                )));
-            }
             local_cidrs.push(cidr);
         }
-        local_cidrs.sort();
+        if let Some((first, second)) = own_overlap(&local_cidrs) {
+            return Err(Error::Mesh(format!(
+                "this node's pod CIDR {second} overlaps {first}, another of its own"
+            )));
+        }
+        // Sorted by start (`overlap_in_sorted` relies on it).
+        local_cidrs.sort_by_key(range);
         if local_entry.public_key.parse::<PublicKey>().as_ref() != Ok(local_key) {
             rejected.push(Rejection {
                 name: local_entry.name.clone(),
@@ -618,9 +732,18 @@ impl Mesh {
         candidates.sort_by_key(|c| c.position);
         let mut ranked: Vec<(u8, Candidate<'_>)> =
             candidates.into_iter().map(|c| (rank(&c), c)).collect();
-        ranked.sort_by(|(ra, a), (rb, b)| {
-            (ra, &a.spec.name, &a.entry.public_key).cmp(&(rb, &b.spec.name, &b.entry.public_key))
-        });
+        if snapshot.oldest_first {
+            // The source listed the oldest claim first: keep its order within each group.
+            ranked.sort_by_key(|(r, _)| *r);
+        } else {
+            ranked.sort_by(|(ra, a), (rb, b)| {
+                (ra, &a.spec.name, &a.entry.public_key).cmp(&(
+                    rb,
+                    &b.spec.name,
+                    &b.entry.public_key,
+                ))
+            });
+        }
 
         let mut names: HashMap<&str, &str> = HashMap::new();
         let mut keys: HashMap<PublicKey, &str> = HashMap::new();
@@ -866,9 +989,175 @@ mod tests {
     }
 
     #[test]
+    fn names_must_be_dns_1123_subdomains() {
+        let me = key();
+        let long_ok = "a".repeat(253);
+        let long_bad = "a".repeat(254);
+        let good = [
+            "a",
+            "0",
+            "node-1",
+            "n1.example.com",
+            "a-b.c-d",
+            long_ok.as_str(),
+        ];
+        let bad = [
+            "A",
+            "Node",
+            "node_1",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a.",
+            "a b",
+            "evil\",peer=\"x",
+            "\u{1b}[2Jx",
+            "n\u{e9}",
+            long_bad.as_str(),
+        ];
+        let mut nodes = vec![entry("local", &me, &["10.99.1.0/24"])];
+        for (i, name) in good.iter().enumerate() {
+            nodes.push(entry(name, &key(), &[&format!("10.99.{}.0/24", i + 2)]));
+        }
+        for (i, name) in bad.iter().enumerate() {
+            nodes.push(entry(name, &key(), &[&format!("10.99.{}.0/24", i + 100)]));
+        }
+        let mesh = build(&me, nodes, None);
+        let mut accepted: Vec<_> = mesh.peers.iter().map(|p| p.name.as_str()).collect();
+        accepted.sort();
+        let mut want = good.to_vec();
+        want.sort();
+        assert_eq!(accepted, want);
+        assert_eq!(mesh.rejected.len(), bad.len());
+        assert!(mesh.rejected.iter().all(|r| r.reason.kind() == "bad_name"));
+        let msg = mesh.rejected[0].reason.to_string();
+        assert!(msg.contains("DNS-1123"), "{msg}");
+        // This node's own name too.
+        let snapshot = Snapshot {
+            nodes: vec![entry("Local", &me, &["10.99.1.0/24"])],
+            ..Default::default()
+        };
+        let err = Mesh::build("Local", &me, &cluster(), snapshot, None).unwrap_err();
+        assert!(err.to_string().contains("DNS-1123"), "{err}");
+    }
+
+    #[test]
+    fn rejections_print_user_text_escaped() {
+        let hostile = "x\u{1b}[2J\u{202e}\r\ny\u{7}";
+        let shown = [
+            Rejection {
+                name: hostile.into(),
+                origin: hostile.into(),
+                reason: RejectReason::Invalid {
+                    field: hostile.into(),
+                    reason: hostile.into(),
+                },
+            },
+            Rejection {
+                name: hostile.into(),
+                origin: String::new(),
+                reason: RejectReason::DuplicateName {
+                    other: hostile.into(),
+                },
+            },
+        ]
+        .map(|r| r.to_string());
+        for text in shown {
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)),
+                "{text:?}"
+            );
+            assert!(text.contains("x\\u{1b}[2J\\u{202e}\\r\\ny\\u{7}"), "{text}");
+        }
+    }
+
+    #[test]
+    fn pod_cidrs_per_node_are_capped() {
+        let me = key();
+        let many = |n: usize| -> Vec<String> {
+            (0..n)
+                .map(|i| format!("fd99:0:0:{:x}:{:x}::/96", 0x100 + i / 65536, i % 65536))
+                .collect()
+        };
+        let at_cap = many(MAX_POD_CIDRS);
+        let over = many(40_001);
+        let mut ok = entry("ok", &key(), &[]);
+        ok.pod_cidrs = at_cap;
+        let mut huge = entry("huge", &key(), &[]);
+        huge.pod_cidrs = over;
+        let started = std::time::Instant::now();
+        let mesh = build(
+            &me,
+            vec![entry("local", &me, &["10.99.1.0/24"]), ok, huge],
+            None,
+        );
+        assert_eq!(mesh.peers.len(), 1);
+        assert_eq!(mesh.peers[0].pod_cidrs.len(), MAX_POD_CIDRS);
+        assert_eq!(reasons(&mesh), [("huge", "too_many_cidrs")]);
+        let msg = mesh.rejected[0].reason.to_string();
+        assert!(msg.contains("40001") && msg.contains("at most"), "{msg}");
+        // Refused before any parsing: this costs nothing.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn overlapping_pod_cidrs_of_one_node_are_found_wherever_they_are() {
+        let me = key();
+        let mut cidrs: Vec<String> = (0..500).map(|i| format!("fd99:0:0:{i:x}::/64")).collect();
+        cidrs.insert(0, "10.99.2.0/24".into());
+        cidrs.push("10.99.3.0/24".into());
+        cidrs.push("10.99.2.128/25".into());
+        let mut e = entry("a", &key(), &[]);
+        e.pod_cidrs = cidrs;
+        let mesh = build(&me, vec![entry("local", &me, &["10.99.1.0/24"]), e], None);
+        assert_eq!(reasons(&mesh), [("a", "bad_cidr")]);
+        let msg = mesh.rejected[0].to_string();
+        assert!(
+            msg.contains("10.99.2.0/24") && msg.contains("10.99.2.128/25"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_earlier_claim_wins_when_the_source_lists_oldest_first() {
+        let me = key();
+        let stolen = key();
+        // "zeta" claimed the key first; "alpha" (sorting first) copies it later.
+        let nodes = vec![
+            entry("local", &me, &["10.99.1.0/24"]),
+            entry("zeta", &stolen, &["10.99.2.0/24"]),
+            entry("alpha", &stolen, &["10.99.3.0/24"]),
+        ];
+        let snapshot = Snapshot {
+            nodes: nodes.clone(),
+            oldest_first: true,
+            ..Default::default()
+        };
+        let mesh = Mesh::build("local", &me, &cluster(), snapshot, None).unwrap();
+        assert_eq!(mesh.peers.len(), 1);
+        assert_eq!(mesh.peers[0].name, "zeta");
+        assert_eq!(reasons(&mesh), [("alpha", "duplicate_key")]);
+        assert_eq!(
+            mesh.rejected[0].reason,
+            RejectReason::DuplicateKey {
+                other: "zeta".into()
+            }
+        );
+        // A source without claim order: by name, as before.
+        let by_name = build(&me, nodes, None);
+        assert_eq!(by_name.peers[0].name, "alpha");
+    }
+
+    #[test]
     fn endpoints() {
         assert!(parse_endpoint("192.168.1.2:51820").is_ok());
         assert!(parse_endpoint("[fd00::1]:51820").is_ok());
+        assert!(parse_endpoint("169.254.1.2:51820").is_ok());
+        assert!(parse_endpoint("[::ffff:10.0.0.1]:51820").is_ok());
+        assert!(parse_endpoint("[fe80::1%2]:51820").is_ok());
         for bad in [
             "1.2.3.4",
             "1.2.3.4:0",
@@ -878,6 +1167,23 @@ mod tests {
             "host:1",
         ] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+        for (bad, why) in [
+            ("127.0.0.1:51820", "loopback"),
+            ("127.8.9.10:51820", "loopback"),
+            ("[::1]:51820", "loopback"),
+            ("[::ffff:127.0.0.1]:51820", "loopback"),
+            ("[::ffff:0.0.0.0]:51820", "unspecified"),
+            ("[::ffff:224.0.0.1]:51820", "multicast"),
+            ("[::ffff:255.255.255.255]:51820", "broadcast"),
+            ("[ff02::1]:51820", "multicast"),
+            ("[fe80::1%4294967295]:51820", "zone id"),
+            ("[fe80::1%0]:51820", "zone id"),
+            ("[fe80::1]:51820", "zone id"),
+            ("[fd00::1%3]:51820", "zone id"),
+        ] {
+            let err = parse_endpoint(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad}: {err}");
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::mesh::{Mesh, Snapshot};
 use crate::plan::{Plan, plan};
 use crate::state::{HostSettings, HostState, ObservedDevice};
 use crate::status::{PassInfo, PeerStatus, Status};
+use crate::text::Escaped;
 use crate::{Error, PrivateKey};
 
 /// What the reconciler needs to know besides the mesh.
@@ -166,7 +167,12 @@ impl Reconciler {
                     .map(|m| &m.rejected[..])
                     .unwrap_or_default();
                 for rejection in mesh.rejected.iter().filter(|r| !old.contains(r)) {
-                    tracing::warn!(peer = %rejection.name, origin = %rejection.origin, reason = %rejection.reason, "peer rejected");
+                    tracing::warn!(
+                        peer = %Escaped(&rejection.name),
+                        origin = %Escaped(&rejection.origin),
+                        reason = %rejection.reason,
+                        "peer rejected"
+                    );
                 }
                 self.status.send_modify(|s| s.source_error = None);
                 self.mesh = Some(mesh);

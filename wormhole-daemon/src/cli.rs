@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use serde::Deserialize;
+use wormhole_core::mesh::is_dns1123_subdomain;
+use wormhole_core::text::Escaped;
 
 /// Where the admin server listens by default: metrics, health and status, on loopback only.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9473";
@@ -115,7 +117,7 @@ pub struct RunArgs {
     /// Where to write 10-wormhole.conflist [default: /etc/cni/net.d].
     #[arg(long, env = "WORMHOLE_CNI_CONF_DIR", value_name = "DIR")]
     pub cni_conf_dir: Option<PathBuf>,
-    /// Time between full reconcile passes, e.g. 30s, 2m [default: 30s].
+    /// Time between full reconcile passes, 1s to 24h, e.g. 30s, 2m [default: 30s].
     #[arg(long, env = "WORMHOLE_RESYNC")]
     pub resync: Option<String>,
     /// Admin server (metrics, health, status) address [default: 127.0.0.1:9473].
@@ -232,29 +234,44 @@ pub struct Config {
     pub cleanup_on_exit: bool,
 }
 
-/// Parses `30s`, `2m`, `500ms`, `1h` or a bare number of seconds.
+/// The range every duration option must lie in: a shorter period would spin the agent, a longer
+/// one (up to `u64::MAX` seconds) would overflow the timer and abort the process.
+pub const DURATION_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
+/// Parses `30s`, `2m`, `1500ms`, `1h` or a bare number of seconds, between 1s and 24h
+/// ([`DURATION_RANGE`]).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (try 30s, 2m, 500ms)"))?;
-    let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let out_of_range =
+        || format!("duration {text:?} is out of range: use 1s to 24h (for example 30s, 2m, 1h)");
+    let n: u64 = match number.parse() {
+        Ok(n) => n,
+        // All digits but too large for u64.
+        Err(_) if !number.is_empty() => return Err(out_of_range()),
+        Err(_) => return Err(format!("invalid duration {text:?} (try 30s, 2m, 1h)")),
+    };
+    let millis_per_unit: u64 = match unit {
+        "" | "s" => 1000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
         _ => {
             return Err(format!(
                 "invalid duration unit in {text:?} (use ms, s, m or h)"
             ));
         }
     };
-    if d.is_zero() {
-        return Err(format!("duration {text:?} must be more than zero"));
+    let d = n
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(out_of_range)?;
+    if !DURATION_RANGE.contains(&d) {
+        return Err(out_of_range());
     }
     Ok(d)
 }
@@ -274,6 +291,11 @@ fn parse_mtu(text: &str) -> Result<Option<u32>, String> {
     }
     Ok(Some(mtu))
 }
+
+/// What a node name must be, for error messages.
+const NODE_NAME_RULE: &str = "must be a DNS-1123 subdomain, as Kubernetes requires of Node \
+     names: 1-253 characters, lowercase letters, digits, '-' and '.', each dot-separated part \
+     starting and ending with a letter or digit (for example node-1)";
 
 fn hostname() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
@@ -317,11 +339,27 @@ impl RunArgs {
                 return Err("no peer source: pass --peers FILE|DIR (or --kubernetes)".into());
             }
         };
-        let node_name = self
-            .node_name
-            .or(file.node_name)
-            .or_else(hostname)
-            .ok_or("no node name: pass --node-name")?;
+        let node_name = match self.node_name.or(file.node_name) {
+            Some(name) if is_dns1123_subdomain(&name) => name,
+            Some(name) => {
+                return Err(format!(
+                    "invalid --node-name \"{}\": {NODE_NAME_RULE}",
+                    Escaped(&name)
+                ));
+            }
+            // Like the kubelet: the host name, lowercased.
+            None => match hostname().map(|h| h.to_lowercase()) {
+                Some(name) if is_dns1123_subdomain(&name) => name,
+                Some(name) => {
+                    return Err(format!(
+                        "the host name \"{}\" is not a valid node name ({NODE_NAME_RULE}): \
+                         pass --node-name",
+                        Escaped(&name)
+                    ));
+                }
+                None => return Err("no node name: pass --node-name".into()),
+            },
+        };
         let mtu = match (self.mtu, file.mtu) {
             (Some(text), _) => parse_mtu(&text)?,
             (None, Some(toml::Value::Integer(n))) => parse_mtu(&n.to_string())?,
@@ -424,7 +462,7 @@ mod tests {
             "--mtu",
             "1380",
             "--resync",
-            "500ms",
+            "1500ms",
             "--cluster-cidr",
             "10.99.0.0/16",
             "--cluster-cidr",
@@ -434,7 +472,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.mtu, Some(1380));
-        assert_eq!(c.resync, Duration::from_millis(500));
+        assert_eq!(c.resync, Duration::from_millis(1500));
         assert_eq!(c.cluster_cidrs.len(), 2);
         assert_eq!(c.backend, BackendArg::Userspace);
     }
@@ -469,6 +507,58 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("--interface"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_range_checked_at_parse_time() {
+        let resync = |d: &str| parse(&["--peers", "p", "--node-name", "a", "--resync", d]);
+        for (ok, want) in [
+            ("1s", Duration::from_secs(1)),
+            ("1000ms", Duration::from_secs(1)),
+            ("90", Duration::from_secs(90)),
+            ("24h", Duration::from_secs(86_400)),
+            ("1440m", Duration::from_secs(86_400)),
+        ] {
+            assert_eq!(resync(ok).unwrap().resync, want, "{ok}");
+        }
+        for bad in [
+            "18446744073709551615s",
+            "18446744073709551615m",
+            "18446744073709551615h",
+            "99999999999999999999999s",
+            "86401s",
+            "25h",
+            "999ms",
+            "0s",
+        ] {
+            let err = resync(bad).expect_err(bad);
+            assert!(
+                err.contains("--resync") && err.contains("1s") && err.contains("24h"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn node_names_must_be_dns_1123_subdomains() {
+        for bad in [
+            "Node1",
+            "node_1",
+            "-a",
+            "a..b",
+            "evil\",peer=\"x",
+            "\u{1b}[2Jx",
+        ] {
+            let flag = format!("--node-name={bad}");
+            let err = parse(&["--peers", "p", &flag]).expect_err(bad);
+            assert!(
+                err.contains("--node-name") && err.contains("DNS-1123"),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains('\u{1b}'), "{err:?}");
+        }
+        let c = parse(&["--peers", "p", "--node-name", "node-1.example"]).unwrap();
+        assert_eq!(c.node_name, "node-1.example");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,7 +14,30 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use wormhole_core::Status;
 
-type Labels = Vec<(String, String)>;
+type Labels = Vec<(&'static str, LabelValue)>;
+
+/// A label value escaped as the text exposition format requires (`\\`, `\"`, `\n`):
+/// prometheus-client writes values as they are, so a `"` in a peer's name would end the value
+/// and forge a label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LabelValue(String);
+
+impl EncodeLabelValue for LabelValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        let mut rest = self.0.as_str();
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..at])?;
+            encoder.write_str(match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[at + 1..];
+        }
+        encoder.write_str(rest)
+    }
+}
 
 /// Metrics that need memory across scrapes.
 #[derive(Debug)]
@@ -31,8 +55,8 @@ impl Default for Metrics {
     }
 }
 
-fn label(k: &str, v: impl Into<String>) -> Labels {
-    vec![(k.to_owned(), v.into())]
+fn label(k: &'static str, v: impl Into<String>) -> Labels {
+    vec![(k, LabelValue(v.into()))]
 }
 
 impl Metrics {
@@ -145,6 +169,34 @@ mod tests {
     use super::*;
     use wormhole_core::PrivateKey;
     use wormhole_core::status::PeerStatus;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let now = SystemTime::now();
+        let status = Status {
+            peers: vec![PeerStatus {
+                name: "a\",peer=\"forged\\\n".into(),
+                public_key: PrivateKey::generate().public_key(),
+                endpoint: None,
+                allowed_ips: vec![],
+                latest_handshake: None,
+                rx_bytes: 1,
+                tx_bytes: 2,
+            }],
+            ..Status::default()
+        };
+        let text = Metrics::default().render(&status, now);
+        assert!(
+            text.contains(
+                "wormhole_peer_receive_bytes_total{peer=\"a\\\",peer=\\\"forged\\\\\\n\"} 1\n"
+            ),
+            "{text}"
+        );
+        // Every sample line has exactly one label set, and no line starts inside a value.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("wormhole_"), "{line:?}");
+        }
+    }
 
     #[test]
     fn renders_peer_states_and_histogram() {

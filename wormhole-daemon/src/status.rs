@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use wormhole_core::Status;
+use wormhole_core::text::escape;
 
 /// One row: an accepted peer or a rejected entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,20 +134,25 @@ fn ago(secs: u64) -> String {
     }
 }
 
-/// The table `wormhole status` prints.
+/// The table `wormhole status` prints. Every string in it came from the agent (and, through
+/// it, from peer sources): each is escaped, so no name or message can move the cursor, clear
+/// the screen or forge a line.
 pub fn table(view: &StatusView) -> String {
-    let mut out = format!(
-        "node {}  backend {}  interface {}  mtu {}  pod CIDRs {}\npublic key {}\n",
-        view.node,
-        view.backend,
-        view.interface,
-        view.mtu,
-        if view.pod_cidrs.is_empty() {
+    let list = |items: &[String]| {
+        if items.is_empty() {
             "-".into()
         } else {
-            view.pod_cidrs.join(",")
-        },
-        view.public_key.as_deref().unwrap_or("-"),
+            escape(&items.join(",")).into_owned()
+        }
+    };
+    let mut out = format!(
+        "node {}  backend {}  interface {}  mtu {}  pod CIDRs {}\npublic key {}\n",
+        escape(&view.node),
+        escape(&view.backend),
+        escape(&view.interface),
+        view.mtu,
+        list(&view.pod_cidrs),
+        escape(view.public_key.as_deref().unwrap_or("-")),
     );
     match &view.last_reconcile {
         None => out += "last reconcile: none yet\n",
@@ -158,7 +164,7 @@ pub fn table(view: &StatusView) -> String {
                 p.changes,
                 p.error
                     .as_deref()
-                    .map_or("ok".to_owned(), |e| format!("error: {e}")),
+                    .map_or("ok".to_owned(), |e| format!("error: {}", escape(e))),
             );
         }
     }
@@ -166,7 +172,7 @@ pub fn table(view: &StatusView) -> String {
         out += "NOT READY: no mesh applied yet (waiting for the peer source, or the device is missing)\n";
     }
     if let Some(e) = &view.source_error {
-        out += &format!("peer source error (last good mesh kept): {e}\n");
+        out += &format!("peer source error (last good mesh kept): {}\n", escape(e));
     }
     out += "\n";
     let header = [
@@ -183,18 +189,14 @@ pub fn table(view: &StatusView) -> String {
         .iter()
         .map(|p| {
             [
-                p.name.clone(),
-                p.endpoint.clone().unwrap_or_else(|| "-".into()),
-                if p.allowed_ips.is_empty() {
-                    "-".into()
-                } else {
-                    p.allowed_ips.join(",")
-                },
+                escape(&p.name).into_owned(),
+                escape(p.endpoint.as_deref().unwrap_or("-")).into_owned(),
+                list(&p.allowed_ips),
                 p.latest_handshake_age_seconds
                     .map_or("-".into(), |s| format!("{} ago", ago(s))),
                 bytes(p.rx_bytes),
                 bytes(p.tx_bytes),
-                p.state.clone(),
+                escape(&p.state).into_owned(),
             ]
         })
         .collect();
@@ -261,6 +263,46 @@ mod tests {
     use wormhole_core::mesh::{RejectReason, Rejection};
     use wormhole_core::status::PeerStatus;
     use wormhole_core::{KeyError, PrivateKey};
+
+    #[test]
+    fn the_table_escapes_what_it_did_not_write() {
+        let hostile = "x\u{1b}[2J\u{1b}]0;owned\u{7}\r\u{202e}y";
+        let view = StatusView {
+            node: hostile.into(),
+            public_key: None,
+            backend: hostile.into(),
+            interface: hostile.into(),
+            mtu: 1420,
+            pod_cidrs: vec![hostile.into()],
+            ready: false,
+            last_reconcile: Some(PassView {
+                age_seconds: 1,
+                duration_ms: 1.0,
+                changes: 0,
+                error: Some(hostile.into()),
+            }),
+            source_error: Some(hostile.into()),
+            passes: 1,
+            errors: 1,
+            peers: vec![PeerView {
+                name: hostile.into(),
+                public_key: Some(hostile.into()),
+                endpoint: Some(hostile.into()),
+                allowed_ips: vec![hostile.into()],
+                latest_handshake_age_seconds: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+                state: hostile.into(),
+            }],
+        };
+        let text = table(&view);
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|&c| (c.is_control() && c != '\n') || c == '\u{202e}')
+            .collect();
+        assert!(bad.is_empty(), "{bad:?} in {text:?}");
+        assert!(text.contains("x\\u{1b}[2J"), "{text}");
+    }
 
     #[test]
     fn states_and_table() {

@@ -1,5 +1,11 @@
 //! Events on the local Node for rejected peers and persistent reconcile failures, rate-limited
 //! (each distinct problem at most once per [`EventSink::with_interval`], 10 minutes by default).
+//!
+//! A node that publishes this node's public key (a cloned key file, or a compromised node copying
+//! it) gives an Event on **both** Nodes, reason `PublicKeyConflict`: the two agents concerned
+//! each see the other's entry carry their own key, so each Node is told even if one agent is
+//! down or lies. Other agents report the conflict on their own Node only (`PeerRejected`), so a
+//! conflict costs two Events per agent involved, not two per node of the cluster.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -9,6 +15,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use wormhole_core::Status;
+use wormhole_core::mesh::RejectReason;
+use wormhole_core::text::Escaped;
 
 use crate::EVENT_REPORTER;
 
@@ -25,26 +33,66 @@ pub struct EventSink {
     failures_in_a_row: u32,
 }
 
-/// What to say, before rate limiting: `(key, reason, note)`.
-pub fn pending(status: &Status, failures_in_a_row: u32) -> Vec<(String, &'static str, String)> {
-    let mut out: Vec<_> = status
-        .rejected
-        .iter()
-        .map(|r| {
-            (
-                format!("rejected/{}/{}", r.name, r.reason.kind()),
-                "PeerRejected",
-                r.to_string(),
-            )
-        })
-        .collect();
+/// One Event to publish, before rate limiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// Identifies the problem for rate limiting.
+    pub key: String,
+    /// The Node it is about (`None`: this node).
+    pub regarding: Option<String>,
+    /// The Event's reason (`PeerRejected`, `PublicKeyConflict`, `ReconcileFailing`).
+    pub reason: &'static str,
+    /// The Event's note; user-controlled text in it is escaped.
+    pub note: String,
+}
+
+/// What to say, before rate limiting.
+pub fn pending(status: &Status, failures_in_a_row: u32) -> Vec<Due> {
+    let mut out = Vec::new();
+    for r in &status.rejected {
+        if r.reason == RejectReason::LocalKey {
+            // The node is named in our snapshot, so its name is the Node's (validated).
+            let (other, local) = (Escaped(&r.name), Escaped(&status.node_name));
+            let rule = "agents keep the key for the node whose WormholeNode was created first and \
+                        refuse the other; a node publishing another node's public key has a \
+                        copied key file or is compromised";
+            out.push(Due {
+                key: format!("key-conflict/{}/here", r.name),
+                regarding: None,
+                reason: "PublicKeyConflict",
+                note: format!(
+                    "node {other} publishes the public key of this node ({local}): {rule}"
+                ),
+            });
+            out.push(Due {
+                key: format!("key-conflict/{}/there", r.name),
+                regarding: Some(r.name.clone()),
+                reason: "PublicKeyConflict",
+                note: format!(
+                    "this node ({other}) publishes the public key of node {local} (seen by the \
+                     agent on {local}): {rule}"
+                ),
+            });
+            continue;
+        }
+        out.push(Due {
+            key: format!("rejected/{}/{}", r.name, r.reason.kind()),
+            regarding: None,
+            reason: "PeerRejected",
+            note: r.to_string(),
+        });
+    }
     if failures_in_a_row >= PERSISTENT_FAILURES {
         if let Some(error) = status.last_pass.as_ref().and_then(|p| p.error.as_ref()) {
-            out.push((
-                "reconcile".into(),
-                "ReconcileFailing",
-                format!("{failures_in_a_row} reconcile passes in a row failed: {error}"),
-            ));
+            out.push(Due {
+                key: "reconcile".into(),
+                regarding: None,
+                reason: "ReconcileFailing",
+                note: format!(
+                    "{failures_in_a_row} reconcile passes in a row failed: {}",
+                    Escaped(error)
+                ),
+            });
         }
     }
     out
@@ -90,22 +138,34 @@ impl EventSink {
             self.passes_seen = status.passes;
         }
         let now = Instant::now();
-        for (key, reason, note) in pending(status, self.failures_in_a_row) {
+        for due in pending(status, self.failures_in_a_row) {
             if self
                 .sent
-                .get(&key)
+                .get(&due.key)
                 .is_some_and(|at| now.duration_since(*at) < self.interval)
             {
                 continue;
             }
             let event = Event {
                 type_: EventType::Warning,
-                reason: reason.into(),
-                note: Some(note.chars().take(1000).collect()),
+                reason: due.reason.into(),
+                note: Some(due.note.chars().take(1000).collect()),
                 action: "Reconcile".into(),
                 secondary: None,
             };
-            match self.recorder.publish(&event, &self.node).await {
+            let other;
+            let regarding = match &due.regarding {
+                None => &self.node,
+                Some(name) => {
+                    other = ObjectReference {
+                        name: Some(name.clone()),
+                        ..self.node.clone()
+                    };
+                    &other
+                }
+            };
+            let key = due.key;
+            match self.recorder.publish(&event, regarding).await {
                 Ok(()) => {
                     self.sent.insert(key, now);
                 }
@@ -140,10 +200,11 @@ mod tests {
         };
         let due = pending(&status, 1);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].1, "PeerRejected");
-        assert!(due[0].2.contains("malformed public key"));
+        assert_eq!(due[0].reason, "PeerRejected");
+        assert_eq!(due[0].regarding, None);
+        assert!(due[0].note.contains("malformed public key"));
         let due = pending(&status, PERSISTENT_FAILURES);
-        assert_eq!(due[1].1, "ReconcileFailing");
+        assert_eq!(due[1].reason, "ReconcileFailing");
         status.rejected.clear();
         assert!(pending(&status, 0).is_empty());
     }

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use futures::{Stream, StreamExt as _};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
@@ -49,7 +50,40 @@ fn owned_by(wh: &WormholeNode, node: &Node) -> bool {
         .any(|o| o.kind == "Node" && Some(o.uid.as_str()) == uid)
 }
 
-/// The snapshot for `local` (whose key is `local_key`) from the Nodes and WormholeNodes given.
+/// When a WormholeNode made its claim: its creation time, then its uid (creation times have one
+/// second resolution), both set by the API server. Objects without them (never the case on a
+/// real server) come last.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Claim {
+    unknown: bool,
+    created: Option<Time>,
+    uid: String,
+}
+
+impl Default for Claim {
+    fn default() -> Self {
+        Claim {
+            unknown: true,
+            created: None,
+            uid: String::new(),
+        }
+    }
+}
+
+fn claim(wh: &WormholeNode) -> Claim {
+    match &wh.metadata.creation_timestamp {
+        Some(created) => Claim {
+            unknown: false,
+            created: Some(created.clone()),
+            uid: wh.metadata.uid.clone().unwrap_or_default(),
+        },
+        None => Claim::default(),
+    }
+}
+
+/// The snapshot for `local` (whose key is `local_key`) from the Nodes and WormholeNodes given:
+/// entries oldest claim first ([`Snapshot::oldest_first`]), by the WormholeNode's creation time
+/// and uid, so the node that published a key first keeps it when another publishes the same.
 pub fn snapshot(
     nodes: &[Arc<Node>],
     wormholes: &[Arc<WormholeNode>],
@@ -59,7 +93,8 @@ pub fn snapshot(
 ) -> Result<Snapshot, Error> {
     let published: HashMap<String, &WormholeNode> =
         wormholes.iter().map(|w| (w.name_any(), &**w)).collect();
-    let mut entries = Vec::with_capacity(nodes.len());
+    // Each entry with its claim: when and as what its WormholeNode was created.
+    let mut entries: Vec<(Claim, NodeEntry)> = Vec::with_capacity(nodes.len());
     let mut local_seen = false;
     for node in nodes {
         let name = node.name_any();
@@ -73,18 +108,19 @@ pub fn snapshot(
             }
             local_seen = true;
             // The key as published (other nodes use it), else ours (not yet published).
-            let published_key = published
-                .get(&name)
-                .filter(|wh| owned_by(wh, node))
-                .map(|wh| wh.spec.public_key.clone());
-            entries.push(NodeEntry {
-                name,
-                public_key: published_key.unwrap_or_else(|| local_key.to_base64()),
-                endpoint: None,
-                pod_cidrs: cidrs,
-                persistent_keepalive: None,
-                origin: format!("Node/{local}"),
-            });
+            let published = published.get(&name).filter(|wh| owned_by(wh, node));
+            let published_key = published.map(|wh| wh.spec.public_key.clone());
+            entries.push((
+                published.map_or_else(Claim::default, |wh| claim(wh)),
+                NodeEntry {
+                    name,
+                    public_key: published_key.unwrap_or_else(|| local_key.to_base64()),
+                    endpoint: None,
+                    pod_cidrs: cidrs,
+                    persistent_keepalive: None,
+                    origin: format!("Node/{local}"),
+                },
+            ));
             continue;
         }
         if cidrs.is_empty() {
@@ -95,26 +131,33 @@ pub fn snapshot(
             tracing::debug!(node = %name, "no WormholeNode (owned by this Node) yet: left out");
             continue;
         };
-        entries.push(NodeEntry {
-            public_key: wh.spec.public_key.clone(),
-            endpoint: wh.spec.endpoint.clone(),
-            pod_cidrs: cidrs,
-            persistent_keepalive: None,
-            origin: format!("WormholeNode/{name}"),
-            name,
-        });
+        entries.push((
+            claim(wh),
+            NodeEntry {
+                public_key: wh.spec.public_key.clone(),
+                endpoint: wh.spec.endpoint.clone(),
+                pod_cidrs: cidrs,
+                persistent_keepalive: None,
+                origin: format!("WormholeNode/{name}"),
+                name,
+            },
+        ));
     }
     if !local_seen {
         return Err(Error::Invalid(format!(
             "Node {local} not found (check --node-name)"
         )));
     }
-    // A stable order: equal pictures compare equal, and validation reuses unchanged entries.
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    // Oldest claim first, so that validation lets the earlier claim win a conflict (a node that
+    // copies another's public key loses, also on an agent starting without history). A stable
+    // order too: equal pictures compare equal, validation reuses unchanged entries, and a new
+    // node comes last without moving the others.
+    entries.sort_by(|(a, ea), (b, eb)| (a, &ea.name).cmp(&(b, &eb.name)));
     Ok(Snapshot {
         cluster_cidrs: cluster_cidrs.to_vec(),
-        nodes: entries,
+        nodes: entries.into_iter().map(|(_, e)| e).collect(),
         rejected: Vec::new(),
+        oldest_first: true,
     })
 }
 
@@ -369,6 +412,63 @@ mod tests {
         assert_eq!(s.nodes[0].pod_cidrs, ["10.99.2.0/24", "fd99:0:0:2::/64"]);
         assert_eq!(s.nodes[1].public_key, me.to_base64());
         assert_eq!(s.nodes[0].origin, "WormholeNode/a");
+    }
+
+    /// `wormhole(..)` created at `at` with this uid.
+    fn created(wh: Arc<WormholeNode>, at: &str, uid: &str) -> Arc<WormholeNode> {
+        let mut wh = (*wh).clone();
+        wh.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at.parse().unwrap()),
+        );
+        wh.metadata.uid = Some(uid.into());
+        Arc::new(wh)
+    }
+
+    #[test]
+    fn the_older_wormhole_node_keeps_a_key_that_a_newer_one_copies() {
+        let me = PrivateKey::generate().public_key();
+        let victim = PrivateKey::generate().public_key();
+        let cluster: Vec<IpNet> = vec!["10.99.0.0/16".parse().unwrap()];
+        let nodes = vec![
+            node("local", &["10.99.1.0/24"]),
+            node("alpha", &["10.99.2.0/24"]),
+            node("zeta", &["10.99.3.0/24"]),
+            node("beta", &["10.99.4.0/24"]),
+        ];
+        // zeta published the key first; alpha (sorting first) copied it a day later; beta copied
+        // it in the same second as zeta, but with a larger uid.
+        let whs = vec![
+            created(
+                wormhole("alpha", "uid-alpha", &victim),
+                "2026-01-02T00:00:00Z",
+                "a",
+            ),
+            created(
+                wormhole("zeta", "uid-zeta", &victim),
+                "2026-01-01T00:00:00Z",
+                "m",
+            ),
+            created(
+                wormhole("beta", "uid-beta", &victim),
+                "2026-01-01T00:00:00Z",
+                "z",
+            ),
+        ];
+        let s = snapshot(&nodes, &whs, "local", &me, &cluster).unwrap();
+        // A restarting agent: no history.
+        let mesh = wormhole_core::Mesh::build("local", &me, &cluster, s, None).unwrap();
+        let peers: Vec<_> = mesh.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(peers, ["zeta"]);
+        let mut rejected: Vec<_> = mesh
+            .rejected
+            .iter()
+            .map(|r| (r.name.as_str(), r.reason.to_string()))
+            .collect();
+        rejected.sort();
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        for (name, reason) in &rejected {
+            assert!(reason.contains("claimed by node zeta"), "{name}: {reason}");
+        }
     }
 
     #[test]

@@ -269,3 +269,40 @@ async fn cluster_cidrs_from_kubeadm_config() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_node_publishing_this_nodes_key_gives_both_nodes_an_event() {
+    use wormhole_core::RejectReason;
+    use wormhole_core::mesh::Rejection;
+    let api = FakeApi::start().await;
+    let status = wormhole_core::Status {
+        node_name: "local".into(),
+        rejected: vec![Rejection {
+            name: "copycat".into(),
+            origin: "WormholeNode/copycat".into(),
+            reason: RejectReason::LocalKey,
+        }],
+        ..Default::default()
+    };
+    let mut events = EventSink::new(api.client(), "local");
+    events.observe(&status).await;
+    events.observe(&status).await; // rate-limited: nothing more
+    let sent = api.events();
+    let about = |node: &str| {
+        sent.iter()
+            .filter(|e| e["regarding"]["kind"] == "Node" && e["regarding"]["name"] == node)
+            .collect::<Vec<_>>()
+    };
+    for node in ["local", "copycat"] {
+        let on = about(node);
+        assert_eq!(on.len(), 1, "{node}: {sent:#?}");
+        assert_eq!(on[0]["reason"], "PublicKeyConflict");
+        assert_eq!(on[0]["type"], "Warning");
+        let note = on[0]["note"].as_str().unwrap();
+        assert!(
+            note.contains("copycat") && note.contains("local") && note.contains("compromised"),
+            "{note}"
+        );
+    }
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+}
