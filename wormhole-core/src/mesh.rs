@@ -127,8 +127,8 @@ pub enum RejectReason {
     },
     /// Another node has this public key.
     #[error(
-        "duplicate public key: already claimed by node {}, whose claim is older; a node \
-         publishing another node's key is misconfigured or compromised",
+        "duplicate public key: already used by node {}, which keeps it; a node publishing \
+         another node's key has a copied key file or is compromised",
         Escaped(.other)
     )]
     DuplicateKey {

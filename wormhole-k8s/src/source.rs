@@ -467,7 +467,10 @@ mod tests {
         rejected.sort();
         assert_eq!(rejected.len(), 2, "{rejected:?}");
         for (name, reason) in &rejected {
-            assert!(reason.contains("claimed by node zeta"), "{name}: {reason}");
+            assert!(
+                reason.contains("already used by node zeta"),
+                "{name}: {reason}"
+            );
         }
     }
 
