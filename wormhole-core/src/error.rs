@@ -1,6 +1,8 @@
 use std::path::PathBuf;
 
-use crate::keys::KeyError;
+use ipnet::IpNet;
+
+use crate::keys::{KeyError, PublicKey};
 
 /// Every error `wormhole-core` returns.
 ///
@@ -68,6 +70,48 @@ pub enum Error {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// A backend applied every change but these: each failed item with its reason. The
+    /// reconciler shows each on its peer's row in the status and retries them; nothing else is
+    /// held back by them.
+    #[error("{backend} backend: {} change(s) not applied, every other change applied: {}",
+        failures.len(), ItemFailure::list(failures))]
+    Partial {
+        /// Which backend ("wireguard", "network", or "host" for several).
+        backend: &'static str,
+        /// What failed, and why.
+        failures: Vec<ItemFailure>,
+    },
+}
+
+/// One change a backend could not apply (see [`Error::Partial`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemFailure {
+    /// What it was about.
+    pub item: FailedItem,
+    /// Why, for a person (for example `route conflict: 10.99.2.0/24 dev eth0 proto static`).
+    pub reason: String,
+}
+
+/// What an [`ItemFailure`] was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailedItem {
+    /// A WireGuard peer, by public key.
+    Peer(PublicKey),
+    /// A route to a peer's pod CIDR.
+    Route(IpNet),
+}
+
+impl ItemFailure {
+    fn list(failures: &[ItemFailure]) -> String {
+        failures
+            .iter()
+            .map(|f| match f.item {
+                FailedItem::Peer(k) => format!("peer {k}: {}", f.reason),
+                FailedItem::Route(n) => format!("route {n}: {}", f.reason),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 impl Error {
@@ -87,7 +131,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::PeersFile { .. } | Error::Source(_) => "source",
             Error::Mesh(_) => "mesh",
-            Error::Backend { backend, .. } => backend,
+            Error::Backend { backend, .. } | Error::Partial { backend, .. } => backend,
         }
     }
 }

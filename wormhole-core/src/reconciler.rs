@@ -9,6 +9,7 @@
 //! ever torn down because of an error, and a restart adopts what already exists: before the first
 //! good snapshot nothing is planned, and an already-correct host plans to zero changes.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,13 +18,14 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 
 use crate::backend::{Firewall, HostNetwork, PeerSource, WireGuardDevice};
+use crate::error::{FailedItem, ItemFailure};
 use crate::keystore::KeyStore;
 use crate::mesh::{Mesh, Snapshot};
 use crate::plan::{Plan, plan};
 use crate::state::{HostSettings, HostState, ObservedDevice};
 use crate::status::{PassInfo, PeerStatus, Status};
 use crate::text::Escaped;
-use crate::{Error, PrivateKey};
+use crate::{Error, PrivateKey, PublicKey};
 
 /// What the reconciler needs to know besides the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +95,9 @@ pub struct Reconciler {
     /// the device counters last read. Passes triggered by the source plan against it instead of
     /// reading everything again; resync ticks, and any pass after a failure, read the host.
     expected: Option<(HostState, Option<ObservedDevice>)>,
+    /// The text of the plan last logged while it has not been applied in full (a retry of the
+    /// same plan logs one line).
+    last_plan: Option<String>,
 }
 
 /// Called after every pass with its outcome and, if it succeeded, the plan it applied.
@@ -116,6 +121,7 @@ impl Reconciler {
             status: watch::channel(status).0,
             hook: None,
             expected: None,
+            last_plan: None,
         }
     }
 
@@ -214,24 +220,35 @@ impl Reconciler {
         Ok((state, device))
     }
 
-    async fn apply(&self, plan: &Plan) -> Result<(), Error> {
+    /// Applies `plan`. Changes a backend could not apply while it applied the rest (a peer the
+    /// kernel refused, a route that exists and is not ours) are returned, not raised: the other
+    /// steps still run, so one peer's problem never holds back another's changes.
+    async fn apply(&self, plan: &Plan) -> Result<Vec<ItemFailure>, Error> {
         let b = &self.backends;
+        let mut failures = Vec::new();
+        let mut partial = |result: Result<(), Error>| match result {
+            Err(Error::Partial { failures: f, .. }) => {
+                failures.extend(f);
+                Ok(())
+            }
+            other => other,
+        };
         if let Some(policy) = &plan.firewall {
             b.firewall.apply(policy).await?;
         }
         if plan.device.create || !plan.device.changes.is_empty() {
-            b.device.apply(&plan.device).await?;
+            partial(b.device.apply(&plan.device).await)?;
         }
         if !plan.link.is_empty() || !plan.routes.is_empty() {
-            b.network.apply(&plan.link, &plan.routes).await?;
+            partial(b.network.apply(&plan.link, &plan.routes).await)?;
         }
-        Ok(())
+        Ok(failures)
     }
 
     /// One pass. With `read` false and the host as the last pass left it known, that is used
     /// instead of reading the backends. Returns the plan, the device as last read (for
     /// counters), and whether the device exists now.
-    async fn pass(&mut self, read: bool) -> Result<(Plan, Option<ObservedDevice>, bool), Error> {
+    async fn pass(&mut self, read: bool) -> Result<PassOutcome, Error> {
         let key = self.backends.keys.load_or_create().await?;
         let secret = self.backends.keys.cluster_secret().await?;
         self.refresh_mesh(&key);
@@ -242,6 +259,7 @@ impl Reconciler {
             (false, Some(known)) => known,
             _ => self.observe().await?,
         };
+        let mut failures = Vec::new();
         let plan = match &self.mesh {
             // Nothing desired yet: adopt what is there, change nothing.
             None => Plan::default(),
@@ -249,12 +267,15 @@ impl Reconciler {
                 let desired = HostState::desired(mesh, &key, secret.as_ref(), &self.settings.host);
                 let plan = plan(&desired, &observed);
                 if !plan.is_empty() {
-                    tracing::info!(
-                        "applying {} change(s):\n{}",
-                        plan.len(),
-                        plan.display(Some(mesh))
-                    );
-                    self.apply(&plan).await?;
+                    // A retry of the same plan is one line, not the whole plan again.
+                    let text = plan.display(Some(mesh)).to_string();
+                    if self.last_plan.as_deref() == Some(&text) {
+                        tracing::info!("retrying the same {} change(s)", plan.len());
+                    } else {
+                        tracing::info!("applying {} change(s):\n{text}", plan.len());
+                        self.last_plan = Some(text);
+                    }
+                    failures = self.apply(&plan).await?;
                 }
                 plan
             }
@@ -262,8 +283,17 @@ impl Reconciler {
         let mut after = observed;
         plan.apply_to(&mut after);
         let present = after.device.is_some();
-        self.expected = Some((after, device.clone()));
-        Ok((plan, device, present))
+        if failures.is_empty() {
+            self.last_plan = None;
+            self.expected = Some((after, device.clone()));
+        }
+        // else: not all of the plan is in place; the next pass reads the host.
+        Ok(PassOutcome {
+            plan,
+            device,
+            present,
+            failures,
+        })
     }
 
     /// Runs one pass: read the host, plan, apply. Returns the plan it applied.
@@ -283,39 +313,51 @@ impl Reconciler {
         let result = self.pass(read).await;
         let duration = started.elapsed();
         let mesh = self.mesh.as_ref();
+        // Items that failed alone: the pass counts as failed (retried with backoff), but
+        // everything else it applied is shown, and the failures on their peers' rows.
+        let partial = result
+            .as_ref()
+            .ok()
+            .filter(|o| !o.failures.is_empty())
+            .map(|o| Error::Partial {
+                backend: "host",
+                failures: o.failures.clone(),
+            });
+        let error = result.as_ref().err().or(partial.as_ref());
         let info = PassInfo {
             at,
             duration,
-            changes: result.as_ref().map_or(0, |(p, _, _)| p.len()),
-            error: result
-                .as_ref()
-                .err()
-                .map(|e| crate::ErrorChain(e).to_string()),
+            changes: result.as_ref().map_or(0, |o| o.plan.len()),
+            error: error.map(|e| crate::ErrorChain(e).to_string()),
         };
         if let Some(hook) = &mut self.hook {
-            hook(&info, result.as_ref().ok().map(|(plan, _, _)| plan));
+            hook(&info, result.as_ref().ok().map(|o| &o.plan));
         }
         self.status.send_modify(|s| {
             s.passes += 1;
             s.last_pass = Some(info);
-            match &result {
-                Ok((_, device, present)) => {
+            if let Ok(outcome) = &result {
+                if outcome.failures.is_empty() {
                     s.last_success = Some(at);
-                    s.device_present = *present;
-                    if let Some(mesh) = mesh {
-                        s.configured = true;
-                        s.pod_cidrs = mesh.local.pod_cidrs.clone();
-                        s.rejected = mesh.rejected.clone();
-                        s.peers = peer_statuses(mesh, device.as_ref());
-                    }
                 }
-                Err(e) => {
-                    s.errors += 1;
-                    *s.errors_by_kind.entry(e.kind().to_owned()).or_default() += 1;
+                s.device_present = outcome.present;
+                if let Some(mesh) = mesh {
+                    s.configured = true;
+                    s.pod_cidrs = mesh.local.pod_cidrs.clone();
+                    s.rejected = mesh.rejected.clone();
+                    s.peers = peer_statuses(mesh, outcome.device.as_ref());
+                    s.peer_problems = peer_problems(mesh, &outcome.failures);
                 }
             }
+            if let Some(e) = error {
+                s.errors += 1;
+                *s.errors_by_kind.entry(e.kind().to_owned()).or_default() += 1;
+            }
         });
-        result.map(|(plan, _, _)| plan)
+        match (result, partial) {
+            (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+            (Ok(outcome), None) => Ok(outcome.plan),
+        }
     }
 
     /// Runs until `shutdown` completes: a pass on every source change and resync tick, with
@@ -385,6 +427,38 @@ impl Reconciler {
         pump.abort();
         tracing::info!("reconciler stopped; interface, routes and rules left in place");
     }
+}
+
+/// What one pass did: the plan, the device as last read (for counters), whether the device
+/// exists now, and the changes that failed alone.
+struct PassOutcome {
+    plan: Plan,
+    device: Option<ObservedDevice>,
+    present: bool,
+    failures: Vec<ItemFailure>,
+}
+
+/// Failed items on the peers they concern: a route by the peer whose pod CIDR it is.
+fn peer_problems(mesh: &Mesh, failures: &[ItemFailure]) -> BTreeMap<PublicKey, String> {
+    let mut problems: BTreeMap<PublicKey, String> = BTreeMap::new();
+    for failure in failures {
+        let peer = match failure.item {
+            FailedItem::Peer(key) => Some(key),
+            FailedItem::Route(net) => mesh
+                .peers
+                .iter()
+                .find(|p| p.pod_cidrs.contains(&net))
+                .map(|p| p.public_key),
+        };
+        if let Some(key) = peer {
+            let text = problems.entry(key).or_default();
+            if !text.is_empty() {
+                text.push_str("; ");
+            }
+            text.push_str(&failure.reason);
+        }
+    }
+    problems
 }
 
 fn peer_statuses(mesh: &Mesh, device: Option<&ObservedDevice>) -> Vec<PeerStatus> {

@@ -95,6 +95,9 @@ pub struct Status {
     pub pod_cidrs: Vec<IpNet>,
     /// Accepted peers, by name.
     pub peers: Vec<PeerStatus>,
+    /// Peers with a change the backends could not apply in the latest pass (for example
+    /// `route conflict: 10.99.2.0/24 dev eth0 proto static`), by public key; retried every pass.
+    pub peer_problems: BTreeMap<PublicKey, String>,
     /// Refused entries with their reasons.
     pub rejected: Vec<Rejection>,
     /// The latest pass.

@@ -360,9 +360,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    /// Waits (bounded) until `path` holds exactly `want`.
+    /// Waits (bounded, generously: a loaded machine) until `path` holds exactly `want`.
     async fn until_holds(path: &std::path::Path, want: &str) -> bool {
-        for _ in 0..200 {
+        for _ in 0..2000 {
             if std::fs::read_to_string(path).is_ok_and(|t| t == want) {
                 return true;
             }

@@ -67,7 +67,12 @@ impl StatusView {
                 latest_handshake_age_seconds: p.latest_handshake.map(|t| age(now, t)),
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
-                state: p.state(now).as_str().to_owned(),
+                // A change that could not be applied names its cause instead of a state.
+                state: status
+                    .peer_problems
+                    .get(&p.public_key)
+                    .cloned()
+                    .unwrap_or_else(|| p.state(now).as_str().to_owned()),
             })
             .collect();
         peers.extend(status.rejected.iter().map(|r| PeerView {

@@ -166,20 +166,6 @@ fn to_allowed(net: &IpNet) -> WgAllowedIp {
 #[derive(Debug)]
 pub(crate) struct PeerFailures(pub(crate) Vec<(PublicKey, io::Error)>);
 
-impl std::fmt::Display for PeerFailures {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (key, e)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "peer {key}: {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for PeerFailures {}
-
 /// Applies `changes` to `iface` in messages of at most `max` bytes of attributes.
 pub(crate) fn set(iface: &str, changes: &[DeviceChange]) -> Result<(), SetError> {
     let family = resolve_family()?;

@@ -18,7 +18,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, LinkUnspec, LinkWireguard, RouteMessageBuilder};
 use wormhole_core::plan::{LinkChange, RouteChange};
 use wormhole_core::state::LinkState;
-use wormhole_core::{Error, HostNetwork};
+use wormhole_core::{Error, FailedItem, HostNetwork, ItemFailure};
 
 use crate::backend_error;
 
@@ -190,6 +190,55 @@ impl Network {
             }
         }
         Ok(owned)
+    }
+
+    /// The route(s) to exactly `net` in `ip route` terms (`10.99.2.0/24 via 192.168.77.9 dev
+    /// eth0 proto static`), for an error message; `net` alone when they cannot be read.
+    async fn describe_route(&self, net: &IpNet) -> String {
+        let request = match net {
+            IpNet::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            IpNet::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        };
+        let mut found = Vec::new();
+        let mut routes = self.handle.route().get(request).execute();
+        while let Ok(Some(route)) = routes.try_next().await {
+            if route_destination(&route) != Some(*net) {
+                continue;
+            }
+            let mut text = net.to_string();
+            for attr in &route.attributes {
+                match attr {
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => {
+                        text += &format!(" via {ip}")
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => {
+                        text += &format!(" via {ip}")
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(oif) = route_oif(&route) {
+                let name = match self.link_by_index(oif).await {
+                    Ok(Some(link)) => link.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    }),
+                    _ => None,
+                };
+                text += &format!(" dev {}", name.unwrap_or_else(|| format!("#{oif}")));
+            }
+            let protocol = match route.header.protocol {
+                RouteProtocol::Other(n) => n.to_string(),
+                p => format!("{p:?}").to_lowercase(),
+            };
+            text += &format!(" proto {protocol}");
+            found.push(text);
+        }
+        if found.is_empty() {
+            net.to_string()
+        } else {
+            found.join(", ")
+        }
     }
 
     fn route_message(&self, index: u32, net: &IpNet) -> Result<RouteMessage, Error> {
@@ -364,20 +413,23 @@ impl HostNetwork for Network {
                 }
             }
         }
+        // A route someone else holds for a peer's CIDR fails that route alone.
+        let mut conflicts = Vec::new();
         for change in routes {
             match change {
                 RouteChange::Add(net) => {
                     let msg = self.route_message(index, net)?;
-                    self.handle.route().add(msg).execute().await.map_err(|e| {
-                        if is_errno(&e, EEXIST) {
-                            Error::backend(
-                                "network",
-                                format!("route to {net} exists and is not ours (protocol {ROUTE_PROTOCOL}): remove it or fix the overlap"),
-                            )
-                        } else {
-                            net_err(format!("add route {net} dev {iface}"))(e)
-                        }
-                    })?;
+                    match self.handle.route().add(msg).execute().await {
+                        Ok(()) => {}
+                        Err(e) if is_errno(&e, EEXIST) => conflicts.push(ItemFailure {
+                            item: FailedItem::Route(*net),
+                            reason: format!(
+                                "route conflict: {} (not ours: remove it, or fix the overlap)",
+                                self.describe_route(net).await
+                            ),
+                        }),
+                        Err(e) => return Err(net_err(format!("add route {net} dev {iface}"))(e)),
+                    }
                 }
                 RouteChange::Remove(net) => {
                     let msg = self.route_message(index, net)?;
@@ -390,6 +442,13 @@ impl HostNetwork for Network {
                 }
             }
         }
-        Ok(())
+        if conflicts.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Partial {
+                backend: "network",
+                failures: conflicts,
+            })
+        }
     }
 }

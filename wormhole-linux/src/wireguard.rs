@@ -14,7 +14,7 @@ use wormhole_core::plan::{DeviceChange, DevicePlan};
 #[cfg(feature = "embedded")]
 use wormhole_core::state::DeviceState;
 use wormhole_core::state::ObservedDevice;
-use wormhole_core::{Error, PrivateKey, WireGuardDevice};
+use wormhole_core::{Error, FailedItem, ItemFailure, PrivateKey, WireGuardDevice};
 
 use crate::backend_error;
 
@@ -336,15 +336,17 @@ impl WireGuardDevice for WgDevice {
                         ));
                     }
                     Err(crate::kernel::SetError::Peers(failures)) => {
-                        return Err(backend_error(
-                            "wireguard",
-                            format!(
-                                "configure {}: {} peer(s) not applied, every other change applied",
-                                self.iface,
-                                failures.0.len()
-                            ),
-                            failures,
-                        ));
+                        return Err(Error::Partial {
+                            backend: "wireguard",
+                            failures: failures
+                                .0
+                                .into_iter()
+                                .map(|(key, e)| ItemFailure {
+                                    item: FailedItem::Peer(key),
+                                    reason: format!("configure {}: {e}", self.iface),
+                                })
+                                .collect(),
+                        });
                     }
                 }
             }

@@ -237,8 +237,8 @@ fn kubernetes_scale() {
     }
     // The userspace backend keeps the data plane (wireguard-go) out of the daemon's memory.
     // WORMHOLE_SCALE_BACKENDS picks others (the VM lane's `--bench` runs kernel and userspace).
-    let wanted = std::env::var("WORMHOLE_SCALE_BACKENDS")
-        .unwrap_or_else(|_| "userspace,embedded".into());
+    let wanted =
+        std::env::var("WORMHOLE_SCALE_BACKENDS").unwrap_or_else(|_| "userspace,embedded".into());
     for name in wanted.split(',').map(str::trim) {
         scale(match name {
             "kernel" => Backend::Kernel,
