@@ -56,6 +56,16 @@ pub enum Error {
     /// The snapshot cannot make a mesh at all (for example the local node is missing).
     #[error("invalid mesh: {0}")]
     Mesh(String),
+    /// A network interface name that Linux or our rules cannot take.
+    #[error(
+        "invalid interface name {name:?}: {reason} (1-15 bytes; no / : whitespace quotes \\ * ? [ ] or control characters)"
+    )]
+    InterfaceName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A peer source failed.
     #[error("peer source: {0}")]
     Source(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -130,7 +140,7 @@ impl Error {
             Error::Key(_) | Error::KeyFile { .. } | Error::InsecureKeyFile { .. } => "key",
             Error::Io { .. } => "io",
             Error::PeersFile { .. } | Error::Source(_) => "source",
-            Error::Mesh(_) => "mesh",
+            Error::Mesh(_) | Error::InterfaceName { .. } => "mesh",
             Error::Backend { backend, .. } | Error::Partial { backend, .. } => backend,
         }
     }

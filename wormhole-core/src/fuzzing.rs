@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::mesh::Mesh;
 use crate::plan::{DeviceChange, plan as make_plan};
-use crate::state::{DeviceState, FirewallPolicy, HostState, LinkState, PeerConfig};
+use crate::state::{DeviceState, FirewallPolicy, HostSettings, HostState, LinkState, PeerConfig};
 
 /// Key parsing never panics and round-trips what it accepts.
 pub fn parse_key(data: &[u8]) {
@@ -162,8 +162,11 @@ impl Bytes<'_> {
             },
             routes: (0..self.byte() % 4).map(|_| self.cidr()).collect(),
             firewall: self.flag().then(|| FirewallPolicy {
+                interface: HostSettings::default().interface,
+                bridge: HostSettings::default().bridge,
+                cluster_cidrs: Vec::new(),
+                local_pod_cidrs: Vec::new(),
                 mtu: 1400 + u32::from(self.byte() % 2),
-                ..Default::default()
             }),
         }
     }

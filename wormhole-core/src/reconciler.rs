@@ -109,7 +109,7 @@ impl Reconciler {
         let status = Status {
             node_name: settings.node_name.clone(),
             backend: backends.device.kind().to_owned(),
-            interface: settings.host.interface.clone(),
+            interface: settings.host.interface.to_string(),
             mtu: settings.host.mtu,
             ..Status::default()
         };

@@ -8,8 +8,64 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
+use crate::Error;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::mesh::Mesh;
+
+/// A network interface name as Linux accepts it and as it can be pasted into a firewall rule or
+/// a CNI file: 1 to 15 bytes, not `.` or `..`, and none of `/`, `:`, whitespace, quotes,
+/// backslashes, glob characters (`*?[]`) or control characters. The only way to make one is
+/// [`str::parse`], so everything that renders names (the nftables ruleset among them) gets only
+/// validated ones.
+///
+/// ```
+/// use wormhole_core::state::InterfaceName;
+/// assert_eq!("wormhole0".parse::<InterfaceName>().unwrap().as_str(), "wormhole0");
+/// assert!("s*".parse::<InterfaceName>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InterfaceName(String);
+
+impl InterfaceName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for InterfaceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for InterfaceName {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self, Error> {
+        let reason = if name.is_empty() {
+            Some("it is empty")
+        } else if name.len() > 15 {
+            Some("it is longer than 15 bytes")
+        } else if name == "." || name == ".." {
+            Some("it is . or ..")
+        } else if name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "/:\"'\\*?[]".contains(c))
+        {
+            Some("it contains one of / : whitespace quotes \\ * ? [ ] or a control character")
+        } else {
+            None
+        };
+        match reason {
+            None => Ok(InterfaceName(name.to_owned())),
+            Some(reason) => Err(Error::InterfaceName {
+                name: name.to_owned(),
+                reason,
+            }),
+        }
+    }
+}
 
 /// One WireGuard peer's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -70,12 +126,12 @@ pub struct LinkState {
 ///
 /// It depends on the overlay and this node only, not on the peers: peers come and go without
 /// a firewall change (remote pod sources are "cluster CIDRs that are not ours").
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallPolicy {
     /// The WireGuard interface: the only way overlay traffic may leave the host.
-    pub interface: String,
+    pub interface: InterfaceName,
     /// The pod bridge.
-    pub bridge: String,
+    pub bridge: InterfaceName,
     /// The overlay CIDRs.
     pub cluster_cidrs: Vec<IpNet>,
     /// This node's pod CIDRs.
@@ -101,9 +157,9 @@ pub struct HostState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSettings {
     /// WireGuard interface name.
-    pub interface: String,
+    pub interface: InterfaceName,
     /// Pod bridge name.
-    pub bridge: String,
+    pub bridge: InterfaceName,
     /// WireGuard UDP port.
     pub listen_port: u16,
     /// WireGuard MTU (the pods use the same one).
@@ -113,8 +169,8 @@ pub struct HostSettings {
 impl Default for HostSettings {
     fn default() -> Self {
         HostSettings {
-            interface: "wormhole0".into(),
-            bridge: "wormhole-br0".into(),
+            interface: InterfaceName("wormhole0".into()),
+            bridge: InterfaceName("wormhole-br0".into()),
             listen_port: 51820,
             mtu: 1420,
         }
@@ -194,6 +250,45 @@ impl HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names_are_checked_like_linux_and_nft_need() {
+        for good in [
+            "wormhole0",
+            "wh-n1",
+            "cni0",
+            "eth0.100",
+            "br_pods",
+            "a",
+            "123456789012345",
+        ] {
+            assert_eq!(good.parse::<InterfaceName>().unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "1234567890123456",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\"b",
+            "a'b",
+            "a\\b",
+            "s*",
+            "a?",
+            "a[0]",
+            "e\u{1b}[2J",
+            "é-very-long-name",
+        ] {
+            let err = bad.parse::<InterfaceName>().unwrap_err();
+            assert!(
+                err.to_string().starts_with("invalid interface name"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn overlay_addresses() {

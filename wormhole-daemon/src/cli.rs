@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use serde::Deserialize;
 use wormhole_core::mesh::is_dns1123_subdomain;
+use wormhole_core::state::InterfaceName;
 use wormhole_core::text::Escaped;
 
 /// Where the admin server listens by default: metrics, health and status, on loopback only.
@@ -218,7 +219,7 @@ pub struct KubeOptions {
 pub struct Config {
     pub node_name: String,
     pub source: PeerSourceKind,
-    pub interface: String,
+    pub interface: InterfaceName,
     pub listen_port: u16,
     pub backend: BackendArg,
     pub key_file: PathBuf,
@@ -226,7 +227,7 @@ pub struct Config {
     pub cluster_cidrs: Vec<IpNet>,
     /// `None`: detect.
     pub mtu: Option<u32>,
-    pub bridge: String,
+    pub bridge: InterfaceName,
     pub cni_conf_dir: PathBuf,
     pub resync: Duration,
     pub admin_addr: SocketAddr,
@@ -373,13 +374,23 @@ impl RunArgs {
         };
         let resync = parse_duration(self.resync.or(file.resync).as_deref().unwrap_or("30s"))
             .map_err(|e| format!("--resync: {e}"))?;
-        let interface = self
+        let interface: InterfaceName = self
             .interface
             .or(file.interface)
-            .unwrap_or_else(|| "wormhole0".into());
-        if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+            .as_deref()
+            .unwrap_or("wormhole0")
+            .parse()
+            .map_err(|e| format!("--interface: {e}"))?;
+        let bridge: InterfaceName = self
+            .bridge
+            .or(file.bridge)
+            .as_deref()
+            .unwrap_or("wormhole-br0")
+            .parse()
+            .map_err(|e| format!("--bridge: {e}"))?;
+        if bridge == interface {
             return Err(format!(
-                "invalid --interface {interface:?}: 1-15 characters, no '/' or spaces"
+                "--bridge and --interface are both {interface}: the pod bridge and the WireGuard interface must differ"
             ));
         }
         let cluster_cidrs = if self.cluster_cidr.is_empty() {
@@ -406,10 +417,7 @@ impl RunArgs {
             psk_file: self.psk_file.or(file.psk_file),
             cluster_cidrs,
             mtu,
-            bridge: self
-                .bridge
-                .or(file.bridge)
-                .unwrap_or_else(|| "wormhole-br0".into()),
+            bridge,
             cni_conf_dir: self
                 .cni_conf_dir
                 .or(file.cni_conf_dir)
@@ -447,7 +455,7 @@ mod tests {
     #[test]
     fn defaults_and_flags() {
         let c = parse(&["--peers", "/p.toml", "--node-name", "a"]).unwrap();
-        assert_eq!(c.interface, "wormhole0");
+        assert_eq!(c.interface.as_str(), "wormhole0");
         assert_eq!(c.listen_port, 51820);
         assert_eq!(c.backend, BackendArg::Auto);
         assert_eq!(c.mtu, None);
@@ -507,6 +515,33 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("--interface"), "{err}");
+    }
+
+    #[test]
+    fn interface_and_bridge_names_cannot_reach_the_firewall_unchecked() {
+        // `s*` would turn the no-cleartext rule's `oifname != "s*"` into a wildcard.
+        for (flag, bad) in [
+            ("--bridge", "s*"),
+            ("--bridge", "br\"0"),
+            ("--interface", "wg\"0"),
+            ("--interface", "wg?"),
+            ("--bridge", "a[b]"),
+            ("--bridge", ""),
+            ("--interface", "wg\n0"),
+            ("--bridge", "much-too-long-name"),
+        ] {
+            let err = parse(&["--peers", "p", "--node-name", "a", flag, bad])
+                .expect_err(&format!("{flag} {bad:?} accepted"));
+            assert!(
+                err.starts_with(&format!("{flag}: invalid interface name")),
+                "{err}"
+            );
+        }
+        let err =
+            parse(&["--peers", "p", "--node-name", "a", "--bridge", "wormhole0"]).unwrap_err();
+        assert!(err.contains("must differ"), "{err}");
+        let c = parse(&["--peers", "p", "--node-name", "a", "--bridge", "cni0"]).unwrap();
+        assert_eq!(c.bridge.as_str(), "cni0");
     }
 
     #[test]

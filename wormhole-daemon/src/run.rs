@@ -272,10 +272,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     file_keys.cluster_secret().await?;
     let (source, keys, cluster_cidrs, client) =
         source_and_keys(&config, file_keys, &key, client).await?;
-    let network = Arc::new(Network::new(&config.interface)?);
+    let network = Arc::new(Network::new(config.interface.as_str())?);
     let backend = backend(config.backend)?;
     let device = Arc::new(WgDevice::new(
-        &config.interface,
+        config.interface.as_str(),
         backend,
         Some(network.clone()),
     )?);
@@ -328,7 +328,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let cni_task = tokio::spawn(follow_cni(
         status.clone(),
         config.cni_conf_dir.clone(),
-        config.bridge.clone(),
+        config.bridge.to_string(),
         mtu,
     ));
     let kube_task =

@@ -258,8 +258,8 @@ mod tests {
 
     fn policy() -> FirewallPolicy {
         FirewallPolicy {
-            interface: "wormhole0".into(),
-            bridge: "wormhole-br0".into(),
+            interface: "wormhole0".parse().unwrap(),
+            bridge: "wormhole-br0".parse().unwrap(),
             cluster_cidrs: vec![
                 "10.99.0.0/16".parse().unwrap(),
                 "fd99::/48".parse().unwrap(),

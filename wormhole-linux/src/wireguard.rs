@@ -93,7 +93,7 @@ impl WgDevice {
         backend: Backend,
         network: Option<Arc<crate::Network>>,
     ) -> Result<Self, Error> {
-        check_interface_name(iface)?;
+        iface.parse::<wormhole_core::state::InterfaceName>()?;
         Ok(WgDevice {
             iface: iface.to_owned(),
             backend,
@@ -226,31 +226,6 @@ fn start_userspace(iface: &str, socket: &std::path::Path) -> std::io::Result<()>
         "{program} started but {} did not appear",
         socket.display()
     )))
-}
-
-/// A Linux interface name: 1 to 15 bytes, no `/`, whitespace or `:`, not `.` or `..`.
-fn check_interface_name(iface: &str) -> Result<(), Error> {
-    let problem = if iface.is_empty() {
-        Some("it is empty")
-    } else if iface.len() > 15 {
-        Some("it is longer than 15 bytes")
-    } else if iface == "." || iface == ".." {
-        Some("it is . or ..")
-    } else if iface
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        Some("it contains /, :, whitespace or a control character")
-    } else {
-        None
-    };
-    match problem {
-        None => Ok(()),
-        Some(why) => Err(Error::backend(
-            "wireguard",
-            format!("invalid interface name {iface:?}: {why}; choose another --interface"),
-        )),
-    }
 }
 
 fn is_absent(e: &std::io::Error) -> bool {

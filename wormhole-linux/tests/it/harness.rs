@@ -388,7 +388,7 @@ impl Cluster {
             }))
             .unwrap();
         let mut settings = Settings::new(format!("n{i}"), cluster());
-        settings.host.interface = iface.clone();
+        settings.host.interface = iface.parse().unwrap();
         let backends = Backends {
             keys: Arc::new(keys),
             device: device.clone(),
