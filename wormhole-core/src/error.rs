@@ -66,6 +66,20 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A cluster CIDR holds an underlay address: applying it would cut the node off.
+    #[error(
+        "cluster CIDR {cidr} contains {what} ({address}): its traffic would be dropped as \
+         overlay traffic, WireGuard's included; choose cluster CIDRs that exclude the underlay \
+         network (the last good mesh stays in force)"
+    )]
+    ClusterCidrConflict {
+        /// The cluster CIDR.
+        cidr: IpNet,
+        /// The underlay address inside it.
+        address: std::net::IpAddr,
+        /// Whose address it is.
+        what: String,
+    },
     /// A peer source failed.
     #[error("peer source: {0}")]
     Source(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -140,7 +154,9 @@ impl Error {
             Error::Key(_) | Error::KeyFile { .. } | Error::InsecureKeyFile { .. } => "key",
             Error::Io { .. } => "io",
             Error::PeersFile { .. } | Error::Source(_) => "source",
-            Error::Mesh(_) | Error::InterfaceName { .. } => "mesh",
+            Error::Mesh(_) | Error::InterfaceName { .. } | Error::ClusterCidrConflict { .. } => {
+                "mesh"
+            }
             Error::Backend { backend, .. } | Error::Partial { backend, .. } => backend,
         }
     }

@@ -217,6 +217,8 @@ pub fn load(path: &Path) -> Result<Snapshot, Error> {
         message,
     };
     let mut snapshot = Snapshot::default();
+    // The file that gave the cluster CIDRs: every other file giving them must agree.
+    let mut cluster_from: Option<PathBuf> = None;
     for file in files(path).map_err(|e| err(e.to_string()))? {
         let text =
             std::fs::read_to_string(&file).map_err(|e| err(format!("{}: {e}", file.display())))?;
@@ -225,9 +227,31 @@ pub fn load(path: &Path) -> Result<Snapshot, Error> {
             path: file.clone(),
             message: m,
         })?;
-        for cidr in part.cluster_cidrs {
-            if !snapshot.cluster_cidrs.contains(&cidr) {
-                snapshot.cluster_cidrs.push(cidr);
+        if !part.cluster_cidrs.is_empty() {
+            let mut theirs = part.cluster_cidrs.clone();
+            theirs.sort();
+            theirs.dedup();
+            match &cluster_from {
+                None => {
+                    snapshot.cluster_cidrs = theirs;
+                    cluster_from = Some(file.clone());
+                }
+                Some(first) if snapshot.cluster_cidrs != theirs => {
+                    let list = |c: &[ipnet::IpNet]| {
+                        c.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    return Err(err(format!(
+                        "cluster_cidrs differ: {} has [{}], {} has [{}]; give them in one file, or the same in every file",
+                        first.display(),
+                        list(&snapshot.cluster_cidrs),
+                        file.display(),
+                        list(&theirs)
+                    )));
+                }
+                Some(_) => {}
             }
         }
         snapshot.nodes.extend(part.nodes);
@@ -368,6 +392,33 @@ mod tests {
         assert!(err.contains("unknown field `cluster_cidr`"), "{err}");
         let err = parse("cluster_cidrs = [\"10.99.0.1/16\"]\n", "f").unwrap_err();
         assert!(err.contains("cluster_cidrs[0]"), "{err}");
+    }
+
+    #[test]
+    fn cluster_cidrs_of_a_directory_must_agree_between_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "a.toml",
+            "cluster_cidrs = [\"10.99.0.0/16\", \"fd99::/48\"]\n",
+        );
+        // The same set in another order, and a file without any: fine.
+        write(
+            "b.toml",
+            "cluster_cidrs = [\"fd99::/48\", \"10.99.0.0/16\"]\n",
+        );
+        write("c.toml", &node("c", &key().to_base64(), "10.99.3.0/24"));
+        let snapshot = load(dir.path()).unwrap();
+        assert_eq!(snapshot.cluster_cidrs.len(), 2);
+        // A file that widens them (10.0.0.0/8 would hold the underlay on many networks).
+        write("d.toml", "cluster_cidrs = [\"10.0.0.0/8\"]\n");
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("cluster_cidrs differ"), "{err}");
+        assert!(
+            err.contains("a.toml has [10.99.0.0/16, fd99::/48]"),
+            "{err}"
+        );
+        assert!(err.contains("d.toml has [10.0.0.0/8]"), "{err}");
     }
 
     #[tokio::test]

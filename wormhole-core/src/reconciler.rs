@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,6 +43,10 @@ pub struct Settings {
     pub backoff_min: Duration,
     /// Longest retry delay. Default 30 s.
     pub backoff_max: Duration,
+    /// Addresses the cluster CIDRs must not contain (this host's underlay addresses and default
+    /// gateways; the daemon fills them in). Every endpoint in the mesh is checked as well: a
+    /// mesh whose cluster CIDRs hold one is refused, and the last good mesh stays.
+    pub underlay: Vec<IpAddr>,
 }
 
 impl Settings {
@@ -54,6 +59,7 @@ impl Settings {
             resync: Duration::from_secs(30),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            underlay: Vec::new(),
         }
     }
 
@@ -198,13 +204,15 @@ impl Reconciler {
 
     fn build(&self, snapshot: Snapshot, public: &crate::PublicKey) -> Result<Mesh, Error> {
         let s = &self.settings;
-        Mesh::build(
+        let mesh = Mesh::build(
             &s.node_name,
             public,
             &s.cluster_cidrs,
             snapshot,
             self.mesh.as_ref(),
-        )
+        )?;
+        underlay_outside_overlay(&mesh, &s.underlay)?;
+        Ok(mesh)
     }
 
     async fn observe(&self) -> Result<(HostState, Option<ObservedDevice>), Error> {
@@ -427,6 +435,38 @@ impl Reconciler {
         pump.abort();
         tracing::info!("reconciler stopped; interface, routes and rules left in place");
     }
+}
+
+/// Refuses cluster CIDRs that hold an underlay address (of this host, given in `underlay`, or
+/// any node's endpoint): the no-cleartext and anti-spoofing rules would drop the underlay traffic
+/// itself, WireGuard's included, and cut the node off.
+fn underlay_outside_overlay(mesh: &Mesh, underlay: &[IpAddr]) -> Result<(), Error> {
+    let endpoints = std::iter::once(&mesh.local)
+        .chain(&mesh.peers)
+        .filter_map(|n| {
+            n.endpoint
+                .map(|e| (e.ip(), format!("the endpoint of node {}", n.name)))
+        });
+    let host = underlay.iter().map(|ip| {
+        (
+            *ip,
+            "this host's underlay address or default gateway".to_owned(),
+        )
+    });
+    for (address, what) in host.chain(endpoints) {
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+            v4 => v4,
+        };
+        if let Some(cidr) = mesh.cluster_cidrs.iter().find(|c| c.contains(&address)) {
+            return Err(Error::ClusterCidrConflict {
+                cidr: *cidr,
+                address,
+                what,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What one pass did: the plan, the device as last read (for counters), whether the device

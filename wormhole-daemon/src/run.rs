@@ -298,6 +298,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         mtu,
     };
     settings.resync = config.resync;
+    // Cluster CIDRs must never hold the underlay: refused with a reason, not applied.
+    settings.underlay = match network.underlay_addresses().await {
+        Ok(addresses) => addresses,
+        Err(e) => {
+            tracing::warn!(error = %ErrorChain(&e), "cannot read the underlay addresses; cluster CIDRs are checked against the nodes' endpoints only");
+            Vec::new()
+        }
+    };
     let backends = Backends {
         keys,
         device: device.clone(),

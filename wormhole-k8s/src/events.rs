@@ -82,6 +82,19 @@ pub fn pending(status: &Status, failures_in_a_row: u32) -> Vec<Due> {
             note: r.to_string(),
         });
     }
+    if let Some(error) = &status.source_error {
+        // A mesh that could not be used (a cluster CIDR holding the underlay, a source that
+        // fails): the last good mesh stays in force, and the operator is told why.
+        out.push(Due {
+            key: format!("mesh-not-applied/{error}"),
+            regarding: None,
+            reason: "MeshNotApplied",
+            note: format!(
+                "the new mesh was not applied (the last good one stays in force): {}",
+                Escaped(error)
+            ),
+        });
+    }
     if failures_in_a_row >= PERSISTENT_FAILURES {
         if let Some(error) = status.last_pass.as_ref().and_then(|p| p.error.as_ref()) {
             out.push(Due {
@@ -207,5 +220,26 @@ mod tests {
         assert_eq!(due[1].reason, "ReconcileFailing");
         status.rejected.clear();
         assert!(pending(&status, 0).is_empty());
+    }
+
+    #[test]
+    fn a_refused_mesh_is_an_event_naming_why() {
+        let status = Status {
+            source_error: Some("cluster CIDR 10.0.0.0/8 contains this host's underlay address or default gateway (10.1.0.5): ...".into()),
+            ..Status::default()
+        };
+        let due = pending(&status, 0);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].reason, "MeshNotApplied");
+        assert!(
+            due[0].note.contains("cluster CIDR 10.0.0.0/8 contains"),
+            "{}",
+            due[0].note
+        );
+        assert!(
+            due[0].note.contains("last good one stays"),
+            "{}",
+            due[0].note
+        );
     }
 }

@@ -332,6 +332,54 @@ impl Network {
         })
     }
 
+    /// The addresses the overlay must never contain: the gateways of this host's default routes
+    /// and every address on the interfaces those routes leave by (the underlay). A cluster CIDR
+    /// holding one of them would make the firewall drop the node's own underlay traffic.
+    pub async fn underlay_addresses(&self) -> Result<Vec<IpAddr>, Error> {
+        let mut found = Vec::new();
+        let mut oifs = BTreeSet::new();
+        for request in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let mut routes = self.handle.route().get(request).execute();
+            while let Some(r) = routes
+                .try_next()
+                .await
+                .map_err(net_err("dump routes".into()))?
+            {
+                if r.header.destination_prefix_length != 0
+                    || r.header.table != RouteHeader::RT_TABLE_MAIN
+                {
+                    continue;
+                }
+                oifs.extend(route_oif(&r));
+                for attr in &r.attributes {
+                    match attr {
+                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => {
+                            found.push(IpAddr::V4(*ip));
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => {
+                            found.push(IpAddr::V6(*ip));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for index in oifs {
+            found.extend(
+                self.addresses(index)
+                    .await?
+                    .into_iter()
+                    .map(|(n, _)| n.addr()),
+            );
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     /// The WireGuard MTU for this host: underlay MTU − [`WIREGUARD_OVERHEAD`].
     pub async fn wireguard_mtu(&self, local: Option<IpAddr>) -> Result<u32, Error> {
         Ok(self

@@ -469,3 +469,60 @@ async fn source_changes_plan_against_the_last_pass_and_ticks_read_the_host() {
     assert_eq!(node.peer_keys(), [a]);
     task.abort();
 }
+
+/// A cluster CIDR holding this host's underlay address or gateway, or any node's endpoint,
+/// would make the firewall drop the node's own underlay traffic: the mesh is refused with the
+/// conflict named, and the last good mesh stays in force.
+#[tokio::test]
+async fn cluster_cidrs_holding_the_underlay_are_refused() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let keys = MemoryKeyStore::new(node.key.clone(), None);
+    let mut settings = Settings::new("local", Vec::new());
+    settings.underlay = vec!["10.1.0.5".parse().unwrap(), "10.1.0.1".parse().unwrap()];
+    let mut r = Reconciler::new(settings, node.backends.handles(keys));
+    let status = r.status();
+
+    let with_cluster = |cidr: &str| Snapshot {
+        cluster_cidrs: vec![cidr.parse().unwrap()],
+        ..snapshot(&me, &[("a", &a, "10.99.2.0/24")])
+    };
+    r.update(Ok(with_cluster("10.99.0.0/16")));
+    r.reconcile().await.unwrap();
+    assert_eq!(node.peer_keys(), [a]);
+
+    // 10.0.0.0/8 holds the host's 10.1.0.5; 0.0.0.0/0 holds everything; 192.168.0.0/16 holds
+    // the nodes' endpoints (192.168.77.x).
+    for (cidr, named) in [
+        (
+            "10.0.0.0/8",
+            "this host's underlay address or default gateway (10.1.0.5)",
+        ),
+        ("0.0.0.0/0", "(10.1.0.5)"),
+        (
+            "192.168.0.0/16",
+            "the endpoint of node local (192.168.77.5)",
+        ),
+    ] {
+        let mut snapshot = with_cluster(cidr);
+        if cidr == "192.168.0.0/16" {
+            // Pod CIDRs inside the bad cluster CIDR, so only the underlay rule can refuse it.
+            snapshot.nodes[0].pod_cidrs = vec!["192.168.1.0/24".into()];
+            snapshot.nodes[1].pod_cidrs = vec!["192.168.2.0/24".into()];
+        }
+        r.update(Ok(snapshot));
+        r.reconcile().await.unwrap();
+        let error = status.borrow().source_error.clone().expect("not refused");
+        assert!(
+            error.contains(&format!("cluster CIDR {cidr} contains")) && error.contains(named),
+            "{error}"
+        );
+        // The last good mesh is still what the host has.
+        assert_eq!(node.peer_keys(), [a]);
+        assert_eq!(
+            node.backends.firewall.policy().unwrap().cluster_cidrs,
+            ["10.99.0.0/16".parse().unwrap()]
+        );
+    }
+}
