@@ -3,10 +3,21 @@
 //!
 //! It holds only what an agent may say about itself: its public key and where to reach it. Pod
 //! CIDRs are deliberately absent: they come from `Node.spec.podCIDRs`.
+//!
+//! Every string field has a `maxLength`: a node cannot publish a megabyte that every agent then
+//! reads and logs.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// `maxLength` of `spec.publicKey`: base64 of 32 bytes.
+pub const MAX_PUBLIC_KEY: usize = 44;
+/// `maxLength` of `spec.endpoint`: `[` + the longest IPv6 text (45, IPv4-mapped) + `%` and a
+/// zone id (11) + `]:65535`.
+pub const MAX_ENDPOINT: usize = 64;
+/// `maxLength` of `status.lastError`; the publisher truncates longer errors.
+pub const MAX_ERROR: usize = 1024;
 
 /// What an agent publishes about its node.
 // kube's `printcolumn(...)` repeats attribute names on purpose.
@@ -41,9 +52,11 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct WormholeNodeSpec {
     /// WireGuard public key, base64.
+    #[schemars(length(max = MAX_PUBLIC_KEY))]
     pub public_key: String,
     /// `ip:port` or `[ipv6]:port` other nodes send the first handshake to; absent behind NAT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ENDPOINT))]
     pub endpoint: Option<String>,
     /// WireGuard UDP port.
     pub listen_port: u16,
@@ -55,9 +68,11 @@ pub struct WormholeNodeSpec {
 pub struct WormholeNodeStatus {
     /// The first 8 characters of the public key, for `kubectl get`.
     #[serde(default)]
+    #[schemars(length(max = 8))]
     pub key_prefix: String,
     /// `ok/total`, for `kubectl get`.
     #[serde(default)]
+    #[schemars(length(max = 32))]
     pub peers: String,
     /// Peers with a recent handshake.
     #[serde(default)]
@@ -71,11 +86,13 @@ pub struct WormholeNodeStatus {
     /// Entries this node refused.
     #[serde(default)]
     pub peers_rejected: u32,
-    /// The latest reconcile error, if the latest pass failed.
+    /// The latest reconcile error, if the latest pass failed (its first 1,024 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ERROR))]
     pub last_error: Option<String>,
     /// When this status last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub last_reconcile: Option<String>,
 }
 
@@ -97,6 +114,53 @@ mod tests {
             on_disk == generated,
             "deploy/crd.yaml differs from the WormholeNode type: run\n  cargo run -p wormhole-k8s --example crd > deploy/crd.yaml"
         );
+    }
+
+    /// Every string in the schema, by path, with its `maxLength`.
+    fn strings(schema: &serde_json::Value, path: &str, out: &mut Vec<(String, Option<u64>)>) {
+        if schema["type"] == "string" {
+            out.push((path.to_owned(), schema["maxLength"].as_u64()));
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, inner) in props {
+                strings(inner, &format!("{path}.{name}"), out);
+            }
+        }
+        if !schema["items"].is_null() {
+            strings(&schema["items"], &format!("{path}[]"), out);
+        }
+    }
+
+    #[test]
+    fn every_string_field_has_a_max_length() {
+        use kube::CustomResourceExt as _;
+        let crd = WormholeNode::crd();
+        let schema = serde_json::to_value(
+            &crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema,
+        )
+        .unwrap();
+        let mut found = Vec::new();
+        strings(&schema, "", &mut found);
+        let names: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert!(
+            names.contains(&".spec.publicKey") && names.contains(&".status.lastError"),
+            "{names:?}"
+        );
+        let unbounded: Vec<&str> = found
+            .iter()
+            .filter(|(_, max)| max.is_none())
+            .map(|(p, _)| p.as_str())
+            .collect();
+        assert!(unbounded.is_empty(), "no maxLength: {unbounded:?}");
+        let max = |path: &str| found.iter().find(|(p, _)| p == path).unwrap().1.unwrap();
+        // Exactly what a valid value needs: a base64 key, the longest endpoint we accept.
+        assert_eq!(max(".spec.publicKey"), 44);
+        let longest = "[0000:0000:0000:0000:0000:ffff:255.255.255.255%2147483647]:65535";
+        assert_eq!(max(".spec.endpoint"), longest.len() as u64);
     }
 
     #[test]

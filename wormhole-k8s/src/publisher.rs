@@ -13,7 +13,7 @@ use serde_json::json;
 use wormhole_core::status::PeerState;
 use wormhole_core::{PublicKey, Status};
 
-use crate::crd::{WormholeNode, WormholeNodeSpec, WormholeNodeStatus};
+use crate::crd::{MAX_ERROR, WormholeNode, WormholeNodeSpec, WormholeNodeStatus};
 use crate::{Error, FIELD_MANAGER};
 
 /// The node's first InternalIP (IPv4 preferred) from its status.
@@ -25,6 +25,20 @@ pub fn internal_ip(node: &Node) -> Option<IpAddr> {
         .filter_map(|a| a.address.parse().ok())
         .collect();
     ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()).copied()
+}
+
+/// `text` cut to at most `max` bytes (a character boundary), marked with `…` when cut: what the
+/// CRD's `maxLength` of a status field accepts.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    const MARK: &str = "…";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end])
 }
 
 /// The status summary of `status` at `now` (without the time, which changes every pass).
@@ -47,7 +61,11 @@ pub fn summary(status: &Status, now: SystemTime) -> WormholeNodeStatus {
         peers_stale: count(PeerState::Stale),
         peers_never: count(PeerState::Never),
         peers_rejected: status.rejected.len() as u32,
-        last_error: status.last_pass.as_ref().and_then(|p| p.error.clone()),
+        last_error: status
+            .last_pass
+            .as_ref()
+            .and_then(|p| p.error.as_deref())
+            .map(|e| truncate(e, MAX_ERROR)),
         last_reconcile: None,
     }
 }
@@ -171,6 +189,17 @@ impl Publisher {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+
+    #[test]
+    fn truncate_keeps_a_character_boundary_and_the_limit() {
+        assert_eq!(truncate("short", 10), "short");
+        let cut = truncate(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11, "{cut}");
+        assert_eq!(cut, "éééé…");
+        let cut = truncate(&"x".repeat(5000), MAX_ERROR);
+        assert_eq!(cut.len(), MAX_ERROR);
+        assert!(cut.ends_with('…'));
+    }
 
     #[test]
     fn internal_ip_prefers_ipv4() {

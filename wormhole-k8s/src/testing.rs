@@ -5,7 +5,8 @@
 //! watch of Nodes and WormholeNodes with resourceVersions, `410 Gone` for versions older than the
 //! last [`FakeApi::compact`], get, server-side apply of WormholeNodes and their status, Secret and
 //! ConfigMap get, Event create/patch, and ownerReference garbage collection when a Node is
-//! deleted. [`FakeApi::stop`] and [`FakeApi::start`] simulate an API server restart.
+//! deleted. [`FakeApi::stop`] and [`FakeApi::start`] simulate an API server restart. Applied
+//! WormholeNodes must fit the CRD's `maxLength`s, as on a real server.
 //!
 //! Test-only code: behind the `fake-api` feature, hidden from the docs, not a public API.
 
@@ -75,6 +76,42 @@ fn query(target: &str, key: &str) -> Option<String> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then(|| v.to_owned())
     })
+}
+
+/// The WormholeNode CRD's schema, as JSON.
+fn crd_schema() -> Value {
+    use kube::CustomResourceExt as _;
+    let crd = crate::crd::WormholeNode::crd();
+    serde_json::to_value(
+        &crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema,
+    )
+    .unwrap()
+}
+
+/// The first string in `value` longer than its `maxLength` in `schema`, as the API server words
+/// it (`spec.endpoint: Too long: may not be more than 64 bytes`).
+fn too_long(schema: &Value, value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(text) => {
+            let max = schema["maxLength"].as_u64()?;
+            (text.chars().count() as u64 > max)
+                .then(|| format!("{path}: Too long: may not be more than {max} bytes"))
+        }
+        Value::Object(fields) => fields.iter().find_map(|(key, field)| {
+            let inner = schema["properties"].get(key)?;
+            let path = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            too_long(inner, field, &path)
+        }),
+        _ => None,
+    }
 }
 
 impl FakeApi {
@@ -479,6 +516,19 @@ impl FakeApi {
                         if let Some(refs) = patch["metadata"].get("ownerReferences") {
                             object["metadata"]["ownerReferences"] = refs.clone();
                         }
+                    }
+                    // Like the API server: the object must fit the CRD's schema.
+                    if let Some(problem) = too_long(&crd_schema(), &object, "") {
+                        return (
+                            422,
+                            status(
+                                422,
+                                "Invalid",
+                                &format!(
+                                    "WormholeNode.wormhole.dev \"{name}\" is invalid: {problem}"
+                                ),
+                            ),
+                        );
                     }
                     let event = if s.objects.contains_key(&(kind, name.to_owned())) {
                         "MODIFIED"

@@ -121,6 +121,71 @@ fn rbac_reads_nodes_never_writes_them_and_gets_one_secret() {
 }
 
 #[test]
+fn rbac_has_no_unused_verbs_and_events_only_in_default() {
+    let m = load();
+    let cluster_rules = m.cluster_roles[0].rules.clone().unwrap();
+    let all_rules = cluster_rules
+        .iter()
+        .chain(m.roles.iter().flat_map(|r| r.rules.iter().flatten()));
+    for rule in all_rules {
+        // Every write is a server-side apply (patch); nothing replaces an object (update).
+        assert!(
+            !rule.verbs.iter().any(|v| v == "update"),
+            "unused verb update: {rule:?}"
+        );
+    }
+    let wormholenodes = |resource: &str| {
+        cluster_rules
+            .iter()
+            .find(|r| r.resources.as_deref() == Some(&[resource.to_owned()][..]))
+            .unwrap_or_else(|| panic!("no rule for {resource}"))
+            .verbs
+            .clone()
+    };
+    assert_eq!(wormholenodes("wormholenodes/status"), ["patch"]);
+    // Events: never cluster-wide. The agent's Events are about its Node, a cluster-scoped
+    // object, and kube puts those in `default`.
+    assert!(
+        !cluster_rules
+            .iter()
+            .any(|r| r.resources.iter().flatten().any(|r| r == "events")),
+        "Events may be created in every namespace"
+    );
+    let events: Vec<_> = m
+        .roles
+        .iter()
+        .filter(|r| {
+            r.rules
+                .iter()
+                .flatten()
+                .any(|r| r.resources.iter().flatten().any(|r| r == "events"))
+        })
+        .collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].metadata.namespace.as_deref(), Some("default"));
+    let rule = &events[0].rules.as_ref().unwrap()[0];
+    assert_eq!(
+        rule.api_groups.as_deref(),
+        Some(&["events.k8s.io".to_owned()][..])
+    );
+    assert_eq!(rule.verbs, ["create", "patch"]);
+    let name = events[0].metadata.name.clone().unwrap();
+    let bound = m.role_bindings.iter().any(|b| {
+        b.role_ref.name == name
+            && b.metadata.namespace.as_deref() == Some("default")
+            && b.subjects.iter().flatten().any(|s| {
+                s.kind == "ServiceAccount"
+                    && s.name == "wormhole"
+                    && s.namespace.as_deref() == Some("wormhole")
+            })
+    });
+    assert!(
+        bound,
+        "the events Role is bound to the agent's service account"
+    );
+}
+
+#[test]
 fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
     let m = load();
     let pod = m.daemonsets[0]
@@ -176,21 +241,34 @@ fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
             .unwrap()
             .contains(&"--kubernetes".to_owned())
     );
-    let host_paths: Vec<String> = pod
-        .volumes
-        .unwrap()
+    // The host paths mounted are exactly those the agent writes: its conflist, its key and
+    // state, its UAPI socket; and the TUN device. Nothing it only reads is writable, and
+    // nothing it does not use (the CNI plugins in /opt/cni/bin) is mounted at all.
+    let volumes = pod.volumes.unwrap();
+    let mounts = c.volume_mounts.as_ref().unwrap();
+    let mut writable: Vec<String> = mounts
         .iter()
-        .filter_map(|v| v.host_path.as_ref().map(|h| h.path.clone()))
+        .filter(|m| m.read_only != Some(true))
+        .filter_map(|m| {
+            let volume = volumes.iter().find(|v| v.name == m.name).unwrap();
+            volume.host_path.as_ref().map(|h| h.path.clone())
+        })
         .collect();
-    for path in [
-        "/etc/cni/net.d",
-        "/opt/cni/bin",
-        "/var/lib/wormhole",
-        "/run/wireguard",
-    ] {
+    writable.sort();
+    assert_eq!(
+        writable,
+        [
+            "/dev/net/tun",
+            "/etc/cni/net.d",
+            "/run/wireguard",
+            "/var/lib/wormhole"
+        ]
+    );
+    for volume in &volumes {
         assert!(
-            host_paths.iter().any(|p| p == path),
-            "missing hostPath {path}"
+            mounts.iter().any(|m| m.name == volume.name),
+            "volume {} is never mounted",
+            volume.name
         );
     }
     let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();

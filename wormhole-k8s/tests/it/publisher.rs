@@ -121,3 +121,38 @@ async fn the_endpoint_flag_wins_and_ipv6_is_bracketed() {
         "203.0.113.7:4000"
     );
 }
+
+#[tokio::test]
+async fn an_overlong_error_is_cut_to_what_the_crd_accepts() {
+    use wormhole_core::status::PassInfo;
+    let api = FakeApi::start().await;
+    api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
+    let key = PrivateKey::generate().public_key();
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    publisher.publish_spec(&key).await.unwrap();
+    // A pass that failed for 500 peers: an error far longer than status.lastError's maxLength.
+    let error = (0..500)
+        .map(|i| format!("peer n{i}: route conflict: 10.99.{i}.0/24"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert!(error.len() > 10_000);
+    let status = Status {
+        public_key: Some(key),
+        last_pass: Some(PassInfo {
+            at: SystemTime::now(),
+            duration: Duration::ZERO,
+            changes: 0,
+            error: Some(error.clone()),
+        }),
+        ..Status::default()
+    };
+    publisher
+        .publish_status(&status)
+        .await
+        .expect("the API server accepts the status");
+    let stored = api.get(Kind::Wormhole, "n1").unwrap();
+    let last_error = stored["status"]["lastError"].as_str().unwrap();
+    assert!(last_error.len() <= wormhole_k8s::crd::MAX_ERROR);
+    assert!(last_error.starts_with("peer n0: route conflict: 10.99.0.0/24; peer n1"));
+    assert!(last_error.ends_with('…'), "marked as cut");
+}

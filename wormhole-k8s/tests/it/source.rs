@@ -202,6 +202,21 @@ async fn a_bad_key_is_rejected_with_an_event_and_the_rest_works() {
     assert_eq!(sent[0]["regarding"]["kind"], "Node");
     assert_eq!(sent[0]["regarding"]["name"], "local");
     assert!(sent[0]["note"].as_str().unwrap().contains("evil"));
+    // In `default`, the one namespace where deploy/rbac.yaml lets the agent create Events.
+    let posts: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/events"))
+        .collect();
+    assert!(!posts.is_empty());
+    for r in posts {
+        assert!(
+            r.target
+                .starts_with("/apis/events.k8s.io/v1/namespaces/default/events"),
+            "{}",
+            r.target
+        );
+    }
 }
 
 #[tokio::test]
