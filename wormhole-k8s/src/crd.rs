@@ -5,7 +5,10 @@
 //! CIDRs are deliberately absent: they come from `Node.spec.podCIDRs`.
 //!
 //! Every string field has a `maxLength`: a node cannot publish a megabyte that every agent then
-//! reads and logs.
+//! reads and logs. `spec.publicKey` is immutable (a CEL transition rule, `self == oldSelf`): a
+//! node changes keys by deleting its WormholeNode and creating it again, which makes a new, later
+//! claim. So no node can switch an older WormholeNode to another node's key and win the key
+//! conflict with it (see the README's security model).
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -18,6 +21,9 @@ pub const MAX_PUBLIC_KEY: usize = 44;
 pub const MAX_ENDPOINT: usize = 64;
 /// `maxLength` of `status.lastError`; the publisher truncates longer errors.
 pub const MAX_ERROR: usize = 1024;
+/// The message of the rule that makes `spec.publicKey` immutable.
+pub const PUBLIC_KEY_IMMUTABLE: &str =
+    "publicKey is immutable: delete the WormholeNode and create it again to change keys";
 
 /// What an agent publishes about its node.
 // kube's `printcolumn(...)` repeats attribute names on purpose.
@@ -51,8 +57,13 @@ pub const MAX_ERROR: usize = 1024;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WormholeNodeSpec {
-    /// WireGuard public key, base64.
+    /// WireGuard public key, base64. Immutable: to change keys, delete the WormholeNode and
+    /// create it again.
     #[schemars(length(max = MAX_PUBLIC_KEY))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": PUBLIC_KEY_IMMUTABLE,
+    }]))]
     pub public_key: String,
     /// `ip:port` or `[ipv6]:port` other nodes send the first handshake to; absent behind NAT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +172,40 @@ mod tests {
         assert_eq!(max(".spec.publicKey"), 44);
         let longest = "[0000:0000:0000:0000:0000:ffff:255.255.255.255%2147483647]:65535";
         assert_eq!(max(".spec.endpoint"), longest.len() as u64);
+    }
+
+    #[test]
+    fn the_public_key_is_immutable_by_a_cel_transition_rule() {
+        use kube::CustomResourceExt as _;
+        let crd = WormholeNode::crd();
+        let schema = serde_json::to_value(
+            &crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema,
+        )
+        .unwrap();
+        let rules =
+            schema["properties"]["spec"]["properties"]["publicKey"]["x-kubernetes-validations"]
+                .as_array()
+                .expect("a CEL rule on spec.publicKey");
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0]["message"], PUBLIC_KEY_IMMUTABLE);
+        let rule = cel::Program::compile(rules[0]["rule"].as_str().unwrap()).unwrap();
+        // What the API server does on an update: the rule sees the new and the old value.
+        let allows = |new: &str, old: &str| {
+            let mut context = cel::Context::default();
+            context.add_variable_from_value("self", new);
+            context.add_variable_from_value("oldSelf", old);
+            rule.execute(&context).unwrap() == cel::Value::Bool(true)
+        };
+        let (mine, victims) = (
+            "6ZdWcYDWqaD7Kj0kmDxAWqUi2ojUhXuI3RO5eKMxdGs=",
+            "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+        );
+        assert!(allows(mine, mine), "an unchanged key (an endpoint update)");
+        assert!(!allows(victims, mine), "a key changed in place");
     }
 
     #[test]

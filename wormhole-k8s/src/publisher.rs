@@ -2,12 +2,15 @@
 //! [`FIELD_MANAGER`](crate::FIELD_MANAGER)): its public key and endpoint, owned by its Node so
 //! that deleting the Node garbage-collects it; and a status summary. Writes happen only when
 //! something changed: no heartbeats.
+//!
+//! `spec.publicKey` is immutable (see [`crate::crd`]): after a key rotation the publisher deletes
+//! its WormholeNode (only that object, by uid) and creates it again with the new key.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use serde_json::json;
 use wormhole_core::status::PeerState;
@@ -77,7 +80,8 @@ pub struct Publisher {
     name: String,
     listen_port: u16,
     endpoint: Option<SocketAddr>,
-    last_spec: Option<WormholeNodeSpec>,
+    /// The spec last applied, and the uid of the object it was applied to.
+    last_spec: Option<(WormholeNodeSpec, Option<String>)>,
     last_status: Option<WormholeNodeStatus>,
     /// The Node's uid and our endpoint, read once: the agent publishes on every status change,
     /// and the Node need not be fetched each time. Forgotten when an apply fails.
@@ -128,8 +132,26 @@ impl Publisher {
             endpoint: endpoint.map(|e| e.to_string()),
             listen_port: self.listen_port,
         };
-        if self.last_spec.as_ref() == Some(&spec) {
+        if self.last_spec.as_ref().map(|(s, _)| s) == Some(&spec) {
             return Ok(false);
+        }
+        // The key the API server holds for us: the one we applied last, else read it (a
+        // restart, or a failed apply).
+        let stored = match self.last_spec.take() {
+            Some((spec, uid)) => Some((spec.public_key, uid)),
+            None => self
+                .api
+                .get_opt(&self.name)
+                .await
+                .map_err(Error::api(format!("get WormholeNode {}", self.name)))?
+                .map(|wh| (wh.spec.public_key, wh.metadata.uid)),
+        };
+        if let Some((old_key, uid)) = stored.filter(|(k, _)| *k != spec.public_key) {
+            // The key is immutable: a new key is a new WormholeNode (a new, later claim).
+            self.delete(uid).await?;
+            tracing::info!(node = %self.name, old_key = %old_key, new_key = %spec.public_key,
+                "public key changed: deleted this node's WormholeNode to create it with the new key");
+            self.last_status = None;
         }
         let object = json!({
             "apiVersion": "wormhole.dev/v1alpha1",
@@ -143,18 +165,39 @@ impl Publisher {
             "spec": spec,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        if let Err(e) = self
+        let applied = match self
             .api
             .patch(&self.name, &params, &Patch::Apply(&object))
             .await
         {
-            // The Node may have been re-created (new uid): read it again next time.
-            self.node = None;
-            return Err(Error::api(format!("apply WormholeNode {}", self.name))(e));
-        }
+            Ok(applied) => applied,
+            Err(e) => {
+                // The Node may have been re-created (new uid): read it again next time, and
+                // what the API server holds too.
+                self.node = None;
+                return Err(Error::api(format!("apply WormholeNode {}", self.name))(e));
+            }
+        };
         tracing::info!(node = %self.name, endpoint = ?spec.endpoint, "published WormholeNode");
-        self.last_spec = Some(spec);
+        self.last_spec = Some((spec, applied.metadata.uid));
         Ok(true)
+    }
+
+    /// Deletes this node's WormholeNode, only the object with `uid` if known (not one created
+    /// since). Already gone is fine.
+    async fn delete(&self, uid: Option<String>) -> Result<(), Error> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.api.delete(&self.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(Error::api(format!("delete WormholeNode {}", self.name))(e)),
+        }
     }
 
     /// Applies the status summary if it changed. Returns whether it wrote.

@@ -6,7 +6,9 @@
 //! last [`FakeApi::compact`], get, server-side apply of WormholeNodes and their status, Secret and
 //! ConfigMap get, Event create/patch, and ownerReference garbage collection when a Node is
 //! deleted. [`FakeApi::stop`] and [`FakeApi::start`] simulate an API server restart. Applied
-//! WormholeNodes must fit the CRD's `maxLength`s, as on a real server.
+//! WormholeNodes must fit the CRD's `maxLength`s and may not change `spec.publicKey` in place
+//! (the CRD's transition rule), as on a real server; they can be deleted (with a uid
+//! precondition).
 //!
 //! Test-only code: behind the `fake-api` feature, hidden from the docs, not a public API.
 
@@ -509,6 +511,22 @@ impl FakeApi {
                                    "metadata": {"name": name, "uid": uid, "creationTimestamp": "2026-01-01T00:00:00Z"}})
                         }
                     };
+                    let old_key = object["spec"]["publicKey"].clone();
+                    if !status_sub && !old_key.is_null() && patch["spec"]["publicKey"] != old_key {
+                        // The CRD's transition rule on spec.publicKey: self == oldSelf.
+                        return (
+                            422,
+                            status(
+                                422,
+                                "Invalid",
+                                &format!(
+                                    "WormholeNode.wormhole.dev \"{name}\" is invalid: spec.publicKey: \
+                                     Invalid value: \"string\": {}",
+                                    crate::crd::PUBLIC_KEY_IMMUTABLE
+                                ),
+                            ),
+                        );
+                    }
                     if status_sub {
                         object["status"] = patch["status"].clone();
                     } else {
@@ -539,6 +557,28 @@ impl FakeApi {
                     let mut s = self.state.lock().unwrap();
                     let stored = self.record(&mut s, kind, name, event, object);
                     (200, stored)
+                }
+                ("DELETE", Some(name)) if kind == Kind::Wormhole => {
+                    let Some(object) = s.objects.get(&(kind, name.to_owned())).cloned() else {
+                        return (404, status(404, "NotFound", &format!("{name} not found")));
+                    };
+                    let params: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+                    let want = &params["preconditions"]["uid"];
+                    if !want.is_null() && *want != object["metadata"]["uid"] {
+                        return (
+                            409,
+                            status(
+                                409,
+                                "Conflict",
+                                &format!(
+                                    "Precondition failed: UID in precondition: {want}, UID in object meta: {}",
+                                    object["metadata"]["uid"]
+                                ),
+                            ),
+                        );
+                    }
+                    let deleted = self.record(&mut s, kind, name, "DELETED", object);
+                    (200, deleted)
                 }
                 _ => (
                     405,

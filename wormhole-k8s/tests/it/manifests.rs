@@ -143,6 +143,23 @@ fn rbac_has_no_unused_verbs_and_events_only_in_default() {
             .clone()
     };
     assert_eq!(wormholenodes("wormholenodes/status"), ["patch"]);
+    // Delete on WormholeNodes only (a key rotation re-creates the agent's own), nothing else.
+    assert_eq!(
+        wormholenodes("wormholenodes"),
+        ["get", "list", "watch", "create", "patch", "delete"]
+    );
+    for rule in cluster_rules
+        .iter()
+        .chain(m.roles.iter().flat_map(|r| r.rules.iter().flatten()))
+    {
+        if rule.verbs.iter().any(|v| v == "delete") {
+            assert_eq!(
+                rule.resources.as_deref(),
+                Some(&["wormholenodes".to_owned()][..]),
+                "delete on anything but wormholenodes: {rule:?}"
+            );
+        }
+    }
     // Events: never cluster-wide. The agent's Events are about its Node, a cluster-scoped
     // object, and kube puts those in `default`.
     assert!(

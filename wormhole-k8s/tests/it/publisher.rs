@@ -156,3 +156,80 @@ async fn an_overlong_error_is_cut_to_what_the_crd_accepts() {
     assert!(last_error.starts_with("peer n0: route conflict: 10.99.0.0/24; peer n1"));
     assert!(last_error.ends_with('…'), "marked as cut");
 }
+
+/// The CRD makes `spec.publicKey` immutable: a rotation deletes the WormholeNode (that object
+/// only, by uid) and creates it again, a new claim; also after a restart, when the publisher
+/// has to read which key the API server holds.
+#[tokio::test]
+async fn a_rotated_key_recreates_the_wormholenode() {
+    let api = FakeApi::start().await;
+    api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
+    let first = PrivateKey::generate().public_key();
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    assert!(publisher.publish_spec(&first).await.unwrap());
+    let status = Status {
+        public_key: Some(first),
+        ..Status::default()
+    };
+    assert!(publisher.publish_status(&status).await.unwrap());
+    let uid = |api: &FakeApi| {
+        api.get(Kind::Wormhole, "n1").unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let uid_first = uid(&api);
+
+    let second = PrivateKey::generate().public_key();
+    assert!(
+        publisher
+            .publish_spec(&second)
+            .await
+            .expect("a rotated key is published")
+    );
+    let stored = api.get(Kind::Wormhole, "n1").unwrap();
+    assert_eq!(stored["spec"]["publicKey"], second.to_base64());
+    let uid_second = uid(&api);
+    assert_ne!(uid_second, uid_first, "a new object: a new claim");
+    let deletes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 1);
+    assert!(
+        deletes[0]
+            .target
+            .starts_with("/apis/wormhole.dev/v1alpha1/wormholenodes/n1")
+    );
+    let body: serde_json::Value = serde_json::from_str(&deletes[0].body).unwrap();
+    assert_eq!(
+        body["preconditions"]["uid"], uid_first,
+        "only the object it replaces"
+    );
+    // The new object starts without status: it is written again.
+    let status = Status {
+        public_key: Some(second),
+        ..Status::default()
+    };
+    assert!(publisher.publish_status(&status).await.unwrap());
+    assert_eq!(
+        api.get(Kind::Wormhole, "n1").unwrap()["status"]["keyPrefix"],
+        &second.to_base64()[..8]
+    );
+
+    // A restarted agent (a new publisher) with a key rotated while it was down.
+    let third = PrivateKey::generate().public_key();
+    let mut restarted = Publisher::new(api.client(), "n1", 51820, None);
+    assert!(restarted.publish_spec(&third).await.unwrap());
+    assert_eq!(
+        api.get(Kind::Wormhole, "n1").unwrap()["spec"]["publicKey"],
+        third.to_base64()
+    );
+    assert_ne!(uid(&api), uid_second);
+    // Same key after a restart: applied in place, not re-created.
+    let uid_third = uid(&api);
+    let mut again = Publisher::new(api.client(), "n1", 51820, None);
+    again.publish_spec(&third).await.unwrap();
+    assert_eq!(uid(&api), uid_third);
+}

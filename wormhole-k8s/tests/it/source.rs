@@ -321,3 +321,83 @@ async fn a_node_publishing_this_nodes_key_gives_both_nodes_an_event() {
     }
     assert_eq!(sent.len(), 2, "{sent:#?}");
 }
+
+/// Item 14's limit closed: a compromised node whose WormholeNode is older than the victim's
+/// cannot switch it to the victim's key in place (the API server refuses, as the CRD's rule
+/// says); going through delete and create makes its claim the newer one, so every agent,
+/// restarted or not, keeps the victim.
+#[tokio::test]
+async fn an_older_node_cannot_switch_to_a_victims_key() {
+    use kube::api::{Api, Patch, PatchParams};
+    use wormhole_k8s::crd::WormholeNode;
+    use wormhole_k8s::publisher::Publisher;
+    let api = FakeApi::start().await;
+    api.put_node("local", &["10.99.1.0/24"], "192.168.77.1");
+    api.put_node("old", &["10.99.2.0/24"], "192.168.77.2");
+    api.put_node("victim", &["10.99.3.0/24"], "192.168.77.3");
+    let (old_key, victim_key) = (key(), key());
+    // "old" published first, the victim later.
+    Publisher::new(api.client(), "old", 51820, None)
+        .publish_spec(&old_key)
+        .await
+        .unwrap();
+    Publisher::new(api.client(), "victim", 51820, None)
+        .publish_spec(&victim_key)
+        .await
+        .unwrap();
+
+    // In place: refused.
+    let whs: Api<WormholeNode> = Api::all(api.client());
+    let object = json!({
+        "apiVersion": "wormhole.dev/v1alpha1", "kind": "WormholeNode",
+        "metadata": {"name": "old"},
+        "spec": {"publicKey": victim_key.to_base64(), "endpoint": "192.168.77.2:51820", "listenPort": 51820},
+    });
+    let err = whs
+        .patch(
+            "old",
+            &PatchParams::apply("wormhole-agent").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.contains("publicKey is immutable"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("not refused by the API server: {other}"),
+    }
+    assert_eq!(
+        api.get(wormhole_k8s::testing::Kind::Wormhole, "old")
+            .unwrap()["spec"]["publicKey"],
+        old_key.to_base64()
+    );
+
+    // Deleted and created again with the victim's key: a newer claim, which loses.
+    Publisher::new(api.client(), "old", 51820, None)
+        .publish_spec(&victim_key)
+        .await
+        .unwrap();
+    let local = PrivateKey::generate();
+    let mut source = KubePeerSource::new(api.client(), "local", local.public_key(), cluster());
+    let snapshot = next(&mut source).await;
+    let mesh = wormhole_core::Mesh::build("local", &local.public_key(), &cluster(), snapshot, None)
+        .unwrap();
+    let peers: Vec<_> = mesh.peers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(peers, ["victim"], "a restarting agent keeps the victim");
+    assert_eq!(mesh.rejected.len(), 1);
+    assert_eq!(mesh.rejected[0].name, "old");
+    assert!(
+        mesh.rejected[0]
+            .reason
+            .to_string()
+            .contains("already used by node victim"),
+        "{}",
+        mesh.rejected[0].reason
+    );
+}
