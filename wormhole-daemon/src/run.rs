@@ -128,18 +128,48 @@ async fn follow_cni(
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %ErrorChain(&e), "cannot listen for SIGTERM");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+/// SIGTERM and SIGINT, listened for from the first moment of [`run`] on every backend, so a
+/// stop request at any time ends the agent in order (and `--cleanup-on-exit` runs).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<Self, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| {
+            signal(kind).map_err(|source| Error::Io {
+                what: "listen for SIGTERM and SIGINT".into(),
+                source,
+            })
+        };
+        Ok(StopSignals {
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+        })
     }
+
+    /// Completes at the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
+    }
+}
+
+/// What start-up produced (see [`run`]).
+struct Started {
+    key: wormhole_core::PrivateKey,
+    source: Box<dyn wormhole_core::PeerSource>,
+    keys: Arc<dyn wormhole_core::KeyStore>,
+    cluster_cidrs: Vec<IpNet>,
+    client: Option<kube::Client>,
+    network: Arc<Network>,
+    backend: Backend,
+    device: Arc<WgDevice>,
+    mtu: u32,
 }
 
 /// A `kube` client from `--kubeconfig`, else the in-cluster service account.
@@ -259,31 +289,65 @@ async fn follow_kubernetes(
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let mut file_keys = FileKeyStore::new(&config.key_file);
-    if let Some(psk) = &config.psk_file {
-        file_keys = file_keys.with_cluster_secret(psk);
-    }
-    // Fail fast, before creating a key file or touching the host: no cluster, no start.
-    let client = match &config.source {
-        PeerSourceKind::Kubernetes(options) => Some(kube_client(options).await?),
-        PeerSourceKind::File(_) => None,
+    // First of all: from here on a stop request ends the agent in order, whenever it comes.
+    let mut stop = StopSignals::listen()?;
+    let startup = async {
+        let mut file_keys = FileKeyStore::new(&config.key_file);
+        if let Some(psk) = &config.psk_file {
+            file_keys = file_keys.with_cluster_secret(psk);
+        }
+        // Fail fast, before creating a key file or touching the host: no cluster, no start.
+        let client = match &config.source {
+            PeerSourceKind::Kubernetes(options) => Some(kube_client(options).await?),
+            PeerSourceKind::File(_) => None,
+        };
+        let key = file_keys.load_or_create().await?;
+        file_keys.cluster_secret().await?;
+        let (source, keys, cluster_cidrs, client) =
+            source_and_keys(&config, file_keys, &key, client).await?;
+        let network = Arc::new(Network::new(config.interface.as_str())?);
+        let backend = backend(config.backend)?;
+        let device = Arc::new(WgDevice::new(
+            config.interface.as_str(),
+            backend,
+            Some(network.clone()),
+        )?);
+        let mtu = match config.mtu {
+            Some(mtu) => mtu,
+            None => detect_mtu(&config, &network, client.as_ref()).await?,
+        };
+        Ok::<_, Error>(Started {
+            key,
+            source,
+            keys,
+            cluster_cidrs,
+            client,
+            network,
+            backend,
+            device,
+            mtu,
+        })
     };
-    let key = file_keys.load_or_create().await?;
-    file_keys.cluster_secret().await?;
-    let (source, keys, cluster_cidrs, client) =
-        source_and_keys(&config, file_keys, &key, client).await?;
-    let network = Arc::new(Network::new(config.interface.as_str())?);
-    let backend = backend(config.backend)?;
-    let device = Arc::new(WgDevice::new(
-        config.interface.as_str(),
+    // A stop during start-up (say, while an API server does not answer) ends it: nothing has
+    // been applied yet.
+    let Started {
+        key,
+        source,
+        keys,
+        cluster_cidrs,
+        client,
+        network,
         backend,
-        Some(network.clone()),
-    )?);
-    let firewall = Arc::new(Nftables::new());
-    let mtu = match config.mtu {
-        Some(mtu) => mtu,
-        None => detect_mtu(&config, &network, client.as_ref()).await?,
+        device,
+        mtu,
+    } = tokio::select! {
+        started = startup => started?,
+        () = stop.recv() => {
+            tracing::info!("stopped during start-up; nothing was applied");
+            return Ok(());
+        }
     };
+    let firewall = Arc::new(Nftables::new());
     tracing::info!(
         node = %config.node_name, public_key = %key.public_key(), backend = backend.as_str(),
         interface = %config.interface, mtu, source = ?config.source, "starting"
@@ -342,7 +406,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let kube_task =
         client.map(|client| tokio::spawn(follow_kubernetes(status, client, config.clone())));
 
-    reconciler.run(source, shutdown_signal()).await;
+    reconciler.run(source, stop.recv()).await;
     admin_task.abort();
     cni_task.abort();
     if let Some(task) = kube_task {

@@ -7,8 +7,9 @@
 //! reconciler) and reduces errors to "other error". Every request here has a 5 s timeout.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -149,21 +150,108 @@ pub fn parse(text: &str) -> std::io::Result<Reply> {
 
 /// Sends `get=1` to the socket at `path` and parses the reply.
 pub fn get(path: &Path) -> std::io::Result<Reply> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"get=1\n\n")?;
-    let mut text = String::new();
-    let mut reader = BufReader::new(stream);
-    loop {
-        let before = text.len();
-        if reader.read_line(&mut text)? == 0 {
-            break;
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    get_over(&stream)
+}
+
+/// Every request's limit: a wedged device must not hang the reconciler.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends `get=1` over a connected `stream` and parses the reply. The stream may carry more
+/// requests afterwards (the embedded device's private socket does).
+pub fn get_over(stream: &UnixStream) -> std::io::Result<Reply> {
+    let reply = exchange(stream, b"get=1\n\n")?;
+    let text =
+        std::str::from_utf8(&reply).map_err(|_| invalid("UAPI reply is not UTF-8".into()))?;
+    parse(text)
+}
+
+/// Serves the UAPI socket at `path` for a device we reach over `device` (the embedded device's
+/// private socket), so `wg show` and `wg set` work on it as on any WireGuard interface: each
+/// connection's one request is passed through and its reply passed back (both wiped after).
+/// Returns when `device` is gone (checked at each connection; [`stop_serving`] makes one).
+pub fn serve(
+    listener: std::os::unix::net::UnixListener,
+    device: std::sync::Weak<std::sync::Mutex<UnixStream>>,
+) {
+    for conn in listener.incoming() {
+        let Some(device) = device.upgrade() else {
+            return;
+        };
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(TIMEOUT));
+        let _ = conn.set_write_timeout(Some(TIMEOUT));
+        // A request ends with an empty line.
+        let mut request = zeroize::Zeroizing::new(String::new());
+        let mut reader = BufReader::new(&conn);
+        let complete = loop {
+            let before = request.len();
+            match reader.read_line(&mut request) {
+                Ok(0) | Err(_) => break false,
+                Ok(_) if request[before..].trim().is_empty() => break true,
+                Ok(_) => {}
+            }
+        };
+        if !complete || !(request.starts_with("get=1\n") || request.starts_with("set=1\n")) {
+            let _ = conn.write_all(b"errno=22\n\n");
+            continue;
         }
-        if text[before..].starts_with("errno=") {
-            break;
-        }
+        let reply = exchange(&device.lock().unwrap(), request.as_bytes());
+        let _ = match reply {
+            Ok(reply) => conn.write_all(&reply),
+            Err(_) => conn.write_all(b"errno=5\n\n"),
+        };
     }
-    parse(&text)
+}
+
+/// Wakes [`serve`] at `path` so it notices its device is gone, and removes the socket.
+pub fn stop_serving(path: &Path) {
+    let _ = UnixStream::connect(path);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Sends `request` over `stream` and returns the reply through its `errno=` line and the empty
+/// line after it, in a buffer that is wiped when dropped (a reply may hold the private key).
+fn exchange(stream: &UnixStream, request: &[u8]) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut stream = stream;
+    stream.write_all(request)?;
+    let mut reply = zeroize::Zeroizing::new(Vec::with_capacity(16 * 1024));
+    let mut chunk = zeroize::Zeroizing::new([0u8; 8 * 1024]);
+    while !ends_with_errno_line(&reply) {
+        let n = stream.read(&mut chunk[..])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the device closed its UAPI socket before answering (did it stop?)",
+            ));
+        }
+        if reply.len() + n > reply.capacity() {
+            let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(reply.capacity() * 2 + n));
+            bigger.extend_from_slice(&reply);
+            reply = bigger;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    // A reply left over from an earlier request on a shared stream starts with an empty line.
+    while reply.first() == Some(&b'\n') {
+        reply.remove(0);
+    }
+    if !reply.ends_with(b"\n\n") {
+        reply.push(b'\n');
+    }
+    Ok(reply)
+}
+
+/// The reply so far holds a complete `errno=N` line (the last line of every reply).
+fn ends_with_errno_line(reply: &[u8]) -> bool {
+    let Some(end) = reply.iter().rposition(|&b| b == b'\n') else {
+        return false;
+    };
+    reply[..end]
+        .split(|&b| b == b'\n')
+        .any(|line| line.starts_with(b"errno="))
 }
 
 #[cfg(test)]
@@ -358,18 +446,23 @@ pub fn boringtun_request(
 /// Sends one `set=1` request (from [`set_request`] or [`boringtun_request`]) to the socket at
 /// `path`.
 pub fn set(path: &Path, request: &str) -> std::io::Result<()> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(request.as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    match reply.trim().strip_prefix("errno=").map(str::parse::<i32>) {
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    set_over(&stream, request)
+}
+
+/// Sends one `set=1` request over a connected `stream` (which may carry more afterwards).
+pub fn set_over(stream: &UnixStream, request: &str) -> std::io::Result<()> {
+    let reply = exchange(stream, request.as_bytes())?;
+    let text = String::from_utf8_lossy(&reply);
+    let errno = text.lines().find_map(|l| l.strip_prefix("errno="));
+    match errno.map(str::parse::<i32>) {
         Some(Ok(0)) => Ok(()),
         Some(Ok(errno)) => Err(std::io::Error::from_raw_os_error(errno)),
         _ => Err(invalid(format!(
             "unexpected UAPI reply {:?} (did the device crash?)",
-            reply.trim()
+            text.trim()
         ))),
     }
 }

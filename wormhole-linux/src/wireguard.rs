@@ -58,6 +58,48 @@ impl Backend {
     }
 }
 
+/// The in-process device and our end of its private UAPI socket.
+///
+/// boringtun is given one end of a socket pair instead of creating `/var/run/wireguard/*.sock`:
+/// that way it registers no SIGTERM/SIGINT handling of its own (its socket mode blocks both
+/// signals and reads them from a signalfd, taking the agent's stop requests), no other process
+/// can configure our data plane, and requests are serialized on one stream.
+///
+/// For `wg show` and `wg set`, the agent serves `/var/run/wireguard/IFACE.sock` itself and
+/// passes each request through ([`crate::uapi::serve`]).
+#[cfg(feature = "embedded")]
+struct Embedded {
+    _handle: boringtun::device::DeviceHandle,
+    uapi: Arc<Mutex<std::os::unix::net::UnixStream>>,
+    socket: PathBuf,
+}
+
+#[cfg(feature = "embedded")]
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        crate::uapi::stop_serving(&self.socket);
+    }
+}
+
+/// Binds the UAPI socket at `path` (0600; a stale one is replaced) and serves it for `device`
+/// on a thread of its own.
+#[cfg(feature = "embedded")]
+fn serve_uapi(
+    path: &std::path::Path,
+    device: &Arc<Mutex<std::os::unix::net::UnixStream>>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(SOCKET_DIR)?;
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let device = Arc::downgrade(device);
+    std::thread::Builder::new()
+        .name("wormhole-uapi".into())
+        .spawn(move || crate::uapi::serve(listener, device))?;
+    Ok(())
+}
+
 /// Where userspace implementations put their UAPI sockets.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
@@ -66,7 +108,7 @@ pub struct WgDevice {
     iface: String,
     backend: Backend,
     #[cfg(feature = "embedded")]
-    embedded: Mutex<Option<boringtun::device::DeviceHandle>>,
+    embedded: Mutex<Option<Embedded>>,
     /// The private key we last set (the embedded device reports only its public key).
     key: Mutex<Option<PrivateKey>>,
     /// The embedded device's peers as last read or applied: an update re-adds a peer with its
@@ -109,6 +151,16 @@ impl WgDevice {
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Our end of the embedded device's UAPI socket, while the device exists.
+    #[cfg(feature = "embedded")]
+    fn embedded_uapi(&self) -> Option<Arc<Mutex<std::os::unix::net::UnixStream>>> {
+        self.embedded
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|e| e.uapi.clone())
     }
 
     fn socket(&self) -> PathBuf {
@@ -154,26 +206,45 @@ impl WgDevice {
             }
             #[cfg(feature = "embedded")]
             Backend::Embedded => {
-                let mut handle = self.embedded.lock().unwrap();
-                if handle.is_some() && self.socket_alive() {
+                let mut embedded = self.embedded.lock().unwrap();
+                let alive = embedded
+                    .as_ref()
+                    .is_some_and(|e| crate::uapi::get_over(&e.uapi.lock().unwrap()).is_ok());
+                if alive {
                     return Ok(());
                 }
-                std::fs::create_dir_all(SOCKET_DIR)
-                    .map_err(|e| backend_error("wireguard", format!("create {SOCKET_DIR}"), e))?;
+                use std::os::fd::IntoRawFd as _;
+                let io =
+                    |e| backend_error("wireguard", "create the embedded device's UAPI socket", e);
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+                ours.set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(io)?;
+                ours.set_write_timeout(Some(Duration::from_secs(5)))
+                    .map_err(io)?;
                 let config = boringtun::device::DeviceConfig {
                     n_threads: 2,
                     use_connected_socket: true,
                     use_multi_queue: false,
-                    uapi_fd: -1,
+                    // boringtun owns this end from here on.
+                    uapi_fd: theirs.into_raw_fd(),
                 };
-                let device =
+                let handle =
                     boringtun::device::DeviceHandle::new(&self.iface, config).map_err(|e| {
                         Error::backend(
                             "wireguard",
                             format!("create embedded device {}: {e:?}", self.iface),
                         )
                     })?;
-                *handle = Some(device);
+                let uapi = Arc::new(Mutex::new(ours));
+                // `wg` works on this interface too; the device runs without it if need be.
+                if let Err(e) = serve_uapi(&self.socket(), &uapi) {
+                    tracing::warn!(socket = %self.socket().display(), error = %e, "cannot serve the UAPI socket: `wg show` will not see this interface");
+                }
+                *embedded = Some(Embedded {
+                    _handle: handle,
+                    uapi,
+                    socket: self.socket(),
+                });
                 // A new device: nothing of the old one's peers is there.
                 *self.known.lock().unwrap() = None;
                 Ok(())
@@ -230,8 +301,11 @@ fn start_userspace(iface: &str, socket: &std::path::Path) -> std::io::Result<()>
 
 fn is_absent(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), NotFound | ConnectionRefused)
-        || e.raw_os_error() == Some(19 /* ENODEV */)
+    // The embedded device's socket closed: the device stopped.
+    matches!(
+        e.kind(),
+        NotFound | ConnectionRefused | UnexpectedEof | BrokenPipe | ConnectionReset
+    ) || e.raw_os_error() == Some(19 /* ENODEV */)
 }
 
 #[async_trait]
@@ -241,19 +315,30 @@ impl WireGuardDevice for WgDevice {
     }
 
     async fn read(&self) -> Result<Option<ObservedDevice>, Error> {
+        // Our data plane lives here: nothing of another process's is ours to adopt.
         #[cfg(feature = "embedded")]
-        if self.backend == Backend::Embedded && self.embedded.lock().unwrap().is_none() {
-            // A socket left by another process is not ours to adopt: our data plane lives here.
-            return Ok(None);
-        }
+        let embedded = match self.backend {
+            Backend::Embedded => match self.embedded_uapi() {
+                Some(uapi) => Some(uapi),
+                None => return Ok(None),
+            },
+            _ => None,
+        };
         let got = if self.backend == Backend::Kernel {
             let iface = self.iface.clone();
             tokio::task::spawn_blocking(move || crate::kernel::get(&iface)).await
         } else {
             let socket = self.socket();
             let known = self.key.lock().unwrap().clone();
+            #[cfg(feature = "embedded")]
+            let get = move || match embedded {
+                Some(uapi) => crate::uapi::get_over(&uapi.lock().unwrap()),
+                None => crate::uapi::get(&socket),
+            };
+            #[cfg(not(feature = "embedded"))]
+            let get = move || crate::uapi::get(&socket);
             tokio::task::spawn_blocking(move || {
-                crate::uapi::get(&socket).map(|mut reply| {
+                get().map(|mut reply| {
                     let config = &mut reply.device.config;
                     if config.private_key.is_none() {
                         // Only claim the key we set if the device reports its public half.
@@ -273,7 +358,12 @@ impl WireGuardDevice for WgDevice {
                 }
                 Ok(Some(device))
             }
-            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) if is_absent(&e) => {
+                // An embedded device that stopped is created again by the next plan.
+                #[cfg(feature = "embedded")]
+                self.embedded.lock().unwrap().take();
+                Ok(None)
+            }
             Err(e) => Err(backend_error(
                 "wireguard",
                 format!("read {}", self.iface),
@@ -332,17 +422,24 @@ impl WireGuardDevice for WgDevice {
             }
             #[cfg(feature = "embedded")]
             Backend::Embedded => {
-                let (socket, plan, known) = (self.socket(), plan.clone(), self.known.clone());
+                let uapi = self.embedded_uapi().ok_or_else(|| {
+                    Error::backend(
+                        "wireguard",
+                        format!("configure {}: no embedded device", self.iface),
+                    )
+                })?;
+                let (plan, known) = (plan.clone(), self.known.clone());
                 self.blocking("configure", move || {
+                    let uapi = uapi.lock().unwrap();
                     // Updates become re-adds with the merged config: what is there is known
                     // from the last read or apply, else read.
                     let mut known = known.lock().unwrap();
                     let current = match known.take() {
                         Some(state) => state,
-                        None => crate::uapi::get(&socket)?.device.config,
+                        None => crate::uapi::get_over(&uapi)?.device.config,
                     };
-                    crate::uapi::set(
-                        &socket,
+                    crate::uapi::set_over(
+                        &uapi,
                         &crate::uapi::boringtun_request(&plan.changes, &current),
                     )?;
                     let mut after = Some(current);

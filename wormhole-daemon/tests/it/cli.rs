@@ -265,3 +265,66 @@ fn sigterm_leaves_the_network_and_cleanup_on_exit_removes_it_on(backend: Backend
         "--cleanup-on-exit removed someone else's conflist"
     );
 }
+
+/// SIGTERM and SIGINT stop the agent within 2 s on every backend, whenever they come (while it
+/// starts, applies, or idles), and `--cleanup-on-exit` then runs.
+fn signals_stop_the_agent(backend: Backend) {
+    let mut c = Cluster::new(2, backend);
+    c.start_all(&[]);
+    // Moments after start (the agent's first log line: it listens for signals before it logs
+    // anything): at once, while the first passes run, and once settled.
+    for (round, wait_ms) in [0u64, 150, 400, 900, 1700].into_iter().enumerate() {
+        let n1 = c.node_mut(1);
+        n1.daemon.take().unwrap().kill9();
+        let _ = std::fs::remove_file(n1.log());
+        n1.start(&["--cleanup-on-exit"]);
+        let logged = poll(Duration::from_secs(10), || {
+            std::fs::metadata(n1.log())
+                .is_ok_and(|m| m.len() > 0)
+                .then_some(())
+        });
+        assert!(logged.is_some(), "{backend:?}: the agent logged nothing");
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        let signal = if round % 2 == 0 { "TERM" } else { "INT" };
+        let exited = n1
+            .daemon
+            .take()
+            .unwrap()
+            .signal_and_wait(signal, Duration::from_secs(2));
+        assert!(
+            exited.is_some_and(|s| s.success()),
+            "{backend:?}: SIG{signal} {wait_ms} ms after start: {exited:?} (not stopped within 2 s)\n{}",
+            n1.log_tail()
+        );
+        // --cleanup-on-exit ran: the interface is gone (it is re-created at the next start).
+        let link = n1.ns.run(&["ip", "link", "show", &n1.iface]);
+        assert!(
+            !link.status.success(),
+            "{backend:?}: SIG{signal}: interface left behind despite --cleanup-on-exit\n{}",
+            n1.log_tail()
+        );
+        n1.start(&[]);
+    }
+}
+
+#[test]
+fn signals_stop_the_agent_embedded() {
+    if root_or_skip("signals_stop_the_agent_embedded") {
+        signals_stop_the_agent(Backend::Embedded);
+    }
+}
+
+#[test]
+fn signals_stop_the_agent_userspace() {
+    if root_or_skip("signals_stop_the_agent_userspace") {
+        signals_stop_the_agent(Backend::Userspace);
+    }
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn signals_stop_the_agent_kernel() {
+    if root_or_skip("signals_stop_the_agent_kernel") {
+        signals_stop_the_agent(Backend::Kernel);
+    }
+}

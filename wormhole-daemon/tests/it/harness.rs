@@ -437,6 +437,12 @@ impl Daemon {
         self.child.wait().expect("reap the daemon");
     }
 
+    /// Sends `signal` (`TERM`, `INT`) and waits at most `limit` ([`scaled`]) for the exit.
+    pub(crate) fn signal_and_wait(mut self, signal: &str, limit: Duration) -> Option<ExitStatus> {
+        sh(&["kill", &format!("-{signal}"), &self.pid().to_string()]);
+        wait_timeout(&mut self.child, limit)
+    }
+
     /// SIGTERM; waits (bounded) for the exit.
     pub(crate) fn terminate(mut self) -> ExitStatus {
         sh(&["kill", "-TERM", &self.pid().to_string()]);

@@ -152,7 +152,10 @@ fn no_cleartext_when_a_route_points_at_the_underlay_on(backend: Backend) {
         .expect_err("a pass succeeded over a foreign route");
     let text = err.to_string();
     assert!(
-        text.contains("route to 10.99.2.0/24 exists and is not ours"),
+        text.contains(&format!(
+            "route 10.99.2.0/24: route conflict: 10.99.2.0/24 via {} dev eth0",
+            underlay_ip(2)
+        )),
         "{text}"
     );
     let route = n1.ns.sh(&["ip", "route", "show", "10.99.2.0/24"]);
