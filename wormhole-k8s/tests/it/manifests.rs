@@ -308,11 +308,6 @@ fn the_admission_policy_binds_writes_to_the_token_node() {
         resources.contains(&"wormholenodes".to_owned())
             && resources.contains(&"wormholenodes/status".to_owned())
     );
-    let condition = &policy.match_conditions.as_ref().unwrap()[0].expression;
-    assert!(
-        condition.contains("system:serviceaccount:wormhole:wormhole"),
-        "{condition}"
-    );
     let checks: Vec<&str> = policy
         .validations
         .as_ref()
@@ -331,4 +326,118 @@ fn the_admission_policy_binds_writes_to_the_token_node() {
         binding.validation_actions.as_deref(),
         Some(&["Deny".to_owned()][..])
     );
+    // The binding's scope is explicit: the same resources, no parameters, no selector.
+    assert!(binding.param_ref.is_none());
+    let scope = binding.match_resources.as_ref().expect("matchResources");
+    assert_eq!(scope.resource_rules.as_ref(), Some(rules));
+    assert!(scope.namespace_selector.is_none() && scope.object_selector.is_none());
+}
+
+/// What the API server decides for one write to a WormholeNode under the policy, evaluated
+/// with a CEL interpreter: `None` if the policy does not apply (its matchConditions), else
+/// whether every validation holds.
+fn admits(m: &Manifests, request: &serde_json::Value, object: &serde_json::Value) -> Option<bool> {
+    let policy = m.policies[0].spec.as_ref().unwrap();
+    let eval = |expression: &str| {
+        let program =
+            cel::Program::compile(expression).unwrap_or_else(|e| panic!("{expression}: {e}"));
+        let mut context = cel::Context::default();
+        context.add_variable_from_value("request", cel::to_value(request).unwrap());
+        context.add_variable_from_value("object", cel::to_value(object).unwrap());
+        match program.execute(&context) {
+            Ok(cel::Value::Bool(b)) => b,
+            other => panic!("{expression}: {other:?}"),
+        }
+    };
+    let matched = policy
+        .match_conditions
+        .iter()
+        .flatten()
+        .all(|c| eval(&c.expression));
+    matched.then(|| {
+        policy
+            .validations
+            .iter()
+            .flatten()
+            .all(|v| eval(&v.expression))
+    })
+}
+
+/// A write by `user` (bound to `node`, if any) to the WormholeNode `name`, owned by Node `owner`.
+fn write(
+    operation: &str,
+    user: &str,
+    node: Option<&str>,
+    name: &str,
+    owner: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let mut user_info = serde_json::json!({"username": user});
+    if let Some(node) = node {
+        user_info["extra"] = serde_json::json!({
+            "authentication.kubernetes.io/node-name": [node],
+            "authentication.kubernetes.io/pod-name": ["wormhole-x7k2p"],
+        });
+    }
+    let request = serde_json::json!({
+        "operation": operation, "name": name, "subResource": "", "userInfo": user_info,
+    });
+    let object = if operation == "DELETE" {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({"metadata": {"name": name, "ownerReferences": [
+            {"apiVersion": "v1", "kind": "Node", "name": owner, "uid": "u"}]}})
+    };
+    (request, object)
+}
+
+/// Issue 9 item 18: the policy must not depend on the agent's namespace or account name.
+#[test]
+fn the_admission_policy_holds_the_agent_wherever_it_is_installed() {
+    let m = load();
+    let decide = |operation, user, node, name, owner| {
+        let (request, object) = write(operation, user, node, name, owner);
+        admits(&m, &request, &object)
+    };
+    for agent in [
+        "system:serviceaccount:wormhole:wormhole",
+        // Renamed namespace, renamed account, or installed in kube-system like many CNIs.
+        "system:serviceaccount:network-system:wormhole",
+        "system:serviceaccount:wormhole:wormhole-agent",
+        "system:serviceaccount:kube-system:wormhole",
+    ] {
+        for op in ["CREATE", "UPDATE"] {
+            assert_eq!(
+                decide(op, agent, Some("n1"), "n1", "n1"),
+                Some(true),
+                "{agent} {op} its own"
+            );
+            assert_eq!(
+                decide(op, agent, Some("n1"), "n2", "n2"),
+                Some(false),
+                "{agent} {op} another node's WormholeNode is denied"
+            );
+            assert_eq!(
+                decide(op, agent, Some("n1"), "n1", "n2"),
+                Some(false),
+                "{agent} {op} its own owned by another Node is denied"
+            );
+            assert_eq!(
+                decide(op, agent, None, "n1", "n1"),
+                Some(false),
+                "{agent} {op} with a token bound to no node is denied"
+            );
+        }
+        assert_eq!(decide("DELETE", agent, Some("n1"), "n1", "n1"), Some(true));
+        assert_eq!(decide("DELETE", agent, Some("n1"), "n2", "n2"), Some(false));
+    }
+    // The garbage collector deletes the WormholeNode of a deleted Node; people and components
+    // that are not service accounts are left to RBAC.
+    for user in [
+        "system:serviceaccount:kube-system:generic-garbage-collector",
+        "system:kube-controller-manager",
+        "kubernetes-admin",
+    ] {
+        assert_eq!(decide("DELETE", user, None, "n2", "n2"), None, "{user}");
+        assert_eq!(decide("CREATE", user, None, "n2", "n2"), None, "{user}");
+    }
 }
