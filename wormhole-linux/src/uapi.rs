@@ -198,12 +198,48 @@ pub fn serve(
             let _ = conn.write_all(b"errno=22\n\n");
             continue;
         }
+        let request = if request.starts_with("set=1\n") {
+            defuse_for_boringtun(&request)
+        } else {
+            request
+        };
         let reply = exchange(&device.lock().unwrap(), request.as_bytes());
         let _ = match reply {
             Ok(reply) => conn.write_all(&reply),
             Err(_) => conn.write_all(b"errno=5\n\n"),
         };
     }
+}
+
+/// A `set=1` request from outside (`wg set` through [`serve`]) made safe for boringtun, which
+/// panics on any change to a peer it already has: every peer section that does not remove its
+/// peer is preceded by a removal of it, so it becomes remove + add. Fields the request does not
+/// name are dropped with the old peer; the agent's next pass repairs what it owns.
+pub fn defuse_for_boringtun(request: &str) -> zeroize::Zeroizing<String> {
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(request.len() * 2));
+    let mut lines = request.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(key) = line.strip_prefix("public_key=") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let mut section = vec![line];
+        while let Some(next) = lines.next_if(|l| !l.starts_with("public_key=") && !l.is_empty()) {
+            section.push(next);
+        }
+        if !section.contains(&"remove=true") {
+            out.push_str(&format!("public_key={key}\nremove=true\n"));
+        }
+        for l in section {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    if !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out
 }
 
 /// Wakes [`serve`] at `path` so it notices its device is gone, and removes the socket.
@@ -419,6 +455,11 @@ pub fn boringtun_request(
                 let _ = writeln!(removals, "public_key={}\nremove=true", hex(k.as_bytes()));
             }
             DeviceChange::AddPeer(k, config) => {
+                // boringtun panics (aborting the agent) on an add for a peer it already has:
+                // never let that depend on our picture of the device being current.
+                if !changes.contains(&DeviceChange::RemovePeer(*k)) {
+                    let _ = writeln!(removals, "public_key={}\nremove=true", hex(k.as_bytes()));
+                }
                 let mut section = String::new();
                 let mut fields = vec![
                     PeerField::AllowedIps(config.allowed_ips.clone()),
@@ -536,6 +577,40 @@ mod set_tests {
     }
 
     #[test]
+    fn outside_set_requests_cannot_make_boringtun_panic() {
+        let k = hex(key(2).as_bytes());
+        let request = format!(
+            "set=1\nprivate_key={k}\npublic_key={k}\nallowed_ip=10.99.2.0/24\n\
+             public_key={k}\nremove=true\npublic_key={k}\nendpoint=192.0.2.1:1\n\n"
+        );
+        let got = defuse_for_boringtun(&request);
+        assert_eq!(
+            got.as_str(),
+            format!(
+                "set=1\nprivate_key={k}\npublic_key={k}\nremove=true\npublic_key={k}\n\
+                 allowed_ip=10.99.2.0/24\npublic_key={k}\nremove=true\npublic_key={k}\n\
+                 remove=true\npublic_key={k}\nendpoint=192.0.2.1:1\n\n"
+            )
+        );
+    }
+
+    #[test]
+    fn boringtun_adds_are_removals_first() {
+        // Even when our picture says the peer is absent (a stale picture must not abort us).
+        let add = DeviceChange::AddPeer(key(3), PeerConfig::default());
+        let request = boringtun_request(&[add], &DeviceState::default());
+        let k = hex(key(3).as_bytes());
+        let remove = request
+            .find(&format!("public_key={k}\nremove=true"))
+            .expect("no removal");
+        let add = request
+            .find(&format!("public_key={k}\nallowed_ip"))
+            .or_else(|| request.rfind(&format!("public_key={k}\n")))
+            .unwrap();
+        assert!(remove < add, "{}", request.as_str());
+    }
+
+    #[test]
     fn boringtun_requests_leave_nothing_to_inherit() {
         let mut current = DeviceState::default();
         current.peers.insert(
@@ -559,24 +634,25 @@ mod set_tests {
             ],
             &current,
         );
-        let sections: Vec<&str> = text.split("public_key=").skip(1).collect();
-        assert_eq!(sections.len(), 4, "{}", *text);
+        let all: Vec<&str> = text.split("public_key=").skip(1).collect();
+        assert_eq!(all.len(), 5, "{}", *text);
         let (k1, k2, k4) = (
             hex(key(1).as_bytes()),
             hex(key(2).as_bytes()),
             hex(key(4).as_bytes()),
         );
-        // Removals first (1, and 2's half of its update), then 2 (no endpoint), then 4.
-        let removed: Vec<&str> = sections[..2].iter().map(|s| &s[..64]).collect();
-        assert!(
-            removed.contains(&k1.as_str()) && removed.contains(&k2.as_str()),
-            "{}",
-            *text
-        );
-        assert!(sections[..2].iter().all(|s| s.contains("remove=true")));
-        assert!(sections[2].starts_with(&k2), "{}", *text);
-        assert!(sections[3].starts_with(&k4), "{}", *text);
-        for added in &sections[2..] {
+        // Removals first (1, 2's half of its update, and 4 before its add), then 2 (no
+        // endpoint), then 4.
+        let (removals, sections) = all.split_at(3);
+        let mut removed: Vec<&str> = removals.iter().map(|s| &s[..64]).collect();
+        removed.sort();
+        let mut want = vec![k1.as_str(), k2.as_str(), k4.as_str()];
+        want.sort();
+        assert_eq!(removed, want, "{}", *text);
+        assert!(removals.iter().all(|s| s.contains("remove=true")));
+        assert!(sections[0].starts_with(&k2), "{}", *text);
+        assert!(sections[1].starts_with(&k4), "{}", *text);
+        for added in sections {
             for field in [
                 "remove=false",
                 "replace_allowed_ips=true",
@@ -587,11 +663,11 @@ mod set_tests {
             }
         }
         assert!(
-            sections[2].contains("persistent_keepalive_interval=10")
-                && !sections[2].contains("endpoint=")
+            sections[0].contains("persistent_keepalive_interval=10")
+                && !sections[0].contains("endpoint=")
         );
-        assert!(sections[2].contains(&format!("preshared_key={}", "0".repeat(64))));
-        assert!(sections[3].contains("endpoint=192.168.77.4:51820"));
+        assert!(sections[0].contains(&format!("preshared_key={}", "0".repeat(64))));
+        assert!(sections[1].contains("endpoint=192.168.77.4:51820"));
     }
 
     #[test]

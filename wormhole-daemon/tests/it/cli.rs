@@ -7,8 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::harness::{
-    BIN, Backend, CONFLIST, Cluster, Netns, new_key, poll, prefix, pubkey, root_or_skip,
-    wait_timeout,
+    BIN, Backend, CONFLIST, Cluster, Netns, new_key, poll, prefix, pubkey, root_or_skip, run, sh,
+    wait_timeout, write_atomically,
 };
 
 /// Runs the binary (in namespace `ns` if given) without our own `WORMHOLE_*`, `KUBE*` and
@@ -326,5 +326,144 @@ fn signals_stop_the_agent_userspace() {
 fn signals_stop_the_agent_kernel() {
     if root_or_skip("signals_stop_the_agent_kernel") {
         signals_stop_the_agent(Backend::Kernel);
+    }
+}
+
+/// `wormhole rotate-key` under a running agent, with pair PSKs from a cluster secret (a key
+/// change changes every pair's PSK too): the agent takes the new key at its next pass, keeps
+/// running (no library panic aborts it), and the pair talks again once the peers file has the
+/// new public key.
+fn key_rotation_under_a_running_agent(backend: Backend) {
+    let mut c = Cluster::new(2, backend);
+    let secret = c.work.path().join("cluster.psk");
+    std::fs::write(&secret, sh(&["wg", "genpsk"])).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let psk = format!("--psk-file={}", secret.display());
+    c.start_all(&[&psk]);
+    c.add_pods(1, &["a"]);
+    c.add_pods(2, &["a"]);
+    assert!(
+        c.pod("n1a").ping(&c.pod("n2a").ip4, 3),
+        "no traffic before the rotation"
+    );
+
+    let n1 = c.node_mut(1);
+    let out = run(&[
+        BIN,
+        "rotate-key",
+        "--key-file",
+        n1.key_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    n1.public_key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    write_atomically(&c.peers, &c.peers_text(&[1, 2], ""));
+
+    let (n1a, n2a) = (c.pod("n1a"), c.pod("n2a"));
+    let talking = poll(Duration::from_secs(20), || {
+        (n1a.ping(&n2a.ip4, 1) && n2a.ping(&n1a.ip6, 1)).then_some(())
+    });
+    for i in [1, 2] {
+        let node = c.node_mut(i);
+        let exited = node.daemon.as_mut().unwrap().try_wait();
+        assert!(
+            exited.is_none(),
+            "{backend:?}: n{i} exited during the rotation: {exited:?}\n{}",
+            node.log_tail()
+        );
+    }
+    assert!(
+        talking.is_some(),
+        "{backend:?}: no traffic after the rotation\n{}",
+        c.logs()
+    );
+    let status = c.node(1).status_json();
+    assert_eq!(
+        status["public_key"],
+        c.node(1).public_key.as_str(),
+        "{status}"
+    );
+}
+
+#[test]
+fn key_rotation_under_a_running_agent_embedded() {
+    if root_or_skip("key_rotation_under_a_running_agent_embedded") {
+        key_rotation_under_a_running_agent(Backend::Embedded);
+    }
+}
+
+#[test]
+fn key_rotation_under_a_running_agent_userspace() {
+    if root_or_skip("key_rotation_under_a_running_agent_userspace") {
+        key_rotation_under_a_running_agent(Backend::Userspace);
+    }
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn key_rotation_under_a_running_agent_kernel() {
+    if root_or_skip("key_rotation_under_a_running_agent_kernel") {
+        key_rotation_under_a_running_agent(Backend::Kernel);
+    }
+}
+
+/// `wg set` on the agent's interface, the way an operator pokes at a node: on the embedded
+/// backend it goes through the agent's own UAPI socket, and a change to an existing peer (which
+/// boringtun answers with a panic that aborts the process) becomes remove + add. The agent keeps
+/// running and its next pass repairs the peer.
+fn wg_set_by_hand_cannot_crash_the_agent(backend: Backend) {
+    let mut c = Cluster::new(2, backend);
+    c.start_all(&["--resync", "1s"]);
+    let (n1, n2_key) = (c.node(1), c.node(2).public_key.clone());
+    let allowed = |n1: &crate::harness::Node| n1.wg(&["allowed-ips"]);
+    let before = allowed(n1);
+    assert!(before.contains("10.99.2.0/24"), "{before}");
+    n1.ns.sh(&[
+        "wg",
+        "set",
+        &n1.iface,
+        "peer",
+        &n2_key,
+        "allowed-ips",
+        "10.99.2.0/24,fd99:0:0:2::/64,10.99.200.0/24",
+        "persistent-keepalive",
+        "7",
+    ]);
+    let repaired = poll(Duration::from_secs(15), || {
+        (allowed(c.node(1)) == before).then_some(())
+    });
+    let n1 = c.node_mut(1);
+    let exited = n1.daemon.as_mut().unwrap().try_wait();
+    assert!(
+        exited.is_none(),
+        "{backend:?}: the agent died after `wg set`: {exited:?}\n{}",
+        n1.log_tail()
+    );
+    assert!(
+        repaired.is_some(),
+        "{backend:?}: not repaired: {}\n{}",
+        allowed(c.node(1)),
+        c.logs()
+    );
+}
+
+#[test]
+fn wg_set_by_hand_cannot_crash_the_agent_embedded() {
+    if root_or_skip("wg_set_by_hand_cannot_crash_the_agent_embedded") {
+        wg_set_by_hand_cannot_crash_the_agent(Backend::Embedded);
+    }
+}
+
+#[test]
+fn wg_set_by_hand_cannot_crash_the_agent_userspace() {
+    if root_or_skip("wg_set_by_hand_cannot_crash_the_agent_userspace") {
+        wg_set_by_hand_cannot_crash_the_agent(Backend::Userspace);
+    }
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn wg_set_by_hand_cannot_crash_the_agent_kernel() {
+    if root_or_skip("wg_set_by_hand_cannot_crash_the_agent_kernel") {
+        wg_set_by_hand_cannot_crash_the_agent(Backend::Kernel);
     }
 }

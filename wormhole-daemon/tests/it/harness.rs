@@ -431,6 +431,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The exit status, if the daemon has exited.
+    pub(crate) fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// SIGKILL, and reap.
     pub(crate) fn kill9(mut self) {
         self.child.kill().expect("kill -9 the daemon");
