@@ -34,8 +34,14 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 if ! command -v vng >/dev/null; then
-  echo "vm-lane: installing virtme-ng (pip)"
-  pip install -q virtme-ng
+  echo "vm-lane: installing virtme-ng (PyPI)"
+  if command -v pip >/dev/null; then
+    pip install -q virtme-ng
+  else
+    # Debian's own Python: pip from its package, and PEP 668 acknowledged for this one tool.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    python3 -m pip install -q --break-system-packages virtme-ng
+  fi
 fi
 
 # Build on the host; never compile in the guest. The plan: one line per run, "crate binary args...".
