@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 use wormhole_core::ErrorChain;
 
 use ipnet::IpNet;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wormhole_core::reconciler::Backends;
 use wormhole_core::state::HostSettings;
@@ -382,13 +381,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     reconciler.on_pass(move |info, _| observed.observe_pass(info.duration));
     let status = reconciler.status();
 
-    let listener = TcpListener::bind(config.admin_addr)
-        .await
-        .map_err(|source| Error::Io {
-            what: format!("listen on --admin-addr {}", config.admin_addr),
-            source,
-        })?;
-    tracing::info!(addr = %config.admin_addr, "admin server: /status /metrics /healthz /readyz");
+    // Bound in the background: a busy admin port must not keep the mesh from being applied.
     let admin = Admin {
         status: status.clone(),
         device: device.clone(),
@@ -396,7 +389,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         liveness: config.resync * 3 + Duration::from_secs(60),
         started: SystemTime::now(),
     };
-    let admin_task = tokio::spawn(admin::serve(listener, Arc::new(admin)));
+    let admin_task = tokio::spawn(admin::listen_and_serve(config.admin_addr, Arc::new(admin)));
     let cni_task = tokio::spawn(follow_cni(
         status.clone(),
         config.cni_conf_dir.clone(),

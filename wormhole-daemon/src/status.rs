@@ -253,7 +253,10 @@ pub fn fetch(addr: SocketAddr) -> Result<StatusView, String> {
     let (head, body) = reply
         .split_once("\r\n\r\n")
         .ok_or("malformed reply from the agent")?;
-    if !head.starts_with("HTTP/1.1 200") {
+    // `HTTP/1.0 200 OK` (the reply to our HTTP/1.0 request) or `HTTP/1.1 200 OK`.
+    let mut status_line = head.lines().next().unwrap_or("").split_whitespace();
+    let version = status_line.next().unwrap_or("");
+    if !(version.starts_with("HTTP/1.") && status_line.next() == Some("200")) {
         return Err(format!(
             "agent answered {}",
             head.lines().next().unwrap_or("")

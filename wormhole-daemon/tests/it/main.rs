@@ -6,6 +6,7 @@
 //! `BENCHMARKS.md` are an ignored test:
 //! `cargo test -p wormhole-daemon --release --test it -- --ignored --nocapture measure`.
 
+mod admin;
 mod churn;
 mod cli;
 mod harness;
