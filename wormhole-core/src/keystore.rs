@@ -66,8 +66,9 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// Reads a secret file, refusing it if group or others have any access.
-fn read_secret_file(path: &Path) -> Result<Option<zeroize::Zeroizing<String>>, Error> {
+/// Reads a secret file (`None` if there is none), refusing it if group or others have any
+/// access.
+pub fn read_secret_file(path: &Path) -> Result<Option<zeroize::Zeroizing<String>>, Error> {
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -84,9 +85,10 @@ fn read_secret_file(path: &Path) -> Result<Option<zeroize::Zeroizing<String>>, E
     Ok(Some(zeroize::Zeroizing::new(text)))
 }
 
-/// Writes `text` to `path` atomically: a `0600` temporary file in the same directory, fsync,
-/// rename, fsync of the directory. The directory is created `0700` if missing.
-fn write_secret_file(path: &Path, text: &str) -> Result<(), Error> {
+/// Writes `text` (and a newline) to `path` atomically: a `0600` temporary file in the same
+/// directory, fsync, rename, fsync of the directory. The directory is created `0700` if missing.
+/// Blocking: call it from `spawn_blocking` in async code.
+pub fn write_secret_file(path: &Path, text: &str) -> Result<(), Error> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

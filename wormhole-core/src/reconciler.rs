@@ -93,6 +93,9 @@ pub struct Reconciler {
     backends: Backends,
     /// A source update not yet taken into account.
     pending: Option<Result<Snapshot, Error>>,
+    /// A source error that came after a snapshot still pending: shown once that snapshot is
+    /// taken into account (the error does not discard it).
+    pending_error: Option<Error>,
     /// The last good mesh (it keeps the snapshot it was built from).
     mesh: Option<Mesh>,
     status: watch::Sender<Status>,
@@ -123,6 +126,7 @@ impl Reconciler {
             settings,
             backends,
             pending: None,
+            pending_error: None,
             mesh: None,
             status: watch::channel(status).0,
             hook: None,
@@ -147,13 +151,36 @@ impl Reconciler {
     }
 
     /// Hands the reconciler a source update; the next pass takes it into account. An error (or a
-    /// snapshot that makes no valid mesh) keeps the last good mesh in force.
+    /// snapshot that makes no valid mesh) keeps the last good mesh in force. An error right
+    /// after a snapshot that no pass has taken yet does not discard it (a source that starts
+    /// from a saved picture while its server is down yields the picture, then the outage): the
+    /// snapshot applies, and the error is shown.
     pub fn update(&mut self, update: Result<Snapshot, Error>) {
-        self.pending = Some(update);
+        match (update, self.pending.take()) {
+            (Err(e), Some(Ok(snapshot))) => {
+                self.pending = Some(Ok(snapshot));
+                self.pending_error = Some(e);
+            }
+            (update, _) => {
+                self.pending = Some(update);
+                self.pending_error = None;
+            }
+        }
     }
 
-    /// Takes the pending update into account (or rebuilds the mesh after a key change).
+    /// Takes the pending update into account (or rebuilds the mesh after a key change), then
+    /// shows a source error that came after it.
     fn refresh_mesh(&mut self, key: &PrivateKey) {
+        let error = self.pending_error.take();
+        self.take_pending(key);
+        if let Some(e) = error {
+            tracing::warn!(error = %crate::ErrorChain(&e), "keeping the last good mesh");
+            self.status
+                .send_modify(|s| s.source_error = Some(crate::ErrorChain(&e).to_string()));
+        }
+    }
+
+    fn take_pending(&mut self, key: &PrivateKey) {
         let public = key.public_key();
         let rebuilt = match (self.pending.take(), &self.mesh) {
             (Some(Err(e)), _) => Err(e),

@@ -16,6 +16,7 @@ use wormhole_k8s::events::EventSink;
 use wormhole_k8s::keys::SecretKeyStore;
 use wormhole_k8s::publisher::Publisher;
 use wormhole_k8s::source::{KubePeerSource, detect_cluster_cidrs};
+use wormhole_k8s::state::{STATE_FILE, StateStore};
 use wormhole_linux::{Backend, Network, Nftables, WgDevice};
 
 use crate::admin::{self, Admin};
@@ -40,11 +41,13 @@ fn backend(arg: BackendArg) -> Result<Backend, Error> {
 }
 
 /// The WireGuard MTU: underlay MTU - 80, the underlay being the interface holding this node's
-/// endpoint address in the peers file, else the one of the default route.
+/// endpoint address in the peers file (or its Node's InternalIP, saved for starts without the
+/// API server), else the one of the default route.
 async fn detect_mtu(
     config: &Config,
     network: &Network,
     client: Option<&kube::Client>,
+    state: Option<&StateStore>,
 ) -> Result<u32, Error> {
     let local_ip = match &config.source {
         PeerSourceKind::File(path) => wormhole_core::file_source::load(path).ok().and_then(|s| {
@@ -57,23 +60,97 @@ async fn detect_mtu(
         PeerSourceKind::Kubernetes(k) => match (k.endpoint, client) {
             (Some(e), _) => Some(e.ip()),
             // The address other nodes reach us at: this Node's InternalIP.
-            (None, Some(client)) => {
-                let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
-                    kube::Api::all(client.clone());
-                let node = nodes.get(&config.node_name).await.map_err(|e| {
-                    Error::Config(format!(
-                        "get Node {} (is --node-name right?): {e}",
-                        config.node_name
-                    ))
-                })?;
-                wormhole_k8s::publisher::internal_ip(&node)
-            }
+            (None, Some(client)) => node_ip(config, client, state).await?,
             (None, None) => None,
         },
     };
     let mtu = network.wireguard_mtu(local_ip).await?;
     tracing::info!(mtu, "detected MTU (underlay - 80); set --mtu to override");
     Ok(mtu)
+}
+
+/// This Node's InternalIP from the API server (saved), else as saved when the API server cannot
+/// be reached.
+async fn node_ip(
+    config: &Config,
+    client: &kube::Client,
+    state: Option<&StateStore>,
+) -> Result<Option<std::net::IpAddr>, Error> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let name = &config.node_name;
+    let node = match tokio::time::timeout(wormhole_k8s::API_TIMEOUT, nodes.get(name)).await {
+        Ok(Ok(node)) => node,
+        // The API server answered: the Node is not there (or we may not read it).
+        Ok(Err(kube::Error::Api(status))) => {
+            return Err(Error::Config(format!(
+                "get Node {name} (is --node-name right?): {}",
+                status.message
+            )));
+        }
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => ErrorChain(&e).to_string(),
+                _ => format!("no answer within {:?}", wormhole_k8s::API_TIMEOUT),
+            };
+            let saved = state.and_then(|s| s.saved().node_ip);
+            return match saved {
+                Some(ip) => {
+                    tracing::warn!(error = %why, %ip, "cannot read this Node: using its address saved at the last start");
+                    Ok(Some(ip))
+                }
+                None => Err(Error::Config(format!("get Node {name}: {why}"))),
+            };
+        }
+    };
+    let ip = wormhole_k8s::publisher::internal_ip(&node);
+    if let (Some(state), Some(ip)) = (state, ip) {
+        if let Err(e) = state.save(|s| s.node_ip = Some(ip)).await {
+            tracing::warn!(error = %ErrorChain(&e), "cannot save this Node's address");
+        }
+    }
+    Ok(ip)
+}
+
+/// The cluster CIDRs from kubeadm-config (saved), else as saved when the API server cannot be
+/// reached.
+async fn kubeadm_cluster_cidrs(
+    client: &kube::Client,
+    state: &StateStore,
+) -> Result<Vec<IpNet>, Error> {
+    match detect_cluster_cidrs(client.clone()).await {
+        Ok(cidrs) if cidrs.is_empty() => Err(Error::Config(
+            "no cluster CIDR: pass --cluster-cidr (no kubeadm-config ConfigMap to read networking.podSubnet from)"
+                .into(),
+        )),
+        Ok(cidrs) => {
+            tracing::info!(?cidrs, "cluster CIDRs from kubeadm-config");
+            if let Err(e) = state.save(|s| s.cluster_cidrs = cidrs.clone()).await {
+                tracing::warn!(error = %ErrorChain(&e), "cannot save the cluster CIDRs");
+            }
+            Ok(cidrs)
+        }
+        Err(e @ wormhole_k8s::Error::Invalid(_)) => Err(wormhole_core::Error::from(e).into()),
+        Err(e) => {
+            let saved = state.saved().cluster_cidrs;
+            if saved.is_empty() {
+                return Err(wormhole_core::Error::from(e).into());
+            }
+            tracing::warn!(error = %ErrorChain(&e), cidrs = ?saved, path = %state.path().display(),
+                "cannot read kubeadm-config: using the cluster CIDRs saved at the last start");
+            Ok(saved)
+        }
+    }
+}
+
+/// Where the agent keeps what it must not lose: the directory of its private key
+/// (`/var/lib/wormhole` by default).
+fn state_dir(config: &Config) -> std::path::PathBuf {
+    config
+        .key_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_owned()
 }
 
 /// Pods on other nodes are reached by routing: turn forwarding on for the families in use.
@@ -188,6 +265,8 @@ async fn kube_client(options: &KubeOptions) -> Result<kube::Client, Error> {
             Error::Config(format!("not running in a cluster ({e}): pass --kubeconfig"))
         })?,
     };
+    let mut config = config;
+    wormhole_k8s::configure_client(&mut config);
     kube::Client::try_from(config).map_err(|e| Error::Config(format!("Kubernetes client: {e}")))
 }
 
@@ -197,6 +276,7 @@ async fn source_and_keys(
     file_keys: FileKeyStore,
     key: &PrivateKey,
     client: Option<kube::Client>,
+    state: Option<&StateStore>,
 ) -> Result<
     (
         Box<dyn PeerSource>,
@@ -218,26 +298,16 @@ async fn source_and_keys(
         }
         PeerSourceKind::Kubernetes(options) => {
             let client = client.expect("run() makes the client before loading keys");
+            let state = state.expect("run() opens the state file in Kubernetes mode");
             let mut cidrs = config.cluster_cidrs.clone();
             if cidrs.is_empty() {
-                cidrs = detect_cluster_cidrs(client.clone())
-                    .await
-                    .map_err(wormhole_core::Error::from)?;
-                if cidrs.is_empty() {
-                    return Err(Error::Config(
-                        "no cluster CIDR: pass --cluster-cidr (no kubeadm-config ConfigMap to read networking.podSubnet from)"
-                            .into(),
-                    ));
-                }
-                tracing::info!(?cidrs, "cluster CIDRs from kubeadm-config");
+                cidrs = kubeadm_cluster_cidrs(&client, state).await?;
             }
             let keys: Arc<dyn KeyStore> = match &options.psk_secret {
-                Some((namespace, name)) => Arc::new(SecretKeyStore::new(
-                    file_keys,
-                    client.clone(),
-                    namespace,
-                    name,
-                )),
+                Some((namespace, name)) => Arc::new(
+                    SecretKeyStore::new(file_keys, client.clone(), namespace, name)
+                        .with_saved(state_dir(config).join(wormhole_k8s::keys::PSK_FILE)),
+                ),
                 None => Arc::new(file_keys),
             };
             let source = KubePeerSource::new(
@@ -245,7 +315,8 @@ async fn source_and_keys(
                 &config.node_name,
                 key.public_key(),
                 cidrs.clone(),
-            );
+            )
+            .with_state(state.clone());
             Ok((Box::new(source), keys, cidrs, Some(client)))
         }
     }
@@ -302,8 +373,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         };
         let key = file_keys.load_or_create().await?;
         file_keys.cluster_secret().await?;
+        // What the API server said last, beside the key: a start without it uses that.
+        let state = client
+            .is_some()
+            .then(|| StateStore::open(state_dir(&config).join(STATE_FILE)));
         let (source, keys, cluster_cidrs, client) =
-            source_and_keys(&config, file_keys, &key, client).await?;
+            source_and_keys(&config, file_keys, &key, client, state.as_ref()).await?;
         let network = Arc::new(Network::new(config.interface.as_str())?);
         let backend = backend(config.backend)?;
         let device = Arc::new(WgDevice::new(
@@ -313,7 +388,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         )?);
         let mtu = match config.mtu {
             Some(mtu) => mtu,
-            None => detect_mtu(&config, &network, client.as_ref()).await?,
+            None => detect_mtu(&config, &network, client.as_ref(), state.as_ref()).await?,
         };
         Ok::<_, Error>(Started {
             key,

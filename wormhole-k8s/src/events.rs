@@ -28,6 +28,7 @@ pub struct EventSink {
     recorder: Recorder,
     node: ObjectReference,
     interval: Duration,
+    timeout: Duration,
     sent: HashMap<String, Instant>,
     passes_seen: u64,
     failures_in_a_row: u32,
@@ -127,10 +128,17 @@ impl EventSink {
                 ..Default::default()
             },
             interval: Duration::from_secs(600),
+            timeout: crate::API_TIMEOUT,
             sent: HashMap::new(),
             passes_seen: 0,
             failures_in_a_row: 0,
         }
+    }
+
+    /// The deadline of each request (default [`API_TIMEOUT`](crate::API_TIMEOUT)).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The minimum time between two Events about the same problem.
@@ -178,7 +186,13 @@ impl EventSink {
                 }
             };
             let key = due.key;
-            match self.recorder.publish(&event, regarding).await {
+            let published = crate::call(
+                "publish an Event",
+                self.timeout,
+                self.recorder.publish(&event, regarding),
+            )
+            .await;
+            match published {
                 Ok(()) => {
                     self.sent.insert(key, now);
                 }

@@ -9,15 +9,27 @@
 //! - [`keys::SecretKeyStore`]: the cluster secret for pre-shared keys from a Kubernetes Secret.
 //! - [`events::EventSink`]: rate-limited Events on the local Node for rejected peers and
 //!   persistent reconcile failures.
+//! - [`state::StateStore`]: what the agent last learned from the API (its mesh, the cluster
+//!   CIDRs, its Node's address), saved `0600` beside the private key, so an agent started while
+//!   the API server is down applies its last known mesh instead of waiting for it.
+//!
+//! **API outages.** Every request has a deadline ([`API_TIMEOUT`]; watches are bounded by the
+//! watcher's idle timeout and the client's read timeout, see [`configure_client`]), no pass
+//! waits on the API once the PSK is known, and nothing the agent needs to start comes only from
+//! the API: the PSK, cluster CIDRs and the last mesh are saved under `/var/lib/wormhole`.
 //!
 //! Manifests live in `deploy/`; `deploy/crd.yaml` is generated from [`crd::WormholeNode`]
 //! (`cargo run -p wormhole-k8s --example crd > deploy/crd.yaml`) and a test fails when it differs.
+
+use std::future::Future;
+use std::time::Duration;
 
 pub mod crd;
 pub mod events;
 pub mod keys;
 pub mod publisher;
 pub mod source;
+pub mod state;
 #[cfg(feature = "fake-api")]
 #[doc(hidden)]
 pub mod testing;
@@ -32,6 +44,36 @@ pub const PSK_SECRET_KEY: &str = "psk";
 pub const CRD_HEADER: &str = "# Generated from wormhole-k8s/src/crd.rs: cargo run -p wormhole-k8s --example crd > deploy/crd.yaml\n";
 /// The controller name on Events.
 pub const EVENT_REPORTER: &str = "wormhole";
+/// The deadline of every single request to the API server (get, apply, delete, Event).
+pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle connection to the API server may stay silent: longer than a watch's
+/// server-side timeout (290 s) and the watcher's own idle timeout (295 s), so it only ends a
+/// request the server stopped answering (a list, or the start of a watch).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Sets the client's timeouts: connect and write [`API_TIMEOUT`], read [`READ_TIMEOUT`] counted
+/// from the last write. kube's default read timeout is none: a request the server accepted and
+/// never answered would wait forever.
+pub fn configure_client(config: &mut kube::Config) {
+    config.connect_timeout = Some(API_TIMEOUT);
+    config.write_timeout = Some(API_TIMEOUT);
+    config.read_timeout = Some(READ_TIMEOUT);
+    config.reset_reader_on_write = true;
+}
+
+/// Runs one request with a deadline of `after`.
+pub(crate) async fn call<T>(
+    context: impl Into<String>,
+    after: Duration,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, Error> {
+    let context = context.into();
+    match tokio::time::timeout(after, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(Error::Api { context, source }),
+        Err(_) => Err(Error::Timeout { context, after }),
+    }
+}
 
 /// Errors of the Kubernetes binding.
 #[derive(Debug, thiserror::Error)]
@@ -46,16 +88,20 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The API server did not answer in time.
+    #[error("kubernetes API: {context}: no answer within {after:?}")]
+    Timeout {
+        /// What we were doing.
+        context: String,
+        /// The deadline.
+        after: Duration,
+    },
     /// The cluster holds something we cannot use.
     #[error("{0}")]
     Invalid(String),
-}
-
-impl Error {
-    pub(crate) fn api(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-        let context = context.into();
-        move |source| Error::Api { context, source }
-    }
+    /// Saving or reading local state.
+    #[error(transparent)]
+    Local(#[from] wormhole_core::Error),
 }
 
 impl From<Error> for wormhole_core::Error {

@@ -7,7 +7,7 @@
 //! its WormholeNode (only that object, by uid) and creates it again with the new key.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
@@ -17,7 +17,7 @@ use wormhole_core::status::PeerState;
 use wormhole_core::{PublicKey, Status};
 
 use crate::crd::{MAX_ERROR, WormholeNode, WormholeNodeSpec, WormholeNodeStatus};
-use crate::{Error, FIELD_MANAGER};
+use crate::{API_TIMEOUT, Error, FIELD_MANAGER, call};
 
 /// The node's first InternalIP (IPv4 preferred) from its status.
 pub fn internal_ip(node: &Node) -> Option<IpAddr> {
@@ -86,6 +86,8 @@ pub struct Publisher {
     /// The Node's uid and our endpoint, read once: the agent publishes on every status change,
     /// and the Node need not be fetched each time. Forgotten when an apply fails.
     node: Option<(String, Option<SocketAddr>)>,
+    /// The deadline of each request.
+    timeout: Duration,
 }
 
 impl Publisher {
@@ -100,7 +102,14 @@ impl Publisher {
             last_spec: None,
             last_status: None,
             node: None,
+            timeout: API_TIMEOUT,
         }
+    }
+
+    /// The deadline of each request (default [`API_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Applies the spec (key and endpoint) if it changed since the last apply. Returns whether
@@ -109,11 +118,12 @@ impl Publisher {
         let (uid, endpoint) = match &self.node {
             Some(known) => known.clone(),
             None => {
-                let node = self
-                    .nodes
-                    .get(&self.name)
-                    .await
-                    .map_err(Error::api(format!("get Node {}", self.name)))?;
+                let node = call(
+                    format!("get Node {}", self.name),
+                    self.timeout,
+                    self.nodes.get(&self.name),
+                )
+                .await?;
                 let uid = node
                     .metadata
                     .uid
@@ -139,12 +149,13 @@ impl Publisher {
         // restart, or a failed apply).
         let stored = match self.last_spec.take() {
             Some((spec, uid)) => Some((spec.public_key, uid)),
-            None => self
-                .api
-                .get_opt(&self.name)
-                .await
-                .map_err(Error::api(format!("get WormholeNode {}", self.name)))?
-                .map(|wh| (wh.spec.public_key, wh.metadata.uid)),
+            None => call(
+                format!("get WormholeNode {}", self.name),
+                self.timeout,
+                self.api.get_opt(&self.name),
+            )
+            .await?
+            .map(|wh| (wh.spec.public_key, wh.metadata.uid)),
         };
         if let Some((old_key, uid)) = stored.filter(|(k, _)| *k != spec.public_key) {
             // The key is immutable: a new key is a new WormholeNode (a new, later claim).
@@ -165,17 +176,19 @@ impl Publisher {
             "spec": spec,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let applied = match self
-            .api
-            .patch(&self.name, &params, &Patch::Apply(&object))
-            .await
+        let applied = match call(
+            format!("apply WormholeNode {}", self.name),
+            self.timeout,
+            self.api.patch(&self.name, &params, &Patch::Apply(&object)),
+        )
+        .await
         {
             Ok(applied) => applied,
             Err(e) => {
                 // The Node may have been re-created (new uid): read it again next time, and
                 // what the API server holds too.
                 self.node = None;
-                return Err(Error::api(format!("apply WormholeNode {}", self.name))(e));
+                return Err(e);
             }
         };
         tracing::info!(node = %self.name, endpoint = ?spec.endpoint, "published WormholeNode");
@@ -193,10 +206,19 @@ impl Publisher {
             }),
             ..DeleteParams::default()
         };
-        match self.api.delete(&self.name, &params).await {
+        let deleted = call(
+            format!("delete WormholeNode {}", self.name),
+            self.timeout,
+            self.api.delete(&self.name, &params),
+        )
+        .await;
+        match deleted {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(e) => Err(Error::api(format!("delete WormholeNode {}", self.name))(e)),
+            Err(Error::Api {
+                source: kube::Error::Api(status),
+                ..
+            }) if status.code == 404 => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -216,13 +238,13 @@ impl Publisher {
             "status": with_time,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.api
-            .patch_status(&self.name, &params, &Patch::Apply(&object))
-            .await
-            .map_err(Error::api(format!(
-                "apply WormholeNode {} status",
-                self.name
-            )))?;
+        call(
+            format!("apply WormholeNode {} status", self.name),
+            self.timeout,
+            self.api
+                .patch_status(&self.name, &params, &Patch::Apply(&object)),
+        )
+        .await?;
         self.last_status = Some(summary);
         Ok(true)
     }

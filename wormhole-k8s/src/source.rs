@@ -6,9 +6,15 @@
 //! CIDRs come from its own Node. A Node without pod CIDRs is "not ready" and left out (not an
 //! error), except this node, which cannot be part of the mesh without them.
 //!
-//! Watches use kube's default backoff; while the API server is unreachable the stores keep their
-//! contents, so no peer is removed during an outage. Changes are debounced and a snapshot is only
+//! While the API server is unreachable the stores keep their contents, so no peer is removed
+//! during an outage; watches retry every 0.25 s to 2 s (with jitter), so the mesh converges
+//! within seconds of the API server's return. Changes are debounced and a snapshot is only
 //! yielded when it differs from the last one (Node status heartbeats change nothing).
+//!
+//! With a [`StateStore`] ([`KubePeerSource::with_state`]) every snapshot yielded is saved, and
+//! an agent that starts while the API server is down (the watches fail, or have not listed
+//! within a few seconds) yields the saved snapshot first: its node's pod network comes up with
+//! the last known mesh and converges when the API server answers.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -27,8 +33,9 @@ use kube::{Api, Client, ResourceExt as _};
 use wormhole_core::mesh::{NodeEntry, Snapshot};
 use wormhole_core::{PeerSource, PublicKey};
 
-use crate::Error;
 use crate::crd::WormholeNode;
+use crate::state::StateStore;
+use crate::{API_TIMEOUT, Error, call};
 
 /// A Node's pod CIDRs (`spec.podCIDRs`, or the older single `spec.podCIDR`).
 pub fn pod_cidrs(node: &Node) -> Vec<String> {
@@ -165,10 +172,12 @@ pub fn snapshot(
 /// two, comma-separated); empty when there is no kubeadm-config ConfigMap.
 pub async fn detect_cluster_cidrs(client: Client) -> Result<Vec<IpNet>, Error> {
     let api: Api<ConfigMap> = Api::namespaced(client, "kube-system");
-    let Some(cm) = api
-        .get_opt("kubeadm-config")
-        .await
-        .map_err(Error::api("get kube-system/kubeadm-config"))?
+    let Some(cm) = call(
+        "get kube-system/kubeadm-config",
+        API_TIMEOUT,
+        api.get_opt("kubeadm-config"),
+    )
+    .await?
     else {
         return Ok(Vec::new());
     };
@@ -216,6 +225,59 @@ fn slim_wormhole(wh: &mut WormholeNode) {
 
 type Changes = Pin<Box<dyn Stream<Item = Result<(), watcher::Error>> + Send>>;
 
+/// The watches' retry delays: 0.25 s doubling to 2 s, each plus up to 0.25 s of jitter (so the
+/// agents of a large cluster do not all retry at once), back to 0.25 s after 30 s without a
+/// failure. kube's default grows to 30 s: the mesh would converge up to half a minute after the
+/// API server is back. (A watcher reports progress before each list attempt, and the backoff is
+/// told to reset on any progress: a reset right after a failure is ignored, or the delay would
+/// never grow.)
+struct Retry {
+    next: Duration,
+    jitter: std::collections::hash_map::RandomState,
+    tries: u64,
+    failed_at: Option<std::time::Instant>,
+}
+
+impl Retry {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(2);
+    const RESET_AFTER: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Retry {
+            next: Self::MIN,
+            jitter: Default::default(),
+            tries: 0,
+            failed_at: None,
+        }
+    }
+}
+
+impl Iterator for Retry {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        use std::hash::BuildHasher as _;
+        self.tries += 1;
+        self.failed_at = Some(std::time::Instant::now());
+        let jitter = self.jitter.hash_one(self.tries) % Self::MIN.as_millis() as u64;
+        let delay = self.next + Duration::from_millis(jitter);
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Retry {
+    fn reset(&mut self) {
+        if self
+            .failed_at
+            .is_none_or(|at| at.elapsed() >= Self::RESET_AFTER)
+        {
+            self.next = Self::MIN;
+        }
+    }
+}
+
 /// A [`PeerSource`] over the Kubernetes API.
 pub struct KubePeerSource {
     nodes: Store<Node>,
@@ -227,6 +289,17 @@ pub struct KubePeerSource {
     debounce: Duration,
     last: Option<Snapshot>,
     failed: bool,
+    /// Where snapshots are saved.
+    state: Option<StateStore>,
+    /// The saved snapshot, until it is used or a live one overtakes it.
+    saved: Option<Snapshot>,
+    /// How long to wait for the first listing before using the saved snapshot.
+    grace: Duration,
+    started: tokio::time::Instant,
+    /// A watch error held back while the saved snapshot was yielded: reported next.
+    held: Option<watcher::Error>,
+    /// A watch failure was logged: the next ones (retries) are debug, until a snapshot again.
+    warned: bool,
 }
 
 impl KubePeerSource {
@@ -240,12 +313,12 @@ impl KubePeerSource {
         let (nodes, node_writer) = reflector::store();
         let (wormholes, wh_writer) = reflector::store();
         let node_changes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
+            .backoff(Retry::new())
             .modify(slim_node)
             .reflect(node_writer)
             .map(|e| e.map(drop));
         let wh_changes = watcher(Api::<WormholeNode>::all(client), watcher::Config::default())
-            .default_backoff()
+            .backoff(Retry::new())
             .modify(slim_wormhole)
             .reflect(wh_writer)
             .map(|e| e.map(drop));
@@ -259,6 +332,12 @@ impl KubePeerSource {
             debounce: Duration::from_millis(25),
             last: None,
             failed: false,
+            state: None,
+            saved: None,
+            grace: Duration::from_secs(3),
+            started: tokio::time::Instant::now(),
+            held: None,
+            warned: false,
         }
     }
 
@@ -266,6 +345,71 @@ impl KubePeerSource {
     pub fn with_debounce(mut self, debounce: Duration) -> Self {
         self.debounce = debounce;
         self
+    }
+
+    /// Saves every snapshot yielded in `state`, and starts from the one saved there when the API
+    /// server fails or has not answered within the grace time ([`Self::with_grace`]).
+    pub fn with_state(mut self, state: StateStore) -> Self {
+        self.saved = state.saved().snapshot(&self.cluster_cidrs);
+        self.state = Some(state);
+        self
+    }
+
+    /// How long to wait for the API server at start before using the saved snapshot (default
+    /// 3 s; a failing watch uses it at once).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Yields the saved snapshot (once), saying why.
+    fn use_saved(&mut self, why: &str) -> Option<Snapshot> {
+        let saved = self.saved.take()?;
+        let path = self.state.as_ref().map(|s| s.path().display().to_string());
+        tracing::warn!(nodes = saved.nodes.len(), path = ?path,
+            "{why}: applying the mesh saved at the last change until it answers");
+        self.last = Some(saved.clone());
+        Some(saved)
+    }
+
+    /// A watch failed (kube retries with backoff): before the first listing the saved
+    /// snapshot is yielded (the error next); otherwise the error is reported once per outage,
+    /// and the last mesh stays.
+    fn on_error(
+        &mut self,
+        e: watcher::Error,
+    ) -> Option<Result<wormhole_core::Snapshot, wormhole_core::Error>> {
+        if self.warned {
+            tracing::debug!(error = %ErrorChain(&e), "Kubernetes watch failed again; retrying");
+        } else {
+            self.warned = true;
+            tracing::warn!(error = %ErrorChain(&e), "Kubernetes watch failed; retrying every 0.25-2 s (further failures are logged at debug level)");
+        }
+        if !self.listed() {
+            let why = format!("the Kubernetes API server fails ({})", ErrorChain(&e));
+            if let Some(saved) = self.use_saved(&why) {
+                self.held = Some(e);
+                return Some(Ok(saved));
+            }
+        }
+        if !self.failed {
+            self.failed = true;
+            return Some(Err(wormhole_core::Error::Source(Box::new(e))));
+        }
+        None
+    }
+
+    /// Saves `snapshot` in the background (the pass does not wait for the disk).
+    fn persist(&self, snapshot: &Snapshot) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            if let Err(e) = state.save(|s| s.set_snapshot(&snapshot)).await {
+                tracing::warn!(error = %ErrorChain(&e), "cannot save the mesh for restarts without the API server");
+            }
+        });
     }
 }
 
@@ -290,17 +434,40 @@ impl KubePeerSource {
 #[async_trait]
 impl PeerSource for KubePeerSource {
     async fn next(&mut self) -> Result<wormhole_core::Snapshot, wormhole_core::Error> {
+        if let Some(e) = self.held.take() {
+            self.failed = true;
+            return Err(wormhole_core::Error::Source(Box::new(e)));
+        }
         loop {
-            match self.changes.next().await {
+            let change = if self.saved.is_some() {
+                let deadline = self.started + self.grace;
+                tokio::select! {
+                    change = self.changes.next() => Some(change),
+                    () = tokio::time::sleep_until(deadline) => None,
+                }
+            } else {
+                Some(self.changes.next().await)
+            };
+            let change = match change {
+                Some(change) => change,
+                None => {
+                    let why = format!(
+                        "the Kubernetes API server has not answered within {:?}",
+                        self.grace
+                    );
+                    if let Some(saved) = self.use_saved(&why) {
+                        return Ok(saved);
+                    }
+                    continue;
+                }
+            };
+            match change {
                 None => {
                     return Err(Error::Invalid("the Kubernetes watch streams ended".into()).into());
                 }
                 Some(Err(e)) => {
-                    // kube retries with backoff; report once per outage, keep the last mesh.
-                    tracing::warn!(error = %ErrorChain(&e), "Kubernetes watch failed; retrying");
-                    if !self.failed {
-                        self.failed = true;
-                        return Err(wormhole_core::Error::Source(Box::new(e)));
+                    if let Some(result) = self.on_error(e) {
+                        return result;
                     }
                     continue;
                 }
@@ -309,10 +476,24 @@ impl PeerSource for KubePeerSource {
             // Gather what follows closely, then look once.
             let until = tokio::time::sleep(self.debounce);
             tokio::pin!(until);
+            let mut failed = None;
             loop {
                 tokio::select! {
                     () = &mut until => break,
-                    more = self.changes.next() => if more.is_none() { break },
+                    more = self.changes.next() => match more {
+                        None => break,
+                        // Not swallowed: a failing first list must reach the saved snapshot.
+                        Some(Err(e)) => {
+                            failed = Some(e);
+                            break;
+                        }
+                        Some(Ok(())) => {}
+                    },
+                }
+            }
+            if let Some(e) = failed {
+                if let Some(result) = self.on_error(e) {
+                    return result;
                 }
             }
             // Until both kinds were listed once, keep driving the watches (only polling them
@@ -320,6 +501,8 @@ impl PeerSource for KubePeerSource {
             if !self.listed() {
                 continue;
             }
+            // A live picture: the saved one is not needed any more.
+            self.saved = None;
             let snapshot = snapshot(
                 &self.nodes.state(),
                 &self.wormholes.state(),
@@ -335,8 +518,15 @@ impl PeerSource for KubePeerSource {
                 Err(e) => tracing::debug!(error = %ErrorChain(&e), "still no usable snapshot"),
                 Ok(snapshot) => {
                     // After an error the same picture must be yielded again: it clears the error.
+                    if self.warned {
+                        self.warned = false;
+                        tracing::info!("Kubernetes watches are back");
+                    }
                     if self.failed || self.last.as_ref() != Some(&snapshot) {
                         self.failed = false;
+                        if self.last.as_ref() != Some(&snapshot) {
+                            self.persist(&snapshot);
+                        }
                         self.last = Some(snapshot.clone());
                         return Ok(snapshot);
                     }
@@ -472,6 +662,24 @@ mod tests {
                 "{name}: {reason}"
             );
         }
+    }
+
+    #[test]
+    fn watch_retries_grow_to_two_seconds_and_progress_between_failures_does_not_reset_them() {
+        use kube::runtime::utils::Backoff as _;
+        let mut retry = Retry::new();
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            delays.push(retry.next().unwrap());
+            // A watcher reports progress (Init) before each list attempt.
+            retry.reset();
+        }
+        let base: Vec<u128> = delays
+            .iter()
+            .map(|d| d.as_millis() - d.as_millis() % 250)
+            .collect();
+        assert_eq!(base, [250, 500, 1000, 2000, 2000, 2000], "{delays:?}");
+        assert!(delays.iter().all(|d| *d < Duration::from_millis(2250)));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! watch of Nodes and WormholeNodes with resourceVersions, `410 Gone` for versions older than the
 //! last [`FakeApi::compact`], get, server-side apply of WormholeNodes and their status, Secret and
 //! ConfigMap get, Event create/patch, and ownerReference garbage collection when a Node is
-//! deleted. [`FakeApi::stop`] and [`FakeApi::start`] simulate an API server restart. Applied
+//! deleted. [`FakeApi::stop`] and [`FakeApi::start`] simulate an API server restart,
+//! [`FakeApi::hang`] one that accepts requests and never answers. Applied
 //! WormholeNodes must fit the CRD's `maxLength`s and may not change `spec.publicKey` in place
 //! (the CRD's transition rule), as on a real server; they can be deleted (with a uid
 //! precondition).
@@ -65,6 +66,7 @@ pub struct FakeApi {
     addr: SocketAddr,
     server: Mutex<Option<JoinHandle<()>>>,
     stop: Mutex<Option<broadcast::Sender<()>>>,
+    hanging: std::sync::atomic::AtomicBool,
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -128,6 +130,7 @@ impl FakeApi {
             addr,
             server: Mutex::new(None),
             stop: Mutex::new(None),
+            hanging: Default::default(),
         });
         api.serve(listener);
         api
@@ -163,8 +166,9 @@ impl FakeApi {
         let (stop_tx, _) = broadcast::channel(1);
         *self.stop.lock().unwrap() = Some(stop_tx.clone());
         let api = self.clone();
+        // Subscribed before the task runs: a stop sent before its first poll is not lost.
+        let mut stop = stop_tx.subscribe();
         let task = tokio::spawn(async move {
-            let mut stop = stop_tx.subscribe();
             loop {
                 tokio::select! {
                     _ = stop.recv() => return,
@@ -195,6 +199,14 @@ impl FakeApi {
         if let Some(task) = task {
             let _ = task.await;
         }
+    }
+
+    /// Makes the server accept connections and read requests but never answer (a hung or
+    /// black-holed API server), until called with `false`. Requests received while hanging are
+    /// never answered.
+    pub fn hang(&self, hanging: bool) {
+        self.hanging
+            .store(hanging, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Brings a stopped server back on the same address.
@@ -410,6 +422,9 @@ impl FakeApi {
                 content_type: content_type.clone(),
                 body: body.clone(),
             });
+            if self.hanging.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             let watch = query(&target, "watch").is_some_and(|w| w == "true" || w == "1");
             if watch && method == "GET" {
                 self.watch(&target, &mut write).await;

@@ -185,6 +185,32 @@ async fn source_failure_keeps_the_last_mesh() {
     assert_eq!(r.status().borrow().source_error, None);
 }
 
+/// A source that starts from a saved picture while its server is down yields the picture and
+/// then the outage: the error must not discard the picture no pass has taken yet.
+#[tokio::test]
+async fn an_error_right_after_a_snapshot_does_not_discard_it() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let mut r = node.reconciler(None);
+    r.update(Ok(snapshot(&me, &[("a", &a, "10.99.2.0/24")])));
+    r.update(Err(Error::Source("api server unreachable".into())));
+    r.reconcile().await.unwrap();
+    assert_eq!(node.peer_keys(), [a], "the snapshot was applied");
+    let status = r.status().borrow().clone();
+    assert_eq!(status.peers.len(), 1);
+    assert_eq!(
+        status.source_error.as_deref(),
+        Some("peer source: api server unreachable"),
+        "and the outage is shown"
+    );
+    // The other way round, the snapshot is the news: no error.
+    r.update(Err(Error::Source("api server unreachable".into())));
+    r.update(Ok(snapshot(&me, &[("a", &a, "10.99.2.0/24")])));
+    r.reconcile().await.unwrap();
+    assert_eq!(r.status().borrow().source_error, None);
+}
+
 #[tokio::test(start_paused = true)]
 async fn backend_failing_twice_then_recovering_converges() {
     let node = Node::new();

@@ -354,3 +354,193 @@ fn scale(backend: Backend) {
         );
     }
 }
+
+/// Issue 9 item 16: the API server goes down, an agent restarts meanwhile. It starts from what
+/// it saved (cluster CIDRs from kubeadm-config, this Node's address, the PSK, the last mesh):
+/// its pods keep talking to every other node's, no node removes a peer, and once the API
+/// server is back every agent converges (a node that joined during the outage is added) within
+/// 5 s.
+#[test]
+fn kubernetes_agent_restarted_while_the_api_server_is_down() {
+    if root_or_skip("kubernetes_agent_restarted_while_the_api_server_is_down") {
+        kubernetes_agent_restarted_while_the_api_server_is_down_on(Backend::Embedded);
+    }
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn kubernetes_agent_restarted_while_the_api_server_is_down_kernel() {
+    if root_or_skip("kubernetes_agent_restarted_while_the_api_server_is_down_kernel") {
+        kubernetes_agent_restarted_while_the_api_server_is_down_on(Backend::Kernel);
+    }
+}
+
+fn kubernetes_agent_restarted_while_the_api_server_is_down_on(backend: Backend) {
+    let mut cluster = Cluster::new(3, backend);
+    let (_api_ns, rt, api) = api_for(&cluster);
+    // The cluster CIDRs come from kubeadm-config and pairs have PSKs: both must outlive the
+    // outage (a wrong PSK or no cluster CIDR and the restarted node talks to nobody).
+    api.put_configmap(
+        "kube-system",
+        "kubeadm-config",
+        serde_json::json!({"ClusterConfiguration": "networking:\n  podSubnet: 10.99.0.0/16,fd99::/48\n"}),
+    );
+    let psk = wormhole_core::PresharedKey::generate();
+    api.put_secret(
+        "wormhole",
+        "wormhole-psk",
+        "psk",
+        psk.to_base64_secret().as_bytes(),
+    );
+    let kubeconfig = cluster.work.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let args = |cluster: &Cluster, i| {
+        let mut args = Vec::new();
+        let mut given = kube_args(cluster, i, &kubeconfig).into_iter();
+        while let Some(arg) = given.next() {
+            if arg == "--cluster-cidr" {
+                given.next();
+            } else {
+                args.push(arg);
+            }
+        }
+        args.extend(["--psk-secret".to_owned(), "wormhole-psk".to_owned()]);
+        args
+    };
+    for i in 1..=3 {
+        let args = args(&cluster, i);
+        cluster.node_mut(i).start_with(args);
+    }
+    for i in 1..=3 {
+        cluster.node_mut(i).wait_ready();
+    }
+    let converged = |cluster: &Cluster, want: &[&str]| {
+        (1..=3).all(|i| {
+            let others: Vec<String> = want
+                .iter()
+                .filter(|n| **n != format!("n{i}"))
+                .map(|n| n.to_string())
+                .collect();
+            let status = cluster.node(i).status_json();
+            status["source_error"].is_null() && accepted(cluster, i) == others
+        })
+    };
+    let all = ["n1", "n2", "n3"];
+    assert!(
+        poll(Duration::from_secs(20), || converged(&cluster, &all)
+            .then_some(()))
+        .is_some(),
+        "no convergence\n{}",
+        cluster.logs()
+    );
+    for i in 1..=3 {
+        cluster.add_pods(i, &["a"]);
+    }
+    let (pairs, failures) = icmp_matrix(&cluster.pods);
+    assert!(
+        failures.is_empty(),
+        "{failures:?} of {pairs}\n{}",
+        cluster.logs()
+    );
+    let n1_state = cluster.node(1).dir.clone();
+    let mode = |name: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(n1_state.join(name))
+            .unwrap_or_else(|e| panic!("{name} not saved: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("psk"), 0o600);
+    assert_eq!(mode("kubernetes-state.json"), 0o600);
+    let saved_psk = std::fs::read_to_string(n1_state.join("psk")).unwrap();
+    assert_eq!(saved_psk.trim(), *psk.to_base64_secret());
+    for node in &cluster.nodes {
+        let log = std::fs::read_to_string(node.log()).unwrap();
+        assert!(
+            !log.contains(saved_psk.trim()),
+            "{}: the PSK is in the log",
+            node.name
+        );
+    }
+
+    // The API server goes down; n1's agent restarts during the outage.
+    let log_len = |cluster: &Cluster, i: usize| {
+        std::fs::read_to_string(cluster.node(i).log())
+            .unwrap()
+            .len()
+    };
+    let marks: Vec<usize> = (1..=3).map(|i| log_len(&cluster, i)).collect();
+    let keys: Vec<Vec<String>> = (1..=3).map(|i| cluster.node(i).wg_peers()).collect();
+    {
+        let api = api.clone();
+        rt.block_on(rt.spawn(async move { api.stop().await }))
+            .unwrap();
+    }
+    cluster.node_mut(1).daemon.take().unwrap().terminate();
+    let restarted = Instant::now();
+    let args1 = args(&cluster, 1);
+    cluster.node_mut(1).start_with(args1);
+    cluster.node_mut(1).wait_ready();
+    eprintln!(
+        "n1 ready {:?} after its restart, API server down",
+        restarted.elapsed()
+    );
+    // The outage is visible, the mesh is the saved one.
+    let status = cluster.node(1).status_json();
+    assert!(
+        status["source_error"].is_string(),
+        "n1 shows no source error: {status}"
+    );
+    assert_eq!(accepted(&cluster, 1), ["n2", "n3"]);
+    // Pods keep talking, every node with the same peers as before.
+    let (pairs, failures) = icmp_matrix(&cluster.pods);
+    assert!(
+        failures.is_empty(),
+        "during the outage, {} of {pairs} pod pairs failed: {failures:?}\n{}",
+        failures.len(),
+        cluster.logs()
+    );
+    for i in 1..=3 {
+        assert_eq!(cluster.node(i).wg_peers(), keys[i - 1], "n{i}'s peers");
+    }
+
+    // A node joins while the API server is down (only its objects: no agent runs there).
+    api.put_node("n4", &["10.99.4.0/24", "fd99:0:0:4::/64"], "192.168.77.4");
+    let n4_key = wormhole_core::PrivateKey::generate().public_key();
+    api.put_wormhole(
+        "n4",
+        serde_json::json!({"publicKey": n4_key.to_base64(), "endpoint": "192.168.77.4:51820", "listenPort": 51820}),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    {
+        let api = api.clone();
+        rt.block_on(rt.spawn(async move { api.restart().await }))
+            .unwrap();
+    }
+    let back = Instant::now();
+    let with_n4 = ["n1", "n2", "n3", "n4"];
+    let took = poll(Duration::from_secs(20), || {
+        converged(&cluster, &with_n4).then(|| back.elapsed())
+    })
+    .unwrap_or_else(|| panic!("no convergence after the outage\n{}", cluster.logs()));
+    eprintln!("every agent converged {took:?} after the API server came back");
+    assert!(
+        took < crate::harness::scaled(Duration::from_secs(5)),
+        "converged {took:?} after the API server came back (limit 5 s)"
+    );
+    // No peer was removed anywhere, from the outage on.
+    for i in 1..=3 {
+        let log = std::fs::read_to_string(cluster.node(i).log()).unwrap();
+        let since = &log[marks[i - 1].min(log.len())..];
+        assert!(
+            !since.contains("  - peer "),
+            "n{i} removed a peer:\n{}",
+            cluster.node(i).log_tail()
+        );
+    }
+    assert!(
+        cluster.pod("n1a").ping(&cluster.pod("n3a").ip4, 3),
+        "n1 and n3 still talk"
+    );
+}

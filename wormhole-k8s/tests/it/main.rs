@@ -2,5 +2,6 @@
 //! server speaking real HTTP (`wormhole_k8s::testing`), and the manifests in `deploy/`.
 
 mod manifests;
+mod outage;
 mod publisher;
 mod source;

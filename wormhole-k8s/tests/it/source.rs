@@ -232,7 +232,9 @@ async fn psk_from_a_secret_converges_without_restart() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    let keys = SecretKeyStore::new(file, api.client(), "wormhole", "wormhole-psk");
+    // Read on every pass here (the agent reads it at most once a minute).
+    let keys = SecretKeyStore::new(file, api.client(), "wormhole", "wormhole-psk")
+        .with_refresh(Duration::ZERO);
     let backends = memory::Backends::default();
     let mut r = Reconciler::new(Settings::new("local", cluster()), backends.handles(keys));
     let mut source = KubePeerSource::new(api.client(), "local", local.public_key(), cluster());

@@ -1,0 +1,303 @@
+//! What the agent last learned from the Kubernetes API, saved on disk so that an agent started
+//! while the API server is unreachable can bring its node's pod network up anyway: the last
+//! snapshot of the mesh (every node's name, key, endpoint and pod CIDRs, oldest claim first),
+//! the cluster CIDRs read from kubeadm-config, and this Node's address (the underlay, for the
+//! MTU).
+//!
+//! One JSON file ([`STATE_FILE`], beside the private key: `/var/lib/wormhole` by default),
+//! written like the key: a `0600` temporary file, fsync, rename. It holds no secret (the PSK has
+//! a file of its own, see [`crate::keys`]) but nobody else needs to read it. A missing or
+//! unreadable file is no error: the agent then waits for the API as it would on a first start.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use wormhole_core::ErrorChain;
+use wormhole_core::mesh::{NodeEntry, Snapshot};
+
+use crate::Error;
+
+/// The state file's name in the state directory.
+pub const STATE_FILE: &str = "kubernetes-state.json";
+
+/// The state file's format version.
+const VERSION: u32 = 1;
+
+/// What is saved.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedState {
+    /// The format version (1).
+    pub version: u32,
+    /// The cluster CIDRs last read from kubeadm-config.
+    #[serde(default)]
+    pub cluster_cidrs: Vec<IpNet>,
+    /// This Node's InternalIP as last read.
+    #[serde(default)]
+    pub node_ip: Option<IpAddr>,
+    /// The last snapshot's nodes, oldest claim first (this node included).
+    #[serde(default)]
+    pub nodes: Vec<SavedNode>,
+    /// When the snapshot was saved, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub saved_at: Option<u64>,
+}
+
+/// One node of the saved snapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedNode {
+    /// Node name.
+    pub name: String,
+    /// Public key, base64, as published.
+    pub public_key: String,
+    /// Endpoint as published.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The Node's pod CIDRs.
+    #[serde(default)]
+    pub pod_cidrs: Vec<String>,
+    /// Where the entry came from (`WormholeNode/NAME`), for messages.
+    #[serde(default)]
+    pub origin: String,
+}
+
+impl SavedState {
+    /// The saved nodes as a snapshot (oldest claim first, as saved), `None` if none was saved.
+    /// Validation runs on it as on any snapshot.
+    pub fn snapshot(&self, cluster_cidrs: &[IpNet]) -> Option<Snapshot> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| NodeEntry {
+                name: n.name.clone(),
+                public_key: n.public_key.clone(),
+                endpoint: n.endpoint.clone(),
+                pod_cidrs: n.pod_cidrs.clone(),
+                persistent_keepalive: None,
+                origin: n.origin.clone(),
+            })
+            .collect();
+        Some(Snapshot {
+            cluster_cidrs: cluster_cidrs.to_vec(),
+            nodes,
+            rejected: Vec::new(),
+            oldest_first: true,
+        })
+    }
+
+    /// Replaces the saved nodes with `snapshot`'s, stamped now.
+    pub fn set_snapshot(&mut self, snapshot: &Snapshot) {
+        self.nodes = snapshot
+            .nodes
+            .iter()
+            .map(|n| SavedNode {
+                name: n.name.clone(),
+                public_key: n.public_key.clone(),
+                endpoint: n.endpoint.clone(),
+                pod_cidrs: n.pod_cidrs.clone(),
+                origin: n.origin.clone(),
+            })
+            .collect();
+        self.saved_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+    }
+}
+
+/// The state file and what it holds, shared by the parts of the agent that save to it.
+#[derive(Clone)]
+pub struct StateStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    state: Mutex<SavedState>,
+    /// Numbers each change; the writer skips a change a later write already covers.
+    changes: AtomicU64,
+    /// The number of the change last written.
+    written: tokio::sync::Mutex<u64>,
+}
+
+impl StateStore {
+    /// Opens the state file at `path` (its contents are read now). A missing, unreadable or
+    /// corrupt file gives an empty state (and a warning for the last two).
+    pub fn open(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let state = match std::fs::read_to_string(&path) {
+            Ok(text) => match serde_json::from_str::<SavedState>(&text) {
+                Ok(state) if state.version == VERSION => state,
+                Ok(state) => {
+                    tracing::warn!(path = %path.display(), version = state.version,
+                        "saved Kubernetes state has an unknown version: ignored");
+                    SavedState::default()
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "saved Kubernetes state is corrupt: ignored (it is written again)");
+                    SavedState::default()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SavedState::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %ErrorChain(&e),
+                    "cannot read the saved Kubernetes state: ignored");
+                SavedState::default()
+            }
+        };
+        StateStore {
+            inner: Arc::new(Inner {
+                path,
+                state: Mutex::new(state),
+                changes: AtomicU64::new(0),
+                written: tokio::sync::Mutex::new(0),
+            }),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// What is saved now.
+    pub fn saved(&self) -> SavedState {
+        self.inner.state.lock().unwrap().clone()
+    }
+
+    /// Changes the state with `change` and writes the file if anything changed (atomically,
+    /// `0600`). Concurrent saves are written in order; one that a later write covers is skipped.
+    pub async fn save(&self, change: impl FnOnce(&mut SavedState)) -> Result<(), Error> {
+        let (text, number) = {
+            let mut state = self.inner.state.lock().unwrap();
+            let before = state.clone();
+            change(&mut state);
+            state.version = VERSION;
+            if *state == before {
+                return Ok(());
+            }
+            let text = serde_json::to_string(&*state)
+                .map_err(|e| Error::Invalid(format!("saved state does not serialize: {e}")))?;
+            (text, self.inner.changes.fetch_add(1, Ordering::SeqCst) + 1)
+        };
+        let mut written = self.inner.written.lock().await;
+        if *written >= number {
+            return Ok(());
+        }
+        let path = self.inner.path.clone();
+        tokio::task::spawn_blocking(move || {
+            wormhole_core::keystore::write_secret_file(&path, &text)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("saving state: blocking task failed: {e}")))??;
+        *written = number;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            cluster_cidrs: vec![],
+            nodes: vec![
+                NodeEntry {
+                    name: "b".into(),
+                    public_key: "kb".into(),
+                    endpoint: Some("192.168.77.2:51820".into()),
+                    pod_cidrs: vec!["10.99.2.0/24".into()],
+                    persistent_keepalive: None,
+                    origin: "WormholeNode/b".into(),
+                },
+                NodeEntry {
+                    name: "a".into(),
+                    public_key: "ka".into(),
+                    endpoint: None,
+                    pod_cidrs: vec!["10.99.1.0/24".into(), "fd99:0:0:1::/64".into()],
+                    persistent_keepalive: None,
+                    origin: "Node/a".into(),
+                },
+            ],
+            rejected: vec![],
+            oldest_first: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn saves_0600_atomically_and_reads_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let store = StateStore::open(&path);
+        assert_eq!(store.saved(), SavedState::default());
+        assert!(store.saved().snapshot(&[]).is_none());
+        let cidrs: Vec<IpNet> = vec!["10.99.0.0/16".parse().unwrap()];
+        store
+            .save(|s| {
+                s.set_snapshot(&snapshot());
+                s.cluster_cidrs = cidrs.clone();
+                s.node_ip = Some("192.168.77.1".parse().unwrap());
+            })
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+
+        // A restarted agent reads the same picture, oldest claim first as saved.
+        let again = StateStore::open(&path).saved();
+        assert_eq!(again.cluster_cidrs, cidrs);
+        assert_eq!(again.node_ip, Some("192.168.77.1".parse().unwrap()));
+        let restored = again.snapshot(&cidrs).unwrap();
+        assert!(restored.oldest_first);
+        assert_eq!(restored.cluster_cidrs, cidrs);
+        assert_eq!(restored.nodes, snapshot().nodes);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_ignored_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(&path, "{ not json").unwrap();
+        let store = StateStore::open(&path);
+        assert_eq!(store.saved(), SavedState::default());
+        store.save(|s| s.set_snapshot(&snapshot())).await.unwrap();
+        assert_eq!(StateStore::open(&path).saved().nodes.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_saves_end_with_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let store = StateStore::open(&path);
+        let tasks: Vec<_> = (0..20u8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .save(|s| s.node_ip = Some(IpAddr::from([192, 168, 77, i])))
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        // The file holds what memory holds: the last change made.
+        assert_eq!(StateStore::open(&path).saved(), store.saved());
+    }
+}
