@@ -198,6 +198,14 @@ pub fn serve(
             let _ = conn.write_all(b"errno=22\n\n");
             continue;
         }
+        if changes_listen_port(&request) {
+            // boringtun can index out of bounds when its port changes under traffic.
+            tracing::warn!(
+                "refused a UAPI request changing the embedded device's listen port: set --listen-port instead"
+            );
+            let _ = conn.write_all(b"errno=1\n\n");
+            continue;
+        }
         let request = if request.starts_with("set=1\n") {
             defuse_for_boringtun(&request)
         } else {
@@ -240,6 +248,13 @@ pub fn defuse_for_boringtun(request: &str) -> zeroize::Zeroizing<String> {
         out.push('\n');
     }
     out
+}
+
+/// A `set=1` request from outside that changes the listen port: refused on the embedded device
+/// (boringtun has a race there that panics under traffic; the agent sets the port only on a
+/// device it has just created).
+fn changes_listen_port(request: &str) -> bool {
+    request.starts_with("set=1\n") && request.lines().any(|l| l.starts_with("listen_port="))
 }
 
 /// Wakes [`serve`] at `path` so it notices its device is gone, and removes the socket.
@@ -592,6 +607,15 @@ mod set_tests {
                  remove=true\npublic_key={k}\nendpoint=192.0.2.1:1\n\n"
             )
         );
+    }
+
+    #[test]
+    fn outside_listen_port_changes_are_refused() {
+        assert!(changes_listen_port("set=1\nlisten_port=51821\n\n"));
+        assert!(!changes_listen_port("get=1\n\n"));
+        assert!(!changes_listen_port(
+            "set=1\npublic_key=00\nremove=true\n\n"
+        ));
     }
 
     #[test]

@@ -444,6 +444,27 @@ fn wg_set_by_hand_cannot_crash_the_agent(backend: Backend) {
         allowed(c.node(1)),
         c.logs()
     );
+
+    // The listen port by hand: refused on the embedded device (boringtun races there under
+    // traffic), repaired on the others; the agent lives on.
+    let n1 = c.node(1);
+    let out = n1.ns.run(&["wg", "set", &n1.iface, "listen-port", "51999"]);
+    assert_eq!(
+        out.status.success(),
+        backend != Backend::Embedded,
+        "{out:?}"
+    );
+    let port = poll(Duration::from_secs(15), || {
+        (n1.wg(&["listen-port"]).trim() == "51820").then_some(())
+    });
+    assert!(port.is_some(), "{backend:?}: listen port not 51820 again");
+    let n1 = c.node_mut(1);
+    let exited = n1.daemon.as_mut().unwrap().try_wait();
+    assert!(
+        exited.is_none(),
+        "{backend:?}: the agent died: {exited:?}\n{}",
+        n1.log_tail()
+    );
 }
 
 #[test]
