@@ -404,9 +404,10 @@ impl KubePeerSource {
         let Some(state) = self.state.clone() else {
             return;
         };
-        let snapshot = snapshot.clone();
+        // One copy of the nodes, moved into the state (a snapshot clone would be two).
+        let nodes = crate::state::saved_nodes(snapshot);
         tokio::spawn(async move {
-            if let Err(e) = state.save(|s| s.set_snapshot(&snapshot)).await {
+            if let Err(e) = state.save(move |s| s.set_nodes(nodes)).await {
                 tracing::warn!(error = %ErrorChain(&e), "cannot save the mesh for restarts without the API server");
             }
         });

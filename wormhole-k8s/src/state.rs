@@ -49,7 +49,7 @@ pub struct SavedState {
 }
 
 /// One node of the saved snapshot.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct SavedNode {
     /// Node name.
@@ -96,23 +96,44 @@ impl SavedState {
 
     /// Replaces the saved nodes with `snapshot`'s, stamped now.
     pub fn set_snapshot(&mut self, snapshot: &Snapshot) {
-        self.nodes = snapshot
-            .nodes
-            .iter()
-            .map(|n| SavedNode {
-                name: n.name.clone(),
-                public_key: n.public_key.clone(),
-                endpoint: n.endpoint.clone(),
-                pod_cidrs: n.pod_cidrs.clone(),
-                origin: n.origin.clone(),
-            })
-            .collect();
+        self.set_nodes(saved_nodes(snapshot));
+    }
+
+    /// Replaces the saved nodes with `nodes` (from [`saved_nodes`]), stamped now.
+    pub fn set_nodes(&mut self, nodes: Vec<SavedNode>) {
+        self.nodes = nodes;
         self.saved_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .ok()
             .map(|d| d.as_secs());
     }
+
+    /// A fingerprint of what is saved, the time stamp aside: equal contents, equal numbers.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&self.cluster_cidrs, &self.node_ip, &self.nodes).hash(&mut hasher);
+        hasher.finish()
+    }
 }
+
+/// `snapshot`'s nodes as they are saved (one copy, moved into the state by
+/// [`SavedState::set_nodes`]: a 5,000-node mesh is saved without further copies).
+pub fn saved_nodes(snapshot: &Snapshot) -> Vec<SavedNode> {
+    snapshot
+        .nodes
+        .iter()
+        .map(|n| SavedNode {
+            name: n.name.clone(),
+            public_key: n.public_key.clone(),
+            endpoint: n.endpoint.clone(),
+            pod_cidrs: n.pod_cidrs.clone(),
+            origin: n.origin.clone(),
+        })
+        .collect()
+}
+
+impl SavedState {}
 
 /// The state file and what it holds, shared by the parts of the agent that save to it.
 #[derive(Clone)]
@@ -127,6 +148,8 @@ struct Inner {
     changes: AtomicU64,
     /// The number of the change last written.
     written: tokio::sync::Mutex<u64>,
+    /// The size of the last text written.
+    size: std::sync::atomic::AtomicUsize,
 }
 
 impl StateStore {
@@ -161,6 +184,7 @@ impl StateStore {
                 state: Mutex::new(state),
                 changes: AtomicU64::new(0),
                 written: tokio::sync::Mutex::new(0),
+                size: Default::default(),
             }),
         }
     }
@@ -180,14 +204,20 @@ impl StateStore {
     pub async fn save(&self, change: impl FnOnce(&mut SavedState)) -> Result<(), Error> {
         let (text, number) = {
             let mut state = self.inner.state.lock().unwrap();
-            let before = state.clone();
+            // Compared by fingerprint, not by a copy: the state holds the whole mesh.
+            let before = state.fingerprint();
             change(&mut state);
             state.version = VERSION;
-            if *state == before {
+            if state.fingerprint() == before {
                 return Ok(());
             }
-            let text = serde_json::to_string(&*state)
+            // Sized like the last file, so the text is not grown (and copied) piece by piece.
+            let mut text = Vec::with_capacity(self.inner.size.load(Ordering::Relaxed) + 4096);
+            serde_json::to_writer(&mut text, &*state)
                 .map_err(|e| Error::Invalid(format!("saved state does not serialize: {e}")))?;
+            self.inner.size.store(text.len(), Ordering::Relaxed);
+            let text = String::from_utf8(text)
+                .map_err(|e| Error::Invalid(format!("saved state is not UTF-8: {e}")))?;
             (text, self.inner.changes.fetch_add(1, Ordering::SeqCst) + 1)
         };
         let mut written = self.inner.written.lock().await;

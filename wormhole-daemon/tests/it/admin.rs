@@ -165,9 +165,11 @@ fn admin_flood_is_bounded_and_passes_still_apply() {
         "no /readyz after the flood\n{}",
         c.node(1).log_tail()
     );
-    let released = poll(Duration::from_secs(5), || {
+    // Within the per-connection deadline (10 s) and give or take what a pass in progress holds
+    // (netlink and UAPI sockets, the state file): the flood itself was 600 connections.
+    let released = poll(Duration::from_secs(15), || {
         let fds = open_fds(pid);
-        (fds <= fds0 + 4).then_some(fds)
+        (fds <= fds0 + 8).then_some(fds)
     });
     eprintln!("admin flood: open fds after {released:?}");
     assert!(

@@ -554,7 +554,7 @@ impl Node {
         format!(
             "--- {} log (last lines) ---\n{}",
             self.name,
-            lines[lines.len().saturating_sub(30)..].join("\n")
+            lines[lines.len().saturating_sub(80)..].join("\n")
         )
     }
 
