@@ -291,30 +291,8 @@ impl Network {
                     .map_err(net_err(format!("find address {ip}")))?;
                 msg.map(|m| m.header.index)
             }
-            None => {
-                let mut oif = None;
-                for request in [
-                    RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-                    RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-                ] {
-                    let mut routes = self.handle.route().get(request).execute();
-                    while let Some(r) = routes
-                        .try_next()
-                        .await
-                        .map_err(net_err("dump routes".into()))?
-                    {
-                        if r.header.destination_prefix_length == 0
-                            && r.header.table == RouteHeader::RT_TABLE_MAIN
-                        {
-                            oif = oif.or(route_oif(&r));
-                        }
-                    }
-                    if oif.is_some() {
-                        break;
-                    }
-                }
-                oif
-            }
+            // The first default route's interface, IPv4 before IPv6.
+            None => self.default_routes().await?.iter().find_map(route_oif),
         };
         let what = local.map_or("a default route".to_owned(), |ip| format!("address {ip}"));
         let index = oif.ok_or_else(|| {
@@ -338,32 +316,13 @@ impl Network {
     pub async fn underlay_addresses(&self) -> Result<Vec<IpAddr>, Error> {
         let mut found = Vec::new();
         let mut oifs = BTreeSet::new();
-        for request in [
-            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-        ] {
-            let mut routes = self.handle.route().get(request).execute();
-            while let Some(r) = routes
-                .try_next()
-                .await
-                .map_err(net_err("dump routes".into()))?
-            {
-                if r.header.destination_prefix_length != 0
-                    || r.header.table != RouteHeader::RT_TABLE_MAIN
-                {
-                    continue;
-                }
-                oifs.extend(route_oif(&r));
-                for attr in &r.attributes {
-                    match attr {
-                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => {
-                            found.push(IpAddr::V4(*ip));
-                        }
-                        RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => {
-                            found.push(IpAddr::V6(*ip));
-                        }
-                        _ => {}
-                    }
+        for r in self.default_routes().await? {
+            oifs.extend(route_oif(&r));
+            for attr in &r.attributes {
+                match attr {
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => found.push(IpAddr::V4(*ip)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => found.push(IpAddr::V6(*ip)),
+                    _ => {}
                 }
             }
         }
@@ -377,6 +336,29 @@ impl Network {
         }
         found.sort();
         found.dedup();
+        Ok(found)
+    }
+
+    /// The default routes of the main table, IPv4 first, then IPv6.
+    async fn default_routes(&self) -> Result<Vec<RouteMessage>, Error> {
+        let mut found = Vec::new();
+        for request in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let mut routes = self.handle.route().get(request).execute();
+            while let Some(r) = routes
+                .try_next()
+                .await
+                .map_err(net_err("dump routes".into()))?
+            {
+                if r.header.destination_prefix_length == 0
+                    && r.header.table == RouteHeader::RT_TABLE_MAIN
+                {
+                    found.push(r);
+                }
+            }
+        }
         Ok(found)
     }
 
