@@ -168,6 +168,21 @@ impl Reconciler {
         }
     }
 
+    /// Hands the reconciler `first` and every update queued behind it, in order, each through
+    /// [`Self::update`]: only the latest snapshot matters, but an error queued right behind a
+    /// snapshot must not discard it (keeping only the newest item did: an agent restarted during
+    /// an API outage lost its saved mesh and never became ready).
+    fn take_queued(
+        &mut self,
+        first: Result<Snapshot, Error>,
+        rx: &mut mpsc::Receiver<Result<Snapshot, Error>>,
+    ) {
+        self.update(first);
+        while let Ok(newer) = rx.try_recv() {
+            self.update(newer);
+        }
+    }
+
     /// Takes the pending update into account (or rebuilds the mesh after a key change), then
     /// shows a source error that came after it.
     fn refresh_mesh(&mut self, key: &PrivateKey) {
@@ -424,12 +439,8 @@ impl Reconciler {
             tokio::select! {
                 () = &mut shutdown => break,
                 update = rx.recv(), if source_open => match update {
-                    Some(mut update) => {
-                        // Only the latest full snapshot matters.
-                        while let Ok(newer) = rx.try_recv() {
-                            update = newer;
-                        }
-                        self.update(update);
+                    Some(update) => {
+                        self.take_queued(update, &mut rx);
                         next_pass = tokio::time::Instant::now();
                         for_change = true;
                     }
@@ -550,4 +561,52 @@ fn peer_statuses(mesh: &Mesh, device: Option<&ObservedDevice>) -> Vec<PeerStatus
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{self, MemoryKeyStore};
+    use crate::mesh::NodeEntry;
+
+    /// Issue 9: the saved picture and the outage queued together while a pass ran; the picture
+    /// must apply and the outage be shown.
+    #[tokio::test]
+    async fn a_snapshot_with_an_error_queued_behind_it_is_applied() {
+        let key = PrivateKey::generate();
+        let peer = PrivateKey::generate().public_key();
+        let entry = |name: &str, key: &PublicKey, cidr: &str| NodeEntry {
+            name: name.into(),
+            public_key: key.to_base64(),
+            endpoint: Some("192.168.77.2:51820".into()),
+            pod_cidrs: vec![cidr.into()],
+            persistent_keepalive: None,
+            origin: name.into(),
+        };
+        let snapshot = Snapshot {
+            nodes: vec![
+                entry("local", &key.public_key(), "10.99.1.0/24"),
+                entry("a", &peer, "10.99.2.0/24"),
+            ],
+            ..Snapshot::default()
+        };
+        let backends = memory::Backends::default();
+        let settings = Settings::new("local", vec!["10.99.0.0/16".parse().unwrap()]);
+        let mut r = Reconciler::new(settings, backends.handles(MemoryKeyStore::new(key, None)));
+        let (tx, mut rx) = mpsc::channel(2);
+        tx.send(Ok(snapshot)).await.unwrap();
+        tx.send(Err(Error::Source("api server unreachable".into())))
+            .await
+            .unwrap();
+        let first = rx.recv().await.unwrap();
+        r.take_queued(first, &mut rx);
+        r.reconcile().await.unwrap();
+        let status = r.status().borrow().clone();
+        assert!(status.ready(), "the snapshot applied: {status:?}");
+        assert_eq!(status.peers.len(), 1);
+        assert_eq!(
+            status.source_error.as_deref(),
+            Some("peer source: api server unreachable")
+        );
+    }
 }

@@ -8,7 +8,11 @@
 //!
 //! While the API server is unreachable the stores keep their contents, so no peer is removed
 //! during an outage; watches retry every 0.25 s to 2 s (with jitter), so the mesh converges
-//! within seconds of the API server's return. Changes are debounced and a snapshot is only
+//! within seconds of the API server's return. A watch that resumes reports nothing until something
+//! changes, so after a watch failure the source also asks the API server every 1-2 s (a list of
+//! one object of each kind; a refused connection costs the server nothing, and once it answers
+//! each agent asks once): the mesh is then yielded again and the error clears, change or no
+//! change. Changes are debounced and a snapshot is only
 //! yielded when it differs from the last one (Node status heartbeats change nothing).
 //!
 //! With a [`StateStore`] ([`KubePeerSource::with_state`]) every snapshot yielded is saved, and
@@ -280,6 +284,7 @@ impl kube::runtime::utils::Backoff for Retry {
 
 /// A [`PeerSource`] over the Kubernetes API.
 pub struct KubePeerSource {
+    client: Client,
     nodes: Store<Node>,
     wormholes: Store<WormholeNode>,
     changes: Changes,
@@ -300,6 +305,9 @@ pub struct KubePeerSource {
     held: Option<watcher::Error>,
     /// A watch failure was logged: the next ones (retries) are debug, until a snapshot again.
     warned: bool,
+    /// A watch failed and has reported no progress since: the API server is asked whether it
+    /// answers again.
+    outage: bool,
 }
 
 impl KubePeerSource {
@@ -317,12 +325,16 @@ impl KubePeerSource {
             .modify(slim_node)
             .reflect(node_writer)
             .map(|e| e.map(drop));
-        let wh_changes = watcher(Api::<WormholeNode>::all(client), watcher::Config::default())
-            .backoff(Retry::new())
-            .modify(slim_wormhole)
-            .reflect(wh_writer)
-            .map(|e| e.map(drop));
+        let wh_changes = watcher(
+            Api::<WormholeNode>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .backoff(Retry::new())
+        .modify(slim_wormhole)
+        .reflect(wh_writer)
+        .map(|e| e.map(drop));
         KubePeerSource {
+            client,
             nodes,
             wormholes,
             changes: Box::pin(futures::stream::select(node_changes, wh_changes)),
@@ -338,6 +350,7 @@ impl KubePeerSource {
             started: tokio::time::Instant::now(),
             held: None,
             warned: false,
+            outage: false,
         }
     }
 
@@ -379,6 +392,7 @@ impl KubePeerSource {
         &mut self,
         e: watcher::Error,
     ) -> Option<Result<wormhole_core::Snapshot, wormhole_core::Error>> {
+        self.outage = true;
         if self.warned {
             tracing::debug!(error = %ErrorChain(&e), "Kubernetes watch failed again; retrying");
         } else {
@@ -432,6 +446,37 @@ impl KubePeerSource {
     }
 }
 
+/// How often the API server is asked whether it answers again after a watch failure: this,
+/// plus as much again at random (so a large cluster's agents do not ask at once).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The API server answers again: one object of each watched kind can be listed (what the
+/// watches need, permissions included), each within [`API_TIMEOUT`].
+async fn api_answers(client: Client) -> bool {
+    let one = kube::api::ListParams::default().limit(1);
+    let nodes = Api::<Node>::all(client.clone());
+    let wormholes = Api::<WormholeNode>::all(client);
+    let both = async {
+        nodes.list_metadata(&one).await.is_ok() && wormholes.list_metadata(&one).await.is_ok()
+    };
+    tokio::time::timeout(API_TIMEOUT, both)
+        .await
+        .unwrap_or(false)
+}
+
+/// Waits for the API server to answer again, asking every 1-2 [`PROBE_EVERY`]s.
+async fn until_api_answers(client: Client) {
+    use std::hash::BuildHasher as _;
+    let jitter = std::collections::hash_map::RandomState::new();
+    for tries in 0u64.. {
+        let extra = jitter.hash_one(tries) % PROBE_EVERY.as_millis() as u64;
+        tokio::time::sleep(PROBE_EVERY + Duration::from_millis(extra)).await;
+        if api_answers(client.clone()).await {
+            return;
+        }
+    }
+}
+
 #[async_trait]
 impl PeerSource for KubePeerSource {
     async fn next(&mut self) -> Result<wormhole_core::Snapshot, wormhole_core::Error> {
@@ -440,14 +485,18 @@ impl PeerSource for KubePeerSource {
             return Err(wormhole_core::Error::Source(Box::new(e)));
         }
         loop {
-            let change = if self.saved.is_some() {
-                let deadline = self.started + self.grace;
-                tokio::select! {
-                    change = self.changes.next() => Some(change),
-                    () = tokio::time::sleep_until(deadline) => None,
+            let deadline = self.started + self.grace;
+            let grace = self.saved.is_some();
+            // A watch failed after the first listing: a resumed watch says nothing until
+            // something changes, so ask the server whether it is back.
+            let probe = self.outage && self.listed();
+            let change = tokio::select! {
+                change = self.changes.next() => Some(change),
+                () = tokio::time::sleep_until(deadline), if grace => None,
+                () = until_api_answers(self.client.clone()), if probe => {
+                    tracing::debug!("the Kubernetes API server answers again");
+                    Some(Some(Ok(())))
                 }
-            } else {
-                Some(self.changes.next().await)
             };
             let change = match change {
                 Some(change) => change,
@@ -472,7 +521,7 @@ impl PeerSource for KubePeerSource {
                     }
                     continue;
                 }
-                Some(Ok(())) => {}
+                Some(Ok(())) => self.outage = false,
             }
             // Gather what follows closely, then look once.
             let until = tokio::time::sleep(self.debounce);

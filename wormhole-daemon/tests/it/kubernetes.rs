@@ -367,13 +367,11 @@ fn kubernetes_agent_restarted_while_the_api_server_is_down() {
     }
 }
 
-/// Kernel backend. Not in the VM lane yet (its filter is `_kernel`): in TCG it once found no
-/// convergence within `scaled(5 s)` after the API server returned (issue 9 stays open for it).
-/// Run it in the VM by hand: `scripts/vm-lane.sh api_server_is_down_kmod`.
+/// Kernel backend (in the VM lane).
 #[test]
-#[ignore = "needs the WireGuard kernel module; flaky under TCG, kept out of the VM lane for now"]
-fn kubernetes_agent_restarted_while_the_api_server_is_down_kmod() {
-    if root_or_skip("kubernetes_agent_restarted_while_the_api_server_is_down_kmod") {
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn kubernetes_agent_restarted_while_the_api_server_is_down_kernel() {
+    if root_or_skip("kubernetes_agent_restarted_while_the_api_server_is_down_kernel") {
         kubernetes_agent_restarted_while_the_api_server_is_down_on(Backend::Kernel);
     }
 }

@@ -105,6 +105,41 @@ async fn a_wormholenode_cannot_claim_cidrs() {
     );
 }
 
+/// Issue 9: an outage in which nothing changes. A watch that resumes reports nothing until
+/// something changes, so the source used to show the outage's error until the next change
+/// (forever, in a quiet cluster): it must yield the mesh again within seconds of the API
+/// server's return, which clears the error.
+#[tokio::test]
+async fn the_error_clears_after_an_outage_in_which_nothing_changed() {
+    let (api, me, _) = cluster_with_a().await;
+    let mut source = KubePeerSource::new(api.client(), "local", me, cluster());
+    let before = next(&mut source).await;
+    api.stop().await;
+    let error = tokio::time::timeout(Duration::from_secs(10), source.next())
+        .await
+        .expect("the outage is reported within 10 s");
+    assert!(error.is_err(), "an error during the outage: {error:?}");
+    // Let the watches fail a few times, as in a real outage.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), source.next()).await;
+    assert!(quiet.is_err(), "nothing more during the outage: {quiet:?}");
+    api.restart().await;
+    let back = std::time::Instant::now();
+    let after = tokio::time::timeout(Duration::from_secs(10), source.next())
+        .await
+        .expect("the mesh again within 10 s of the API server's return")
+        .expect("a good snapshot");
+    eprintln!(
+        "the mesh again {:?} after the API server came back",
+        back.elapsed()
+    );
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        back.elapsed()
+    );
+    assert_eq!(after, before, "the same mesh");
+}
+
 #[tokio::test]
 async fn survives_an_api_server_restart_and_410_gone_without_removing_peers() {
     let (api, me, _) = cluster_with_a().await;
