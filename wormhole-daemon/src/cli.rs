@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use serde::Deserialize;
+use wormhole_agent::KubernetesOptions;
 use wormhole_core::mesh::is_dns1123_subdomain;
 use wormhole_core::state::InterfaceName;
 use wormhole_core::text::Escaped;
@@ -200,18 +201,7 @@ pub enum PeerSourceKind {
     /// A peers file or directory.
     File(PathBuf),
     /// The Kubernetes API.
-    Kubernetes(KubeOptions),
-}
-
-/// Options of the Kubernetes mode.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct KubeOptions {
-    /// `None`: in-cluster.
-    pub kubeconfig: Option<PathBuf>,
-    /// `(namespace, name)` of the PSK Secret.
-    pub psk_secret: Option<(String, String)>,
-    /// The endpoint to publish.
-    pub endpoint: Option<SocketAddr>,
+    Kubernetes(KubernetesOptions),
 }
 
 /// Everything `wormhole run` needs, resolved and checked.
@@ -237,8 +227,7 @@ pub struct Config {
 
 /// The range every duration option must lie in: a shorter period would spin the agent, a longer
 /// one (up to `u64::MAX` seconds) would overflow the timer and abort the process.
-pub const DURATION_RANGE: std::ops::RangeInclusive<Duration> =
-    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+pub const DURATION_RANGE: std::ops::RangeInclusive<Duration> = wormhole_agent::RESYNC_RANGE;
 
 /// Parses `30s`, `2m`, `1500ms`, `1h` or a bare number of seconds, between 1s and 24h
 /// ([`DURATION_RANGE`]).
@@ -293,10 +282,7 @@ fn parse_mtu(text: &str) -> Result<Option<u32>, String> {
     Ok(Some(mtu))
 }
 
-/// What a node name must be, for error messages.
-const NODE_NAME_RULE: &str = "must be a DNS-1123 subdomain, as Kubernetes requires of Node \
-     names: 1-253 characters, lowercase letters, digits, '-' and '.', each dot-separated part \
-     starting and ending with a letter or digit (for example node-1)";
+use wormhole_agent::NODE_NAME_RULE;
 
 fn hostname() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
@@ -328,14 +314,20 @@ impl RunArgs {
                 return Err("--peers and --kubernetes exclude each other: pick one".into());
             }
             (Some(path), false) => PeerSourceKind::File(path),
-            (None, true) => PeerSourceKind::Kubernetes(KubeOptions {
-                kubeconfig: self.kubeconfig.or(file.kubeconfig),
-                psk_secret: self.psk_secret.or(file.psk_secret).map(|name| {
+            (None, true) => {
+                let mut options = KubernetesOptions::in_cluster();
+                if let Some(path) = self.kubeconfig.or(file.kubeconfig) {
+                    options = options.kubeconfig(path);
+                }
+                if let Some(name) = self.psk_secret.or(file.psk_secret) {
                     let ns = self.psk_secret_namespace.or(file.psk_secret_namespace);
-                    (ns.unwrap_or_else(|| "wormhole".into()), name)
-                }),
-                endpoint: self.endpoint.or(file.endpoint),
-            }),
+                    options = options.psk_secret(ns.as_deref().unwrap_or("wormhole"), name);
+                }
+                if let Some(endpoint) = self.endpoint.or(file.endpoint) {
+                    options = options.endpoint(endpoint);
+                }
+                PeerSourceKind::Kubernetes(options)
+            }
             (None, false) => {
                 return Err("no peer source: pass --peers FILE|DIR (or --kubernetes)".into());
             }

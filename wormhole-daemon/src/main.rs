@@ -2,15 +2,13 @@
 //!
 //! `wormhole run` keeps this node's WireGuard interface, routes, nftables table and CNI conflist
 //! equal to the mesh its peers file describes; `wormhole status` asks it how its peers are doing;
-//! `genkey`, `pubkey` and `rotate-key` manage keys. Start reading at [`run::run`].
+//! `genkey`, `pubkey` and `rotate-key` manage keys. The agent itself is the `wormhole-agent`
+//! library; this binary parses options ([`cli`]), hands them to it ([`run::run`]) and prints.
 
 // A binary: `pub` items are crate-wide by construction.
 #![allow(unreachable_pub)]
 
-mod admin;
 mod cli;
-mod cni;
-mod metrics;
 mod run;
 mod status;
 
@@ -27,6 +25,9 @@ pub enum Error {
     /// Bad or conflicting options.
     #[error("{0}")]
     Config(String),
+    /// From the agent library.
+    #[error(transparent)]
+    Agent(#[from] wormhole_agent::Error),
     /// From the core or a backend.
     #[error(transparent)]
     Core(#[from] wormhole_core::Error),

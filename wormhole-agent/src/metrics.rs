@@ -41,7 +41,7 @@ impl EncodeLabelValue for LabelValue {
 
 /// Metrics that need memory across scrapes.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     reconcile_duration: Histogram,
 }
 
@@ -61,12 +61,12 @@ fn label(k: &'static str, v: impl Into<String>) -> Labels {
 
 impl Metrics {
     /// Records one reconcile pass.
-    pub fn observe_pass(&self, duration: Duration) {
+    pub(crate) fn observe_pass(&self, duration: Duration) {
         self.reconcile_duration.observe(duration.as_secs_f64());
     }
 
     /// The exposition text for `status` at `now`.
-    pub fn render(&self, status: &Status, now: SystemTime) -> String {
+    pub(crate) fn render(&self, status: &Status, now: SystemTime) -> String {
         let mut registry = Registry::with_prefix("wormhole");
 
         let info = Family::<Labels, Gauge>::default();

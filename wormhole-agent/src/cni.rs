@@ -9,10 +9,10 @@ use ipnet::IpNet;
 use serde_json::json;
 
 /// The file we own in the CNI configuration directory. `10-` sorts it before most others.
-pub const CONFLIST: &str = "10-wormhole.conflist";
+pub(crate) const CONFLIST: &str = "10-wormhole.conflist";
 
 /// The conflist for pods on `bridge` in `pod_cidrs`, with `mtu`.
-pub fn render(bridge: &str, pod_cidrs: &[IpNet], mtu: u32) -> String {
+pub(crate) fn render(bridge: &str, pod_cidrs: &[IpNet], mtu: u32) -> String {
     let ranges: Vec<_> = pod_cidrs
         .iter()
         .map(|c| json!([{ "subnet": c.to_string() }]))
@@ -46,7 +46,7 @@ pub fn render(bridge: &str, pod_cidrs: &[IpNet], mtu: u32) -> String {
 /// file is replaced atomically (temporary file, fsync, rename), so the runtime never reads half a
 /// file. The temporary file is created exclusively (`O_EXCL`: never through a symlink planted at
 /// its name). Other files in `dir` are left alone. Returns whether the file was (re)written.
-pub fn write(dir: &Path, text: &str) -> std::io::Result<bool> {
+pub(crate) fn write(dir: &Path, text: &str) -> std::io::Result<bool> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(CONFLIST);
     if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
@@ -82,7 +82,7 @@ pub fn write(dir: &Path, text: &str) -> std::io::Result<bool> {
 }
 
 /// Removes our conflist (for `--cleanup-on-exit`).
-pub fn remove(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn remove(dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(dir.join(CONFLIST)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -34,22 +34,22 @@ use wormhole_core::state::PeerStats;
 use wormhole_core::{ErrorChain, PublicKey, Status, WireGuardDevice};
 
 use crate::metrics::Metrics;
-use crate::status::StatusView;
+use crate::view::StatusView;
 
 /// Rendered bodies, and the device's counters behind them, are reused for this long.
-pub const FRESH_FOR: Duration = Duration::from_secs(1);
+pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
 /// A device read for counters that takes longer is given up (the status's counters are served).
 const DEVICE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// The socket send buffer of an admin connection (the kernel doubles it for its bookkeeping).
 const SEND_BUFFER: usize = 64 * 1024;
 /// Between attempts to bind the admin address.
-pub const BIND_RETRY: Duration = Duration::from_secs(2);
+pub(crate) const BIND_RETRY: Duration = Duration::from_secs(2);
 /// A failure to bind is logged again (as a warning) at most this often while it lasts.
 const BIND_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What the admin server allows one client, and all of them together.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Connections open at a time.
     pub connections: usize,
     /// The longest a connection lives, reading the request and writing the reply.
@@ -59,14 +59,14 @@ pub struct Limits {
 impl Limits {
     /// Plenty for probes, a scraper and `wormhole status`; with the deadline, a flood of
     /// connections costs at most this many sockets and buffers.
-    pub const DEFAULT: Limits = Limits {
+    pub(crate) const DEFAULT: Limits = Limits {
         connections: 32,
         deadline: Duration::from_secs(10),
     };
 }
 
 /// What the handlers read.
-pub struct Admin {
+pub(crate) struct Admin {
     /// The reconciler's status.
     pub status: watch::Receiver<Status>,
     /// For fresh handshake times and counters on `/status` and `/metrics` (read at most once
@@ -243,12 +243,12 @@ impl Server {
 }
 
 /// Serves on `listener` with the default [`Limits`] until the task is dropped.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     serve_with(listener, admin, Limits::DEFAULT).await;
 }
 
 /// Serves on `listener` within `limits` until the task is dropped.
-pub async fn serve_with(listener: TcpListener, admin: Arc<Admin>, limits: Limits) {
+pub(crate) async fn serve_with(listener: TcpListener, admin: Arc<Admin>, limits: Limits) {
     let server = Arc::new(Server {
         cache: Mutex::new(Cache {
             status: admin.status.clone(),
@@ -314,7 +314,7 @@ pub async fn serve_with(listener: TcpListener, admin: Arc<Admin>, limits: Limits
 /// Binds `addr` and serves, until the task is dropped. A failure to bind (the port is busy or
 /// squatted, the address is not up yet) is logged and retried every [`BIND_RETRY`] in the
 /// background, so that the mesh is applied regardless.
-pub async fn listen_and_serve(addr: SocketAddr, admin: Arc<Admin>) {
+pub(crate) async fn listen_and_serve(addr: SocketAddr, admin: Arc<Admin>) {
     let mut failures = 0u64;
     let mut warned: Option<Instant> = None;
     let listener = loop {

@@ -1,0 +1,570 @@
+//! [`Agent`]: start-up (keys, peer source, device), then the reconciler with the admin server, the
+//! CNI conflist and Kubernetes publishing beside it, until the shutdown future resolves.
+//! Stopping leaves the network in place.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use wormhole_core::ErrorChain;
+
+use ipnet::IpNet;
+use tokio::sync::watch;
+use wormhole_core::reconciler::Backends;
+use wormhole_core::state::HostSettings;
+use wormhole_core::{
+    FileKeyStore, FilePeerSource, KeyStore, PeerSource, PrivateKey, Reconciler, Settings, Status,
+};
+use wormhole_k8s::events::EventSink;
+use wormhole_k8s::keys::SecretKeyStore;
+use wormhole_k8s::publisher::Publisher;
+use wormhole_k8s::source::{KubePeerSource, detect_cluster_cidrs};
+use wormhole_k8s::state::{STATE_FILE, StateStore};
+use wormhole_linux::{Network, Nftables, WgDevice};
+
+use crate::admin::{self, Admin};
+use crate::builder::{KubernetesOptions, Options, Peers};
+use crate::metrics::Metrics;
+use crate::{AgentBuilder, Error, cni};
+
+/// The WireGuard MTU: underlay MTU - 80, the underlay being the interface holding this node's
+/// endpoint address in the peers file (or its Node's InternalIP, saved for starts without the
+/// API server), else the one of the default route.
+async fn detect_mtu(
+    config: &Options,
+    peers: &Peers,
+    network: &Network,
+    client: Option<&kube::Client>,
+    state: Option<&StateStore>,
+) -> Result<u32, Error> {
+    let local_ip = match peers {
+        Peers::File(path) => wormhole_core::file_source::load(path).ok().and_then(|s| {
+            let me = s.nodes.into_iter().find(|n| n.name == config.node_name)?;
+            me.endpoint?
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|e| e.ip())
+        }),
+        Peers::Kubernetes(k) => match (k.endpoint, client) {
+            (Some(e), _) => Some(e.ip()),
+            // The address other nodes reach us at: this Node's InternalIP.
+            (None, Some(client)) => node_ip(config, client, state).await?,
+            (None, None) => None,
+        },
+        // Your own source: the interface of the default route.
+        Peers::Custom(_) => None,
+    };
+    let mtu = network.wireguard_mtu(local_ip).await?;
+    tracing::info!(mtu, "detected MTU (underlay - 80); set --mtu to override");
+    Ok(mtu)
+}
+
+/// This Node's InternalIP from the API server (saved), else as saved when the API server cannot
+/// be reached.
+async fn node_ip(
+    config: &Options,
+    client: &kube::Client,
+    state: Option<&StateStore>,
+) -> Result<Option<std::net::IpAddr>, Error> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let name = &config.node_name;
+    let node = match tokio::time::timeout(wormhole_k8s::API_TIMEOUT, nodes.get(name)).await {
+        Ok(Ok(node)) => node,
+        // The API server answered: the Node is not there (or we may not read it).
+        Ok(Err(kube::Error::Api(status))) => {
+            return Err(Error::Environment(format!(
+                "get Node {name} (is the node name right?): {}",
+                status.message
+            )));
+        }
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => ErrorChain(&e).to_string(),
+                _ => format!("no answer within {:?}", wormhole_k8s::API_TIMEOUT),
+            };
+            let saved = state.and_then(|s| s.saved().node_ip);
+            return match saved {
+                Some(ip) => {
+                    tracing::warn!(error = %why, %ip, "cannot read this Node: using its address saved at the last start");
+                    Ok(Some(ip))
+                }
+                None => Err(Error::Environment(format!("get Node {name}: {why}"))),
+            };
+        }
+    };
+    let ip = wormhole_k8s::publisher::internal_ip(&node);
+    if let (Some(state), Some(ip)) = (state, ip) {
+        if let Err(e) = state.save(|s| s.node_ip = Some(ip)).await {
+            tracing::warn!(error = %ErrorChain(&e), "cannot save this Node's address");
+        }
+    }
+    Ok(ip)
+}
+
+/// The cluster CIDRs from kubeadm-config (saved), else as saved when the API server cannot be
+/// reached.
+async fn kubeadm_cluster_cidrs(
+    client: &kube::Client,
+    state: &StateStore,
+) -> Result<Vec<IpNet>, Error> {
+    match detect_cluster_cidrs(client.clone()).await {
+        Ok(cidrs) if cidrs.is_empty() => Err(Error::Environment(
+            "no cluster CIDR: give the cluster CIDRs (--cluster-cidr) (no kubeadm-config ConfigMap to read networking.podSubnet from)"
+                .into(),
+        )),
+        Ok(cidrs) => {
+            tracing::info!(?cidrs, "cluster CIDRs from kubeadm-config");
+            if let Err(e) = state.save(|s| s.cluster_cidrs = cidrs.clone()).await {
+                tracing::warn!(error = %ErrorChain(&e), "cannot save the cluster CIDRs");
+            }
+            Ok(cidrs)
+        }
+        Err(e @ wormhole_k8s::Error::Invalid(_)) => Err(wormhole_core::Error::from(e).into()),
+        Err(e) => {
+            let saved = state.saved().cluster_cidrs;
+            if saved.is_empty() {
+                return Err(wormhole_core::Error::from(e).into());
+            }
+            tracing::warn!(error = %ErrorChain(&e), cidrs = ?saved, path = %state.path().display(),
+                "cannot read kubeadm-config: using the cluster CIDRs saved at the last start");
+            Ok(saved)
+        }
+    }
+}
+
+/// Where the agent keeps what it must not lose: the directory of its private key
+/// (`/var/lib/wormhole` by default).
+fn state_dir(key_file: &Path) -> PathBuf {
+    key_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned()
+}
+
+/// Pods on other nodes are reached by routing: turn forwarding on for the families in use.
+fn enable_forwarding() {
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        match std::fs::write(path, "1") {
+            Ok(()) => tracing::info!(path, "enabled IP forwarding"),
+            Err(e) => {
+                tracing::warn!(path, error = %ErrorChain(&e), "cannot enable IP forwarding: pods will not reach other nodes")
+            }
+        }
+    }
+}
+
+/// Keeps the CNI conflist equal to this node's pod CIDRs and MTU: checked on every status
+/// change (every pass), so a deleted or edited file is rewritten at the next pass.
+async fn follow_cni(mut status: watch::Receiver<Status>, dir: PathBuf, bridge: String, mtu: u32) {
+    let mut written: Option<Vec<IpNet>> = None;
+    loop {
+        let cidrs = status.borrow_and_update().pod_cidrs.clone();
+        if !cidrs.is_empty() {
+            match cni::write(&dir, &cni::render(&bridge, &cidrs, mtu)) {
+                Ok(true) => {
+                    if written.as_ref() == Some(&cidrs) {
+                        tracing::warn!(dir = %dir.display(), "the CNI conflist was deleted or changed by someone else; rewrote it");
+                    } else {
+                        tracing::info!(dir = %dir.display(), ?cidrs, mtu, "wrote CNI conflist");
+                    }
+                    written = Some(cidrs);
+                }
+                Ok(false) => written = Some(cidrs),
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %ErrorChain(&e), "cannot write the CNI conflist")
+                }
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A `kube` client from the kubeconfig file given, else the in-cluster service account.
+async fn kube_client(options: &KubernetesOptions) -> Result<kube::Client, Error> {
+    let config = match &options.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Environment(format!("kubeconfig {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| Error::Environment(format!("kubeconfig {}: {e}", path.display())))?
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            Error::Environment(format!(
+                "not running in a cluster ({e}): give a kubeconfig (--kubeconfig)"
+            ))
+        })?,
+    };
+    let mut config = config;
+    wormhole_k8s::configure_client(&mut config);
+    kube::Client::try_from(config)
+        .map_err(|e| Error::Environment(format!("Kubernetes client: {e}")))
+}
+
+/// The peer source and key store of the chosen mode, and the cluster CIDRs.
+async fn source_and_keys(
+    config: &Options,
+    peers: Peers,
+    file_keys: FileKeyStore,
+    key: &PrivateKey,
+    client: Option<&kube::Client>,
+    state: Option<&StateStore>,
+) -> Result<(Box<dyn PeerSource>, Arc<dyn KeyStore>, Vec<IpNet>), Error> {
+    Ok(match peers {
+        Peers::File(path) => (
+            Box::new(FilePeerSource::new(path)),
+            Arc::new(file_keys),
+            config.cluster_cidrs.clone(),
+        ),
+        Peers::Custom(source) => (source, Arc::new(file_keys), config.cluster_cidrs.clone()),
+        Peers::Kubernetes(options) => {
+            let client = client.expect("start() makes the client before loading keys");
+            let state = state.expect("start() opens the state file in Kubernetes mode");
+            let mut cidrs = config.cluster_cidrs.clone();
+            if cidrs.is_empty() {
+                cidrs = kubeadm_cluster_cidrs(client, state).await?;
+            }
+            let keys: Arc<dyn KeyStore> = match &options.psk_secret {
+                Some((namespace, name)) => Arc::new(
+                    SecretKeyStore::new(file_keys, client.clone(), namespace, name)
+                        .with_saved(state_dir(&config.key_file).join(wormhole_k8s::keys::PSK_FILE)),
+                ),
+                None => Arc::new(file_keys),
+            };
+            let source = KubePeerSource::new(
+                client.clone(),
+                &config.node_name,
+                key.public_key(),
+                cidrs.clone(),
+            )
+            .with_state(state.clone());
+            (Box::new(source), keys, cidrs)
+        }
+    })
+}
+
+/// Kubernetes mode: publishes this node's WormholeNode and Events as the status changes.
+async fn follow_kubernetes(
+    mut status: watch::Receiver<Status>,
+    client: kube::Client,
+    node_name: String,
+    listen_port: u16,
+    endpoint: Option<std::net::SocketAddr>,
+) {
+    let mut publisher = Publisher::new(client.clone(), &node_name, listen_port, endpoint);
+    let mut events = EventSink::new(client, &node_name);
+    loop {
+        let current = status.borrow_and_update().clone();
+        if let Some(key) = current.public_key {
+            if let Err(e) = publisher.publish_spec(&key).await {
+                tracing::warn!(error = %ErrorChain(&e), "cannot publish this node's WormholeNode; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            if let Err(e) = publisher.publish_status(&current).await {
+                tracing::warn!(error = %ErrorChain(&e), "cannot publish the WormholeNode status");
+            }
+        }
+        events.observe(&current).await;
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A node agent, built by [`AgentBuilder::build`]: start it with [`Agent::run`] (or
+/// [`Agent::start`], then [`Running::run_until`]).
+#[derive(Debug)]
+pub struct Agent {
+    options: Options,
+    peers: Peers,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("node_name", &self.node_name)
+            .field("interface", &self.interface)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Starts building the agent of node `node_name` (its Kubernetes Node name, or its name in
+    /// the peers file) with peers from `peers`.
+    pub fn builder(node_name: impl Into<String>, peers: Peers) -> AgentBuilder {
+        AgentBuilder::new(node_name, peers)
+    }
+
+    pub(crate) fn new(options: Options, peers: Peers) -> Self {
+        Agent { options, peers }
+    }
+
+    /// Starts, then runs until `shutdown` resolves. A shutdown during start-up (say, while an
+    /// API server does not answer) ends it at once: nothing has been applied yet.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        tokio::pin!(shutdown);
+        let running = tokio::select! {
+            running = self.start() => running?,
+            () = &mut shutdown => {
+                tracing::info!("stopped during start-up; nothing was applied");
+                return Ok(());
+            }
+        };
+        running.run_until(shutdown).await
+    }
+
+    /// Start-up: loads (or creates) the key and the PSK, opens the peer source and the
+    /// WireGuard device, detects the MTU. Nothing on the host changes yet.
+    pub async fn start(self) -> Result<Running, Error> {
+        let Agent { options, peers } = self;
+        let mut file_keys = FileKeyStore::new(&options.key_file);
+        if let Some(psk) = &options.psk_file {
+            file_keys = file_keys.with_cluster_secret(psk);
+        }
+        // Fail fast, before creating a key file or touching the host: no cluster, no start.
+        let client = match &peers {
+            Peers::Kubernetes(k) => Some(kube_client(k).await?),
+            Peers::File(_) | Peers::Custom(_) => None,
+        };
+        let key = file_keys.load_or_create().await?;
+        file_keys.cluster_secret().await?;
+        // What the API server said last, beside the key: a start without it uses that.
+        let state = client
+            .is_some()
+            .then(|| StateStore::open(state_dir(&options.key_file).join(STATE_FILE)));
+        let publish = match &peers {
+            Peers::Kubernetes(k) => client.clone().map(|c| (c, k.endpoint)),
+            _ => None,
+        };
+        let network = Arc::new(Network::new(options.interface.as_str())?);
+        let source_text = format!("{peers:?}");
+        let mtu = match options.mtu {
+            Some(mtu) => mtu,
+            None => detect_mtu(&options, &peers, &network, client.as_ref(), state.as_ref()).await?,
+        };
+        let (source, keys, cluster_cidrs) = source_and_keys(
+            &options,
+            peers,
+            file_keys,
+            &key,
+            client.as_ref(),
+            state.as_ref(),
+        )
+        .await?;
+        let device = Arc::new(WgDevice::new(
+            options.interface.as_str(),
+            options.backend,
+            Some(network.clone()),
+        )?);
+        tracing::info!(
+            node = %options.node_name, public_key = %key.public_key(), backend = options.backend.as_str(),
+            interface = %options.interface, mtu, source = %source_text, "starting"
+        );
+
+        let mut settings = Settings::new(&options.node_name, cluster_cidrs);
+        settings.host = HostSettings {
+            interface: options.interface.clone(),
+            bridge: options.bridge.clone(),
+            listen_port: options.listen_port,
+            mtu,
+        };
+        settings.resync = options.resync;
+        // Cluster CIDRs must never hold the underlay: refused with a reason, not applied.
+        settings.underlay = match network.underlay_addresses().await {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot read the underlay addresses; cluster CIDRs are checked against the nodes' endpoints only");
+                Vec::new()
+            }
+        };
+        let firewall = Arc::new(Nftables::new());
+        let backends = Backends {
+            keys,
+            device: device.clone(),
+            network: network.clone(),
+            firewall: firewall.clone(),
+        };
+        let mut reconciler = Reconciler::new(settings, backends);
+        let metrics = Arc::new(Metrics::default());
+        let observed = metrics.clone();
+        reconciler.on_pass(move |info, _| observed.observe_pass(info.duration));
+        Ok(Running {
+            options,
+            reconciler,
+            source,
+            publish,
+            network,
+            firewall,
+            device,
+            metrics,
+            mtu,
+        })
+    }
+}
+
+/// A started agent: [`Running::run_until`] applies and keeps the mesh.
+pub struct Running {
+    options: Options,
+    reconciler: Reconciler,
+    source: Box<dyn PeerSource>,
+    /// Kubernetes mode: the client and the endpoint to publish.
+    publish: Option<(kube::Client, Option<std::net::SocketAddr>)>,
+    network: Arc<Network>,
+    firewall: Arc<Nftables>,
+    device: Arc<WgDevice>,
+    metrics: Arc<Metrics>,
+    mtu: u32,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("options", &self.options)
+            .field("mtu", &self.mtu)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The status after every pass; `borrow()` is cheap. Ready ([`Status::ready`]) once a
+    /// pass applied a mesh.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.reconciler.status()
+    }
+
+    /// The MTU of the WireGuard interface (given, or detected at start).
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// Applies and keeps the mesh until `shutdown` resolves, with the admin server, the CNI
+    /// conflist and Kubernetes publishing beside it. Stopping leaves the network in place,
+    /// unless [`AgentBuilder::cleanup_on_exit`] was asked for.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Running {
+            options,
+            reconciler,
+            source,
+            publish,
+            network,
+            firewall,
+            device,
+            metrics,
+            mtu,
+        } = self;
+        if options.forwarding {
+            enable_forwarding();
+        }
+        let status = reconciler.status();
+        // Bound in the background: a busy admin port must not keep the mesh from being applied.
+        let admin_task = options.admin_addr.map(|addr| {
+            let admin = Admin {
+                status: status.clone(),
+                device: device.clone(),
+                metrics,
+                liveness: options.resync * 3 + Duration::from_secs(60),
+                started: SystemTime::now(),
+            };
+            tokio::spawn(admin::listen_and_serve(addr, Arc::new(admin)))
+        });
+        let cni_task = options.cni_conf_dir.clone().map(|dir| {
+            tokio::spawn(follow_cni(
+                status.clone(),
+                dir,
+                options.bridge.to_string(),
+                mtu,
+            ))
+        });
+        let kube_task = publish.map(|(client, endpoint)| {
+            tokio::spawn(follow_kubernetes(
+                status,
+                client,
+                options.node_name.clone(),
+                options.listen_port,
+                endpoint,
+            ))
+        });
+
+        reconciler.run(source, shutdown).await;
+        for task in [admin_task, cni_task, kube_task].into_iter().flatten() {
+            task.abort();
+        }
+
+        if options.cleanup_on_exit {
+            tracing::info!("cleanup on exit: removing interface, firewall table and conflist");
+            network.delete_link().await?;
+            firewall.delete().await?;
+            if let Some(dir) = &options.cni_conf_dir {
+                cni::remove(dir).map_err(|source| Error::Io {
+                    what: "remove the CNI conflist".into(),
+                    source,
+                })?;
+            }
+        } else {
+            tracing::info!("stopped; interface, routes, firewall and conflist left in place");
+        }
+        drop(device);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (bounded, generously: a loaded machine) until `path` holds exactly `want`.
+    async fn until_holds(path: &std::path::Path, want: &str) -> bool {
+        for _ in 0..2000 {
+            if std::fs::read_to_string(path).is_ok_and(|t| t == want) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_deleted_or_edited_conflist_is_rewritten_at_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let cidrs: Vec<IpNet> = vec!["10.99.1.0/24".parse().unwrap()];
+        let (tx, rx) = watch::channel(Status {
+            pod_cidrs: cidrs.clone(),
+            ..Status::default()
+        });
+        let task = tokio::spawn(follow_cni(rx, dir.path().to_owned(), "br0".into(), 1420));
+        let path = dir.path().join("10-wormhole.conflist");
+        let want = cni::render("br0", &cidrs, 1420);
+        assert!(until_holds(&path, &want).await, "never written");
+
+        // Deleted, then a pass (any status change): written again.
+        std::fs::remove_file(&path).unwrap();
+        tx.send_modify(|s| s.errors += 1);
+        assert!(
+            until_holds(&path, &want).await,
+            "not rewritten after deletion"
+        );
+
+        // Edited by hand, then a pass: restored.
+        std::fs::write(&path, "{}").unwrap();
+        tx.send_modify(|s| s.errors += 1);
+        assert!(
+            until_holds(&path, &want).await,
+            "not restored after an edit"
+        );
+        task.abort();
+    }
+}

@@ -1,0 +1,419 @@
+//! [`AgentBuilder`]: every option of an agent, checked in [`AgentBuilder::build`] before anything
+//! touches the host.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use wormhole_core::PeerSource;
+use wormhole_core::mesh::is_dns1123_subdomain;
+use wormhole_core::state::InterfaceName;
+use wormhole_core::text::Escaped;
+
+use crate::{Agent, Error};
+
+/// Where the mesh comes from.
+#[non_exhaustive]
+pub enum Peers {
+    /// A peers file, or a directory of them (re-read when they change).
+    File(PathBuf),
+    /// The Kubernetes API: Nodes and WormholeNodes; this node publishes its own WormholeNode.
+    Kubernetes(KubernetesOptions),
+    /// Your own discovery. Give the cluster CIDRs with [`AgentBuilder::cluster_cidrs`] unless
+    /// its snapshots carry them.
+    Custom(Box<dyn PeerSource>),
+}
+
+impl Peers {
+    /// A peers file or directory.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Peers::File(path.into())
+    }
+
+    /// The Kubernetes API.
+    pub fn kubernetes(options: KubernetesOptions) -> Self {
+        Peers::Kubernetes(options)
+    }
+
+    /// Your own peer source.
+    pub fn custom(source: impl PeerSource + 'static) -> Self {
+        Peers::Custom(Box::new(source))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Peers::File(_) => "file",
+            Peers::Kubernetes(_) => "kubernetes",
+            Peers::Custom(_) => "custom",
+        }
+    }
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peers::File(path) => f.debug_tuple("File").field(path).finish(),
+            Peers::Kubernetes(options) => f.debug_tuple("Kubernetes").field(options).finish(),
+            Peers::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Options of the Kubernetes mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KubernetesOptions {
+    /// `None`: the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// `(namespace, name)` of the Secret holding the cluster's PSK.
+    pub psk_secret: Option<(String, String)>,
+    /// The endpoint this node publishes (default: its Node's InternalIP and the listen port).
+    pub endpoint: Option<SocketAddr>,
+}
+
+impl KubernetesOptions {
+    /// In-cluster, no PSK, endpoint from the Node.
+    pub fn in_cluster() -> Self {
+        KubernetesOptions::default()
+    }
+
+    /// Talks to the API server of this kubeconfig file instead of the in-cluster one.
+    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kubeconfig = Some(path.into());
+        self
+    }
+
+    /// Reads the cluster's PSK from this Secret (key `psk`).
+    pub fn psk_secret(mut self, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        self.psk_secret = Some((namespace.into(), name.into()));
+        self
+    }
+
+    /// Publishes this endpoint.
+    pub fn endpoint(mut self, endpoint: SocketAddr) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+}
+
+/// Which WireGuard implementation carries the tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The kernel module when this host has it loaded, else the embedded one (the userspace
+    /// one in a build without the `embedded` feature).
+    #[default]
+    Auto,
+    /// The kernel module.
+    Kernel,
+    /// A userspace implementation over its UAPI socket (wireguard-go, or
+    /// `WG_USERSPACE_IMPLEMENTATION`).
+    Userspace,
+    /// In the agent's own process (needs the `embedded` feature).
+    Embedded,
+}
+
+/// What [`AgentBuilder::build`] checked.
+pub(crate) struct Options {
+    pub(crate) node_name: String,
+    pub(crate) interface: InterfaceName,
+    pub(crate) listen_port: u16,
+    pub(crate) backend: wormhole_linux::Backend,
+    pub(crate) key_file: PathBuf,
+    pub(crate) psk_file: Option<PathBuf>,
+    pub(crate) cluster_cidrs: Vec<IpNet>,
+    pub(crate) mtu: Option<u32>,
+    pub(crate) bridge: InterfaceName,
+    pub(crate) cni_conf_dir: Option<PathBuf>,
+    pub(crate) resync: Duration,
+    pub(crate) admin_addr: Option<SocketAddr>,
+    pub(crate) forwarding: bool,
+    pub(crate) cleanup_on_exit: bool,
+}
+
+/// Builds an [`Agent`]; start with [`Agent::builder`]. Every option has the default of
+/// `wormhole run`.
+#[derive(Debug)]
+#[must_use = "call build() to get the agent"]
+pub struct AgentBuilder {
+    node_name: String,
+    peers: Peers,
+    interface: InterfaceName,
+    listen_port: u16,
+    backend: Backend,
+    key_file: PathBuf,
+    psk_file: Option<PathBuf>,
+    cluster_cidrs: Vec<IpNet>,
+    mtu: Option<u32>,
+    bridge: InterfaceName,
+    cni_conf_dir: Option<PathBuf>,
+    resync: Duration,
+    admin_addr: Option<SocketAddr>,
+    forwarding: bool,
+    cleanup_on_exit: bool,
+}
+
+/// The range of [`AgentBuilder::resync`]: a shorter period would spin the agent, a longer one
+/// would overflow timers.
+pub const RESYNC_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
+/// What a node name must be, for error messages.
+pub const NODE_NAME_RULE: &str = "must be a DNS-1123 subdomain, as Kubernetes requires of Node \
+     names: 1-253 characters, lowercase letters, digits, '-' and '.', each dot-separated part \
+     starting and ending with a letter or digit (for example node-1)";
+
+fn name(text: &str) -> InterfaceName {
+    text.parse().expect("a valid default interface name")
+}
+
+impl AgentBuilder {
+    pub(crate) fn new(node_name: impl Into<String>, peers: Peers) -> Self {
+        AgentBuilder {
+            node_name: node_name.into(),
+            peers,
+            interface: name("wormhole0"),
+            listen_port: 51820,
+            backend: Backend::Auto,
+            key_file: "/var/lib/wormhole/private.key".into(),
+            psk_file: None,
+            cluster_cidrs: Vec::new(),
+            mtu: None,
+            bridge: name("wormhole-br0"),
+            cni_conf_dir: Some("/etc/cni/net.d".into()),
+            resync: Duration::from_secs(30),
+            admin_addr: Some(([127, 0, 0, 1], 9473).into()),
+            forwarding: true,
+            cleanup_on_exit: false,
+        }
+    }
+
+    /// The WireGuard interface (default `wormhole0`).
+    pub fn interface(mut self, name: InterfaceName) -> Self {
+        self.interface = name;
+        self
+    }
+
+    /// The UDP port WireGuard listens on (default 51820).
+    pub fn listen_port(mut self, port: u16) -> Self {
+        self.listen_port = port;
+        self
+    }
+
+    /// The WireGuard implementation (default [`Backend::Auto`]).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The node's private key (created 0600 if missing; default
+    /// `/var/lib/wormhole/private.key`). Its directory also keeps what the agent must not lose
+    /// between restarts (the PSK and mesh last read from Kubernetes).
+    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_file = path.into();
+        self
+    }
+
+    /// A file holding the cluster's PSK (not with a Kubernetes PSK Secret).
+    pub fn psk_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.psk_file = Some(path.into());
+        self
+    }
+
+    /// The overlay CIDRs every pod CIDR lies in (default: from the peer source, or in
+    /// Kubernetes mode from kubeadm-config).
+    pub fn cluster_cidrs(mut self, cidrs: impl IntoIterator<Item = IpNet>) -> Self {
+        self.cluster_cidrs = cidrs.into_iter().collect();
+        self
+    }
+
+    /// The WireGuard MTU (default: the underlay's minus 80).
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
+        self
+    }
+
+    /// The pod bridge named in the CNI conflist (default `wormhole-br0`).
+    pub fn bridge(mut self, name: InterfaceName) -> Self {
+        self.bridge = name;
+        self
+    }
+
+    /// Where the CNI conflist is written (default `/etc/cni/net.d`); `None` writes none (your
+    /// distribution configures pods itself).
+    pub fn cni_conf_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cni_conf_dir = dir;
+        self
+    }
+
+    /// The time between passes when nothing changes (drift repair; default 30 s, 1 s to 24 h).
+    pub fn resync(mut self, every: Duration) -> Self {
+        self.resync = every;
+        self
+    }
+
+    /// The admin server's address (default `127.0.0.1:9473`); `None` serves nothing.
+    pub fn admin_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.admin_addr = addr;
+        self
+    }
+
+    /// Turns IP forwarding on at start (default true; pods on other nodes are reached by
+    /// routing).
+    pub fn forwarding(mut self, on: bool) -> Self {
+        self.forwarding = on;
+        self
+    }
+
+    /// At stop, removes the interface, the firewall table and the conflist (default false: a
+    /// restart keeps every connection).
+    pub fn cleanup_on_exit(mut self, on: bool) -> Self {
+        self.cleanup_on_exit = on;
+        self
+    }
+
+    /// Checks every option and their combinations; nothing touches the host yet.
+    pub fn build(self) -> Result<Agent, Error> {
+        if !is_dns1123_subdomain(&self.node_name) {
+            return Err(Error::Invalid(format!(
+                "invalid node name \"{}\": {NODE_NAME_RULE}",
+                Escaped(&self.node_name)
+            )));
+        }
+        if self.bridge == self.interface {
+            return Err(Error::Invalid(format!(
+                "the bridge and the interface are both {}: the pod bridge and the WireGuard interface must differ",
+                self.interface
+            )));
+        }
+        if let Some(bad) = self.cluster_cidrs.iter().find(|c| c.trunc() != **c) {
+            return Err(Error::Invalid(format!(
+                "invalid cluster CIDR {bad}: host bits set (did you mean {}?)",
+                bad.trunc()
+            )));
+        }
+        if let Some(mtu) = self.mtu.filter(|m| !(1280..=65535).contains(m)) {
+            return Err(Error::Invalid(format!(
+                "invalid MTU {mtu}: must be 1280..65535 (IPv6 needs at least 1280)"
+            )));
+        }
+        if !RESYNC_RANGE.contains(&self.resync) {
+            return Err(Error::Invalid(format!(
+                "invalid resync period {:?}: must be 1s..24h",
+                self.resync
+            )));
+        }
+        if self.listen_port == 0 {
+            return Err(Error::Invalid(
+                "invalid listen port 0: peers must know the port (51820 is WireGuard's)".into(),
+            ));
+        }
+        if let Peers::Kubernetes(KubernetesOptions {
+            psk_secret: Some(_),
+            ..
+        }) = &self.peers
+        {
+            if self.psk_file.is_some() {
+                return Err(Error::Invalid(
+                    "a PSK file and a Kubernetes PSK Secret exclude each other: pick one".into(),
+                ));
+            }
+        }
+        let backend = match self.backend {
+            Backend::Auto => wormhole_linux::Backend::detect(),
+            Backend::Kernel => wormhole_linux::Backend::Kernel,
+            Backend::Userspace => wormhole_linux::Backend::Userspace,
+            #[cfg(feature = "embedded")]
+            Backend::Embedded => wormhole_linux::Backend::Embedded,
+            #[cfg(not(feature = "embedded"))]
+            Backend::Embedded => {
+                return Err(Error::Invalid(
+                    "this build has no embedded backend (feature `embedded` of wormhole-agent)"
+                        .into(),
+                ));
+            }
+        };
+        tracing::debug!(peers = self.peers.kind(), "agent options checked");
+        let options = Options {
+            node_name: self.node_name,
+            interface: self.interface,
+            listen_port: self.listen_port,
+            backend,
+            key_file: self.key_file,
+            psk_file: self.psk_file,
+            cluster_cidrs: self.cluster_cidrs,
+            mtu: self.mtu,
+            bridge: self.bridge,
+            cni_conf_dir: self.cni_conf_dir,
+            resync: self.resync,
+            admin_addr: self.admin_addr,
+            forwarding: self.forwarding,
+            cleanup_on_exit: self.cleanup_on_exit,
+        };
+        Ok(Agent::new(options, self.peers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> AgentBuilder {
+        AgentBuilder::new("node-1", Peers::file("/nonexistent/peers.toml"))
+    }
+
+    fn refused(builder: AgentBuilder, want: &str) {
+        match builder.build() {
+            Err(Error::Invalid(message)) => {
+                assert!(message.contains(want), "{message:?} does not say {want:?}")
+            }
+            Err(other) => panic!("not Invalid: {other}"),
+            Ok(_) => panic!("built, but should say {want:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_options_and_combinations_fail_at_build() {
+        refused(
+            AgentBuilder::new("Node_1\u{1b}[2J", Peers::file("/p")),
+            "invalid node name \"Node_1\\u{1b}[2J\"",
+        );
+        refused(
+            builder().bridge(name("wormhole0")),
+            "the bridge and the interface are both wormhole0",
+        );
+        refused(
+            builder().cluster_cidrs(["10.99.1.0/16".parse().unwrap()]),
+            "did you mean 10.99.0.0/16?",
+        );
+        refused(builder().mtu(1000), "invalid MTU 1000");
+        refused(
+            builder().resync(Duration::from_millis(10)),
+            "must be 1s..24h",
+        );
+        refused(builder().listen_port(0), "invalid listen port 0");
+        refused(
+            AgentBuilder::new(
+                "node-1",
+                Peers::kubernetes(KubernetesOptions::in_cluster().psk_secret("wormhole", "psk")),
+            )
+            .psk_file("/etc/wormhole/psk"),
+            "exclude each other",
+        );
+        assert!(builder().build().is_ok());
+    }
+
+    #[test]
+    fn debug_shows_no_custom_source_internals() {
+        struct Secretive;
+        #[async_trait::async_trait]
+        impl PeerSource for Secretive {
+            async fn next(&mut self) -> Result<wormhole_core::Snapshot, wormhole_core::Error> {
+                std::future::pending().await
+            }
+        }
+        let text = format!("{:?}", Peers::custom(Secretive));
+        assert_eq!(text, "Custom(..)");
+    }
+}

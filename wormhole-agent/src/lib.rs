@@ -1,0 +1,44 @@
+//! `wormhole-agent`: the Wormhole node agent as a library — everything `wormhole run` does,
+//! behind a typed builder, for distributions that run Wormhole inside their own node agent.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wormhole_agent::Error> {
+//! use wormhole_agent::{Agent, Backend, Peers};
+//!
+//! let agent = Agent::builder("node-a", Peers::file("/etc/wormhole/peers.toml"))
+//!     .backend(Backend::Auto)
+//!     .key_file("/var/lib/wormhole/private.key")
+//!     .build()?;
+//! // Runs until the future resolves (here: Ctrl-C); the network stays in place afterwards.
+//! agent.run(async { tokio::signal::ctrl_c().await.ok(); }).await
+//! # }
+//! ```
+//!
+//! What one agent does, in order:
+//! 1. **Start-up** ([`Agent::start`]): loads (or creates) the node's private key and the PSK,
+//!    connects to the peer source (a peers file, the Kubernetes API, or your own
+//!    [`PeerSource`](wormhole_core::PeerSource)), opens the WireGuard device of the chosen
+//!    backend and detects the MTU. Nothing on the host changes yet, and an error here names its
+//!    cause (and, where known, the fix).
+//! 2. **Running** ([`Running::run_until`]): the reconciler keeps the WireGuard interface, the
+//!    routes and the nftables table equal to the mesh; beside it the agent writes the CNI
+//!    conflist, serves `/metrics`, `/healthz`, `/readyz` and `/status` (optional), turns IP
+//!    forwarding on, and in Kubernetes mode publishes this node's WormholeNode and Events.
+//! 3. **Stop**: when the shutdown future resolves. The network is left in place (a restart drops
+//!    no traffic) unless [`AgentBuilder::cleanup_on_exit`] was asked for.
+//!
+//! Signals are the host process's business: the agent never installs a handler (the `wormhole`
+//! binary turns SIGTERM and SIGINT into the shutdown future).
+
+mod admin;
+mod agent;
+mod builder;
+mod cni;
+mod error;
+mod metrics;
+mod view;
+
+pub use agent::{Agent, Running};
+pub use builder::{AgentBuilder, Backend, KubernetesOptions, NODE_NAME_RULE, Peers, RESYNC_RANGE};
+pub use error::Error;
+pub use view::{PassView, PeerView, StatusView};

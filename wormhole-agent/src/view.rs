@@ -1,0 +1,115 @@
+//! The JSON the admin server serves at `/status` (what `wormhole status` shows): a stable,
+//! serializable view of the reconciler's [`Status`].
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use wormhole_core::Status;
+
+/// One row: an accepted peer or a rejected entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub name: String,
+    pub public_key: Option<String>,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the latest handshake; `null` if none yet.
+    pub latest_handshake_age_seconds: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// `ok`, `stale`, `never`, or `rejected: <reason>`.
+    pub state: String,
+}
+
+/// The latest reconcile pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassView {
+    pub age_seconds: u64,
+    pub duration_ms: f64,
+    pub changes: usize,
+    pub error: Option<String>,
+}
+
+/// Everything `wormhole status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub node: String,
+    pub public_key: Option<String>,
+    pub backend: String,
+    pub interface: String,
+    pub mtu: u32,
+    pub pod_cidrs: Vec<String>,
+    pub ready: bool,
+    pub last_reconcile: Option<PassView>,
+    pub source_error: Option<String>,
+    pub passes: u64,
+    pub errors: u64,
+    pub peers: Vec<PeerView>,
+}
+
+fn age(now: SystemTime, t: SystemTime) -> u64 {
+    now.duration_since(t).unwrap_or_default().as_secs()
+}
+
+impl StatusView {
+    /// The view of `status` at `now`.
+    pub fn new(status: &Status, now: SystemTime) -> Self {
+        let mut peers: Vec<PeerView> = status
+            .peers
+            .iter()
+            .map(|p| PeerView {
+                name: p.name.clone(),
+                public_key: Some(p.public_key.to_base64()),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                allowed_ips: p.allowed_ips.iter().map(ToString::to_string).collect(),
+                latest_handshake_age_seconds: p.latest_handshake.map(|t| age(now, t)),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                // A change that could not be applied names its cause instead of a state.
+                state: status
+                    .peer_problems
+                    .get(&p.public_key)
+                    .cloned()
+                    .unwrap_or_else(|| p.state(now).as_str().to_owned()),
+            })
+            .collect();
+        peers.extend(status.rejected.iter().map(|r| PeerView {
+            name: if r.name.is_empty() {
+                format!("({})", r.origin)
+            } else {
+                r.name.clone()
+            },
+            public_key: None,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            latest_handshake_age_seconds: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            state: format!("rejected: {}", r.reason),
+        }));
+        StatusView {
+            node: status.node_name.clone(),
+            public_key: status.public_key.map(|k| k.to_base64()),
+            backend: status.backend.clone(),
+            interface: status.interface.clone(),
+            mtu: status.mtu,
+            pod_cidrs: status.pod_cidrs.iter().map(ToString::to_string).collect(),
+            ready: status.ready(),
+            last_reconcile: status.last_pass.as_ref().map(|p| PassView {
+                age_seconds: age(now, p.at),
+                duration_ms: p.duration.as_secs_f64() * 1000.0,
+                changes: p.changes,
+                error: p.error.clone(),
+            }),
+            source_error: status.source_error.clone(),
+            passes: status.passes,
+            errors: status.errors,
+            peers,
+        }
+    }
+
+    /// The agent is ready and every peer is `ok` (and nothing was rejected).
+    pub fn all_ok(&self) -> bool {
+        self.ready && self.peers.iter().all(|p| p.state == "ok")
+    }
+}
