@@ -15,36 +15,16 @@ use crate::harness::{
 /// The fake API server's address on the underlay bridge.
 const API: &str = "192.168.77.254:6443";
 
-/// A runtime whose threads live in network namespace `ns` (so the API server's sockets do).
-fn runtime_in(ns: &str) -> tokio::runtime::Runtime {
-    let path = format!("/var/run/netns/{ns}");
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .on_thread_start(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        })
-        .build()
-        .unwrap()
-}
-
 /// The API server on a host of its own on the underlay (192.168.77.254), with one Node per
 /// cluster node. Returns its namespace, the runtime serving it, and the server.
 fn api_for(cluster: &Cluster) -> (Netns, tokio::runtime::Runtime, Arc<FakeApi>) {
     let ns = Netns::new(format!("{}api", cluster.prefix));
-    let outer = format!("{}va", cluster.prefix);
-    ns.sh(&[
-        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", &outer,
-    ]);
-    ns.sh(&["ip", "link", "set", &outer, "netns", &cluster.underlay.name]);
-    cluster
-        .underlay
-        .sh(&["ip", "link", "set", &outer, "master", "br0", "up"]);
-    ns.sh(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]);
-    ns.sh(&["ip", "addr", "add", "192.168.77.254/24", "dev", "eth0"]);
-    ns.sh(&["ip", "link", "set", "eth0", "up"]);
-    let rt = runtime_in(&ns.name);
+    ns.plug(
+        &cluster.underlay,
+        &format!("{}va", cluster.prefix),
+        "192.168.77.254/24",
+    );
+    let rt = ns.runtime();
     let api = rt
         .block_on(rt.spawn(FakeApi::start_on(API.parse().unwrap())))
         .unwrap();
