@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
+use nix::errno::Errno;
 use wormhole_core::plan::{DeviceChange, PeerField};
 use wormhole_core::state::{DeviceState, ObservedDevice, PeerConfig, PeerStats};
 use wormhole_core::{PresharedKey, PrivateKey, PublicKey};
@@ -195,7 +196,7 @@ pub fn serve(
             }
         };
         if !complete || !(request.starts_with("get=1\n") || request.starts_with("set=1\n")) {
-            let _ = conn.write_all(b"errno=22\n\n");
+            let _ = conn.write_all(errno_reply(Errno::EINVAL).as_bytes());
             continue;
         }
         if changes_listen_port(&request) {
@@ -203,7 +204,7 @@ pub fn serve(
             tracing::warn!(
                 "refused a UAPI request changing the embedded device's listen port: set --listen-port instead"
             );
-            let _ = conn.write_all(b"errno=1\n\n");
+            let _ = conn.write_all(errno_reply(Errno::EPERM).as_bytes());
             continue;
         }
         let request = if request.starts_with("set=1\n") {
@@ -214,9 +215,15 @@ pub fn serve(
         let reply = exchange(&device.lock().unwrap(), request.as_bytes());
         let _ = match reply {
             Ok(reply) => conn.write_all(&reply),
-            Err(_) => conn.write_all(b"errno=5\n\n"),
+            Err(_) => conn.write_all(errno_reply(Errno::EIO).as_bytes()),
         };
     }
+}
+
+/// A reply carrying only `errno`, for a request [`serve`] answers itself: `EINVAL` for a
+/// malformed one, `EPERM` for a refused one, `EIO` when the device did not answer.
+fn errno_reply(errno: Errno) -> String {
+    format!("errno={}\n\n", errno as i32)
 }
 
 /// A `set=1` request from outside (`wg set` through [`serve`]) made safe for boringtun, which
@@ -356,7 +363,7 @@ mod tests {
     #[test]
     fn errors_are_reported() {
         let err = parse("errno=19\n").unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(19));
+        assert_eq!(err.raw_os_error(), Some(Errno::ENODEV as i32));
         assert!(parse("public_key=zz\n").is_err());
         assert!(parse("garbage\n").is_err());
     }
@@ -607,6 +614,14 @@ mod set_tests {
                  remove=true\npublic_key={k}\nendpoint=192.0.2.1:1\n\n"
             )
         );
+    }
+
+    #[test]
+    fn errno_replies_are_linux_errnos() {
+        // What `wg` decodes: the numbers are Linux's on every architecture Wormhole runs on.
+        assert_eq!(errno_reply(Errno::EINVAL), "errno=22\n\n");
+        assert_eq!(errno_reply(Errno::EPERM), "errno=1\n\n");
+        assert_eq!(errno_reply(Errno::EIO), "errno=5\n\n");
     }
 
     #[test]

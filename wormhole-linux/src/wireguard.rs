@@ -305,7 +305,7 @@ fn is_absent(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         NotFound | ConnectionRefused | UnexpectedEof | BrokenPipe | ConnectionReset
-    ) || e.raw_os_error() == Some(19 /* ENODEV */)
+    ) || e.raw_os_error() == Some(nix::errno::Errno::ENODEV as i32)
 }
 
 #[async_trait]
