@@ -185,11 +185,20 @@ fn run(nft: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
 fn listing(nft: &str) -> Result<Option<String>, Error> {
     match run(nft, &["-s", "list", "table", "inet", TABLE], None) {
         Ok(text) => Ok(Some(text)),
-        Err(Error::Backend { message, .. }) if message.contains("No such file or directory") => {
-            Ok(None)
-        }
-        Err(e) => Err(e),
+        // nft tells why only in prose (the kernel's ENOENT through strerror, in the locale's
+        // language) and exits 1 for every error: ask which tables exist instead, a listing that
+        // succeeds whether ours is there or not. If even that fails, the first error stands.
+        Err(e) => match run(nft, &["list", "tables", "inet"], None) {
+            Ok(tables) if !lists_our_table(&tables) => Ok(None),
+            _ => Err(e),
+        },
     }
+}
+
+/// `nft list tables inet` output names our table.
+fn lists_our_table(tables: &str) -> bool {
+    let ours = format!("table inet {TABLE}");
+    tables.lines().any(|line| line.trim() == ours)
 }
 
 /// The whole-table replacement script: one transaction that makes sure the table exists,
@@ -318,6 +327,15 @@ mod tests {
             r#"iifname != { "wormhole0", "wormhole-br0", "lo" } ip saddr @cluster4 counter drop"#
         ));
         assert_eq!(text.matches("spoofed overlay source").count(), 2);
+    }
+
+    #[test]
+    fn our_table_is_found_among_others() {
+        assert!(lists_our_table("table inet filter\ntable inet wormhole\n"));
+        assert!(!lists_our_table(
+            "table inet filter\ntable inet wormhole2\n"
+        ));
+        assert!(!lists_our_table(""));
     }
 
     #[tokio::test]
