@@ -17,7 +17,7 @@ use wormhole_k8s::keys::SecretKeyStore;
 use wormhole_k8s::publisher::Publisher;
 use wormhole_k8s::source::{KubePeerSource, detect_cluster_cidrs};
 use wormhole_k8s::state::{STATE_FILE, StateStore};
-use wormhole_linux::{Backend, Network, Nftables, WgDevice};
+use wormhole_linux::{Backend, Network, Nftables};
 
 use crate::admin::{self, Admin};
 use crate::cli::{BackendArg, Config, KubeOptions, PeerSourceKind};
@@ -244,7 +244,7 @@ struct Started {
     client: Option<kube::Client>,
     network: Arc<Network>,
     backend: Backend,
-    device: Arc<WgDevice>,
+    device: Arc<dyn wormhole_core::WireGuardDevice>,
     mtu: u32,
 }
 
@@ -381,11 +381,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             source_and_keys(&config, file_keys, &key, client, state.as_ref()).await?;
         let network = Arc::new(Network::new(config.interface.as_str())?);
         let backend = backend(config.backend)?;
-        let device = Arc::new(WgDevice::new(
-            config.interface.as_str(),
-            backend,
-            Some(network.clone()),
-        )?);
+        let device = backend.device(&network)?;
         let mtu = match config.mtu {
             Some(mtu) => mtu,
             None => detect_mtu(&config, &network, client.as_ref(), state.as_ref()).await?,

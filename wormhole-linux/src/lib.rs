@@ -1,8 +1,10 @@
 //! `wormhole-linux`: the Linux host backends of Wormhole, implementing `wormhole-core`'s traits.
 //!
-//! - [`wireguard::WgDevice`]: [`WireGuardDevice`](wormhole_core::WireGuardDevice) over the kernel
-//!   module (generic netlink, spoken by our own small `kernel` module), a userspace implementation's UAPI socket (wireguard-go, boringtun-cli), or an
-//!   in-process boringtun device (feature `embedded`, on by default).
+//! - [`WireGuardDevice`](wormhole_core::WireGuardDevice), one type per backend: [`KernelDevice`]
+//!   (the kernel module over generic netlink, spoken by our own small `kernel` module),
+//!   [`UapiDevice`] (a userspace implementation's UAPI socket: wireguard-go, boringtun-cli) and
+//!   [`EmbeddedDevice`] (an in-process boringtun device, feature `embedded`, on by default);
+//!   [`Backend::device`] builds the one a [`Backend`] names.
 //! - [`network::Network`]: [`HostNetwork`](wormhole_core::HostNetwork) over rtnetlink: the link,
 //!   its addresses and MTU, and the routes we own (route protocol [`network::ROUTE_PROTOCOL`]).
 //! - [`firewall::Nftables`]: [`Firewall`](wormhole_core::Firewall) as one nftables table,
@@ -21,7 +23,9 @@ pub mod wireguard;
 
 pub use firewall::Nftables;
 pub use network::Network;
-pub use wireguard::{Backend, WgDevice};
+#[cfg(feature = "embedded")]
+pub use wireguard::EmbeddedDevice;
+pub use wireguard::{Backend, KernelDevice, SOCKET_DIR, UapiDevice};
 
 use wormhole_core::Error;
 
