@@ -137,7 +137,7 @@ impl Network {
     }
 
     /// Creates the interface as a kernel WireGuard link (for the kernel backend).
-    pub async fn create_wireguard_link(&self) -> Result<(), Error> {
+    pub(crate) async fn create_wireguard_link(&self) -> Result<(), Error> {
         match self
             .handle
             .link()
