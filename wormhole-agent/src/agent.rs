@@ -10,6 +10,7 @@ use wormhole_core::ErrorChain;
 
 use ipnet::IpNet;
 use tokio::sync::watch;
+use wormhole_core::WireGuardDevice;
 use wormhole_core::reconciler::Backends;
 use wormhole_core::state::HostSettings;
 use wormhole_core::{
@@ -20,7 +21,7 @@ use wormhole_k8s::keys::SecretKeyStore;
 use wormhole_k8s::publisher::Publisher;
 use wormhole_k8s::source::{KubePeerSource, detect_cluster_cidrs};
 use wormhole_k8s::state::{STATE_FILE, StateStore};
-use wormhole_linux::{Network, Nftables, WgDevice};
+use wormhole_linux::{Network, Nftables};
 
 use crate::admin::{self, Admin};
 use crate::builder::{KubernetesOptions, Options, Peers};
@@ -365,11 +366,7 @@ impl Agent {
             state.as_ref(),
         )
         .await?;
-        let device = Arc::new(WgDevice::new(
-            options.interface.as_str(),
-            options.backend,
-            Some(network.clone()),
-        )?);
+        let device = options.backend.device(&network)?;
         tracing::info!(
             node = %options.node_name, public_key = %key.public_key(), backend = options.backend.as_str(),
             interface = %options.interface, mtu, source = %source_text, "starting"
@@ -425,7 +422,7 @@ pub struct Running {
     publish: Option<(kube::Client, Option<std::net::SocketAddr>)>,
     network: Arc<Network>,
     firewall: Arc<Nftables>,
-    device: Arc<WgDevice>,
+    device: Arc<dyn WireGuardDevice>,
     metrics: Arc<Metrics>,
     mtu: u32,
 }

@@ -1,7 +1,7 @@
 //! Applying WireGuard configuration: our backend against `wg syncconf`, side by side, on fresh
 //! devices of the same kind in a network namespace of our own.
 //!
-//! - (a) a 1,000-peer configuration applied to a fresh device through [`WgDevice`]: read the
+//! - (a) a 1,000-peer configuration applied to a fresh device through our backend: read the
 //!   device, [`plan()`] from what was read to the desired state, apply the plan (what a
 //!   reconcile pass does for the device);
 //! - (b) the same configuration with `wg syncconf IFACE FILE` on a second fresh device;
@@ -28,8 +28,13 @@ use ipnet::IpNet;
 use wormhole_core::plan::{DeviceChange, DevicePlan, PeerField};
 use wormhole_core::state::{DeviceState, HostSettings};
 use wormhole_core::{HostState, Mesh, NodeEntry, PrivateKey, Snapshot, WireGuardDevice, plan};
-use wormhole_linux::wireguard::SOCKET_DIR;
-use wormhole_linux::{Backend, WgDevice};
+use wormhole_linux::{Backend, KernelDevice, Network, SOCKET_DIR};
+
+/// The UAPI protocol module itself, for profiling its parser (it is not public API; its unit
+/// tests are not run from here).
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../src/uapi.rs"]
+mod uapi;
 
 /// Peers in the configuration.
 const PEERS: usize = 1_000;
@@ -316,16 +321,13 @@ fn machine() -> String {
 }
 
 /// A fresh, empty device of `kind` (the process started, nothing configured).
-fn fresh(rt: &tokio::runtime::Runtime, kind: &Kind, iface: &str) -> Arc<WgDevice> {
+fn fresh(rt: &tokio::runtime::Runtime, kind: &Kind, iface: &str) -> Arc<dyn WireGuardDevice> {
     // The kernel backend creates its link over rtnetlink.
-    let network = (kind.backend == Backend::Kernel).then(|| {
+    let network = {
         let iface = iface.to_owned();
-        Arc::new(
-            rt.block_on(async move { wormhole_linux::Network::new(&iface) })
-                .unwrap(),
-        )
-    });
-    let device = Arc::new(WgDevice::new(iface, kind.backend, network).unwrap());
+        Arc::new(rt.block_on(async move { Network::new(&iface) }).unwrap())
+    };
+    let device = kind.backend.device(&network).unwrap();
     let d = device.clone();
     rt.block_on(async move {
         d.apply(&DevicePlan {
@@ -340,8 +342,8 @@ fn fresh(rt: &tokio::runtime::Runtime, kind: &Kind, iface: &str) -> Arc<WgDevice
 
 /// Removes a device made by [`fresh`]: deletes the link (wireguard-go exits when its TUN goes
 /// away) and waits for its socket to go.
-fn destroy(device: Arc<WgDevice>, iface: &str) {
-    let embedded = device.backend() == Backend::Embedded;
+fn destroy(device: Arc<dyn WireGuardDevice>, iface: &str) {
+    let embedded = device.kind() == Backend::Embedded.as_str();
     drop(device);
     if !embedded {
         let _ = Command::new("ip").args(["link", "del", iface]).status();
@@ -373,7 +375,7 @@ impl Phases {
 /// Read, plan against `desired`, apply: one reconcile pass's work on the device.
 fn ours(
     rt: &tokio::runtime::Runtime,
-    device: &Arc<WgDevice>,
+    device: &Arc<dyn WireGuardDevice>,
     desired: &HostState,
 ) -> Result<Phases, String> {
     let device = device.clone();
@@ -432,17 +434,21 @@ fn syncconf(iface: &str, file: &Path) -> Result<Duration, String> {
 fn peers_of(iface: &str) -> Result<DeviceState, String> {
     let socket = Path::new(SOCKET_DIR).join(format!("{iface}.sock"));
     if !socket.exists() {
-        let device = WgDevice::new(iface, Backend::Kernel, None).map_err(|e| e.to_string())?;
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
         return rt
-            .block_on(device.read())
+            .block_on(async {
+                KernelDevice::new(Arc::new(Network::new(iface)?))?
+                    .read()
+                    .await
+            })
             .map_err(|e| format!("read back {iface}: {e}"))?
             .map(|d| d.config)
             .ok_or_else(|| format!("read back {iface}: no device"));
     }
-    wormhole_linux::uapi::get(&socket)
+    uapi::get(&socket)
         .map(|reply| reply.device.config)
         .map_err(|e| format!("read back {iface}: {e}"))
 }
@@ -557,7 +563,7 @@ fn run_kind(
         } else {
             let (text, round_trip) = raw_get(&ours_name);
             let start = Instant::now();
-            let before = wormhole_linux::uapi::parse(&text).unwrap().device.config;
+            let before = uapi::parse(&text).unwrap().device.config;
             results.parse.push(start.elapsed());
             results.get.push(round_trip);
             before

@@ -23,7 +23,7 @@ use wormhole_core::{Error, Firewall};
 use crate::backend_error;
 
 /// The table's name (family `inet`).
-pub const TABLE: &str = "wormhole";
+pub const NFT_TABLE: &str = "wormhole";
 
 /// Our nftables table.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ fn set(name: &str, v6: bool, nets: &[IpNet]) -> String {
 }
 
 /// The nft script enforcing `policy` (without the table's replacement preamble).
-pub fn render(policy: &FirewallPolicy) -> String {
+pub(crate) fn render(policy: &FirewallPolicy) -> String {
     let wg = format!("\"{}\"", policy.interface);
     let br = format!("\"{}\"", policy.bridge);
     // MSS = MTU - IP header - TCP header.
@@ -86,7 +86,7 @@ pub fn render(policy: &FirewallPolicy) -> String {
             );
         }
     }
-    let mut s = format!("table inet {TABLE} {{\n");
+    let mut s = format!("table inet {NFT_TABLE} {{\n");
     for v6 in [false, true] {
         let f = if v6 { "6" } else { "4" };
         s += &set(&format!("cluster{f}"), v6, &policy.cluster_cidrs);
@@ -183,19 +183,28 @@ fn run(nft: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
 
 /// The table as nft prints it, without counter values; `None` when absent.
 fn listing(nft: &str) -> Result<Option<String>, Error> {
-    match run(nft, &["-s", "list", "table", "inet", TABLE], None) {
+    match run(nft, &["-s", "list", "table", "inet", NFT_TABLE], None) {
         Ok(text) => Ok(Some(text)),
-        Err(Error::Backend { message, .. }) if message.contains("No such file or directory") => {
-            Ok(None)
-        }
-        Err(e) => Err(e),
+        // nft tells why only in prose (the kernel's ENOENT through strerror, in the locale's
+        // language) and exits 1 for every error: ask which tables exist instead, a listing that
+        // succeeds whether ours is there or not. If even that fails, the first error stands.
+        Err(e) => match run(nft, &["list", "tables", "inet"], None) {
+            Ok(tables) if !lists_our_table(&tables) => Ok(None),
+            _ => Err(e),
+        },
     }
+}
+
+/// `nft list tables inet` output names our table.
+fn lists_our_table(tables: &str) -> bool {
+    let ours = format!("table inet {NFT_TABLE}");
+    tables.lines().any(|line| line.trim() == ours)
 }
 
 /// The whole-table replacement script: one transaction that makes sure the table exists,
 /// deletes it, and (with `rules`) creates it anew.
 fn replacement(rules: &str) -> String {
-    format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{rules}")
+    format!("table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n{rules}")
 }
 
 impl Nftables {
@@ -233,7 +242,9 @@ impl Firewall for Nftables {
         if self.blocking(listing).await?.as_deref() == Some(expected.as_str()) {
             Ok(Some(policy))
         } else {
-            tracing::warn!("nftables table inet {TABLE} was changed by someone else; restoring it");
+            tracing::warn!(
+                "nftables table inet {NFT_TABLE} was changed by someone else; restoring it"
+            );
             Ok(None)
         }
     }
@@ -318,6 +329,15 @@ mod tests {
             r#"iifname != { "wormhole0", "wormhole-br0", "lo" } ip saddr @cluster4 counter drop"#
         ));
         assert_eq!(text.matches("spoofed overlay source").count(), 2);
+    }
+
+    #[test]
+    fn our_table_is_found_among_others() {
+        assert!(lists_our_table("table inet filter\ntable inet wormhole\n"));
+        assert!(!lists_our_table(
+            "table inet filter\ntable inet wormhole2\n"
+        ));
+        assert!(!lists_our_table(""));
     }
 
     #[tokio::test]

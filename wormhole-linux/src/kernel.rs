@@ -398,6 +398,7 @@ fn apply_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::errno::Errno;
     use std::net::SocketAddr;
     use std::time::{Duration, SystemTime};
 
@@ -507,7 +508,7 @@ mod tests {
                         };
                         let k = PublicKey::from_bytes(k);
                         if k == bad {
-                            return Err(io::Error::from_raw_os_error(22));
+                            return Err(io::Error::from(Errno::EINVAL));
                         }
                         *applied.entry(k).or_default() += 1;
                     }
@@ -518,7 +519,7 @@ mod tests {
         .unwrap();
         assert_eq!(failures.0.len(), 1);
         assert_eq!(failures.0[0].0, bad);
-        assert_eq!(failures.0[0].1.raw_os_error(), Some(22));
+        assert_eq!(failures.0[0].1.raw_os_error(), Some(Errno::EINVAL as i32));
         assert_eq!(applied.len(), 999, "every other peer applied");
     }
 
@@ -530,13 +531,13 @@ mod tests {
         ];
         let err = apply_with("wh0", &changes, MAX, |m| {
             if m.iter().any(|a| matches!(a, WgDeviceAttrs::ListenPort(_))) {
-                Err(io::Error::from_raw_os_error(98))
+                Err(io::Error::from(Errno::EADDRINUSE))
             } else {
                 Ok(())
             }
         })
         .unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(98));
+        assert_eq!(err.raw_os_error(), Some(Errno::EADDRINUSE as i32));
     }
 
     #[test]

@@ -1,27 +1,53 @@
 //! `wormhole-linux`: the Linux host backends of Wormhole, implementing `wormhole-core`'s traits.
 //!
-//! - [`wireguard::WgDevice`]: [`WireGuardDevice`](wormhole_core::WireGuardDevice) over the kernel
-//!   module (generic netlink, spoken by our own small `kernel` module), a userspace implementation's UAPI socket (wireguard-go, boringtun-cli), or an
-//!   in-process boringtun device (feature `embedded`, on by default).
-//! - [`network::Network`]: [`HostNetwork`](wormhole_core::HostNetwork) over rtnetlink: the link,
-//!   its addresses and MTU, and the routes we own (route protocol [`network::ROUTE_PROTOCOL`]).
-//! - [`firewall::Nftables`]: [`Firewall`](wormhole_core::Firewall) as one nftables table,
-//!   `inet wormhole`, replaced atomically.
+//! Start with [`Network`] (the interface's link, addresses and routes) and [`Backend::device`]
+//! (the WireGuard device of the backend chosen by `--backend`; [`Backend::detect`] is `auto`),
+//! and hand both with [`Nftables`] to `wormhole_core`'s reconciler.
+//!
+//! # Public API
+//!
+//! The whole public surface, one path each (every module is private; `tests/it/api.rs` pins
+//! each item's signature, so a change to this list is a reviewed change to that test):
+//!
+//! - WireGuard, [`WireGuardDevice`](wormhole_core::WireGuardDevice) one type per backend:
+//!   - [`KernelDevice`]`::new(Arc<Network>)`: the kernel module, over generic netlink (spoken
+//!     by our own small `kernel` module), its link created through rtnetlink;
+//!   - [`UapiDevice`]`::new(&str)`: a userspace implementation's UAPI socket (wireguard-go,
+//!     or any other), started when absent;
+//!   - [`EmbeddedDevice`]`::new(&str)` (feature `embedded`, on by default): an in-process
+//!     boringtun device;
+//!   - [`Backend`] (`#[non_exhaustive]`): `Kernel`, `Userspace`, `Embedded`; [`Backend::as_str`],
+//!     [`Backend::detect`] (`auto`), [`Backend::device`] (`Arc<dyn WireGuardDevice>`);
+//!   - [`SOCKET_DIR`]: where UAPI sockets live.
+//! - [`Network`]: [`HostNetwork`](wormhole_core::HostNetwork) over rtnetlink: the link, its
+//!   addresses and MTU, and the routes we own (route protocol [`ROUTE_PROTOCOL`]);
+//!   [`Network::new`], [`Network::interface`], [`Network::wireguard_mtu`] (underlay MTU −
+//!   [`WIREGUARD_OVERHEAD`]), [`Network::underlay_mtu`], [`Network::underlay_addresses`],
+//!   [`Network::delete_link`].
+//! - [`Nftables`]: [`Firewall`](wormhole_core::Firewall) as one nftables table,
+//!   `inet` [`NFT_TABLE`], replaced atomically; [`Nftables::new`], [`Nftables::delete`].
+//!
+//! Errors are `wormhole_core::Error`; no type of a dependency (rtnetlink, netlink packets,
+//! boringtun) appears in a public signature.
 //!
 //! This is a crate of its own, rather than modules of `wormhole-core`, so that the core builds in
 //! seconds with no netlink or boringtun dependency for embedders that
 //! bring their own backends, and so that rtnetlink's API churn stays behind one crate boundary.
 #![cfg(target_os = "linux")]
 
-pub mod firewall;
+mod firewall;
 mod kernel;
-pub mod network;
-pub mod uapi;
-pub mod wireguard;
+mod network;
+// The boringtun half of the protocol (serving, re-adds) is used by the embedded device only.
+#[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+mod uapi;
+mod wireguard;
 
-pub use firewall::Nftables;
-pub use network::Network;
-pub use wireguard::{Backend, WgDevice};
+pub use firewall::{NFT_TABLE, Nftables};
+pub use network::{Network, ROUTE_PROTOCOL, WIREGUARD_OVERHEAD};
+#[cfg(feature = "embedded")]
+pub use wireguard::EmbeddedDevice;
+pub use wireguard::{Backend, KernelDevice, SOCKET_DIR, UapiDevice};
 
 use wormhole_core::Error;
 

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
+use nix::errno::Errno;
+use nix::errno::Errno::{EADDRNOTAVAIL, EEXIST, ENODEV, ESRCH};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
@@ -40,14 +42,10 @@ fn net_err(what: String) -> impl FnOnce(rtnetlink::Error) -> Error {
     move |e| backend_error("network", what, e)
 }
 
-fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+/// The kernel answered with `errno` (netlink carries it negated).
+fn is_errno(e: &rtnetlink::Error, errno: Errno) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -(errno as i32))
 }
-
-const ENODEV: i32 = 19;
-const EEXIST: i32 = 17;
-const ESRCH: i32 = 3;
-const EADDRNOTAVAIL: i32 = 99;
 
 fn route_destination(msg: &RouteMessage) -> Option<IpNet> {
     msg.attributes.iter().find_map(|a| match a {
@@ -139,7 +137,7 @@ impl Network {
     }
 
     /// Creates the interface as a kernel WireGuard link (for the kernel backend).
-    pub async fn create_wireguard_link(&self) -> Result<(), Error> {
+    pub(crate) async fn create_wireguard_link(&self) -> Result<(), Error> {
         match self
             .handle
             .link()

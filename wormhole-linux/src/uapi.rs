@@ -14,17 +14,18 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
+use nix::errno::Errno;
 use wormhole_core::plan::{DeviceChange, PeerField};
 use wormhole_core::state::{DeviceState, ObservedDevice, PeerConfig, PeerStats};
 use wormhole_core::{PresharedKey, PrivateKey, PublicKey};
 
 /// What a `get=1` returned.
 #[derive(Debug, Default)]
-pub struct Reply {
+pub(crate) struct Reply {
     /// The device.
-    pub device: ObservedDevice,
+    pub(crate) device: ObservedDevice,
     /// `own_public_key`, which boringtun reports instead of the private key.
-    pub own_public_key: Option<PublicKey>,
+    pub(crate) own_public_key: Option<PublicKey>,
 }
 
 fn invalid(msg: String) -> std::io::Error {
@@ -51,7 +52,7 @@ fn hex32(value: &str) -> std::io::Result<[u8; 32]> {
 const AGE_CUTOFF: u64 = 30 * 365 * 24 * 3600;
 
 /// Parses a `get=1` reply (everything up to and including `errno=`).
-pub fn parse(text: &str) -> std::io::Result<Reply> {
+pub(crate) fn parse(text: &str) -> std::io::Result<Reply> {
     let mut reply = Reply::default();
     let mut peer: Option<(PublicKey, PeerConfig, PeerStats)> = None;
     let mut peers = BTreeMap::new();
@@ -149,7 +150,7 @@ pub fn parse(text: &str) -> std::io::Result<Reply> {
 }
 
 /// Sends `get=1` to the socket at `path` and parses the reply.
-pub fn get(path: &Path) -> std::io::Result<Reply> {
+pub(crate) fn get(path: &Path) -> std::io::Result<Reply> {
     let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
@@ -161,7 +162,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends `get=1` over a connected `stream` and parses the reply. The stream may carry more
 /// requests afterwards (the embedded device's private socket does).
-pub fn get_over(stream: &UnixStream) -> std::io::Result<Reply> {
+pub(crate) fn get_over(stream: &UnixStream) -> std::io::Result<Reply> {
     let reply = exchange(stream, b"get=1\n\n")?;
     let text =
         std::str::from_utf8(&reply).map_err(|_| invalid("UAPI reply is not UTF-8".into()))?;
@@ -172,7 +173,7 @@ pub fn get_over(stream: &UnixStream) -> std::io::Result<Reply> {
 /// private socket), so `wg show` and `wg set` work on it as on any WireGuard interface: each
 /// connection's one request is passed through and its reply passed back (both wiped after).
 /// Returns when `device` is gone (checked at each connection; [`stop_serving`] makes one).
-pub fn serve(
+pub(crate) fn serve(
     listener: std::os::unix::net::UnixListener,
     device: std::sync::Weak<std::sync::Mutex<UnixStream>>,
 ) {
@@ -195,7 +196,7 @@ pub fn serve(
             }
         };
         if !complete || !(request.starts_with("get=1\n") || request.starts_with("set=1\n")) {
-            let _ = conn.write_all(b"errno=22\n\n");
+            let _ = conn.write_all(errno_reply(Errno::EINVAL).as_bytes());
             continue;
         }
         if changes_listen_port(&request) {
@@ -203,7 +204,7 @@ pub fn serve(
             tracing::warn!(
                 "refused a UAPI request changing the embedded device's listen port: set --listen-port instead"
             );
-            let _ = conn.write_all(b"errno=1\n\n");
+            let _ = conn.write_all(errno_reply(Errno::EPERM).as_bytes());
             continue;
         }
         let request = if request.starts_with("set=1\n") {
@@ -214,16 +215,22 @@ pub fn serve(
         let reply = exchange(&device.lock().unwrap(), request.as_bytes());
         let _ = match reply {
             Ok(reply) => conn.write_all(&reply),
-            Err(_) => conn.write_all(b"errno=5\n\n"),
+            Err(_) => conn.write_all(errno_reply(Errno::EIO).as_bytes()),
         };
     }
+}
+
+/// A reply carrying only `errno`, for a request [`serve`] answers itself: `EINVAL` for a
+/// malformed one, `EPERM` for a refused one, `EIO` when the device did not answer.
+fn errno_reply(errno: Errno) -> String {
+    format!("errno={}\n\n", errno as i32)
 }
 
 /// A `set=1` request from outside (`wg set` through [`serve`]) made safe for boringtun, which
 /// panics on any change to a peer it already has: every peer section that does not remove its
 /// peer is preceded by a removal of it, so it becomes remove + add. Fields the request does not
 /// name are dropped with the old peer; the agent's next pass repairs what it owns.
-pub fn defuse_for_boringtun(request: &str) -> zeroize::Zeroizing<String> {
+pub(crate) fn defuse_for_boringtun(request: &str) -> zeroize::Zeroizing<String> {
     let mut out = zeroize::Zeroizing::new(String::with_capacity(request.len() * 2));
     let mut lines = request.lines().peekable();
     while let Some(line) = lines.next() {
@@ -258,7 +265,7 @@ fn changes_listen_port(request: &str) -> bool {
 }
 
 /// Wakes [`serve`] at `path` so it notices its device is gone, and removes the socket.
-pub fn stop_serving(path: &Path) {
+pub(crate) fn stop_serving(path: &Path) {
     let _ = UnixStream::connect(path);
     let _ = std::fs::remove_file(path);
 }
@@ -356,7 +363,7 @@ mod tests {
     #[test]
     fn errors_are_reported() {
         let err = parse("errno=19\n").unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(19));
+        assert_eq!(err.raw_os_error(), Some(Errno::ENODEV as i32));
         assert!(parse("public_key=zz\n").is_err());
         assert!(parse("garbage\n").is_err());
     }
@@ -393,7 +400,7 @@ fn peer_lines(out: &mut String, key: &PublicKey, fields: &[PeerField]) {
 }
 
 /// The fields that set a peer up from nothing.
-pub fn fields_of(config: &PeerConfig) -> Vec<PeerField> {
+pub(crate) fn fields_of(config: &PeerConfig) -> Vec<PeerField> {
     let mut fields = vec![PeerField::AllowedIps(config.allowed_ips.clone())];
     fields.extend(config.endpoint.map(PeerField::Endpoint));
     fields.extend(
@@ -426,7 +433,7 @@ fn device_line(out: &mut String, change: &DeviceChange) -> bool {
 }
 
 /// The body of a `set=1` request carrying `changes` (holds secrets: zeroized on drop).
-pub fn set_request(changes: &[DeviceChange]) -> zeroize::Zeroizing<String> {
+pub(crate) fn set_request(changes: &[DeviceChange]) -> zeroize::Zeroizing<String> {
     use std::fmt::Write as _;
     let mut out = zeroize::Zeroizing::new(String::from("set=1\n"));
     for change in changes {
@@ -451,7 +458,7 @@ pub fn set_request(changes: &[DeviceChange]) -> zeroize::Zeroizing<String> {
 /// add ([`without_updates`]), every added peer states each field (keepalive 0 and an all-zero
 /// key mean "none" to WireGuard), removals come first and peers without an endpoint before any
 /// that sets one, so nothing is inherited.
-pub fn boringtun_request(
+pub(crate) fn boringtun_request(
     changes: &[DeviceChange],
     current: &DeviceState,
 ) -> zeroize::Zeroizing<String> {
@@ -501,7 +508,7 @@ pub fn boringtun_request(
 
 /// Sends one `set=1` request (from [`set_request`] or [`boringtun_request`]) to the socket at
 /// `path`.
-pub fn set(path: &Path, request: &str) -> std::io::Result<()> {
+pub(crate) fn set(path: &Path, request: &str) -> std::io::Result<()> {
     let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
@@ -509,7 +516,7 @@ pub fn set(path: &Path, request: &str) -> std::io::Result<()> {
 }
 
 /// Sends one `set=1` request over a connected `stream` (which may carry more afterwards).
-pub fn set_over(stream: &UnixStream, request: &str) -> std::io::Result<()> {
+pub(crate) fn set_over(stream: &UnixStream, request: &str) -> std::io::Result<()> {
     let reply = exchange(stream, request.as_bytes())?;
     let text = String::from_utf8_lossy(&reply);
     let errno = text.lines().find_map(|l| l.strip_prefix("errno="));
@@ -525,7 +532,10 @@ pub fn set_over(stream: &UnixStream, request: &str) -> std::io::Result<()> {
 
 /// boringtun cannot modify a peer in place (it panics): an update becomes remove + add with
 /// the peer's merged configuration, which restarts that peer's session only.
-pub fn without_updates(changes: &[DeviceChange], current: &DeviceState) -> Vec<DeviceChange> {
+pub(crate) fn without_updates(
+    changes: &[DeviceChange],
+    current: &DeviceState,
+) -> Vec<DeviceChange> {
     let mut out = Vec::with_capacity(changes.len());
     for change in changes {
         match change {
@@ -607,6 +617,14 @@ mod set_tests {
                  remove=true\npublic_key={k}\nendpoint=192.0.2.1:1\n\n"
             )
         );
+    }
+
+    #[test]
+    fn errno_replies_are_linux_errnos() {
+        // What `wg` decodes: the numbers are Linux's on every architecture Wormhole runs on.
+        assert_eq!(errno_reply(Errno::EINVAL), "errno=22\n\n");
+        assert_eq!(errno_reply(Errno::EPERM), "errno=1\n\n");
+        assert_eq!(errno_reply(Errno::EIO), "errno=5\n\n");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use wormhole_core::memory::MemoryKeyStore;
 use wormhole_core::mesh::{NodeEntry, Snapshot};
 use wormhole_core::reconciler::Backends;
 use wormhole_core::state::ObservedDevice;
-use wormhole_core::{Plan, PrivateKey, Reconciler, Settings, WireGuardDevice as _};
-use wormhole_linux::{Backend, Network, Nftables, WgDevice};
+use wormhole_core::{Plan, PrivateKey, Reconciler, Settings, WireGuardDevice};
+use wormhole_linux::{Backend, Network, Nftables};
 use wormhole_testkit::{CLUSTER_CIDRS, Capture, pod_cidrs, scaled};
 pub(crate) use wormhole_testkit::{Netns, chain, overlay_ips, root_or_skip, underlay_ip};
 
@@ -34,7 +34,7 @@ pub(crate) struct Node {
     pub(crate) ns: Netns,
     pub(crate) rt: tokio::runtime::Runtime,
     pub(crate) reconciler: Arc<Mutex<Reconciler>>,
-    pub(crate) device: Arc<WgDevice>,
+    pub(crate) device: Arc<dyn WireGuardDevice>,
 }
 
 impl Node {
@@ -142,11 +142,7 @@ impl Drop for Node {
             std::mem::forget(self.device.clone());
         }
         // wireguard-go killed with the namespace leaves its socket behind.
-        let socket = format!(
-            "{}/{}.sock",
-            wormhole_linux::wireguard::SOCKET_DIR,
-            self.iface
-        );
+        let socket = format!("{}/{}.sock", wormhole_linux::SOCKET_DIR, self.iface);
         let _ = std::fs::remove_file(socket);
     }
 }
@@ -178,8 +174,7 @@ impl Cluster {
         let (device, network, firewall) = rt
             .block_on(rt.spawn(async move {
                 let network = Arc::new(Network::new(&iface2).unwrap());
-                let device =
-                    Arc::new(WgDevice::new(&iface2, backend, Some(network.clone())).unwrap());
+                let device = backend.device(&network).unwrap();
                 (device, network, Arc::new(Nftables::new()))
             }))
             .unwrap();

@@ -3,6 +3,7 @@
 //! These tests need root (network namespaces, TUN, nftables). Without root each test prints a
 //! loud SKIPPED line and passes; CI runs them as root, where nothing is skipped.
 
+mod api;
 mod conflict;
 mod drift;
 mod encryption;
