@@ -120,7 +120,7 @@ async fn kubeadm_cluster_cidrs(
             }
             Ok(cidrs)
         }
-        Err(e @ wormhole_k8s::Error::Invalid(_)) => Err(wormhole_core::Error::from(e).into()),
+        Err(e @ (wormhole_k8s::Error::Invalid(_) | wormhole_k8s::Error::KubeadmConfig(_))) => Err(wormhole_core::Error::from(e).into()),
         Err(e) => {
             let saved = state.saved().cluster_cidrs;
             if saved.is_empty() {

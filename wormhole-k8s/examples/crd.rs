@@ -4,6 +4,6 @@ use kube::CustomResourceExt as _;
 
 fn main() {
     let yaml =
-        serde_yaml::to_string(&wormhole_k8s::crd::WormholeNode::crd()).expect("CRD serializes");
+        yaml_serde::to_string(&wormhole_k8s::crd::WormholeNode::crd()).expect("CRD serializes");
     print!("{}{yaml}", wormhole_k8s::CRD_HEADER);
 }

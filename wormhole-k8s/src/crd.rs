@@ -119,7 +119,7 @@ mod tests {
         let generated = format!(
             "{}{}",
             crate::CRD_HEADER,
-            serde_yaml::to_string(&WormholeNode::crd()).unwrap()
+            yaml_serde::to_string(&WormholeNode::crd()).unwrap()
         );
         assert!(
             on_disk == generated,

@@ -99,9 +99,30 @@ pub enum Error {
     /// The cluster holds something we cannot use.
     #[error("{0}")]
     Invalid(String),
+    /// kubeadm's ClusterConfiguration (ConfigMap `kube-system/kubeadm-config`) cannot be used.
+    #[error("kubeadm-config ClusterConfiguration: {0}")]
+    KubeadmConfig(#[from] KubeadmConfigError),
     /// Saving or reading local state.
     #[error(transparent)]
     Local(#[from] wormhole_core::Error),
+}
+
+/// What is wrong with kubeadm's ClusterConfiguration (see [`source::pod_subnets`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KubeadmConfigError {
+    /// It is not YAML, or `networking.podSubnet` is not a string.
+    #[error("{0}")]
+    Yaml(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// One of the comma-separated values of `networking.podSubnet` is not a CIDR.
+    #[error("networking.podSubnet {value:?} is not a CIDR")]
+    PodSubnet {
+        /// The value.
+        value: String,
+        /// Why.
+        #[source]
+        source: ipnet::AddrParseError,
+    },
 }
 
 impl From<Error> for wormhole_core::Error {

@@ -37,6 +37,7 @@ use kube::{Api, Client, ResourceExt as _};
 use wormhole_core::mesh::{NodeEntry, Snapshot};
 use wormhole_core::{PeerSource, PublicKey};
 
+use crate::KubeadmConfigError;
 use crate::crd::WormholeNode;
 use crate::state::StateStore;
 use crate::{API_TIMEOUT, Error, call};
@@ -185,28 +186,44 @@ pub async fn detect_cluster_cidrs(client: Client) -> Result<Vec<IpNet>, Error> {
     else {
         return Ok(Vec::new());
     };
-    let config = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get("ClusterConfiguration"))
-        .cloned()
-        .unwrap_or_default();
-    let Some(line) = config
-        .lines()
-        .find(|l| l.trim_start().starts_with("podSubnet:"))
-    else {
+    let config = cm.data.as_ref().and_then(|d| d.get("ClusterConfiguration"));
+    config.map_or(Ok(Vec::new()), |text| pod_subnets(text))
+}
+
+/// What we read of kubeadm's ClusterConfiguration; every other field is ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ClusterConfiguration {
+    #[serde(default)]
+    networking: Networking,
+}
+
+/// `ClusterConfiguration.networking`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Networking {
+    #[serde(default)]
+    pod_subnet: Option<String>,
+}
+
+/// The pod network CIDRs in kubeadm's ClusterConfiguration (YAML): `networking.podSubnet`, one
+/// CIDR or, dual-stack, two comma-separated; empty when it names none.
+pub fn pod_subnets(cluster_configuration: &str) -> Result<Vec<IpNet>, Error> {
+    let config: Option<ClusterConfiguration> = yaml_serde::from_str(cluster_configuration)
+        .map_err(|e| KubeadmConfigError::Yaml(Box::new(e)))?;
+    let Some(subnets) = config.and_then(|c| c.networking.pod_subnet) else {
         return Ok(Vec::new());
     };
-    let value = line
-        .trim_start()
-        .trim_start_matches("podSubnet:")
-        .trim()
-        .trim_matches(['"', '\'']);
-    value
+    subnets
         .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
         .map(|c| {
-            c.trim().parse::<IpNet>().map_err(|_| {
-                Error::Invalid(format!("kubeadm-config podSubnet {c:?} is not a CIDR"))
+            c.parse::<IpNet>().map_err(|source| {
+                KubeadmConfigError::PodSubnet {
+                    value: c.to_owned(),
+                    source,
+                }
+                .into()
             })
         })
         .collect()
@@ -594,6 +611,79 @@ mod tests {
     use wormhole_core::PrivateKey;
 
     use crate::crd::WormholeNodeSpec;
+
+    fn cidrs(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|c| c.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn pod_subnets_reads_networking_pod_subnet_as_yaml() {
+        // kubeadm's own layout, dual-stack.
+        let kubeadm = "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\n\
+                       networking:\n  dnsDomain: cluster.local\n  \
+                       podSubnet: 10.244.0.0/16,fd00:10:244::/56\n  serviceSubnet: 10.96.0.0/12\n";
+        assert_eq!(
+            pod_subnets(kubeadm).unwrap(),
+            cidrs(&["10.244.0.0/16", "fd00:10:244::/56"])
+        );
+        // Quoted (either quote), spaces after the comma, comments anywhere.
+        let quoted = "# written by hand\nnetworking:   # the pod network\n  \
+                      podSubnet: \"10.1.0.0/16, fd01::/48\" # dual-stack\n";
+        assert_eq!(
+            pod_subnets(quoted).unwrap(),
+            cidrs(&["10.1.0.0/16", "fd01::/48"])
+        );
+        assert_eq!(
+            pod_subnets("networking: {podSubnet: '10.2.0.0/16'}").unwrap(),
+            cidrs(&["10.2.0.0/16"])
+        );
+        // `networking` after other keys, its keys in another order, a flow mapping beside it.
+        let reordered = "etcd:\n  local: {dataDir: /var/lib/etcd}\nnetworking:\n  \
+                         serviceSubnet: 10.96.0.0/12\n  podSubnet: 10.3.0.0/16\n  \
+                         dnsDomain: cluster.local\nclusterName: kubernetes\n";
+        assert_eq!(pod_subnets(reordered).unwrap(), cidrs(&["10.3.0.0/16"]));
+    }
+
+    #[test]
+    fn pod_subnets_takes_only_networking_pod_subnet() {
+        // A podSubnet in another mapping is not the cluster's (the line scanner took it).
+        let elsewhere = "apiServer:\n  extraArgs:\n    podSubnet: 10.9.0.0/16\n\
+                         networking:\n  serviceSubnet: 10.96.0.0/12\n";
+        assert_eq!(pod_subnets(elsewhere).unwrap(), []);
+        let before = "controllerManager:\n  podSubnet: 10.9.0.0/16\nnetworking:\n  \
+                      podSubnet: 10.4.0.0/16\n";
+        assert_eq!(pod_subnets(before).unwrap(), cidrs(&["10.4.0.0/16"]));
+        // Missing: no field, no networking, an empty document, an empty value.
+        for none in [
+            "networking:\n  dnsDomain: cluster.local\n",
+            "apiVersion: kubeadm.k8s.io/v1beta3\n",
+            "",
+            "# nothing\n",
+            "networking:\n  podSubnet: \"\"\n",
+        ] {
+            assert_eq!(pod_subnets(none).unwrap(), [], "{none:?}");
+        }
+    }
+
+    #[test]
+    fn pod_subnets_says_what_is_wrong() {
+        let err = pod_subnets("networking:\n  podSubnet: 10.0.0.0/16,10.300.0.0/16\n").unwrap_err();
+        assert!(
+            matches!(&err, Error::KubeadmConfig(KubeadmConfigError::PodSubnet { value, .. }) if value == "10.300.0.0/16"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "kubeadm-config ClusterConfiguration: networking.podSubnet \"10.300.0.0/16\" is not a CIDR"
+        );
+        for bad in ["networking: [", "networking:\n  podSubnet: [10.0.0.0/16]\n"] {
+            let err = pod_subnets(bad).unwrap_err();
+            assert!(
+                matches!(err, Error::KubeadmConfig(KubeadmConfigError::Yaml(_))),
+                "{bad:?}: {err:?}"
+            );
+        }
+    }
 
     fn node(name: &str, cidrs: &[&str]) -> Arc<Node> {
         Arc::new(Node {

@@ -35,8 +35,8 @@ fn load() -> Manifests {
     assert!(files.len() >= 5, "{files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).unwrap();
+        for doc in yaml_serde::Deserializer::from_str(&text) {
+            let value = yaml_serde::Value::deserialize(doc).unwrap();
             if value.is_null() {
                 continue;
             }
@@ -46,7 +46,7 @@ fn load() -> Manifests {
             macro_rules! push {
                 ($list:ident) => {
                     m.$list.push(
-                        serde_yaml::from_value(value.clone())
+                        yaml_serde::from_value(value.clone())
                             .unwrap_or_else(|e| panic!("{file:?} {kind}: {e}")),
                     )
                 };
