@@ -55,7 +55,7 @@ pub enum Error {
     },
     /// The snapshot cannot make a mesh at all (for example the local node is missing).
     #[error("invalid mesh: {0}")]
-    Mesh(String),
+    Mesh(#[from] MeshError),
     /// A network interface name that Linux or our rules cannot take.
     #[error(
         "invalid interface name {name:?}: {reason} (1-15 bytes; no / : whitespace quotes \\ * ? [ ] or control characters)"
@@ -83,11 +83,16 @@ pub enum Error {
     /// A peer source failed.
     #[error("peer source: {0}")]
     Source(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A key store could not give the node's key or the cluster secret (for example the
+    /// Kubernetes Secret holding the PSK cannot be read). Counted as a key error, not a peer
+    /// source one.
+    #[error("key store: {0}")]
+    KeyStore(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A host backend failed.
     #[error("{backend} backend: {message}")]
     Backend {
-        /// Which backend ("wireguard", "network", "firewall", ...).
-        backend: &'static str,
+        /// Which backend.
+        backend: Component,
         /// What failed.
         message: String,
         /// The underlying error, if any.
@@ -100,11 +105,87 @@ pub enum Error {
     #[error("{backend} backend: {} change(s) not applied, every other change applied: {}",
         failures.len(), ItemFailure::list(failures))]
     Partial {
-        /// Which backend ("wireguard", "network", or "host" for several).
-        backend: &'static str,
+        /// Which backend ([`Component::Host`] for several).
+        backend: Component,
         /// What failed, and why.
         failures: Vec<ItemFailure>,
     },
+}
+
+/// Why a snapshot cannot make a mesh at all (see [`Error::Mesh`]). A bad *peer* is not an
+/// error: it is rejected with a [`RejectReason`](crate::RejectReason) and the rest is kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// Neither the snapshot nor the settings give cluster CIDRs.
+    #[error("no cluster CIDRs: set cluster_cidrs in the peers file or --cluster-cidr")]
+    NoClusterCidrs,
+    /// This node's own name is not a valid node name.
+    #[error(
+        "this node's name \"{}\": {}",
+        crate::text::Escaped(name),
+        crate::RejectReason::BadName
+    )]
+    BadLocalName {
+        /// The name as given.
+        name: String,
+    },
+    /// The snapshot has no entry for this node.
+    #[error("this node ({}) is not in the snapshot", crate::text::Escaped(name))]
+    LocalNodeMissing {
+        /// This node's name.
+        name: String,
+    },
+    /// This node's entry is invalid (for example a malformed pod CIDR, or too many).
+    #[error("this node: {0}")]
+    LocalNode(crate::RejectReason),
+    /// One of this node's pod CIDRs is outside every cluster CIDR.
+    #[error("this node's pod CIDR {cidr} is outside the cluster CIDRs")]
+    LocalCidrOutsideCluster {
+        /// The pod CIDR.
+        cidr: IpNet,
+    },
+    /// Two of this node's pod CIDRs overlap.
+    #[error("this node's pod CIDR {second} overlaps {first}, another of its own")]
+    LocalCidrOverlap {
+        /// The first of the two.
+        first: IpNet,
+        /// The one overlapping it.
+        second: IpNet,
+    },
+}
+
+/// Which host backend an [`Error::Backend`] or [`Error::Partial`] comes from; its name is the
+/// error's [`kind`](Error::kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Component {
+    /// The WireGuard device.
+    WireGuard,
+    /// Links, addresses and routes.
+    Network,
+    /// The firewall ruleset.
+    Firewall,
+    /// Several of them (a pass's item failures, all backends together).
+    Host,
+}
+
+impl Component {
+    /// Its stable name: `wireguard`, `network`, `firewall`, `host`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::WireGuard => "wireguard",
+            Component::Network => "network",
+            Component::Firewall => "firewall",
+            Component::Host => "host",
+        }
+    }
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One change a backend could not apply (see [`Error::Partial`]).
@@ -140,7 +221,7 @@ impl ItemFailure {
 
 impl Error {
     /// A backend error without an underlying cause.
-    pub fn backend(backend: &'static str, message: impl Into<String>) -> Self {
+    pub fn backend(backend: Component, message: impl Into<String>) -> Self {
         Error::Backend {
             backend,
             message: message.into(),
@@ -148,16 +229,34 @@ impl Error {
         }
     }
 
-    /// A short, stable label for metrics ("key", "io", "backend:wireguard", ...).
+    /// A backend error with its cause.
+    pub fn backend_caused(
+        backend: Component,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A short, stable label for metrics: `key` (keys, key files, the key store and its cluster
+    /// secret), `io`, `source`, `mesh`, or the backend's [`Component`] name (`wireguard`,
+    /// `network`, `firewall`, `host`).
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Key(_) | Error::KeyFile { .. } | Error::InsecureKeyFile { .. } => "key",
+            Error::Key(_)
+            | Error::KeyFile { .. }
+            | Error::InsecureKeyFile { .. }
+            | Error::KeyStore(_) => "key",
             Error::Io { .. } => "io",
             Error::PeersFile { .. } | Error::Source(_) => "source",
             Error::Mesh(_) | Error::InterfaceName { .. } | Error::ClusterCidrConflict { .. } => {
                 "mesh"
             }
-            Error::Backend { backend, .. } | Error::Partial { backend, .. } => backend,
+            Error::Backend { backend, .. } | Error::Partial { backend, .. } => backend.as_str(),
         }
     }
 }
@@ -169,11 +268,11 @@ impl Error {
 /// ```
 /// use wormhole_core::ErrorChain;
 /// let cause = std::io::Error::other("no such device");
-/// let e = wormhole_core::Error::Backend {
-///     backend: "wireguard",
-///     message: "configure wh0".into(),
-///     source: Some(Box::new(cause)),
-/// };
+/// let e = wormhole_core::Error::backend_caused(
+///     wormhole_core::Component::WireGuard,
+///     "configure wh0",
+///     cause,
+/// );
 /// assert_eq!(ErrorChain(&e).to_string(), "wireguard backend: configure wh0: no such device");
 /// ```
 #[derive(Debug, Clone, Copy)]
@@ -209,13 +308,11 @@ mod tests {
         };
         assert_eq!(ErrorChain(&e).to_string(), "read /x: denied");
         // Backend keeps it as a source only: shown.
-        let e = Error::Backend {
-            backend: "wireguard",
-            message: "start userspace WireGuard for wh0".into(),
-            source: Some(Box::new(std::io::Error::other(
-                "wireguard-go not found in PATH",
-            ))),
-        };
+        let e = Error::backend_caused(
+            Component::WireGuard,
+            "start userspace WireGuard for wh0",
+            std::io::Error::other("wireguard-go not found in PATH"),
+        );
         assert_eq!(
             ErrorChain(&e).to_string(),
             "wireguard backend: start userspace WireGuard for wh0: wireguard-go not found in PATH"
@@ -224,5 +321,26 @@ mod tests {
             e.to_string(),
             "wireguard backend: start userspace WireGuard for wh0"
         );
+    }
+
+    #[test]
+    fn kinds_are_stable_labels() {
+        let key_store = Error::KeyStore("secret unreadable".into());
+        assert_eq!(key_store.kind(), "key");
+        assert_eq!(key_store.to_string(), "key store: secret unreadable");
+        assert_eq!(Error::Source("down".into()).kind(), "source");
+        assert_eq!(Error::from(MeshError::NoClusterCidrs).kind(), "mesh");
+        for (c, name) in [
+            (Component::WireGuard, "wireguard"),
+            (Component::Network, "network"),
+            (Component::Firewall, "firewall"),
+            (Component::Host, "host"),
+        ] {
+            assert_eq!(Error::backend(c, "x").kind(), name);
+            assert_eq!(
+                Error::backend(c, "x").to_string(),
+                format!("{name} backend: x")
+            );
+        }
     }
 }

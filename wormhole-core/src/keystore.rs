@@ -180,7 +180,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::backend("keystore", format!("blocking task failed: {e}")))?
+        .map_err(|e| Error::KeyStore(Box::new(e)))?
 }
 
 #[async_trait]

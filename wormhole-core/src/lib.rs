@@ -50,7 +50,7 @@ pub mod status;
 pub mod text;
 
 pub use backend::{Firewall, HostNetwork, PeerSource, WireGuardDevice};
-pub use error::{Error, ErrorChain, FailedItem, ItemFailure};
+pub use error::{Component, Error, ErrorChain, FailedItem, ItemFailure, MeshError};
 pub use file_source::FilePeerSource;
 pub use ipnet::IpNet;
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};

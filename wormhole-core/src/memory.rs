@@ -15,7 +15,7 @@ use crate::keystore::KeyStore;
 use crate::mesh::Snapshot;
 use crate::plan::{DevicePlan, LinkChange, RouteChange, apply_device, apply_link, apply_routes};
 use crate::state::{DeviceState, FirewallPolicy, LinkState, ObservedDevice, PeerStats};
-use crate::{Error, reconciler};
+use crate::{Component, Error, reconciler};
 
 /// Write counting and fault injection shared by the in-memory backends.
 #[derive(Debug, Default)]
@@ -30,7 +30,7 @@ impl Writes {
         self.reads.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn write(&self, backend: &'static str) -> Result<(), Error> {
+    fn write(&self, backend: Component) -> Result<(), Error> {
         let failing = self
             .fail
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
@@ -97,7 +97,7 @@ impl WireGuardDevice for MemoryDevice {
         Ok(config.map(|config| ObservedDevice { config, stats }))
     }
     async fn apply(&self, plan: &DevicePlan) -> Result<(), Error> {
-        self.writes.write("wireguard")?;
+        self.writes.write(Component::WireGuard)?;
         apply_device(&mut self.state.lock().unwrap(), plan);
         Ok(())
     }
@@ -129,7 +129,7 @@ impl HostNetwork for MemoryNetwork {
         Ok(self.state.lock().unwrap().clone())
     }
     async fn apply(&self, link: &[LinkChange], routes: &[RouteChange]) -> Result<(), Error> {
-        self.writes.write("network")?;
+        self.writes.write(Component::Network)?;
         let mut state = self.state.lock().unwrap();
         apply_link(&mut state.0, link);
         apply_routes(&mut state.1, routes);
@@ -163,7 +163,7 @@ impl Firewall for MemoryFirewall {
         Ok(self.policy.lock().unwrap().clone())
     }
     async fn apply(&self, policy: &FirewallPolicy) -> Result<(), Error> {
-        self.writes.write("firewall")?;
+        self.writes.write(Component::Firewall)?;
         *self.policy.lock().unwrap() = Some(policy.clone());
         Ok(())
     }

@@ -11,9 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::Error;
 use crate::keys::{KeyError, PublicKey};
 use crate::text::Escaped;
+use crate::{Error, MeshError};
 
 /// The most pod CIDRs one node may have. Kubernetes gives a Node at most two (one per family);
 /// a peers file may route more subnets to a node, but each CIDR becomes an allowed IP and a route
@@ -579,16 +579,13 @@ impl Mesh {
             cluster_cidrs
         };
         if cluster_cidrs.is_empty() {
-            return Err(Error::Mesh(
-                "no cluster CIDRs: set cluster_cidrs in the peers file or --cluster-cidr".into(),
-            ));
+            return Err(MeshError::NoClusterCidrs.into());
         }
         if !is_dns1123_subdomain(local_name) {
-            return Err(Error::Mesh(format!(
-                "this node's name \"{}\": {}",
-                Escaped(local_name),
-                RejectReason::BadName
-            )));
+            return Err(MeshError::BadLocalName {
+                name: local_name.to_owned(),
+            }
+            .into());
         }
         let mut rejected = snapshot.rejected.clone();
 
@@ -603,34 +600,29 @@ impl Mesh {
             .position(|e| e.public_key.parse::<PublicKey>().as_ref() == Ok(local_key))
             .unwrap_or(0);
         if local_entries.is_empty() {
-            return Err(Error::Mesh(format!(
-                "this node ({local_name}) is not in the snapshot"
-            )));
+            return Err(MeshError::LocalNodeMissing {
+                name: local_name.to_owned(),
+            }
+            .into());
         }
         let local_entry = local_entries.remove(ours);
         if local_entry.pod_cidrs.len() > MAX_POD_CIDRS {
-            return Err(Error::Mesh(format!(
-                "this node: {}",
-                RejectReason::TooManyCidrs {
-                    count: local_entry.pod_cidrs.len(),
-                    max: MAX_POD_CIDRS
-                }
-            )));
+            return Err(MeshError::LocalNode(RejectReason::TooManyCidrs {
+                count: local_entry.pod_cidrs.len(),
+                max: MAX_POD_CIDRS,
+            })
+            .into());
         }
         let mut local_cidrs: Vec<IpNet> = Vec::new();
         for text in &local_entry.pod_cidrs {
-            let cidr = parse_cidr(text).map_err(|r| Error::Mesh(format!("this node: {r}")))?;
+            let cidr = parse_cidr(text).map_err(MeshError::LocalNode)?;
             if !cluster_cidrs.iter().any(|c| c.contains(&cidr)) {
-                return Err(Error::Mesh(format!(
-                    "this node's pod CIDR {cidr} is outside the cluster CIDRs"
-                )));
+                return Err(MeshError::LocalCidrOutsideCluster { cidr }.into());
             }
             local_cidrs.push(cidr);
         }
         if let Some((first, second)) = own_overlap(&local_cidrs) {
-            return Err(Error::Mesh(format!(
-                "this node's pod CIDR {second} overlaps {first}, another of its own"
-            )));
+            return Err(MeshError::LocalCidrOverlap { first, second }.into());
         }
         // Sorted by start (`overlap_in_sorted` relies on it).
         local_cidrs.sort_by_key(range);

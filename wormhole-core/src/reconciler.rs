@@ -370,7 +370,7 @@ impl Reconciler {
             .ok()
             .filter(|o| !o.failures.is_empty())
             .map(|o| Error::Partial {
-                backend: "host",
+                backend: crate::Component::Host,
                 failures: o.failures.clone(),
             });
         let error = result.as_ref().err().or(partial.as_ref());

@@ -192,7 +192,8 @@ impl KeyStore for SecretKeyStore {
                     None => self.load_saved().await,
                 };
                 let Some(psk) = fallback else {
-                    return Err(e.into());
+                    // A key error, not a peer source one (`Error::kind` "key").
+                    return Err(wormhole_core::Error::KeyStore(Box::new(e)));
                 };
                 let mut known = self.known.lock().unwrap();
                 known.asked = Some(asked);

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use wormhole_core::state::{FirewallPolicy, overlay_address};
-use wormhole_core::{Error, Firewall};
+use wormhole_core::{Component, Error, Firewall};
 
 use crate::backend_error;
 
@@ -159,22 +159,22 @@ fn run(nft: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
         .spawn()
         .map_err(|e| {
             backend_error(
-                "firewall",
+                Component::Firewall,
                 format!("run {what} (is nftables installed?)"),
                 e,
             )
         })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())
-            .map_err(|e| backend_error("firewall", format!("write to {what}"), e))?;
+            .map_err(|e| backend_error(Component::Firewall, format!("write to {what}"), e))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| backend_error("firewall", format!("wait for {what}"), e))?;
+        .map_err(|e| backend_error(Component::Firewall, format!("wait for {what}"), e))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(Error::backend(
-            "firewall",
+            Component::Firewall,
             format!("{what}: {}", stderr.trim()),
         ));
     }
@@ -221,7 +221,7 @@ impl Nftables {
         let nft = self.nft.clone();
         tokio::task::spawn_blocking(move || f(&nft))
             .await
-            .map_err(|e| Error::backend("firewall", format!("task failed: {e}")))?
+            .map_err(|e| backend_error(Component::Firewall, "blocking task failed", e))?
     }
 
     /// Deletes the table (for `--cleanup-on-exit`); absent is fine.
@@ -257,7 +257,9 @@ impl Firewall for Nftables {
                 listing(nft)
             })
             .await?
-            .ok_or_else(|| Error::backend("firewall", "table missing right after applying it"))?;
+            .ok_or_else(|| {
+                Error::backend(Component::Firewall, "table missing right after applying it")
+            })?;
         *self.last.lock().unwrap() = Some((policy.clone(), listing));
         Ok(())
     }

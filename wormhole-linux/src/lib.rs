@@ -49,17 +49,13 @@ pub use network::{Network, ROUTE_PROTOCOL, WIREGUARD_OVERHEAD};
 pub use wireguard::EmbeddedDevice;
 pub use wireguard::{Backend, KernelDevice, SOCKET_DIR, UapiDevice};
 
-use wormhole_core::Error;
+use wormhole_core::{Component, Error};
 
 /// A backend error with its cause.
 pub(crate) fn backend_error(
-    backend: &'static str,
+    backend: Component,
     message: impl Into<String>,
     source: impl std::error::Error + Send + Sync + 'static,
 ) -> Error {
-    Error::Backend {
-        backend,
-        message: message.into(),
-        source: Some(Box::new(source)),
-    }
+    Error::backend_caused(backend, message, source)
 }

@@ -20,7 +20,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, LinkUnspec, LinkWireguard, RouteMessageBuilder};
 use wormhole_core::plan::{LinkChange, RouteChange};
 use wormhole_core::state::LinkState;
-use wormhole_core::{Error, FailedItem, HostNetwork, ItemFailure};
+use wormhole_core::{Component, Error, FailedItem, HostNetwork, ItemFailure};
 
 use crate::backend_error;
 
@@ -39,7 +39,7 @@ pub struct Network {
 }
 
 fn net_err(what: String) -> impl FnOnce(rtnetlink::Error) -> Error {
-    move |e| backend_error("network", what, e)
+    move |e| backend_error(Component::Network, what, e)
 }
 
 /// The kernel answered with `errno` (netlink carries it negated).
@@ -90,7 +90,7 @@ impl Network {
     /// Must be called inside a tokio runtime: the connection runs as a task of it.
     pub fn new(iface: &str) -> Result<Self, Error> {
         let (connection, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| backend_error("network", "open rtnetlink socket", e))?;
+            .map_err(|e| backend_error(Component::Network, "open rtnetlink socket", e))?;
         tokio::spawn(connection);
         Ok(Network {
             iface: iface.to_owned(),
@@ -130,7 +130,7 @@ impl Network {
         match self.link_by_name(&self.iface).await? {
             Some(link) => Ok(link.header.index),
             None => Err(Error::backend(
-                "network",
+                Component::Network,
                 format!("interface {} does not exist", self.iface),
             )),
         }
@@ -242,7 +242,7 @@ impl Network {
     fn route_message(&self, index: u32, net: &IpNet) -> Result<RouteMessage, Error> {
         let builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(net.network(), net.prefix_len())
-            .map_err(|e| backend_error("network", format!("route {net}"), e))?;
+            .map_err(|e| backend_error(Component::Network, format!("route {net}"), e))?;
         Ok(builder
             .output_interface(index)
             .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
@@ -295,14 +295,14 @@ impl Network {
         let what = local.map_or("a default route".to_owned(), |ip| format!("address {ip}"));
         let index = oif.ok_or_else(|| {
             Error::backend(
-                "network",
+                Component::Network,
                 format!("cannot detect the underlay MTU: no interface with {what} (set --mtu)"),
             )
         })?;
         let link = self.link_by_index(index).await?;
         link.as_ref().and_then(link_mtu).ok_or_else(|| {
             Error::backend(
-                "network",
+                Component::Network,
                 format!("cannot detect the underlay MTU: link #{index} has none (set --mtu)"),
             )
         })
@@ -474,7 +474,7 @@ impl HostNetwork for Network {
             Ok(())
         } else {
             Err(Error::Partial {
-                backend: "network",
+                backend: Component::Network,
                 failures: conflicts,
             })
         }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use wormhole_core::plan::{DeviceChange, DevicePlan};
 use wormhole_core::state::ObservedDevice;
-use wormhole_core::{Error, PrivateKey, WireGuardDevice};
+use wormhole_core::{Component, Error, PrivateKey, WireGuardDevice};
 
 use crate::{Network, backend_error};
 
@@ -122,8 +122,14 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::backend("wireguard", format!("{what} {iface}: task failed: {e}")))?
-        .map_err(|e| backend_error("wireguard", format!("{what} {iface}"), e))
+        .map_err(|e| {
+            backend_error(
+                Component::WireGuard,
+                format!("{what} {iface}: task failed"),
+                e,
+            )
+        })?
+        .map_err(|e| backend_error(Component::WireGuard, format!("{what} {iface}"), e))
 }
 
 /// The device does not exist (or, embedded, its socket closed: the device stopped).
@@ -143,11 +149,15 @@ async fn read_with(
 ) -> Result<Option<ObservedDevice>, Error> {
     let got = tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::backend("wireguard", format!("read task failed: {e}")))?;
+        .map_err(|e| backend_error(Component::WireGuard, "read task failed", e))?;
     match got {
         Ok(device) => Ok(Some(device)),
         Err(e) if is_absent(&e) => Ok(None),
-        Err(e) => Err(backend_error("wireguard", format!("read {iface}"), e)),
+        Err(e) => Err(backend_error(
+            Component::WireGuard,
+            format!("read {iface}"),
+            e,
+        )),
     }
 }
 

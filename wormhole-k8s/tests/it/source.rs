@@ -254,6 +254,37 @@ async fn a_bad_key_is_rejected_with_an_event_and_the_rest_works() {
     }
 }
 
+/// A PSK Secret that cannot be read is a key error (kind `key`, "key store: ..."), not a peer
+/// source error: the peer source is fine, and the status must not send anyone looking there.
+#[tokio::test]
+async fn an_unreadable_psk_secret_is_a_key_error() {
+    let (api, _, _) = cluster_with_a().await;
+    let local = PrivateKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let file = wormhole_core::FileKeyStore::new(dir.path().join("key"));
+    let keys = SecretKeyStore::new(file, api.client(), "wormhole", "wormhole-psk");
+    let backends = memory::Backends::default();
+    let mut r = Reconciler::new(Settings::new("local", cluster()), backends.handles(keys));
+    let mut source = KubePeerSource::new(api.client(), "local", local.public_key(), cluster());
+    r.update(Ok(next(&mut source).await));
+
+    let err = r.reconcile().await.unwrap_err();
+    assert!(matches!(err, wormhole_core::Error::KeyStore(_)), "{err:?}");
+    assert_eq!(err.kind(), "key");
+    let text = wormhole_core::ErrorChain(&err).to_string();
+    assert!(
+        text.starts_with("key store: kubernetes API: get Secret wormhole/wormhole-psk"),
+        "{text}"
+    );
+    let status = r.status().borrow().clone();
+    assert_eq!(
+        status.errors_by_kind.into_iter().collect::<Vec<_>>(),
+        [("key".to_owned(), 1)]
+    );
+    assert_eq!(status.source_error, None);
+    assert_eq!(backends.writes(), 0);
+}
+
 #[tokio::test]
 async fn psk_from_a_secret_converges_without_restart() {
     let (api, _, a) = cluster_with_a().await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use wormhole_core::plan::DevicePlan;
 use wormhole_core::state::{DeviceState, ObservedDevice};
-use wormhole_core::{Error, PrivateKey, WireGuardDevice};
+use wormhole_core::{Component, Error, PrivateKey, WireGuardDevice};
 
 use super::SOCKET_DIR;
 use crate::backend_error;
@@ -109,7 +109,13 @@ impl EmbeddedDevice {
             return Ok(());
         }
         use std::os::fd::IntoRawFd as _;
-        let io = |e| backend_error("wireguard", "create the embedded device's UAPI socket", e);
+        let io = |e| {
+            backend_error(
+                Component::WireGuard,
+                "create the embedded device's UAPI socket",
+                e,
+            )
+        };
         let (ours, theirs) = UnixStream::pair().map_err(io)?;
         ours.set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(io)?;
@@ -124,7 +130,7 @@ impl EmbeddedDevice {
         };
         let handle = boringtun::device::DeviceHandle::new(&self.iface, config).map_err(|e| {
             Error::backend(
-                "wireguard",
+                Component::WireGuard,
                 format!("create embedded device {}: {e:?}", self.iface),
             )
         })?;
@@ -177,7 +183,7 @@ impl WireGuardDevice for EmbeddedDevice {
         }
         let uapi = self.uapi().ok_or_else(|| {
             Error::backend(
-                "wireguard",
+                Component::WireGuard,
                 format!("configure {}: no embedded device", self.iface),
             )
         })?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use wormhole_core::plan::DevicePlan;
 use wormhole_core::state::ObservedDevice;
-use wormhole_core::{Error, FailedItem, ItemFailure, WireGuardDevice};
+use wormhole_core::{Component, Error, FailedItem, ItemFailure, WireGuardDevice};
 
 use crate::{Network, backend_error};
 
@@ -61,20 +61,21 @@ impl WireGuardDevice for KernelDevice {
         let result = tokio::task::spawn_blocking(move || crate::kernel::set(&iface, &changes))
             .await
             .map_err(|e| {
-                Error::backend(
-                    "wireguard",
-                    format!("configure {}: task failed: {e}", self.iface()),
+                backend_error(
+                    Component::WireGuard,
+                    format!("configure {}: task failed", self.iface()),
+                    e,
                 )
             })?;
         match result {
             Ok(()) => Ok(()),
             Err(crate::kernel::SetError::Device(e)) => Err(backend_error(
-                "wireguard",
+                Component::WireGuard,
                 format!("configure {}", self.iface()),
                 e,
             )),
             Err(crate::kernel::SetError::Peers(failures)) => Err(Error::Partial {
-                backend: "wireguard",
+                backend: Component::WireGuard,
                 failures: failures
                     .0
                     .into_iter()
