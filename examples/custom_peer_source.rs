@@ -1,8 +1,8 @@
 //! A [`PeerSource`] of your own: peers polled from an HTTP endpoint.
 //!
-//! `HttpPeerSource` fetches `http://ADDR/peers` every 100 ms with a tiny hand-written HTTP/1.1
-//! GET client over a tokio `TcpStream` (no HTTP crate), and yields a [`Snapshot`] only when the
-//! body changed. The body is plain text, one node per line (no JSON, to stay dependency-free):
+//! `HttpPeerSource` fetches `http://ADDR/peers` every 100 ms (with hyper's client: the HTTP is
+//! not the point here) and yields a [`Snapshot`] only when the body changed. The body is plain
+//! text, one node per line:
 //!
 //! ```text
 //! # name   public-key(base64)  endpoint(ip:port or -)  pod CIDRs (comma-separated)
@@ -20,65 +20,71 @@
 //! cargo run -p wormhole-examples --example custom_peer_source
 //! ```
 
-use std::net::SocketAddr;
+use std::convert::Infallible;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::{BodyExt as _, Empty, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Response, Uri, server::conn::http1, service::service_fn};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wormhole_core::memory::{Backends, MemoryKeyStore};
 use wormhole_core::mesh::{NodeEntry, RejectReason, Rejection, Snapshot};
 use wormhole_core::{Error, PeerSource, PrivateKey, Reconciler, Settings};
 
-/// Peers polled from `http://{addr}{path}`.
+/// Peers polled from `url`.
 struct HttpPeerSource {
-    addr: SocketAddr,
-    path: String,
+    url: Uri,
     interval: Duration,
+    client: Client<HttpConnector, Empty<Bytes>>,
     /// The body behind the last snapshot yielded.
     last: Option<String>,
+}
+
+impl HttpPeerSource {
+    fn new(url: Uri, interval: Duration) -> Self {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        HttpPeerSource {
+            url,
+            interval,
+            client,
+            last: None,
+        }
+    }
+
+    /// One GET of the list: 2 s at most, 1 MiB at most, `200 OK` only.
+    async fn fetch(&self) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+        const TIMEOUT: Duration = Duration::from_secs(2);
+        let response = tokio::time::timeout(TIMEOUT, self.client.get(self.url.clone())).await??;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()).into());
+        }
+        let body = Limited::new(response.into_body(), 1 << 20).collect();
+        let body = tokio::time::timeout(TIMEOUT, body).await??.to_bytes();
+        Ok(String::from_utf8(body.to_vec())?)
+    }
 }
 
 #[async_trait]
 impl PeerSource for HttpPeerSource {
     async fn next(&mut self) -> Result<Snapshot, Error> {
-        let url = format!("http://{}{}", self.addr, self.path);
         loop {
-            let body = get(self.addr, &self.path).await.map_err(|e| {
+            let body = self.fetch().await.map_err(|e| {
                 self.last = None; // Re-yield the list when the server is back: clears the error.
-                Error::Source(format!("GET {url}: {e}").into())
+                let why = wormhole_core::ErrorChain(&*e);
+                Error::Source(format!("GET {}: {why}", self.url).into())
             })?;
             if self.last.as_ref() != Some(&body) {
-                let snapshot = parse(&body, &url);
+                let snapshot = parse(&body, &self.url.to_string());
                 self.last = Some(body);
                 return Ok(snapshot);
             }
             tokio::time::sleep(self.interval).await;
         }
     }
-}
-
-/// A minimal HTTP/1.1 GET: one request per connection, `200 OK` only, no chunked bodies, 2 s
-/// timeouts, 1 MiB at most.
-async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    const TIMEOUT: Duration = Duration::from_secs(2);
-    let mut stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await??;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    let mut limited = stream.take(1 << 20);
-    tokio::time::timeout(TIMEOUT, limited.read_to_string(&mut response)).await??;
-    // `Connection: close`: the body is everything after the head.
-    let no_head = || std::io::Error::other("no end of head");
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(no_head)?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split(' ').nth(1) != Some("200") {
-        return Err(std::io::Error::other(format!(
-            "unexpected response {status:?}"
-        )));
-    }
-    Ok(body.to_owned())
 }
 
 /// Parses the line format; `#` starts a comment line.
@@ -111,25 +117,19 @@ fn parse(body: &str, url: &str) -> Snapshot {
     snapshot
 }
 
-/// Serves the current value of `list` as text/plain to every request, until aborted.
+/// The "discovery service": serves the current value of `list` to every request, until
+/// aborted. One request per connection, so clients notice at once when it goes away.
 async fn serve(listener: TcpListener, list: watch::Receiver<String>) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        let body = list.borrow().clone();
-        tokio::spawn(async move {
-            // Read the request head (any request gets the list), then answer.
-            let mut lines = BufReader::new(&mut stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.is_empty() {
-                    break;
-                }
-            }
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(reply.as_bytes()).await;
+    while let Ok((stream, _)) = listener.accept().await {
+        let list = list.clone();
+        let reply = service_fn(move |_request| {
+            let body = Full::new(Bytes::from(list.borrow().clone()));
+            async move { Ok::<_, Infallible>(Response::new(body)) }
         });
+        let connection = http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), reply);
+        tokio::spawn(connection);
     }
 }
 
@@ -167,12 +167,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = vec!["10.99.0.0/16".parse()?, "fd99::/48".parse()?];
     let settings = Settings::new("node-a", cluster);
     let mut reconciler = Reconciler::new(settings, backends.handles(keys));
-    let mut source = HttpPeerSource {
-        addr,
-        path: "/peers".into(),
-        interval: Duration::from_millis(100),
-        last: None,
-    };
+    let url = format!("http://{addr}/peers").parse()?;
+    let mut source = HttpPeerSource::new(url, Duration::from_millis(100));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let update = tokio::time::timeout_at(deadline, source.next()).await?;

@@ -1,1 +1,1 @@
-//! Runnable examples: see `embed.rs` and `custom_peer_source.rs`.
+//! Runnable examples: see `embed.rs`, `embed_linux.rs` and `custom_peer_source.rs`.
