@@ -962,9 +962,19 @@ mod tests {
             ..Default::default()
         };
         let err = Mesh::build("local", &me, &cluster(), snapshot.clone(), None).unwrap_err();
-        assert!(err.to_string().contains("not in the snapshot"), "{err}");
+        assert!(
+            matches!(&err, Error::Mesh(MeshError::LocalNodeMissing { name }) if name == "local"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid mesh: this node (local) is not in the snapshot"
+        );
         let err = Mesh::build("x", &me, &[], snapshot.clone(), None).unwrap_err();
-        assert!(err.to_string().contains("no cluster CIDRs"), "{err}");
+        assert!(
+            matches!(err, Error::Mesh(MeshError::NoClusterCidrs)),
+            "{err:?}"
+        );
         let snapshot = Snapshot {
             nodes: vec![entry("local", &me, &["10.5.0.0/24"])],
             ..Default::default()

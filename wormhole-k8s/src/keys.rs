@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use wormhole_core::keystore::{read_secret_file, write_secret_file};
-use wormhole_core::{ErrorChain, FileKeyStore, KeyStore, PresharedKey, PrivateKey};
+use wormhole_core::{ErrorChain, FileKeyStore, KeyError, KeyStore, PresharedKey, PrivateKey};
 
 use crate::{API_TIMEOUT, Error, PSK_SECRET_KEY, call};
 
@@ -94,9 +94,13 @@ impl SecretKeyStore {
             .data
             .as_ref()
             .and_then(|d| d.get(PSK_SECRET_KEY))
-            .ok_or_else(|| Error::Invalid(format!("{what} has no key {PSK_SECRET_KEY:?}")))?;
-        parse_psk(&value.0)
-            .map_err(|e| Error::Invalid(format!("{what} key {PSK_SECRET_KEY:?}: {e}")))
+            .ok_or_else(|| Error::PskMissing {
+                secret: what.clone(),
+            })?;
+        parse_psk(&value.0).map_err(|source| Error::PskInvalid {
+            secret: what,
+            source,
+        })
     }
 
     /// The PSK saved in the state directory, if any (and readable by us only).
@@ -136,15 +140,26 @@ impl SecretKeyStore {
     }
 }
 
+/// Why a Secret's `psk` value is not a key (see [`parse_psk`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PskError {
+    /// Not 32 bytes, and not text either.
+    #[error("neither 32 bytes nor base64 text")]
+    NotText,
+    /// Text, but not the base64 of 32 bytes.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
 /// The cluster secret in a Secret's `psk` value: 32 raw bytes, or their base64 (as `wg genpsk`
 /// prints it, e.g. `kubectl create secret generic wormhole-psk --from-literal=psk=$(wg genpsk)`).
-pub fn parse_psk(bytes: &[u8]) -> Result<PresharedKey, String> {
+pub fn parse_psk(bytes: &[u8]) -> Result<PresharedKey, PskError> {
     if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
         return Ok(PresharedKey::from_bytes(raw));
     }
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| "neither 32 bytes nor base64 text".to_owned())?;
-    text.parse().map_err(|e| format!("{e}"))
+    let text = std::str::from_utf8(bytes).map_err(|_| PskError::NotText)?;
+    Ok(text.parse()?)
 }
 
 #[async_trait]
@@ -223,7 +238,10 @@ mod tests {
             parse_psk(format!("{}\n", *psk.to_base64_secret()).as_bytes()).unwrap(),
             psk
         );
-        let err = parse_psk(b"short").unwrap_err();
-        assert!(err.contains("base64") || err.contains("bytes"), "{err}");
+        assert_eq!(
+            parse_psk(b"short").unwrap_err(),
+            PskError::Key(KeyError::Base64)
+        );
+        assert_eq!(parse_psk(&[0xff; 31]).unwrap_err(), PskError::NotText);
     }
 }

@@ -96,7 +96,52 @@ pub enum Error {
         /// The deadline.
         after: Duration,
     },
-    /// The cluster holds something we cannot use.
+    /// This node's Node has no `spec.podCIDRs` (yet): it cannot be part of the mesh.
+    #[error(
+        "this node ({node}) has no spec.podCIDRs yet: is the controller manager allocating \
+         node CIDRs (--allocate-node-cidrs, kubeadm --pod-network-cidr)?"
+    )]
+    NoPodCidrs {
+        /// This node's name.
+        node: String,
+    },
+    /// This node's Node does not exist.
+    #[error("Node {node} not found (check --node-name)")]
+    NodeNotFound {
+        /// The name looked for.
+        node: String,
+    },
+    /// A Node without `metadata.uid` (a WormholeNode's ownerReference needs it).
+    #[error("Node {node} has no uid")]
+    NodeWithoutUid {
+        /// The Node's name.
+        node: String,
+    },
+    /// The PSK Secret has no [`PSK_SECRET_KEY`] value.
+    #[error("Secret {secret} has no key {PSK_SECRET_KEY:?}")]
+    PskMissing {
+        /// `namespace/name`.
+        secret: String,
+    },
+    /// The PSK Secret's value is not a key.
+    #[error("Secret {secret} key {PSK_SECRET_KEY:?}: {source}")]
+    PskInvalid {
+        /// `namespace/name`.
+        secret: String,
+        /// What is wrong with the value.
+        #[source]
+        source: keys::PskError,
+    },
+    /// The saved state could not be written (see [`state::StateStore`]).
+    #[error("saving state: {what}: {source}")]
+    SaveState {
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The cluster or the client did something we cannot use.
     #[error("{0}")]
     Invalid(String),
     /// kubeadm's ClusterConfiguration (ConfigMap `kube-system/kubeadm-config`) cannot be used.

@@ -128,7 +128,9 @@ impl Publisher {
                     .metadata
                     .uid
                     .clone()
-                    .ok_or_else(|| Error::Invalid(format!("Node {} has no uid", self.name)))?;
+                    .ok_or_else(|| Error::NodeWithoutUid {
+                        node: self.name.clone(),
+                    })?;
                 let endpoint = match self.endpoint {
                     Some(e) => Some(e),
                     None => internal_ip(&node).map(|ip| SocketAddr::new(ip, self.listen_port)),

@@ -113,10 +113,9 @@ pub fn snapshot(
         let cidrs = pod_cidrs(node);
         if name == local {
             if cidrs.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "this node ({local}) has no spec.podCIDRs yet: is the controller manager allocating \
-                     node CIDRs (--allocate-node-cidrs, kubeadm --pod-network-cidr)?"
-                )));
+                return Err(Error::NoPodCidrs {
+                    node: local.to_owned(),
+                });
             }
             local_seen = true;
             // The key as published (other nodes use it), else ours (not yet published).
@@ -156,9 +155,9 @@ pub fn snapshot(
         ));
     }
     if !local_seen {
-        return Err(Error::Invalid(format!(
-            "Node {local} not found (check --node-name)"
-        )));
+        return Err(Error::NodeNotFound {
+            node: local.to_owned(),
+        });
     }
     // Oldest claim first, so that validation lets the earlier claim win a conflict (a node that
     // copies another's public key loses, also on an agent starting without history). A stable
@@ -826,8 +825,16 @@ mod tests {
     fn this_node_without_cidrs_or_missing_is_an_error() {
         let me = PrivateKey::generate().public_key();
         let err = snapshot(&[node("local", &[])], &[], "local", &me, &[]).unwrap_err();
+        assert!(
+            matches!(&err, Error::NoPodCidrs { node } if node == "local"),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("--allocate-node-cidrs"), "{err}");
         let err = snapshot(&[node("x", &["10.99.1.0/24"])], &[], "local", &me, &[]).unwrap_err();
-        assert!(err.to_string().contains("check --node-name"), "{err}");
+        assert!(
+            matches!(&err, Error::NodeNotFound { node } if node == "local"),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "Node local not found (check --node-name)");
     }
 }

@@ -213,11 +213,15 @@ impl StateStore {
             }
             // Sized like the last file, so the text is not grown (and copied) piece by piece.
             let mut text = Vec::with_capacity(self.inner.size.load(Ordering::Relaxed) + 4096);
-            serde_json::to_writer(&mut text, &*state)
-                .map_err(|e| Error::Invalid(format!("saved state does not serialize: {e}")))?;
+            serde_json::to_writer(&mut text, &*state).map_err(|e| Error::SaveState {
+                what: "the state does not serialize",
+                source: e.into(),
+            })?;
             self.inner.size.store(text.len(), Ordering::Relaxed);
-            let text = String::from_utf8(text)
-                .map_err(|e| Error::Invalid(format!("saved state is not UTF-8: {e}")))?;
+            let text = String::from_utf8(text).map_err(|e| Error::SaveState {
+                what: "the state is not UTF-8",
+                source: e.into(),
+            })?;
             (text, self.inner.changes.fetch_add(1, Ordering::SeqCst) + 1)
         };
         let mut written = self.inner.written.lock().await;
@@ -229,7 +233,10 @@ impl StateStore {
             wormhole_core::keystore::write_secret_file(&path, &text)
         })
         .await
-        .map_err(|e| Error::Invalid(format!("saving state: blocking task failed: {e}")))??;
+        .map_err(|e| Error::SaveState {
+            what: "blocking task failed",
+            source: e.into(),
+        })??;
         *written = number;
         Ok(())
     }
