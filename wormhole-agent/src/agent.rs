@@ -26,7 +26,7 @@ use wormhole_linux::{Network, Nftables};
 use crate::admin::{self, Admin};
 use crate::builder::{KubernetesOptions, Options, Peers};
 use crate::metrics::Metrics;
-use crate::{AgentBuilder, Error, cni};
+use crate::{AgentBuilder, EnvironmentError, Error, cni};
 
 /// The WireGuard MTU: underlay MTU - 80, the underlay being the interface holding this node's
 /// endpoint address in the peers file (or its Node's InternalIP, saved for starts without the
@@ -73,23 +73,28 @@ async fn node_ip(
         Ok(Ok(node)) => node,
         // The API server answered: the Node is not there (or we may not read it).
         Ok(Err(kube::Error::Api(status))) => {
-            return Err(Error::Environment(format!(
-                "get Node {name} (is the node name right?): {}",
-                status.message
-            )));
+            return Err(EnvironmentError::NodeRefused {
+                node: name.clone(),
+                message: status.message,
+            }
+            .into());
         }
         failed => {
-            let why = match failed {
-                Ok(Err(e)) => ErrorChain(&e).to_string(),
-                _ => format!("no answer within {:?}", wormhole_k8s::API_TIMEOUT),
+            let why: Box<dyn std::error::Error + Send + Sync> = match failed {
+                Ok(Err(e)) => Box::new(e),
+                _ => format!("no answer within {:?}", wormhole_k8s::API_TIMEOUT).into(),
             };
             let saved = state.and_then(|s| s.saved().node_ip);
             return match saved {
                 Some(ip) => {
-                    tracing::warn!(error = %why, %ip, "cannot read this Node: using its address saved at the last start");
+                    tracing::warn!(error = %ErrorChain(&*why), %ip, "cannot read this Node: using its address saved at the last start");
                     Ok(Some(ip))
                 }
-                None => Err(Error::Environment(format!("get Node {name}: {why}"))),
+                None => Err(EnvironmentError::NodeUnreachable {
+                    node: name.clone(),
+                    source: why,
+                }
+                .into()),
             };
         }
     };
@@ -109,10 +114,7 @@ async fn kubeadm_cluster_cidrs(
     state: &StateStore,
 ) -> Result<Vec<IpNet>, Error> {
     match detect_cluster_cidrs(client.clone()).await {
-        Ok(cidrs) if cidrs.is_empty() => Err(Error::Environment(
-            "no cluster CIDR: give the cluster CIDRs (--cluster-cidr) (no kubeadm-config ConfigMap to read networking.podSubnet from)"
-                .into(),
-        )),
+        Ok(cidrs) if cidrs.is_empty() => Err(EnvironmentError::NoClusterCidr.into()),
         Ok(cidrs) => {
             tracing::info!(?cidrs, "cluster CIDRs from kubeadm-config");
             if let Err(e) = state.save(|s| s.cluster_cidrs = cidrs.clone()).await {
@@ -120,7 +122,7 @@ async fn kubeadm_cluster_cidrs(
             }
             Ok(cidrs)
         }
-        Err(e @ (wormhole_k8s::Error::Invalid(_) | wormhole_k8s::Error::KubeadmConfig(_))) => Err(wormhole_core::Error::from(e).into()),
+        Err(e @ wormhole_k8s::Error::KubeadmConfig(_)) => Err(wormhole_core::Error::from(e).into()),
         Err(e) => {
             let saved = state.saved().cluster_cidrs;
             if saved.is_empty() {
@@ -193,25 +195,29 @@ async fn follow_cni(mut status: watch::Receiver<Status>, dir: PathBuf, bridge: S
 async fn kube_client(options: &KubernetesOptions) -> Result<kube::Client, Error> {
     let config = match &options.kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Environment(format!("kubeconfig {}: {e}", path.display())))?;
+            let unusable = |e: kube::config::KubeconfigError| EnvironmentError::Kubeconfig {
+                path: path.clone(),
+                source: Box::new(e),
+            };
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(unusable)?;
             kube::Config::from_custom_kubeconfig(
                 kubeconfig,
                 &kube::config::KubeConfigOptions::default(),
             )
             .await
-            .map_err(|e| Error::Environment(format!("kubeconfig {}: {e}", path.display())))?
+            .map_err(unusable)?
         }
-        None => kube::Config::incluster().map_err(|e| {
-            Error::Environment(format!(
-                "not running in a cluster ({e}): give a kubeconfig (--kubeconfig)"
-            ))
+        None => kube::Config::incluster().map_err(|e| EnvironmentError::NotInCluster {
+            source: Box::new(e),
         })?,
     };
     let mut config = config;
     wormhole_k8s::configure_client(&mut config);
     kube::Client::try_from(config)
-        .map_err(|e| Error::Environment(format!("Kubernetes client: {e}")))
+        .map_err(|e| EnvironmentError::KubeClient {
+            source: Box::new(e),
+        })
+        .map_err(Error::from)
 }
 
 /// The peer source and key store of the chosen mode, and the cluster CIDRs.

@@ -9,9 +9,8 @@ use ipnet::IpNet;
 use wormhole_core::PeerSource;
 use wormhole_core::mesh::is_dns1123_subdomain;
 use wormhole_core::state::InterfaceName;
-use wormhole_core::text::Escaped;
 
-use crate::{Agent, Error};
+use crate::{Agent, Error, InvalidOption};
 
 /// Where the mesh comes from.
 #[non_exhaustive]
@@ -276,38 +275,31 @@ impl AgentBuilder {
     /// Checks every option and their combinations; nothing touches the host yet.
     pub fn build(self) -> Result<Agent, Error> {
         if !is_dns1123_subdomain(&self.node_name) {
-            return Err(Error::Invalid(format!(
-                "invalid node name \"{}\": {NODE_NAME_RULE}",
-                Escaped(&self.node_name)
-            )));
+            return Err(InvalidOption::NodeName {
+                name: self.node_name,
+            }
+            .into());
         }
         if self.bridge == self.interface {
-            return Err(Error::Invalid(format!(
-                "the bridge and the interface are both {}: the pod bridge and the WireGuard interface must differ",
-                self.interface
-            )));
+            return Err(InvalidOption::BridgeIsInterface {
+                name: self.interface.to_string(),
+            }
+            .into());
         }
         if let Some(bad) = self.cluster_cidrs.iter().find(|c| c.trunc() != **c) {
-            return Err(Error::Invalid(format!(
-                "invalid cluster CIDR {bad}: host bits set (did you mean {}?)",
-                bad.trunc()
-            )));
+            return Err(InvalidOption::ClusterCidrHostBits { cidr: *bad }.into());
         }
         if let Some(mtu) = self.mtu.filter(|m| !(1280..=65535).contains(m)) {
-            return Err(Error::Invalid(format!(
-                "invalid MTU {mtu}: must be 1280..65535 (IPv6 needs at least 1280)"
-            )));
+            return Err(InvalidOption::Mtu { mtu }.into());
         }
         if !RESYNC_RANGE.contains(&self.resync) {
-            return Err(Error::Invalid(format!(
-                "invalid resync period {:?}: must be 1s..24h",
-                self.resync
-            )));
+            return Err(InvalidOption::Resync {
+                period: self.resync,
+            }
+            .into());
         }
         if self.listen_port == 0 {
-            return Err(Error::Invalid(
-                "invalid listen port 0: peers must know the port (51820 is WireGuard's)".into(),
-            ));
+            return Err(InvalidOption::ListenPortZero.into());
         }
         if let Peers::Kubernetes(KubernetesOptions {
             psk_secret: Some(_),
@@ -315,9 +307,7 @@ impl AgentBuilder {
         }) = &self.peers
         {
             if self.psk_file.is_some() {
-                return Err(Error::Invalid(
-                    "a PSK file and a Kubernetes PSK Secret exclude each other: pick one".into(),
-                ));
+                return Err(InvalidOption::PskFileAndSecret.into());
             }
         }
         let backend = match self.backend {
@@ -328,10 +318,7 @@ impl AgentBuilder {
             Backend::Embedded => wormhole_linux::Backend::Embedded,
             #[cfg(not(feature = "embedded"))]
             Backend::Embedded => {
-                return Err(Error::Invalid(
-                    "this build has no embedded backend (feature `embedded` of wormhole-agent)"
-                        .into(),
-                ));
+                return Err(InvalidOption::NoEmbeddedBackend.into());
             }
         };
         tracing::debug!(peers = self.peers.kind(), "agent options checked");
@@ -365,7 +352,8 @@ mod tests {
 
     fn refused(builder: AgentBuilder, want: &str) {
         match builder.build() {
-            Err(Error::Invalid(message)) => {
+            Err(e @ Error::Invalid(_)) => {
+                let message = e.to_string();
                 assert!(message.contains(want), "{message:?} does not say {want:?}")
             }
             Err(other) => panic!("not Invalid: {other}"),

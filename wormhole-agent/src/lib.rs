@@ -40,5 +40,5 @@ mod view;
 
 pub use agent::{Agent, Running};
 pub use builder::{AgentBuilder, Backend, KubernetesOptions, NODE_NAME_RULE, Peers, RESYNC_RANGE};
-pub use error::Error;
+pub use error::{EnvironmentError, Error, InvalidOption};
 pub use view::{PassView, PeerView, StatusView};
