@@ -16,11 +16,11 @@ use wormhole_core::state::HostSettings;
 use wormhole_core::{
     FileKeyStore, FilePeerSource, KeyStore, PeerSource, PrivateKey, Reconciler, Settings, Status,
 };
-use wormhole_k8s::events::EventSink;
-use wormhole_k8s::keys::SecretKeyStore;
-use wormhole_k8s::publisher::Publisher;
-use wormhole_k8s::source::{KubePeerSource, detect_cluster_cidrs};
-use wormhole_k8s::state::{STATE_FILE, StateStore};
+use wormhole_k8s::EventSink;
+use wormhole_k8s::Publisher;
+use wormhole_k8s::SecretKeyStore;
+use wormhole_k8s::{KubePeerSource, detect_cluster_cidrs};
+use wormhole_k8s::{STATE_FILE, StateStore};
 use wormhole_linux::{Network, Nftables};
 
 use crate::admin::{self, Admin};
@@ -98,7 +98,7 @@ async fn node_ip(
             };
         }
     };
-    let ip = wormhole_k8s::publisher::internal_ip(&node);
+    let ip = wormhole_k8s::internal_ip(&node);
     if let (Some(state), Some(ip)) = (state, ip) {
         if let Err(e) = state.save(|s| s.node_ip = Some(ip)).await {
             tracing::warn!(error = %ErrorChain(&e), "cannot save this Node's address");
@@ -246,7 +246,7 @@ async fn source_and_keys(
             let keys: Arc<dyn KeyStore> = match &options.psk_secret {
                 Some((namespace, name)) => Arc::new(
                     SecretKeyStore::new(file_keys, client.clone(), namespace, name)
-                        .with_saved(state_dir(&config.key_file).join(wormhole_k8s::keys::PSK_FILE)),
+                        .with_saved(state_dir(&config.key_file).join(wormhole_k8s::PSK_FILE)),
                 ),
                 None => Arc::new(file_keys),
             };

@@ -3,7 +3,6 @@
 use kube::CustomResourceExt as _;
 
 fn main() {
-    let yaml =
-        yaml_serde::to_string(&wormhole_k8s::crd::WormholeNode::crd()).expect("CRD serializes");
+    let yaml = yaml_serde::to_string(&wormhole_k8s::WormholeNode::crd()).expect("CRD serializes");
     print!("{}{yaml}", wormhole_k8s::CRD_HEADER);
 }

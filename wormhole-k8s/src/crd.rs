@@ -22,7 +22,7 @@ pub const MAX_ENDPOINT: usize = 64;
 /// `maxLength` of `status.lastError`; the publisher truncates longer errors.
 pub const MAX_ERROR: usize = 1024;
 /// The message of the rule that makes `spec.publicKey` immutable.
-pub const PUBLIC_KEY_IMMUTABLE: &str =
+pub(crate) const PUBLIC_KEY_IMMUTABLE: &str =
     "publicKey is immutable: delete the WormholeNode and create it again to change keys";
 
 /// What an agent publishes about its node.

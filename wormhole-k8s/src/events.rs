@@ -21,7 +21,7 @@ use wormhole_core::text::Escaped;
 use crate::EVENT_REPORTER;
 
 /// A failing pass becomes an Event after this many in a row.
-pub const PERSISTENT_FAILURES: u32 = 3;
+pub(crate) const PERSISTENT_FAILURES: u32 = 3;
 
 /// Publishes Events about the local Node.
 pub struct EventSink {
@@ -36,7 +36,7 @@ pub struct EventSink {
 
 /// One Event to publish, before rate limiting.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Due {
+pub(crate) struct Due {
     /// Identifies the problem for rate limiting.
     pub key: String,
     /// The Node it is about (`None`: this node).
@@ -48,7 +48,7 @@ pub struct Due {
 }
 
 /// What to say, before rate limiting.
-pub fn pending(status: &Status, failures_in_a_row: u32) -> Vec<Due> {
+pub(crate) fn pending(status: &Status, failures_in_a_row: u32) -> Vec<Due> {
     let mut out = Vec::new();
     for r in &status.rejected {
         if r.reason == RejectReason::LocalKey {

@@ -1,15 +1,15 @@
 //! `wormhole-k8s`: the Kubernetes binding of Wormhole.
 //!
-//! - [`crd::WormholeNode`]: a cluster-scoped object per node, named after it and owned by it,
+//! - [`WormholeNode`]: a cluster-scoped object per node, named after it and owned by it,
 //!   holding only what the agent may claim: its public key and endpoint.
-//! - [`source::KubePeerSource`]: a [`PeerSource`](wormhole_core::PeerSource) over reflectors of
+//! - [`KubePeerSource`]: a [`PeerSource`](wormhole_core::PeerSource) over reflectors of
 //!   Nodes and WormholeNodes. **Allowed IPs come only from `Node.spec.podCIDRs`** (written by the
 //!   controller manager's IPAM): a WormholeNode cannot add CIDRs.
-//! - [`publisher::Publisher`]: server-side applies this node's WormholeNode (on change only).
-//! - [`keys::SecretKeyStore`]: the cluster secret for pre-shared keys from a Kubernetes Secret.
-//! - [`events::EventSink`]: rate-limited Events on the local Node for rejected peers and
+//! - [`Publisher`]: server-side applies this node's WormholeNode (on change only).
+//! - [`SecretKeyStore`]: the cluster secret for pre-shared keys from a Kubernetes Secret.
+//! - [`EventSink`]: rate-limited Events on the local Node for rejected peers and
 //!   persistent reconcile failures.
-//! - [`state::StateStore`]: what the agent last learned from the API (its mesh, the cluster
+//! - [`StateStore`]: what the agent last learned from the API (its mesh, the cluster
 //!   CIDRs, its Node's address), saved `0600` beside the private key, so an agent started while
 //!   the API server is down applies its last known mesh instead of waiting for it.
 //!
@@ -18,21 +18,32 @@
 //! waits on the API once the PSK is known, and nothing the agent needs to start comes only from
 //! the API: the PSK, cluster CIDRs and the last mesh are saved under `/var/lib/wormhole`.
 //!
-//! Manifests live in `deploy/`; `deploy/crd.yaml` is generated from [`crd::WormholeNode`]
+//! Manifests live in `deploy/`; `deploy/crd.yaml` is generated from [`WormholeNode`]
 //! (`cargo run -p wormhole-k8s --example crd > deploy/crd.yaml`) and a test fails when it differs.
 
 use std::future::Future;
 use std::time::Duration;
 
-pub mod crd;
-pub mod events;
-pub mod keys;
-pub mod publisher;
-pub mod source;
-pub mod state;
+mod crd;
+mod events;
+mod keys;
+mod publisher;
+mod source;
+mod state;
+/// A fake API server speaking real HTTP to the real kube client, for tests (feature `fake-api`).
 #[cfg(feature = "fake-api")]
 #[doc(hidden)]
 pub mod testing;
+
+// The public API, one path per item (module paths are private).
+pub use crd::{
+    MAX_ENDPOINT, MAX_ERROR, MAX_PUBLIC_KEY, WormholeNode, WormholeNodeSpec, WormholeNodeStatus,
+};
+pub use events::EventSink;
+pub use keys::{PSK_FILE, PskError, SecretKeyStore, parse_psk};
+pub use publisher::{Publisher, internal_ip};
+pub use source::{KubePeerSource, detect_cluster_cidrs, pod_subnets};
+pub use state::{STATE_FILE, SavedNode, SavedState, StateStore};
 
 /// The API group of our custom resource.
 pub const GROUP: &str = "wormhole.dev";
@@ -132,7 +143,7 @@ pub enum Error {
         #[source]
         source: keys::PskError,
     },
-    /// The saved state could not be written (see [`state::StateStore`]).
+    /// The saved state could not be written (see [`StateStore`]).
     #[error("saving state: {what}: {source}")]
     SaveState {
         /// What failed.

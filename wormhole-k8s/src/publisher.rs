@@ -32,7 +32,7 @@ pub fn internal_ip(node: &Node) -> Option<IpAddr> {
 
 /// `text` cut to at most `max` bytes (a character boundary), marked with `…` when cut: what the
 /// CRD's `maxLength` of a status field accepts.
-pub fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }
@@ -45,7 +45,7 @@ pub fn truncate(text: &str, max: usize) -> String {
 }
 
 /// The status summary of `status` at `now` (without the time, which changes every pass).
-pub fn summary(status: &Status, now: SystemTime) -> WormholeNodeStatus {
+pub(crate) fn summary(status: &Status, now: SystemTime) -> WormholeNodeStatus {
     let count = |state| {
         status
             .peers

@@ -43,7 +43,7 @@ use crate::state::StateStore;
 use crate::{API_TIMEOUT, Error, call};
 
 /// A Node's pod CIDRs (`spec.podCIDRs`, or the older single `spec.podCIDR`).
-pub fn pod_cidrs(node: &Node) -> Vec<String> {
+pub(crate) fn pod_cidrs(node: &Node) -> Vec<String> {
     let Some(spec) = &node.spec else {
         return Vec::new();
     };
@@ -96,7 +96,7 @@ fn claim(wh: &WormholeNode) -> Claim {
 /// The snapshot for `local` (whose key is `local_key`) from the Nodes and WormholeNodes given:
 /// entries oldest claim first ([`Snapshot::oldest_first`]), by the WormholeNode's creation time
 /// and uid, so the node that published a key first keeps it when another publishes the same.
-pub fn snapshot(
+pub(crate) fn snapshot(
     nodes: &[Arc<Node>],
     wormholes: &[Arc<WormholeNode>],
     local: &str,

@@ -100,7 +100,7 @@ impl SavedState {
     }
 
     /// Replaces the saved nodes with `nodes` (from [`saved_nodes`]), stamped now.
-    pub fn set_nodes(&mut self, nodes: Vec<SavedNode>) {
+    pub(crate) fn set_nodes(&mut self, nodes: Vec<SavedNode>) {
         self.nodes = nodes;
         self.saved_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -119,7 +119,7 @@ impl SavedState {
 
 /// `snapshot`'s nodes as they are saved (one copy, moved into the state by
 /// [`SavedState::set_nodes`]: a 5,000-node mesh is saved without further copies).
-pub fn saved_nodes(snapshot: &Snapshot) -> Vec<SavedNode> {
+pub(crate) fn saved_nodes(snapshot: &Snapshot) -> Vec<SavedNode> {
     snapshot
         .nodes
         .iter()

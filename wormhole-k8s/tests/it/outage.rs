@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wormhole_core::{KeyStore as _, PeerSource, PresharedKey, PrivateKey, PublicKey, Snapshot};
-use wormhole_k8s::events::EventSink;
-use wormhole_k8s::keys::SecretKeyStore;
-use wormhole_k8s::publisher::Publisher;
-use wormhole_k8s::source::{KubePeerSource, detect_cluster_cidrs};
-use wormhole_k8s::state::{STATE_FILE, StateStore};
+use wormhole_k8s::EventSink;
+use wormhole_k8s::Publisher;
+use wormhole_k8s::SecretKeyStore;
 use wormhole_k8s::testing::FakeApi;
+use wormhole_k8s::{KubePeerSource, detect_cluster_cidrs};
+use wormhole_k8s::{STATE_FILE, StateStore};
 
 fn cluster() -> Vec<ipnet::IpNet> {
     vec![
@@ -114,7 +114,7 @@ async fn the_psk_is_saved_and_used_while_the_api_server_is_down() {
         first.to_base64_secret().as_bytes(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let saved = dir.path().join(wormhole_k8s::keys::PSK_FILE);
+    let saved = dir.path().join(wormhole_k8s::PSK_FILE);
     let store = |client| {
         SecretKeyStore::new(key_file(dir.path()), client, "wormhole", "wormhole-psk")
             .with_saved(&saved)

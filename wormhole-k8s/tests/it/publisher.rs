@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use wormhole_core::status::PeerStatus;
 use wormhole_core::{PrivateKey, Status};
-use wormhole_k8s::publisher::Publisher;
+use wormhole_k8s::Publisher;
 use wormhole_k8s::testing::{FakeApi, Kind};
 
 #[tokio::test]
@@ -152,7 +152,7 @@ async fn an_overlong_error_is_cut_to_what_the_crd_accepts() {
         .expect("the API server accepts the status");
     let stored = api.get(Kind::Wormhole, "n1").unwrap();
     let last_error = stored["status"]["lastError"].as_str().unwrap();
-    assert!(last_error.len() <= wormhole_k8s::crd::MAX_ERROR);
+    assert!(last_error.len() <= wormhole_k8s::MAX_ERROR);
     assert!(last_error.starts_with("peer n0: route conflict: 10.99.0.0/24; peer n1"));
     assert!(last_error.ends_with('…'), "marked as cut");
 }

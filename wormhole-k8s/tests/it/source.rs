@@ -7,10 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 use wormhole_core::memory::{self, MemoryKeyStore};
 use wormhole_core::{PeerSource, PrivateKey, PublicKey, Reconciler, Settings, Snapshot};
-use wormhole_k8s::events::EventSink;
-use wormhole_k8s::keys::SecretKeyStore;
-use wormhole_k8s::source::{KubePeerSource, detect_cluster_cidrs};
+use wormhole_k8s::EventSink;
+use wormhole_k8s::SecretKeyStore;
 use wormhole_k8s::testing::FakeApi;
+use wormhole_k8s::{KubePeerSource, detect_cluster_cidrs};
 
 fn key() -> PublicKey {
     PrivateKey::generate().public_key()
@@ -397,8 +397,8 @@ async fn a_node_publishing_this_nodes_key_gives_both_nodes_an_event() {
 #[tokio::test]
 async fn an_older_node_cannot_switch_to_a_victims_key() {
     use kube::api::{Api, Patch, PatchParams};
-    use wormhole_k8s::crd::WormholeNode;
-    use wormhole_k8s::publisher::Publisher;
+    use wormhole_k8s::Publisher;
+    use wormhole_k8s::WormholeNode;
     let api = FakeApi::start().await;
     api.put_node("local", &["10.99.1.0/24"], "192.168.77.1");
     api.put_node("old", &["10.99.2.0/24"], "192.168.77.2");
