@@ -1,8 +1,11 @@
-//! A [`PeerSource`] of your own: peers polled from an HTTP endpoint.
+//! A peer source of your own: peers polled from an HTTP endpoint, as a stream.
 //!
-//! `HttpPeerSource` fetches `http://ADDR/peers` every 100 ms (with hyper's client: the HTTP is
-//! not the point here) and yields a [`Snapshot`] only when the body changed. The body is plain
-//! text, one node per line:
+//! A source is any `Stream` of `Result<Snapshot, E>`, `E` being any error type: no trait to
+//! implement. `http_peers` fetches `http://ADDR/peers` every 100 ms (with hyper's client: the
+//! HTTP is not the point here) and yields every list it reads. It keeps no state: the reconciler
+//! passes over a list equal to the mesh in force, takes lists that follow closely in one pass,
+//! and clears the error of a failed GET at the next list. The body is plain text, one node per
+//! line:
 //!
 //! ```text
 //! # name   public-key(base64)  endpoint(ip:port or -)  pod CIDRs (comma-separated)
@@ -10,11 +13,11 @@
 //! ```
 //!
 //! A line without four fields is rejected on its own; `wormhole-core` validates the rest. If the
-//! server cannot be reached, `next` returns `Error::Source` and the last good mesh stays.
+//! server cannot be reached, the stream yields the error and the last good mesh stays.
 //!
-//! `main` serves a changing list on 127.0.0.1 and drives a [`Reconciler`] on in-memory backends
-//! by hand to print each plan (a daemon would hand the source to [`Reconciler::run`]). It stops
-//! by itself once the server goes away.
+//! `main` serves a changing list on 127.0.0.1 and hands the stream to [`Reconciler::run`] on
+//! in-memory backends, printing each plan applied: three lists, so three plans, although the
+//! source yields about fifteen. It stops once the server goes away.
 //!
 //! ```text
 //! cargo run -p wormhole-examples --example custom_peer_source
@@ -23,7 +26,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use futures::Stream;
 use http_body_util::{BodyExt as _, Empty, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Response, Uri, server::conn::http1, service::service_fn};
@@ -33,58 +36,41 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wormhole_core::memory::{Backends, MemoryKeyStore};
 use wormhole_core::mesh::{NodeEntry, RejectReason, Rejection, Snapshot};
-use wormhole_core::{Error, PeerSource, PrivateKey, Reconciler, Settings};
+use wormhole_core::{PrivateKey, Reconciler, Settings};
 
-/// Peers polled from `url`.
-struct HttpPeerSource {
-    url: Uri,
-    interval: Duration,
-    client: Client<HttpConnector, Empty<Bytes>>,
-    /// The body behind the last snapshot yielded.
-    last: Option<String>,
-}
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl HttpPeerSource {
-    fn new(url: Uri, interval: Duration) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        HttpPeerSource {
-            url,
-            interval,
-            client,
-            last: None,
-        }
-    }
-
-    /// One GET of the list: 2 s at most, 1 MiB at most, `200 OK` only.
-    async fn fetch(&self) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-        const TIMEOUT: Duration = Duration::from_secs(2);
-        let response = tokio::time::timeout(TIMEOUT, self.client.get(self.url.clone())).await??;
-        if !response.status().is_success() {
-            return Err(format!("answered {}", response.status()).into());
-        }
-        let body = Limited::new(response.into_body(), 1 << 20).collect();
-        let body = tokio::time::timeout(TIMEOUT, body).await??.to_bytes();
-        Ok(String::from_utf8(body.to_vec())?)
-    }
-}
-
-#[async_trait]
-impl PeerSource for HttpPeerSource {
-    async fn next(&mut self) -> Result<Snapshot, Error> {
-        loop {
-            let body = self.fetch().await.map_err(|e| {
-                self.last = None; // Re-yield the list when the server is back: clears the error.
-                let why = wormhole_core::ErrorChain(&*e);
-                Error::Source(format!("GET {}: {why}", self.url).into())
-            })?;
-            if self.last.as_ref() != Some(&body) {
-                let snapshot = parse(&body, &self.url.to_string());
-                self.last = Some(body);
-                return Ok(snapshot);
+/// The peers listed at `url`, read every `interval`: a list, or why there is none.
+fn http_peers(url: Uri, interval: Duration) -> impl Stream<Item = Result<Snapshot, BoxError>> {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    futures::stream::unfold(false, move |wait| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            if wait {
+                tokio::time::sleep(interval).await;
             }
-            tokio::time::sleep(self.interval).await;
+            let list = match fetch(&client, &url).await {
+                Ok(body) => Ok(parse(&body, &url.to_string())),
+                Err(e) => Err(format!("GET {url}: {}", wormhole_core::ErrorChain(&*e)).into()),
+            };
+            Some((list, true))
         }
+    })
+}
+
+/// One GET of the list: 2 s at most, 1 MiB at most, `200 OK` only.
+async fn fetch(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    url: &Uri,
+) -> Result<String, BoxError> {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let response = tokio::time::timeout(TIMEOUT, client.get(url.clone())).await??;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()).into());
     }
+    let body = Limited::new(response.into_body(), 1 << 20).collect();
+    let body = tokio::time::timeout(TIMEOUT, body).await??.to_bytes();
+    Ok(String::from_utf8(body.to_vec())?)
 }
 
 /// Parses the line format; `#` starts a comment line.
@@ -167,22 +153,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = vec!["10.99.0.0/16".parse()?, "fd99::/48".parse()?];
     let settings = Settings::new("node-a", cluster);
     let mut reconciler = Reconciler::new(settings, backends.handles(keys));
-    let url = format!("http://{addr}/peers").parse()?;
-    let mut source = HttpPeerSource::new(url, Duration::from_millis(100));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let update = tokio::time::timeout_at(deadline, source.next()).await?;
-        let update = update.inspect_err(|e| println!("\nsource failed, stopping: {e}"));
-        let Ok(snapshot) = update else { break };
-        let names: Vec<_> = snapshot.nodes.iter().map(|n| &n.name[..]).collect();
-        println!("\nnew list: {}", names.join(", "));
-        reconciler.update(Ok(snapshot));
-        print!("plan:\n{}", reconciler.reconcile().await?);
-        for rejection in &reconciler.status().borrow().rejected {
-            println!("rejected: {rejection}");
+    reconciler.on_pass(|_, plan| {
+        if let Some(plan) = plan.filter(|p| !p.is_empty()) {
+            print!("\nplan:\n{plan}");
         }
+    });
+    let report = reconciler.status();
+    let mut status = reconciler.status();
+    let stop = async move {
+        let _ = status.wait_for(|s| s.source_error.is_some()).await;
+    };
+    let url = format!("http://{addr}/peers").parse()?;
+    let source = http_peers(url, Duration::from_millis(100));
+    tokio::time::timeout(Duration::from_secs(10), reconciler.run(source, stop)).await?;
+
+    let report = report.borrow().clone();
+    for rejection in &report.rejected {
+        println!("rejected: {rejection}");
     }
     let peers = backends.device.state().map_or(0, |d| d.peers.len());
-    println!("the host keeps its last good mesh: {peers} WireGuard peer(s)");
+    println!(
+        "\nsource error: {}\nthe host keeps its last good mesh: {peers} WireGuard peer(s) after {} passes",
+        report.source_error.unwrap_or_default(),
+        report.passes
+    );
     Ok(())
 }

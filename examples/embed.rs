@@ -8,13 +8,15 @@
 //! are never touched, so their WireGuard sessions survive. A bad entry is refused on its own,
 //! with a reason, and the rest of the mesh keeps working.
 //!
-//! A real host swaps `memory::Backends` for the Linux backends and hands a
-//! [`PeerSource`](wormhole_core::PeerSource) to [`Reconciler::run`] instead of calling
+//! A real host swaps `memory::Backends` for the Linux backends and hands a stream of snapshots
+//! (see [`wormhole_core::source`]) to [`Reconciler::run`] instead of calling
 //! [`Reconciler::update`] and [`Reconciler::reconcile`] by hand.
 //!
 //! ```text
 //! cargo run -p wormhole-examples --example embed
 //! ```
+
+use std::net::SocketAddr;
 
 use wormhole_core::memory::{Backends, MemoryKeyStore};
 use wormhole_core::mesh::{NodeEntry, Snapshot};
@@ -22,14 +24,9 @@ use wormhole_core::{Error, PrivateKey, PublicKey, Reconciler, Settings};
 
 /// A node as a peer source reports it: name, key, underlay endpoint, pod CIDR.
 fn node(name: &str, key: &PublicKey, host: u8, pod_cidr: &str) -> NodeEntry {
-    NodeEntry {
-        name: name.into(),
-        public_key: key.to_base64(),
-        endpoint: Some(format!("192.168.77.{host}:51820")),
-        pod_cidrs: vec![pod_cidr.into()],
-        origin: "embed.rs".into(),
-        ..NodeEntry::default()
-    }
+    let endpoint = SocketAddr::from(([192, 168, 77, host], 51820));
+    let pod_cidr = pod_cidr.parse().expect("a CIDR");
+    NodeEntry::new(name, *key, Some(endpoint), vec![pod_cidr]).origin("embed.rs")
 }
 
 /// Plans name peers by the first characters of their public key.

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The agent applies each picture (adding, changing and removing peers) until SIGINT or SIGTERM
-//! or the end of input; the network stays in place when it stops. Run it as root, for instance in
+//! (after the end of input, the last picture stays in force); the network stays in place when it
+//! stops. Run it as root, for instance in
 //! a network namespace:
 //!
 //! ```text
@@ -25,33 +26,28 @@
 
 use std::error::Error;
 
-use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines, Stdin};
+use futures::Stream;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use wormhole_agent::{Agent, Peers};
-use wormhole_core::{NodeEntry, PeerSource, RejectReason, Rejection, Snapshot};
+use wormhole_core::{NodeEntry, RejectReason, Rejection, Snapshot};
 
-/// Pictures of the mesh read from standard input.
-struct StdinPeers {
-    lines: Lines<BufReader<Stdin>>,
-}
-
-#[async_trait]
-impl PeerSource for StdinPeers {
-    async fn next(&mut self) -> Result<Snapshot, wormhole_core::Error> {
+/// Pictures of the mesh read from standard input: a stream of snapshots, one per blank line.
+/// A read error is yielded as it is (`std::io::Error`: any error type does); the stream ends
+/// with the input, and the last mesh stays.
+fn stdin_peers() -> impl Stream<Item = Result<Snapshot, std::io::Error>> {
+    let lines = BufReader::new(tokio::io::stdin()).lines();
+    futures::stream::unfold((lines, 0), |(mut lines, mut number)| async move {
         let mut snapshot = Snapshot::default();
-        let mut number = 0;
         loop {
-            let line = self.lines.next_line().await.map_err(|e| {
-                wormhole_core::Error::Source(format!("reading standard input: {e}").into())
-            })?;
-            let Some(line) = line else {
-                // End of input: nothing will change any more; the last mesh stays.
-                return std::future::pending().await;
+            let line = match lines.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => return None,
+                Err(e) => return Some((Err(e), (lines, number))),
             };
             number += 1;
             let line = line.trim();
             if line.is_empty() {
-                return Ok(snapshot);
+                return Some((Ok(snapshot), (lines, number)));
             }
             if line.starts_with('#') {
                 continue;
@@ -59,6 +55,8 @@ impl PeerSource for StdinPeers {
             let origin = format!("stdin line {number}");
             let fields: Vec<&str> = line.split_whitespace().collect();
             match fields[..] {
+                // Text as read: the core validates keys, CIDRs and endpoints and rejects bad
+                // nodes one by one, with the reason.
                 [name, key, endpoint, cidrs] => snapshot.nodes.push(NodeEntry {
                     name: name.into(),
                     public_key: key.into(),
@@ -67,8 +65,7 @@ impl PeerSource for StdinPeers {
                     origin,
                     ..NodeEntry::default()
                 }),
-                // The core validates everything else (keys, CIDRs, endpoints) and rejects bad
-                // nodes one by one; a malformed line is rejected here, alone.
+                // A malformed line is rejected here, alone.
                 _ => snapshot.rejected.push(Rejection {
                     name: fields[0].into(),
                     origin,
@@ -79,7 +76,7 @@ impl PeerSource for StdinPeers {
                 }),
             }
         }
-    }
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -113,10 +110,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     let [node, key_file, cluster, interface, admin] = &args[..] else {
         return Err("usage: embed_linux NODE KEY_FILE CLUSTER_CIDR INTERFACE ADMIN_ADDR".into());
     };
-    let source = StdinPeers {
-        lines: BufReader::new(tokio::io::stdin()).lines(),
-    };
-    let agent = Agent::builder(node.as_str(), Peers::custom(source))
+    let agent = Agent::builder(node.as_str(), Peers::stream(stdin_peers()))
         .key_file(key_file)
         .cluster_cidrs([cluster.parse()?])
         .interface(interface.parse()?)

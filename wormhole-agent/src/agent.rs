@@ -12,9 +12,10 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use wormhole_core::WireGuardDevice;
 use wormhole_core::reconciler::Backends;
+use wormhole_core::source::from_peer_source;
 use wormhole_core::state::HostSettings;
 use wormhole_core::{
-    FileKeyStore, FilePeerSource, KeyStore, PeerSource, PrivateKey, Reconciler, Settings, Status,
+    FileKeyStore, FilePeerSource, KeyStore, PeerStream, PrivateKey, Reconciler, Settings, Status,
 };
 use wormhole_k8s::EventSink;
 use wormhole_k8s::Publisher;
@@ -228,10 +229,10 @@ async fn source_and_keys(
     key: &PrivateKey,
     client: Option<&kube::Client>,
     state: Option<&StateStore>,
-) -> Result<(Box<dyn PeerSource>, Arc<dyn KeyStore>, Vec<IpNet>), Error> {
+) -> Result<(PeerStream, Arc<dyn KeyStore>, Vec<IpNet>), Error> {
     Ok(match peers {
         Peers::File(path) => (
-            Box::new(FilePeerSource::new(path)),
+            from_peer_source(FilePeerSource::new(path)),
             Arc::new(file_keys),
             config.cluster_cidrs.clone(),
         ),
@@ -257,7 +258,7 @@ async fn source_and_keys(
                 cidrs.clone(),
             )
             .with_state(state.clone());
-            (Box::new(source), keys, cidrs)
+            (from_peer_source(source), keys, cidrs)
         }
     })
 }
@@ -423,7 +424,7 @@ impl Agent {
 pub struct Running {
     options: Options,
     reconciler: Reconciler,
-    source: Box<dyn PeerSource>,
+    source: PeerStream,
     /// Kubernetes mode: the client and the endpoint to publish.
     publish: Option<(kube::Client, Option<std::net::SocketAddr>)>,
     network: Arc<Network>,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use wormhole_core::PeerSource;
+use wormhole_core::PeerStream;
 use wormhole_core::mesh::is_dns1123_subdomain;
 use wormhole_core::state::InterfaceName;
 
@@ -19,9 +19,9 @@ pub enum Peers {
     File(PathBuf),
     /// The Kubernetes API: Nodes and WormholeNodes; this node publishes its own WormholeNode.
     Kubernetes(KubernetesOptions),
-    /// Your own discovery. Give the cluster CIDRs with [`AgentBuilder::cluster_cidrs`] unless
-    /// its snapshots carry them.
-    Custom(Box<dyn PeerSource>),
+    /// Your own discovery, as a stream of snapshots ([`Peers::stream`]). Give the cluster CIDRs
+    /// with [`AgentBuilder::cluster_cidrs`] unless its snapshots carry them.
+    Custom(PeerStream),
 }
 
 impl Peers {
@@ -35,9 +35,16 @@ impl Peers {
         Peers::Kubernetes(options)
     }
 
-    /// Your own peer source.
-    pub fn custom(source: impl PeerSource + 'static) -> Self {
-        Peers::Custom(Box::new(source))
+    /// Your own peer source: any stream of snapshots, with errors of any type convertible into
+    /// `Box<dyn Error + Send + Sync>`. The reconciler deduplicates, debounces and clears errors
+    /// (see [`wormhole_core::source`]). A [`PeerSource`](wormhole_core::PeerSource) becomes one
+    /// with [`wormhole_core::source::from_peer_source`].
+    pub fn stream<S, E>(source: S) -> Self
+    where
+        S: futures::Stream<Item = Result<wormhole_core::Snapshot, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        Peers::Custom(wormhole_core::source::boxed(source))
     }
 
     fn kind(&self) -> &'static str {
@@ -394,14 +401,9 @@ mod tests {
 
     #[test]
     fn debug_shows_no_custom_source_internals() {
-        struct Secretive;
-        #[async_trait::async_trait]
-        impl PeerSource for Secretive {
-            async fn next(&mut self) -> Result<wormhole_core::Snapshot, wormhole_core::Error> {
-                std::future::pending().await
-            }
-        }
-        let text = format!("{:?}", Peers::custom(Secretive));
+        let secretive =
+            futures::stream::pending::<Result<wormhole_core::Snapshot, std::io::Error>>();
+        let text = format!("{:?}", Peers::stream(secretive));
         assert_eq!(text, "Custom(..)");
     }
 }

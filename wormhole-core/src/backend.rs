@@ -1,5 +1,6 @@
 //! The traits a host implements. Each has an in-memory implementation in [`memory`](crate::memory)
-//! for tests and embedders; the Linux implementations live in their own modules.
+//! for tests and embedders; the Linux implementations live in their own modules. Peer sources
+//! are streams: see [`source`](crate::source).
 
 use std::collections::BTreeSet;
 
@@ -7,28 +8,8 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use crate::Error;
-use crate::mesh::Snapshot;
 use crate::plan::{DevicePlan, LinkChange, RouteChange};
 use crate::state::{FirewallPolicy, LinkState, ObservedDevice};
-
-/// Where the desired mesh comes from: a peers file, Kubernetes, or your own discovery.
-///
-/// The reconciler drives a source from a task of its own, so `next` need not be cancel-safe.
-#[async_trait]
-pub trait PeerSource: Send {
-    /// Waits until the desired picture may have changed and returns it whole. The first call
-    /// returns as soon as a snapshot is available. An error keeps the last good mesh in force;
-    /// the reconciler waits a second before calling again. After an error, return the next good
-    /// snapshot even if it equals the one before the error: that is what clears the error.
-    async fn next(&mut self) -> Result<Snapshot, Error>;
-}
-
-#[async_trait]
-impl<S: PeerSource + ?Sized> PeerSource for Box<S> {
-    async fn next(&mut self) -> Result<Snapshot, Error> {
-        (**self).next().await
-    }
-}
 
 /// A WireGuard device (kernel, userspace over UAPI, or embedded).
 #[async_trait]

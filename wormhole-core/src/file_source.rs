@@ -29,8 +29,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::Error;
-use crate::backend::PeerSource;
 use crate::mesh::{NodeEntry, RejectReason, Rejection, Snapshot, parse_cidr};
+use crate::source::PeerSource;
 
 const NODE_FIELDS: &str = "name, public_key, endpoint, pod_cidrs, persistent_keepalive";
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
-use crate::backend::{Firewall, HostNetwork, PeerSource, WireGuardDevice};
+use crate::backend::{Firewall, HostNetwork, WireGuardDevice};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::keystore::KeyStore;
 use crate::mesh::Snapshot;
@@ -205,7 +205,7 @@ impl KeyStore for MemoryKeyStore {
     }
 }
 
-/// A peer source fed by hand through a [`MemorySourceHandle`].
+/// A peer source (a [`Stream`](futures::Stream)) fed by hand through a [`MemorySourceHandle`].
 #[derive(Debug)]
 pub struct MemorySource {
     rx: mpsc::UnboundedReceiver<Result<Snapshot, Error>>,
@@ -236,14 +236,15 @@ impl MemorySourceHandle {
     }
 }
 
-#[async_trait]
-impl PeerSource for MemorySource {
-    async fn next(&mut self) -> Result<Snapshot, Error> {
-        match self.rx.recv().await {
-            Some(item) => item,
-            // Every handle dropped: nothing will ever change again.
-            None => std::future::pending().await,
-        }
+/// A stream of what the handles sent; it ends when every handle is dropped.
+impl futures::Stream for MemorySource {
+    type Item = Result<Snapshot, Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
     }
 }
 

@@ -39,7 +39,51 @@ pub struct NodeEntry {
     pub origin: String,
 }
 
-/// A full desired picture from a [`PeerSource`](crate::PeerSource).
+impl NodeEntry {
+    /// An entry from typed values, for sources that have them (a source that passes raw text on
+    /// to validation fills in the fields instead). No keepalive, and no origin: messages then
+    /// name the node only; add them with [`Self::keepalive`] and [`Self::origin`].
+    ///
+    /// ```
+    /// use wormhole_core::{NodeEntry, PrivateKey};
+    /// let key = PrivateKey::generate().public_key();
+    /// let entry = NodeEntry::new("node-a", key, Some("192.168.77.1:51820".parse().unwrap()),
+    ///     vec!["10.99.1.0/24".parse().unwrap(), "fd99:0:0:1::/64".parse().unwrap()])
+    ///     .keepalive(25)
+    ///     .origin("inventory row 7");
+    /// assert_eq!(entry.endpoint.as_deref(), Some("192.168.77.1:51820"));
+    /// assert_eq!(entry.pod_cidrs, ["10.99.1.0/24", "fd99:0:0:1::/64"]);
+    /// ```
+    pub fn new(
+        name: impl Into<String>,
+        public_key: PublicKey,
+        endpoint: Option<SocketAddr>,
+        pod_cidrs: Vec<IpNet>,
+    ) -> Self {
+        NodeEntry {
+            name: name.into(),
+            public_key: public_key.to_base64(),
+            endpoint: endpoint.map(|e| e.to_string()),
+            pod_cidrs: pod_cidrs.iter().map(ToString::to_string).collect(),
+            persistent_keepalive: None,
+            origin: String::new(),
+        }
+    }
+
+    /// Where the entry came from, for messages (for example `inventory row 7`).
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = origin.into();
+        self
+    }
+
+    /// A persistent keepalive of `seconds` (`0`: off).
+    pub fn keepalive(mut self, seconds: u16) -> Self {
+        self.persistent_keepalive = Some(seconds);
+        self
+    }
+}
+
+/// A full desired picture from a peer source (see [`source`](crate::source)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
     /// The overlay (cluster) CIDRs, if the source knows them; configuration may override them.

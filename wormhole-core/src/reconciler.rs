@@ -1,13 +1,26 @@
 //! The reconciler: a level-triggered loop that keeps the host equal to the desired mesh.
 //!
 //! Each pass reads the observed state from the backends, builds the desired state from the last
-//! good mesh, plans the difference and applies it. A pass runs when the source reports a change
+//! good mesh, plans the difference and applies it. A pass runs when the source reports news
 //! and on every resync tick; a failed pass is retried with capped exponential backoff. A pass
 //! for a source change plans against the host as the previous successful pass left it instead of
 //! reading it all again (at thousands of peers the read is most of the work); the resync tick,
 //! and any pass after a failure, reads everything, so drift is repaired within one `resync`. Nothing is
 //! ever torn down because of an error, and a restart adopts what already exists: before the first
 //! good snapshot nothing is planned, and an already-correct host plans to zero changes.
+//!
+//! [`Reconciler::run`] takes the source as a stream and owns what every source would otherwise
+//! do for itself (see [`source`](crate::source) for the contract):
+//! - **Debouncing**: the first item after a quiet time opens a window of
+//!   [`Settings::debounce`]; every item arriving in it is taken, in order, and one pass follows
+//!   at its end (a burst costs one pass, and a change waits at most `debounce`).
+//! - **Deduplication**: at the end of the window, a snapshot equal to the mesh in force (while
+//!   no source error is shown), or an error equal to the one shown, causes no pass.
+//! - **Errors**: an error keeps the last good mesh and is shown in
+//!   [`Status::source_error`]; the next snapshot that makes a valid mesh clears it, even if it
+//!   equals the mesh in force (that one does cause a pass). An error queued right behind a
+//!   snapshot no pass has taken yet does not discard it ([`Reconciler::update`]). After an
+//!   error the source is polled again one second later, so a failing source cannot spin.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,9 +29,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::backend::{Firewall, HostNetwork, PeerSource, WireGuardDevice};
+use futures::{Stream, StreamExt as _};
+
+use crate::backend::{Firewall, HostNetwork, WireGuardDevice};
 use crate::error::{FailedItem, ItemFailure};
 use crate::keystore::KeyStore;
 use crate::mesh::{Mesh, Snapshot};
@@ -47,6 +62,9 @@ pub struct Settings {
     /// gateways; the daemon fills them in). Every endpoint in the mesh is checked as well: a
     /// mesh whose cluster CIDRs hold one is refused, and the last good mesh stays.
     pub underlay: Vec<IpAddr>,
+    /// How long [`Reconciler::run`] gathers source items after the first of a burst before one
+    /// pass takes them all. Default 25 ms.
+    pub debounce: Duration,
 }
 
 impl Settings {
@@ -60,6 +78,7 @@ impl Settings {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             underlay: Vec::new(),
+            debounce: Duration::from_millis(25),
         }
     }
 
@@ -87,7 +106,7 @@ pub struct Backends {
     pub firewall: Arc<dyn Firewall>,
 }
 
-/// Keeps a host equal to the mesh a [`PeerSource`] describes.
+/// Keeps a host equal to the mesh a peer source describes.
 pub struct Reconciler {
     settings: Settings,
     backends: Backends,
@@ -168,19 +187,24 @@ impl Reconciler {
         }
     }
 
-    /// Hands the reconciler `first` and every update queued behind it, in order, each through
-    /// [`Self::update`]: only the latest snapshot matters, but an error queued right behind a
-    /// snapshot must not discard it (keeping only the newest item did: an agent restarted during
-    /// an API outage lost its saved mesh and never became ready).
-    fn take_queued(
-        &mut self,
-        first: Result<Snapshot, Error>,
-        rx: &mut mpsc::Receiver<Result<Snapshot, Error>>,
-    ) {
-        self.update(first);
-        while let Ok(newer) = rx.try_recv() {
-            self.update(newer);
+    /// Whether the pending update calls for a pass: not a snapshot equal to the mesh in force
+    /// while no error is shown, nor the error already shown. Without news, the pending update
+    /// is dropped.
+    fn take_news(&mut self) -> bool {
+        let shown = self.status.borrow().source_error.clone();
+        let news = match &self.pending {
+            None => false,
+            Some(Err(e)) => shown.as_deref() != Some(&crate::ErrorChain(e).to_string()),
+            Some(Ok(snapshot)) => {
+                shown.is_some()
+                    || self.pending_error.is_some()
+                    || self.mesh.as_ref().is_none_or(|m| m.snapshot() != snapshot)
+            }
+        };
+        if !news {
+            self.pending = None;
         }
+        news
     }
 
     /// Takes the pending update into account (or rebuilds the mesh after a key change), then
@@ -410,68 +434,89 @@ impl Reconciler {
         }
     }
 
-    /// Runs until `shutdown` completes: a pass on every source change and resync tick, with
-    /// backoff after failures. Returns without tearing anything down.
-    pub async fn run<S>(mut self, mut source: S, shutdown: impl Future<Output = ()>)
+    /// Runs until `shutdown` completes: a pass for every source change (debounced and
+    /// deduplicated, see the [module docs](self)) and resync tick, with backoff after failures.
+    /// Returns without tearing anything down.
+    ///
+    /// `source` is any stream of snapshots; its errors may be of any type convertible into
+    /// `Box<dyn Error + Send + Sync>`: they are shown as [`Error::Source`], except a
+    /// [`wormhole_core::Error`](Error), kept as it is. See [`source`](crate::source).
+    pub async fn run<S, E>(mut self, source: S, shutdown: impl Future<Output = ()>)
     where
-        S: PeerSource + 'static,
+        S: Stream<Item = Result<Snapshot, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (tx, mut rx) = mpsc::channel(1);
-        let pump = tokio::spawn(async move {
-            loop {
-                let update = source.next().await;
-                let failed = update.is_err();
-                if tx.send(update).await.is_err() {
-                    return;
-                }
-                if failed {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        });
+        use tokio::time::Instant;
+        let source = source.map(|item| item.map_err(crate::source::source_error));
+        tokio::pin!(source);
         tokio::pin!(shutdown);
         let mut failures = 0u32;
-        let mut next_pass = tokio::time::Instant::now();
+        // The next resync tick or retry; the first pass adopts what is there.
+        let mut next_pass = Instant::now();
+        // The end of the debounce window, while one is open.
+        let mut window: Option<Instant> = None;
+        // After a source error: when to poll the source again.
+        let mut paused: Option<Instant> = None;
         let mut source_open = true;
-        // A pass for a source change plans against what the last pass left; ticks read.
-        let mut for_change = false;
         loop {
-            tokio::select! {
+            // A pass for a source change plans against what the last pass left; ticks read.
+            let for_change = tokio::select! {
                 () = &mut shutdown => break,
-                update = rx.recv(), if source_open => match update {
-                    Some(update) => {
-                        self.take_queued(update, &mut rx);
-                        next_pass = tokio::time::Instant::now();
-                        for_change = true;
+                item = source.next(), if source_open && paused.is_none() => {
+                    match item {
+                        Some(item) => {
+                            if item.is_err() {
+                                paused = Some(Instant::now() + SOURCE_RETRY);
+                            }
+                            self.update(item);
+                            window.get_or_insert(Instant::now() + self.settings.debounce);
+                        }
+                        None => {
+                            source_open = false;
+                            tracing::error!("peer source stopped; keeping the last good mesh");
+                        }
                     }
-                    None => {
-                        source_open = false;
-                        tracing::error!("peer source stopped; keeping the last good mesh");
+                    continue;
+                }
+                () = sleep_until_some(paused), if paused.is_some() => {
+                    paused = None;
+                    continue;
+                }
+                () = sleep_until_some(window), if window.is_some() => {
+                    window = None;
+                    if !self.take_news() {
+                        continue;
                     }
-                },
-                () = tokio::time::sleep_until(next_pass) => {}
-            }
-            if tokio::time::Instant::now() < next_pass {
-                continue;
-            }
-            let result = self
-                .reconcile_reading(!std::mem::take(&mut for_change))
-                .await;
+                    true
+                }
+                () = tokio::time::sleep_until(next_pass) => false,
+            };
+            let result = self.reconcile_reading(!for_change).await;
             match result {
                 Ok(_) => {
                     failures = 0;
-                    next_pass = tokio::time::Instant::now() + self.settings.resync;
+                    next_pass = Instant::now() + self.settings.resync;
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = self.settings.backoff(failures);
                     tracing::warn!(error = %crate::ErrorChain(&e), retry_in = ?delay, "reconcile failed");
-                    next_pass = tokio::time::Instant::now() + delay;
+                    next_pass = Instant::now() + delay;
                 }
             }
         }
-        pump.abort();
         tracing::info!("reconciler stopped; interface, routes and rules left in place");
+    }
+}
+
+/// How long [`Reconciler::run`] waits after a source error before polling the source again.
+const SOURCE_RETRY: Duration = Duration::from_secs(1);
+
+/// Sleeps until `at` (`None`: forever; the branches using it are disabled then).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -571,7 +616,7 @@ mod tests {
 
     /// Issue 9: the saved picture and the outage queued together while a pass ran; the picture
     /// must apply and the outage be shown.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_snapshot_with_an_error_queued_behind_it_is_applied() {
         let key = PrivateKey::generate();
         let peer = PrivateKey::generate().public_key();
@@ -592,16 +637,18 @@ mod tests {
         };
         let backends = memory::Backends::default();
         let settings = Settings::new("local", vec!["10.99.0.0/16".parse().unwrap()]);
-        let mut r = Reconciler::new(settings, backends.handles(MemoryKeyStore::new(key, None)));
-        let (tx, mut rx) = mpsc::channel(2);
-        tx.send(Ok(snapshot)).await.unwrap();
-        tx.send(Err(Error::Source("api server unreachable".into())))
-            .await
-            .unwrap();
-        let first = rx.recv().await.unwrap();
-        r.take_queued(first, &mut rx);
-        r.reconcile().await.unwrap();
-        let status = r.status().borrow().clone();
+        let r = Reconciler::new(settings, backends.handles(MemoryKeyStore::new(key, None)));
+        // Both queued in the source before the reconciler looks: each goes through `update`.
+        let queued = futures::stream::iter([
+            Ok(snapshot),
+            Err(Error::Source("api server unreachable".into())),
+        ])
+        .chain(futures::stream::pending());
+        let mut status = r.status();
+        let task = tokio::spawn(r.run(queued, std::future::pending()));
+        status.wait_for(|s| s.source_error.is_some()).await.unwrap();
+        task.abort();
+        let status = status.borrow().clone();
         assert!(status.ready(), "the snapshot applied: {status:?}");
         assert_eq!(status.peers.len(), 1);
         assert_eq!(

@@ -552,3 +552,152 @@ async fn cluster_cidrs_holding_the_underlay_are_refused() {
         );
     }
 }
+
+/// Passes counted so far.
+fn passes(status: &tokio::sync::watch::Receiver<wormhole_core::Status>) -> u64 {
+    status.borrow().passes
+}
+
+/// The reconciler owns deduplication: a snapshot equal to the mesh in force causes no pass.
+#[tokio::test(start_paused = true)]
+async fn an_equal_snapshot_causes_no_pass() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let r = node.reconciler(None);
+    let mut status = r.status();
+    let (handle, source) = MemorySource::channel();
+    let task = tokio::spawn(r.run(source, std::future::pending()));
+    let snap = snapshot(&me, &[("a", &a, "10.99.2.0/24")]);
+    handle.send(snap.clone());
+    status.wait_for(|s| s.peers.len() == 1).await.unwrap();
+    let before = passes(&status);
+    for _ in 0..3 {
+        handle.send(snap.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(passes(&status), before, "a pass for an equal snapshot");
+    // A different one is news.
+    handle.send(snapshot(&me, &[("a", &a, "10.99.3.0/24")]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(passes(&status), before + 1);
+    task.abort();
+}
+
+/// The reconciler owns debouncing: snapshots that follow each other closely are one pass, for
+/// the last one.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_snapshots_is_one_pass() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let peers: Vec<PublicKey> = (0..5)
+        .map(|_| PrivateKey::generate().public_key())
+        .collect();
+    let r = node.reconciler(None);
+    let mut status = r.status();
+    let (handle, source) = MemorySource::channel();
+    let task = tokio::spawn(r.run(source, std::future::pending()));
+    // The first pass (no mesh yet: adopt) is out of the way.
+    status.wait_for(|s| s.passes == 1).await.unwrap();
+    let names = ["a", "b", "c", "d", "e"];
+    let cidrs: Vec<String> = (2..7).map(|i| format!("10.99.{i}.0/24")).collect();
+    // Five snapshots 4 ms apart, each adding a peer: within the 25 ms window.
+    for n in 1..=5 {
+        let list: Vec<(&str, &PublicKey, &str)> = (0..n)
+            .map(|i| (names[i], &peers[i], cidrs[i].as_str()))
+            .collect();
+        handle.send(snapshot(&me, &list));
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    status.wait_for(|s| s.peers.len() == 5).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(passes(&status), 2, "one pass for the burst");
+    assert_eq!(node.peer_keys().len(), 5);
+    task.abort();
+}
+
+/// Errors are cleared by the next good snapshot, even one equal to the mesh in force: a source
+/// need not remember that it failed.
+#[tokio::test(start_paused = true)]
+async fn an_equal_snapshot_after_an_error_clears_it() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let r = node.reconciler(None);
+    let mut status = r.status();
+    let (handle, source) = MemorySource::channel();
+    let task = tokio::spawn(r.run(source, std::future::pending()));
+    let snap = snapshot(&me, &[("a", &a, "10.99.2.0/24")]);
+    handle.send(snap.clone());
+    status.wait_for(|s| s.peers.len() == 1).await.unwrap();
+    handle.fail("api server unreachable");
+    status.wait_for(|s| s.source_error.is_some()).await.unwrap();
+    // The same error again is no news: no pass.
+    let shown = passes(&status);
+    handle.fail("api server unreachable");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(passes(&status), shown);
+    handle.send(snap);
+    status.wait_for(|s| s.source_error.is_none()).await.unwrap();
+    assert_eq!(node.peer_keys(), [a]);
+    task.abort();
+}
+
+/// Any stream is a source, with any error type: a foreign error is shown as a source error, a
+/// `wormhole_core::Error` as it is (not wrapped twice).
+#[tokio::test(start_paused = true)]
+async fn a_stream_with_its_own_error_type_is_a_source() {
+    use futures::StreamExt as _;
+
+    #[derive(Debug)]
+    struct InventoryDown;
+    impl std::fmt::Display for InventoryDown {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("inventory down")
+        }
+    }
+    impl std::error::Error for InventoryDown {}
+
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let r = node.reconciler(None);
+    let mut status = r.status();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Snapshot, InventoryDown>>();
+    let source = futures::stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) });
+    let task = tokio::spawn(r.run(source, std::future::pending()));
+    tx.send(Ok(snapshot(&me, &[("a", &a, "10.99.2.0/24")])))
+        .unwrap();
+    status.wait_for(|s| s.peers.len() == 1).await.unwrap();
+    tx.send(Err(InventoryDown)).unwrap();
+    let shown = status
+        .wait_for(|s| s.source_error.is_some())
+        .await
+        .unwrap()
+        .source_error
+        .clone();
+    assert_eq!(shown.as_deref(), Some("peer source: inventory down"));
+    task.abort();
+
+    // wormhole-core's own error: kept as it is.
+    let r = node.reconciler(None);
+    let mut status = r.status();
+    let unreadable = Error::PeersFile {
+        path: "peers.toml".into(),
+        message: "line 1: expected `=`".into(),
+    };
+    let source =
+        futures::stream::iter([Err::<Snapshot, _>(unreadable)]).chain(futures::stream::pending());
+    let task = tokio::spawn(r.run(source, std::future::pending()));
+    let shown = status
+        .wait_for(|s| s.source_error.is_some())
+        .await
+        .unwrap()
+        .source_error
+        .clone();
+    assert_eq!(
+        shown.as_deref(),
+        Some("peers file peers.toml: line 1: expected `=`")
+    );
+    task.abort();
+}
