@@ -17,9 +17,21 @@
 //! error, and the reconciler keeps the last good mesh. In a directory, files whose names start
 //! with `.` are ignored, so editors' and `kubectl`'s temporary files do no harm.
 //!
-//! Changes are noticed by polling file metadata (size, modification time, inode) every
-//! [`FilePeerSource::with_interval`] (250 ms by default): cheap, and it follows the symlink swaps
-//! a Kubernetes ConfigMap volume makes. Write the file atomically (temporary file + rename).
+//! Changes are noticed through filesystem notifications (inotify on Linux) on the directory that
+//! holds the file (or the directory itself), and on the directory of the file a symlink points
+//! to: a directory, not the file, because an atomic replacement (temporary file + rename) or the
+//! symlink swap of a Kubernetes ConfigMap volume puts a new inode in place. A notification only
+//! says "look again": what counts is the files' metadata (size, modification time, inode),
+//! compared with what was last read, which is also polled every
+//! [`FilePeerSource::with_interval`] (250 ms by default) in case notifications are missing
+//! (another OS, no inotify, no watch left, a network filesystem). A change is read once the
+//! metadata has held still for 20 ms (or a fifth of the interval, if shorter), so a writer that
+//! is not atomic is usually not read halfway; still, write the file atomically.
+//!
+//! Notifications use inotify through `nix` (already a dependency of the workspace) rather than
+//! the `notify` crate: one file descriptor driven by the Tokio reactor, no background thread,
+//! no new dependencies; other systems fall back to polling. The source therefore needs a Tokio
+//! runtime with IO enabled (`enable_all`, as `#[tokio::main]` does).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -264,12 +276,19 @@ pub fn load(path: &Path) -> Result<Snapshot, Error> {
     Ok(snapshot)
 }
 
-/// A [`PeerSource`] reading a peers file or a directory of them, re-read when they change.
+/// A [`PeerSource`] reading a peers file or a directory of them, re-read when they change (see
+/// the [module docs](self)). Hand it to the reconciler with
+/// [`source::from_peer_source`](crate::source::from_peer_source).
 #[derive(Debug)]
 pub struct FilePeerSource {
     path: PathBuf,
     interval: Duration,
     last: Option<Fingerprint>,
+    /// Notifications, once set up (at the first read, and again after every change, as a
+    /// symlink may point elsewhere now); `None`: polling only.
+    watch: Option<watch::Watch>,
+    /// Setting up notifications failed once (logged once; polling goes on).
+    unwatched: bool,
 }
 
 impl FilePeerSource {
@@ -279,15 +298,58 @@ impl FilePeerSource {
             path: path.into(),
             interval: Duration::from_millis(250),
             last: None,
+            watch: None,
+            unwatched: false,
         }
     }
 
-    /// How often to look for changes.
+    /// How often to look for changes without a notification (default 250 ms).
     pub fn with_interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
     }
+
+    /// Sets up notifications for the directories that matter now; on failure, polling only.
+    fn rewatch(&mut self) {
+        self.watch = None;
+        match watch::Watch::new(&self.path) {
+            Ok(watch) => {
+                if self.unwatched {
+                    tracing::info!(path = %self.path.display(), "watching the peers file for changes again");
+                    self.unwatched = false;
+                }
+                self.watch = Some(watch);
+            }
+            Err(e) if !self.unwatched => {
+                self.unwatched = true;
+                tracing::warn!(path = %self.path.display(), error = %e, interval = ?self.interval,
+                    "cannot watch the peers file for changes; polling it");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Waits for a notification or the poll interval, whichever comes first.
+    async fn wait(&mut self) {
+        let Some(watch) = &self.watch else {
+            return tokio::time::sleep(self.interval).await;
+        };
+        tokio::select! {
+            changed = watch.changed() => {
+                if let Err(e) = changed {
+                    tracing::warn!(path = %self.path.display(), error = %e, "peers file notifications failed; polling it");
+                    self.unwatched = true;
+                    self.watch = None;
+                }
+            }
+            () = tokio::time::sleep(self.interval) => {}
+        }
+    }
 }
+
+/// How long a change must hold still before it is read (at most; a fifth of the poll interval
+/// if that is shorter).
+const SETTLE: Duration = Duration::from_millis(20);
 
 #[async_trait]
 impl PeerSource for FilePeerSource {
@@ -296,7 +358,10 @@ impl PeerSource for FilePeerSource {
             let now = fingerprint(&self.path);
             if self.last.as_ref() != Some(&now) {
                 // Let a writer that is not atomic finish before reading.
-                tokio::time::sleep(self.interval / 5).await;
+                tokio::time::sleep(SETTLE.min(self.interval / 5)).await;
+                // Before looking again, so that any later change is notified: a symlink may
+                // point to another directory now, a missing directory may exist.
+                self.rewatch();
                 if fingerprint(&self.path) != now {
                     continue;
                 }
@@ -306,7 +371,115 @@ impl PeerSource for FilePeerSource {
                     .await
                     .map_err(|e| Error::Source(e.into()))?;
             }
-            tokio::time::sleep(self.interval).await;
+            self.wait().await;
+        }
+    }
+}
+
+/// Filesystem notifications: inotify on Linux.
+#[cfg(target_os = "linux")]
+mod watch {
+    use std::os::fd::{AsFd as _, AsRawFd, RawFd};
+    use std::path::{Path, PathBuf};
+
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use tokio::io::unix::AsyncFd;
+
+    /// An inotify instance on the directories where a change of the peers file shows.
+    #[derive(Debug)]
+    pub(super) struct Watch(AsyncFd<Fd>);
+
+    #[derive(Debug)]
+    struct Fd(Inotify);
+
+    impl AsRawFd for Fd {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_fd().as_raw_fd()
+        }
+    }
+
+    /// The directories to watch for `path`: the directory itself, or the one holding the file;
+    /// and the same for where symlinks lead, if elsewhere.
+    fn directories(path: &Path) -> Vec<PathBuf> {
+        let of = |p: &Path| -> PathBuf {
+            if p.is_dir() {
+                p.to_owned()
+            } else {
+                match p.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+                    _ => PathBuf::from("."),
+                }
+            }
+        };
+        let mut dirs = vec![of(path)];
+        if let Ok(real) = std::fs::canonicalize(path) {
+            let real = of(&real);
+            if std::fs::canonicalize(&dirs[0]).ok().as_ref() != Some(&real) {
+                dirs.push(real);
+            }
+        }
+        dirs
+    }
+
+    impl Watch {
+        pub(super) fn new(path: &Path) -> std::io::Result<Watch> {
+            let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+            let events = AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_MOVED_FROM
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_MODIFY
+                | AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_ATTRIB
+                | AddWatchFlags::IN_DELETE_SELF
+                | AddWatchFlags::IN_MOVE_SELF
+                | AddWatchFlags::IN_ONLYDIR;
+            for dir in directories(path) {
+                inotify.add_watch(&dir, events).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::Error::from(e).kind(),
+                        format!("watch {}: {e}", dir.display()),
+                    )
+                })?;
+            }
+            // Deprecated in Tokio 1.54 for types that may not own their descriptor (its
+            // replacement, `register`, is `unsafe`, which this crate forbids). `Fd` owns the
+            // inotify descriptor, and nothing closes or replaces it while registered.
+            #[allow(deprecated)]
+            let fd = AsyncFd::new(Fd(inotify))?;
+            Ok(Watch(fd))
+        }
+
+        /// Waits until something happened in a watched directory.
+        pub(super) async fn changed(&self) -> std::io::Result<()> {
+            loop {
+                let mut ready = self.0.readable().await?;
+                match ready.try_io(|fd| fd.get_ref().0.read_events().map_err(Into::into)) {
+                    Ok(Ok(events)) if !events.is_empty() => return Ok(()),
+                    Ok(Ok(_)) | Err(_) => {}
+                    Ok(Err(e)) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// Elsewhere: no notifications, polling only.
+#[cfg(not(target_os = "linux"))]
+mod watch {
+    #[derive(Debug)]
+    pub(super) struct Watch;
+
+    impl Watch {
+        pub(super) fn new(_: &std::path::Path) -> std::io::Result<Watch> {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "no filesystem notifications on this system",
+            ))
+        }
+
+        pub(super) async fn changed(&self) -> std::io::Result<()> {
+            std::future::pending().await
         }
     }
 }
@@ -492,5 +665,83 @@ mod tests {
             .unwrap();
         let err = broken.unwrap_err().to_string();
         assert!(err.contains("b.toml") && err.contains("line 1"), "{err}");
+    }
+
+    /// With a poll interval of a minute, only a notification explains a change seen within a
+    /// second: an atomic replacement (rename), a symlink swap as a ConfigMap volume makes, and
+    /// a new file in a directory.
+    #[tokio::test]
+    #[cfg(target_os = "linux")]
+    async fn notifications_see_changes_well_under_the_poll_interval() {
+        let interval = Duration::from_secs(60);
+        let quick = Duration::from_secs(1);
+        let (a, b, c) = (key().to_base64(), key().to_base64(), key().to_base64());
+        let dir = tempfile::tempdir().unwrap();
+
+        // A file replaced by rename.
+        let file = dir.path().join("peers.toml");
+        std::fs::write(&file, node("a", &a, "10.99.1.0/24")).unwrap();
+        let mut source = FilePeerSource::new(&file).with_interval(interval);
+        assert_eq!(source.next().await.unwrap().nodes.len(), 1);
+        let replace = |text: String| {
+            let tmp = dir.path().join(".peers.toml.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &file).unwrap();
+        };
+        for n in 2..=3 {
+            let mut text = node("a", &a, "10.99.1.0/24") + &node("b", &b, "10.99.2.0/24");
+            if n == 3 {
+                text += &node("c", &c, "10.99.3.0/24");
+            }
+            let started = std::time::Instant::now();
+            replace(text);
+            let got = tokio::time::timeout(quick, source.next())
+                .await
+                .expect("the rename was not noticed within a second")
+                .unwrap();
+            assert_eq!(got.nodes.len(), n);
+            eprintln!("rename noticed after {:?}", started.elapsed());
+        }
+
+        // A ConfigMap volume: peers.toml -> ..data/peers.toml, ..data -> ..v1; the update makes
+        // ..v2 and renames a new ..data symlink over the old one.
+        let volume = dir.path().join("volume");
+        let version = |v: &str, text: String| {
+            std::fs::create_dir_all(volume.join(v)).unwrap();
+            std::fs::write(volume.join(v).join("peers.toml"), text).unwrap();
+            let tmp = volume.join("..data_tmp");
+            std::os::unix::fs::symlink(v, &tmp).unwrap();
+            std::fs::rename(&tmp, volume.join("..data")).unwrap();
+        };
+        version("..v1", node("a", &a, "10.99.1.0/24"));
+        std::os::unix::fs::symlink("..data/peers.toml", volume.join("peers.toml")).unwrap();
+        let mut source = FilePeerSource::new(volume.join("peers.toml")).with_interval(interval);
+        assert_eq!(source.next().await.unwrap().nodes.len(), 1);
+        for (i, v) in ["..v2", "..v3"].into_iter().enumerate() {
+            let mut text = node("a", &a, "10.99.1.0/24") + &node("b", &b, "10.99.2.0/24");
+            if i == 1 {
+                text += &node("c", &c, "10.99.3.0/24");
+            }
+            version(v, text);
+            let got = tokio::time::timeout(quick, source.next())
+                .await
+                .expect("the symlink swap was not noticed within a second")
+                .unwrap();
+            assert_eq!(got.nodes.len(), 2 + i);
+        }
+
+        // A directory of files: one more file.
+        let peers = dir.path().join("peers.d");
+        std::fs::create_dir(&peers).unwrap();
+        std::fs::write(peers.join("a.toml"), node("a", &a, "10.99.1.0/24")).unwrap();
+        let mut source = FilePeerSource::new(&peers).with_interval(interval);
+        assert_eq!(source.next().await.unwrap().nodes.len(), 1);
+        std::fs::write(peers.join(".b.tmp"), node("b", &b, "10.99.2.0/24")).unwrap();
+        std::fs::rename(peers.join(".b.tmp"), peers.join("b.toml")).unwrap();
+        let got = tokio::time::timeout(quick, source.next())
+            .await
+            .expect("the new file was not noticed within a second")
+            .unwrap();
+        assert_eq!(got.nodes.len(), 2);
     }
 }
