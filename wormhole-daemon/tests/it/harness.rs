@@ -177,6 +177,8 @@ pub(crate) struct Node {
     pub(crate) public_key: String,
     /// The peers file this node's daemon reads.
     pub(crate) peers: PathBuf,
+    /// The daemon binary it runs.
+    pub(crate) bin: String,
 }
 
 impl Node {
@@ -239,7 +241,7 @@ impl Node {
             .unwrap();
         let child = self
             .ns
-            .command(&[BIN])
+            .command(&[&self.bin])
             .args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -377,12 +379,19 @@ pub(crate) struct Cluster {
     /// The shared peers file.
     pub(crate) peers: PathBuf,
     pub(crate) work: tempfile::TempDir,
+    /// The daemon binary its nodes run ([`BIN`] unless [`Cluster::with_daemon`]).
+    pub(crate) bin: String,
 }
 
 impl Cluster {
     /// An underlay bridge and `n` nodes on `backend`, and a peers file listing all of them.
     /// No daemon runs yet.
     pub(crate) fn new(n: usize, backend: Backend) -> Self {
+        Self::with_daemon(n, backend, BIN)
+    }
+
+    /// [`Cluster::new`] with nodes running the daemon at `bin` (to compare builds in one run).
+    pub(crate) fn with_daemon(n: usize, backend: Backend, bin: &str) -> Self {
         let prefix = prefix();
         let work = tempfile::Builder::new()
             .prefix(&format!("{prefix}-"))
@@ -396,6 +405,7 @@ impl Cluster {
             peers: work.path().join("peers.toml"),
             prefix,
             work,
+            bin: bin.to_owned(),
         };
         for _ in 0..n {
             cluster.add_node(backend);
@@ -427,6 +437,7 @@ impl Cluster {
             key_file,
             public_key,
             peers: self.peers.clone(),
+            bin: self.bin.clone(),
         });
         i
     }

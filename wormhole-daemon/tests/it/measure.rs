@@ -257,8 +257,8 @@ fn throughput(backend: Backend) -> Throughput {
 
 /// Join and leave runs on a 4-node cluster: per run, the time until each of n1a..n3a first
 /// reaches n4a, and the time until n4's peer and routes are gone everywhere.
-fn convergence(backend: Backend) -> (Vec<Vec<f64>>, Vec<f64>) {
-    let mut c = Cluster::new(3, backend);
+fn convergence(backend: Backend, bin: &str, runs: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let mut c = Cluster::with_daemon(3, backend, bin);
     c.start_all(&[]);
     for i in 1..=3 {
         c.add_pods(i, &["a"]);
@@ -268,7 +268,7 @@ fn convergence(backend: Backend) -> (Vec<Vec<f64>>, Vec<f64>) {
     write_atomically(&c.peers, &c.peers_text(&[1, 2, 3], ""));
     std::thread::sleep(Duration::from_secs(1));
     let (mut joins, mut leaves) = (Vec::new(), Vec::new());
-    for _ in 0..JOIN_RUNS {
+    for _ in 0..runs {
         let times = join(&c);
         joins.push(
             times
@@ -449,7 +449,7 @@ fn measure() {
     );
     let _ = writeln!(r, "|---|---|---|---|---|");
     for backend in [Backend::Embedded, Backend::Userspace] {
-        let (joins, leaves) = convergence(backend);
+        let (joins, leaves) = convergence(backend, BIN, JOIN_RUNS);
         let mut firsts = Vec::new();
         let mut alls = Vec::new();
         for (i, (j, l)) in joins.iter().zip(&leaves).enumerate() {
@@ -479,4 +479,54 @@ fn measure() {
     }
     load(&mut r, "at the end");
     println!("\n===== measure report =====\n{r}");
+}
+
+/// Join latency alone (peers file rename -> first answered pod ping), embedded backend, for
+/// this build and, if `WORMHOLE_BEFORE_BIN` names another build of the daemon, for that one
+/// first, in the same run (BENCHMARKS.md, "Join latency in file mode"):
+///
+/// ```sh
+/// cp target/debug/wormhole /tmp/wormhole-before   # built from the commit to compare with
+/// WORMHOLE_BEFORE_BIN=/tmp/wormhole-before WORMHOLE_JOIN_RUNS=12 \
+///   cargo test -p wormhole-daemon --test it -- --ignored --nocapture measure_join
+/// ```
+#[test]
+#[ignore = "takes a minute or two; run with --ignored --nocapture measure_join (as root)"]
+fn measure_join() {
+    if !root_or_skip("measure_join") {
+        return;
+    }
+    let runs: usize = std::env::var("WORMHOLE_JOIN_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    let mut builds = Vec::new();
+    if let Ok(before) = std::env::var("WORMHOLE_BEFORE_BIN") {
+        builds.push(("before", before));
+    }
+    builds.push(("this build", BIN.to_owned()));
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "| build | joins | first reply per pod: median (min-max), s | all three: median, s |\n|---|---|---|---|"
+    );
+    for (name, bin) in &builds {
+        let (joins, _) = convergence(Backend::Embedded, bin, runs);
+        let firsts: Vec<f64> = joins.iter().flatten().copied().collect();
+        let alls: Vec<f64> = joins
+            .iter()
+            .map(|j| j.iter().copied().fold(0.0, f64::max))
+            .collect();
+        eprintln!("{name}: {joins:?}");
+        let min = firsts.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = firsts.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            r,
+            "| {name} | {runs} | {:.3} ({min:.3}-{max:.3}) of {} pings | {:.3} |",
+            median(firsts.clone()),
+            firsts.len(),
+            median(alls)
+        );
+    }
+    println!("{r}");
 }
