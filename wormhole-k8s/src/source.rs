@@ -583,7 +583,9 @@ impl PeerSource for KubePeerSource {
                 }
                 Err(e) => tracing::debug!(error = %ErrorChain(&e), "still no usable snapshot"),
                 Ok(snapshot) => {
-                    // After an error the same picture must be yielded again: it clears the error.
+                    // Equal pictures are skipped here only to spare the reconciler a wake-up (it
+                    // drops them too); after an error the picture is yielded, change or no
+                    // change: the reconciler clears the error with it.
                     if self.warned {
                         self.warned = false;
                         tracing::info!("Kubernetes watches are back");
