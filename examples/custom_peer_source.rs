@@ -34,8 +34,8 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use wormhole_core::memory::{Backends, MemoryKeyStore};
-use wormhole_core::mesh::{NodeEntry, RejectReason, Rejection, Snapshot};
+use wormhole_core::{MemoryBackends, MemoryKeyStore};
+use wormhole_core::{NodeEntry, RejectReason, Rejection, Snapshot};
 use wormhole_core::{PrivateKey, Reconciler, Settings};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -148,7 +148,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         server.abort();
     });
 
-    let backends = Backends::default();
+    let backends = MemoryBackends::default();
     let keys = MemoryKeyStore::new(me, None);
     let cluster = vec!["10.99.0.0/16".parse()?, "fd99::/48".parse()?];
     let settings = Settings::new("node-a", cluster);

@@ -8,8 +8,8 @@
 //! are never touched, so their WireGuard sessions survive. A bad entry is refused on its own,
 //! with a reason, and the rest of the mesh keeps working.
 //!
-//! A real host swaps `memory::Backends` for the Linux backends and hands a stream of snapshots
-//! (see [`wormhole_core::source`]) to [`Reconciler::run`] instead of calling
+//! A real host swaps `MemoryBackends` for the Linux backends and hands a stream of snapshots
+//! (see [`wormhole_core::PeerStream`]) to [`Reconciler::run`] instead of calling
 //! [`Reconciler::update`] and [`Reconciler::reconcile`] by hand.
 //!
 //! ```text
@@ -18,9 +18,9 @@
 
 use std::net::SocketAddr;
 
-use wormhole_core::memory::{Backends, MemoryKeyStore};
-use wormhole_core::mesh::{NodeEntry, Snapshot};
 use wormhole_core::{Error, PrivateKey, PublicKey, Reconciler, Settings};
+use wormhole_core::{MemoryBackends, MemoryKeyStore};
+use wormhole_core::{NodeEntry, Snapshot};
 
 /// A node as a peer source reports it: name, key, underlay endpoint, pod CIDR.
 fn node(name: &str, key: &PublicKey, host: u8, pod_cidr: &str) -> NodeEntry {
@@ -75,7 +75,7 @@ async fn main() -> Result<(), Error> {
         println!("  {} = {name}", short(&key));
     }
 
-    let backends = Backends::default();
+    let backends = MemoryBackends::default();
     let keys = MemoryKeyStore::new(me.clone(), None);
     let settings = Settings::new("node-a", vec!["10.99.0.0/16".parse().unwrap()]);
     let mut reconciler = Reconciler::new(settings, backends.handles(keys));

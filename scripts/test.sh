@@ -27,6 +27,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The API docs: no broken or private links (the README's Rust examples run as wormhole-agent doctests).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 cargo test --workspace
 # Kubernetes scale (5,000 Nodes against the fake API server): goals asserted on a release build.
 cargo test -p wormhole-daemon --release --test it -- --ignored --nocapture kubernetes_scale

@@ -30,7 +30,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
-use wormhole_core::state::PeerStats;
+use wormhole_core::PeerStats;
 use wormhole_core::{ErrorChain, PublicKey, Status, WireGuardDevice};
 
 use crate::metrics::Metrics;
@@ -351,10 +351,10 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpStream;
+    use wormhole_core::DeviceState;
+    use wormhole_core::MemoryDevice;
+    use wormhole_core::PeerStatus;
     use wormhole_core::PrivateKey;
-    use wormhole_core::memory::MemoryDevice;
-    use wormhole_core::state::DeviceState;
-    use wormhole_core::status::PeerStatus;
 
     /// An agent's admin state with one peer, over an in-memory device that counts its reads.
     fn admin() -> (
@@ -374,18 +374,11 @@ mod tests {
                 tx_bytes: 1,
             },
         );
-        let (tx, rx) = watch::channel(Status {
-            node_name: "n1".into(),
-            peers: vec![PeerStatus {
-                name: "n2".into(),
-                public_key: peer,
-                endpoint: None,
-                allowed_ips: vec![],
-                latest_handshake: None,
-                rx_bytes: 0,
-                tx_bytes: 0,
-            }],
-            ..Status::default()
+        let (tx, rx) = watch::channel({
+            let mut v = Status::default();
+            v.node_name = "n1".into();
+            v.peers = vec![PeerStatus::new("n2", peer)];
+            v
         });
         let admin = Admin {
             status: rx,
@@ -557,15 +550,7 @@ mod tests {
         // short of the Content-Length, with a reset.
         tx.send_modify(|s| {
             s.peers = (0..5000)
-                .map(|i| PeerStatus {
-                    name: format!("peer-{i}"),
-                    public_key: PrivateKey::generate().public_key(),
-                    endpoint: None,
-                    allowed_ips: vec![],
-                    latest_handshake: None,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                })
+                .map(|i| PeerStatus::new(format!("peer-{i}"), PrivateKey::generate().public_key()))
                 .collect();
         });
         // (A small receive buffer: on loopback, the kernel would otherwise take megabytes.)

@@ -10,10 +10,10 @@ use wormhole_core::ErrorChain;
 
 use ipnet::IpNet;
 use tokio::sync::watch;
+use wormhole_core::Backends;
+use wormhole_core::HostSettings;
 use wormhole_core::WireGuardDevice;
-use wormhole_core::reconciler::Backends;
-use wormhole_core::source::from_peer_source;
-use wormhole_core::state::HostSettings;
+use wormhole_core::from_peer_source;
 use wormhole_core::{
     FileKeyStore, FilePeerSource, KeyStore, PeerStream, PrivateKey, Reconciler, Settings, Status,
 };
@@ -40,7 +40,7 @@ async fn detect_mtu(
     state: Option<&StateStore>,
 ) -> Result<u32, Error> {
     let local_ip = match peers {
-        Peers::File(path) => wormhole_core::file_source::load(path).ok().and_then(|s| {
+        Peers::File(path) => wormhole_core::load_peers_file(path).ok().and_then(|s| {
             let me = s.nodes.into_iter().find(|n| n.name == config.node_name)?;
             me.endpoint?
                 .parse::<std::net::SocketAddr>()
@@ -545,9 +545,10 @@ mod tests {
     async fn a_deleted_or_edited_conflist_is_rewritten_at_the_next_pass() {
         let dir = tempfile::tempdir().unwrap();
         let cidrs: Vec<IpNet> = vec!["10.99.1.0/24".parse().unwrap()];
-        let (tx, rx) = watch::channel(Status {
-            pod_cidrs: cidrs.clone(),
-            ..Status::default()
+        let (tx, rx) = watch::channel({
+            let mut v = Status::default();
+            v.pod_cidrs = cidrs.clone();
+            v
         });
         let task = tokio::spawn(follow_cni(rx, dir.path().to_owned(), "br0".into(), 1420));
         let path = dir.path().join("10-wormhole.conflist");

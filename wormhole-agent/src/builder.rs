@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use wormhole_core::InterfaceName;
 use wormhole_core::PeerStream;
-use wormhole_core::mesh::is_dns1123_subdomain;
-use wormhole_core::state::InterfaceName;
+use wormhole_core::is_dns1123_subdomain;
 
 use crate::{Agent, Error, InvalidOption};
 
@@ -37,14 +37,14 @@ impl Peers {
 
     /// Your own peer source: any stream of snapshots, with errors of any type convertible into
     /// `Box<dyn Error + Send + Sync>`. The reconciler deduplicates, debounces and clears errors
-    /// (see [`wormhole_core::source`]). A [`PeerSource`](wormhole_core::PeerSource) becomes one
-    /// with [`wormhole_core::source::from_peer_source`].
+    /// (see [`PeerStream`](wormhole_core::PeerStream)). A [`PeerSource`](wormhole_core::PeerSource) becomes one
+    /// with [`wormhole_core::from_peer_source`].
     pub fn stream<S, E>(source: S) -> Self
     where
         S: futures::Stream<Item = Result<wormhole_core::Snapshot, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        Peers::Custom(wormhole_core::source::boxed(source))
+        Peers::Custom(wormhole_core::peer_stream(source))
     }
 
     fn kind(&self) -> &'static str {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use wormhole_core::text::Escaped;
+use wormhole_core::Escaped;
 
 use crate::builder::NODE_NAME_RULE;
 

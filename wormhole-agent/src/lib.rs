@@ -42,3 +42,8 @@ pub use agent::{Agent, Running};
 pub use builder::{AgentBuilder, Backend, KubernetesOptions, NODE_NAME_RULE, Peers, RESYNC_RANGE};
 pub use error::{EnvironmentError, Error, InvalidOption};
 pub use view::{PassView, PeerView, StatusView};
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

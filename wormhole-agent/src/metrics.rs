@@ -167,23 +167,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wormhole_core::PeerStatus;
     use wormhole_core::PrivateKey;
-    use wormhole_core::status::PeerStatus;
 
     #[test]
     fn label_values_are_escaped() {
         let now = SystemTime::now();
-        let status = Status {
-            peers: vec![PeerStatus {
-                name: "a\",peer=\"forged\\\n".into(),
-                public_key: PrivateKey::generate().public_key(),
-                endpoint: None,
-                allowed_ips: vec![],
-                latest_handshake: None,
-                rx_bytes: 1,
-                tx_bytes: 2,
-            }],
-            ..Status::default()
+        let status = {
+            let mut v = Status::default();
+            v.peers = vec![{
+                let mut v =
+                    PeerStatus::new("a\",peer=\"forged\\\n", PrivateKey::generate().public_key());
+                v.rx_bytes = 1;
+                v.tx_bytes = 2;
+                v
+            }];
+            v
         };
         let text = Metrics::default().render(&status, now);
         assert!(
@@ -201,19 +200,18 @@ mod tests {
     #[test]
     fn renders_peer_states_and_histogram() {
         let now = SystemTime::now();
-        let status = Status {
-            passes: 3,
-            peers: vec![PeerStatus {
-                name: "n2".into(),
-                public_key: PrivateKey::generate().public_key(),
-                endpoint: None,
-                allowed_ips: vec![],
-                latest_handshake: Some(now - Duration::from_secs(7)),
-                rx_bytes: 100,
-                tx_bytes: 50,
-            }],
-            errors_by_kind: [("wireguard".to_owned(), 2)].into(),
-            ..Status::default()
+        let status = {
+            let mut v = Status::default();
+            v.passes = 3;
+            v.peers = vec![{
+                let mut v = PeerStatus::new("n2", PrivateKey::generate().public_key());
+                v.latest_handshake = Some(now - Duration::from_secs(7));
+                v.rx_bytes = 100;
+                v.tx_bytes = 50;
+                v
+            }];
+            v.errors_by_kind = [("wireguard".to_owned(), 2)].into();
+            v
         };
         let m = Metrics::default();
         m.observe_pass(Duration::from_millis(3));

@@ -24,8 +24,8 @@ use criterion::{
 };
 use criterion::{SamplingMode, measurement::WallTime};
 use ipnet::IpNet;
-use wormhole_core::plan::{DeviceChange, PeerField};
-use wormhole_core::state::HostSettings;
+use wormhole_core::HostSettings;
+use wormhole_core::{DeviceChange, PeerField};
 use wormhole_core::{HostState, Mesh, NodeEntry, Plan, PresharedKey, PrivateKey, Snapshot, plan};
 
 /// Peer counts measured.

@@ -1,37 +1,4 @@
-//! The peers file: a TOML file, or a directory of `*.toml` files, hot-reloaded on change.
-//!
-//! This format is a public contract:
-//!
-//! ```toml
-//! cluster_cidrs = ["10.99.0.0/16", "fd99::/48"]   # optional; --cluster-cidr wins
-//! [[node]]
-//! name = "node-a"
-//! public_key = "<base64>"
-//! endpoint = "192.168.77.1:51820"                 # optional ([v6]:port allowed)
-//! pod_cidrs = ["10.99.1.0/24", "fd99:0:1::/64"]
-//! persistent_keepalive = 25                       # optional, seconds
-//! ```
-//!
-//! Every node, this one included, is listed. A bad entry is rejected on its own, with its file,
-//! line and field; a file that does not parse as a whole (or a directory with such a file) is an
-//! error, and the reconciler keeps the last good mesh. In a directory, files whose names start
-//! with `.` are ignored, so editors' and `kubectl`'s temporary files do no harm.
-//!
-//! Changes are noticed through filesystem notifications (inotify on Linux) on the directory that
-//! holds the file (or the directory itself), and on the directory of the file a symlink points
-//! to: a directory, not the file, because an atomic replacement (temporary file + rename) or the
-//! symlink swap of a Kubernetes ConfigMap volume puts a new inode in place. A notification only
-//! says "look again": what counts is the files' metadata (size, modification time, inode),
-//! compared with what was last read, which is also polled every
-//! [`FilePeerSource::with_interval`] (250 ms by default) in case notifications are missing
-//! (another OS, no inotify, no watch left, a network filesystem). A change is read once the
-//! metadata has held still for 20 ms (or a fifth of the interval, if shorter), so a writer that
-//! is not atomic is usually not read halfway; still, write the file atomically.
-//!
-//! Notifications use inotify through `nix` (already a dependency of the workspace) rather than
-//! the `notify` crate: one file descriptor driven by the Tokio reactor, no background thread,
-//! no new dependencies; other systems fall back to polling. The source therefore needs a Tokio
-//! runtime with IO enabled (`enable_all`, as `#[tokio::main]` does).
+//! The peers-file source: see [`FilePeerSource`].
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -156,10 +123,10 @@ fn node_entry(table: &toml::Table, origin: String) -> Result<NodeEntry, Rejectio
 /// public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
 /// pod_cidrs = ["10.99.1.0/24"]
 /// "#;
-/// let snapshot = wormhole_core::file_source::parse(text, "peers.toml").unwrap();
+/// let snapshot = wormhole_core::parse_peers_file(text, "peers.toml").unwrap();
 /// assert_eq!(snapshot.nodes[0].origin, "peers.toml:3 node[0]");
 /// ```
-pub fn parse(text: &str, origin: &str) -> Result<Snapshot, String> {
+pub fn parse_peers_file(text: &str, origin: &str) -> Result<Snapshot, String> {
     let doc: FileDoc = toml::from_str(text).map_err(|e| {
         let at = e
             .span()
@@ -227,7 +194,7 @@ fn fingerprint(path: &Path) -> Fingerprint {
 }
 
 /// Reads and parses a peers file or directory once.
-pub fn load(path: &Path) -> Result<Snapshot, Error> {
+pub fn load_peers_file(path: &Path) -> Result<Snapshot, Error> {
     let err = |message: String| Error::PeersFile {
         path: path.to_owned(),
         message,
@@ -239,7 +206,7 @@ pub fn load(path: &Path) -> Result<Snapshot, Error> {
         let text =
             std::fs::read_to_string(&file).map_err(|e| err(format!("{}: {e}", file.display())))?;
         let origin = file.display().to_string();
-        let part = parse(&text, &origin).map_err(|m| Error::PeersFile {
+        let part = parse_peers_file(&text, &origin).map_err(|m| Error::PeersFile {
             path: file.clone(),
             message: m,
         })?;
@@ -276,8 +243,43 @@ pub fn load(path: &Path) -> Result<Snapshot, Error> {
     Ok(snapshot)
 }
 
+/// The peers file: a TOML file, or a directory of `*.toml` files, hot-reloaded on change.
+///
+/// This format is a public contract:
+///
+/// ```toml
+/// cluster_cidrs = ["10.99.0.0/16", "fd99::/48"]   # optional; --cluster-cidr wins
+/// [[node]]
+/// name = "node-a"
+/// public_key = "<base64>"
+/// endpoint = "192.168.77.1:51820"                 # optional ([v6]:port allowed)
+/// pod_cidrs = ["10.99.1.0/24", "fd99:0:1::/64"]
+/// persistent_keepalive = 25                       # optional, seconds
+/// ```
+///
+/// Every node, this one included, is listed. A bad entry is rejected on its own, with its file,
+/// line and field; a file that does not parse as a whole (or a directory with such a file) is an
+/// error, and the reconciler keeps the last good mesh. In a directory, files whose names start
+/// with `.` are ignored, so editors' and `kubectl`'s temporary files do no harm.
+///
+/// Changes are noticed through filesystem notifications (inotify on Linux) on the directory that
+/// holds the file (or the directory itself), and on the directory of the file a symlink points
+/// to: a directory, not the file, because an atomic replacement (temporary file + rename) or the
+/// symlink swap of a Kubernetes ConfigMap volume puts a new inode in place. A notification only
+/// says "look again": what counts is the files' metadata (size, modification time, inode),
+/// compared with what was last read, which is also polled every
+/// [`FilePeerSource::with_interval`] (250 ms by default) in case notifications are missing
+/// (another OS, no inotify, no watch left, a network filesystem). A change is read once the
+/// metadata has held still for 20 ms (or a fifth of the interval, if shorter), so a writer that
+/// is not atomic is usually not read halfway; still, write the file atomically.
+///
+/// Notifications use inotify through `nix` (already a dependency of the workspace) rather than
+/// the `notify` crate: one file descriptor driven by the Tokio reactor, no background thread,
+/// no new dependencies; other systems fall back to polling. The source therefore needs a Tokio
+/// runtime with IO enabled (`enable_all`, as `#[tokio::main]` does).
+///
 /// A [`PeerSource`] reading a peers file or a directory of them, re-read when they change (see
-/// the [module docs](self)). Hand it to the reconciler with
+/// the [`FilePeerSource`] docs). Hand it to the reconciler with
 /// [`source::from_peer_source`](crate::source::from_peer_source).
 #[derive(Debug)]
 pub struct FilePeerSource {
@@ -367,7 +369,7 @@ impl PeerSource for FilePeerSource {
                 }
                 self.last = Some(now);
                 let path = self.path.clone();
-                return tokio::task::spawn_blocking(move || load(&path))
+                return tokio::task::spawn_blocking(move || load_peers_file(&path))
                     .await
                     .map_err(|e| Error::Source(e.into()))?;
             }
@@ -509,7 +511,7 @@ mod tests {
         text += &node("bad", "not-a-key", "10.99.4.0/24");
         text += &node("c", &key().to_base64(), "10.99.5.0/24");
         text += &node("d", &key().to_base64(), "10.99.6.0/24");
-        let snapshot = parse(&text, "peers.toml").unwrap();
+        let snapshot = parse_peers_file(&text, "peers.toml").unwrap();
         let mesh = Mesh::build("local", &me, &[], snapshot, None).unwrap();
         assert_eq!(mesh.peers.len(), 4);
         assert_eq!(mesh.rejected.len(), 1);
@@ -530,7 +532,7 @@ mod tests {
              [[node]]\nname = \"d\"\n\n\
              [[node]]\nname = \"e\"\npublic_key = 5\n"
         );
-        let snapshot = parse(&text, "f").unwrap();
+        let snapshot = parse_peers_file(&text, "f").unwrap();
         assert!(snapshot.nodes.is_empty());
         let got: Vec<String> = snapshot.rejected.iter().map(ToString::to_string).collect();
         assert_eq!(got.len(), 5, "{got:#?}");
@@ -559,15 +561,15 @@ mod tests {
 
     #[test]
     fn a_broken_file_is_one_error_with_a_line() {
-        let err = parse(
+        let err = parse_peers_file(
             "cluster_cidrs = [\"10.99.0.0/16\"]\n[[node]\nname = 1\n",
             "f",
         )
         .unwrap_err();
         assert!(err.starts_with("line 2:"), "{err}");
-        let err = parse("cluster_cidr = []\n", "f").unwrap_err();
+        let err = parse_peers_file("cluster_cidr = []\n", "f").unwrap_err();
         assert!(err.contains("unknown field `cluster_cidr`"), "{err}");
-        let err = parse("cluster_cidrs = [\"10.99.0.1/16\"]\n", "f").unwrap_err();
+        let err = parse_peers_file("cluster_cidrs = [\"10.99.0.1/16\"]\n", "f").unwrap_err();
         assert!(err.contains("cluster_cidrs[0]"), "{err}");
     }
 
@@ -591,7 +593,7 @@ mod tests {
         };
         let time = |text: &str| {
             let started = std::time::Instant::now();
-            let snapshot = parse(text, "f").unwrap();
+            let snapshot = parse_peers_file(text, "f").unwrap();
             (started.elapsed(), snapshot)
         };
         let (small, big) = (file(800), file(8_000));
@@ -623,11 +625,11 @@ mod tests {
             "cluster_cidrs = [\"fd99::/48\", \"10.99.0.0/16\"]\n",
         );
         write("c.toml", &node("c", &key().to_base64(), "10.99.3.0/24"));
-        let snapshot = load(dir.path()).unwrap();
+        let snapshot = load_peers_file(dir.path()).unwrap();
         assert_eq!(snapshot.cluster_cidrs.len(), 2);
         // A file that widens them (10.0.0.0/8 would hold the underlay on many networks).
         write("d.toml", "cluster_cidrs = [\"10.0.0.0/8\"]\n");
-        let err = load(dir.path()).unwrap_err().to_string();
+        let err = load_peers_file(dir.path()).unwrap_err().to_string();
         assert!(err.contains("cluster_cidrs differ"), "{err}");
         assert!(
             err.contains("a.toml has [10.99.0.0/16, fd99::/48]"),

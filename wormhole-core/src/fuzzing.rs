@@ -35,7 +35,7 @@ pub fn parse_peers(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(snapshot) = crate::file_source::parse(text, "fuzz") else {
+    let Ok(snapshot) = crate::file_source::parse_peers_file(text, "fuzz") else {
         return;
     };
     check_mesh(&snapshot);

@@ -9,26 +9,28 @@
 //!              backends ──read──▶ observed HostState ─┴─▶ plan() ──▶ Plan ──▶ backends apply
 //! ```
 //!
-//! Where to start:
-//! - [`keys`]: WireGuard keys, redacted and zeroized secrets, pair pre-shared keys.
-//! - [`mesh`]: [`NodeEntry`] (what a source reports), [`Mesh`] (what validation accepted, with a
-//!   reason for every rejected peer).
-//! - [`state`] and [`plan`]: the host as data, and the pure, minimal diff between two of them.
-//! - [`source`]: peer sources are streams of snapshots (any `Stream<Item = Result<Snapshot, E>>`);
-//!   the reconciler deduplicates, debounces and clears errors. [`PeerSource`] is the trait form.
-//! - [`backend`]: the traits a host implements ([`WireGuardDevice`], [`HostNetwork`],
-//!   [`Firewall`], [`KeyStore`]); [`memory`] has in-memory implementations.
-//! - [`reconciler`]: the level-triggered loop tying it together, and its [`Status`].
-//! - [`file_source`]: the peers-file source (a TOML file or a directory of them), following
-//!   changes through filesystem notifications.
-//! - [`text`]: [`text::Escaped`], for printing names and messages that came from outside.
+//! Every public item has one path, at the crate root. Where to start:
+//! - Keys: [`PrivateKey`], [`PublicKey`], [`PresharedKey`] (redacted and zeroized secrets, pair
+//!   pre-shared keys), kept by a [`KeyStore`] such as [`FileKeyStore`].
+//! - The mesh: [`NodeEntry`] (what a source reports, in a [`Snapshot`]) and [`Mesh`] (what
+//!   validation accepted, with a [`Rejection`] and its [`RejectReason`] for every refused peer).
+//! - The host as data ([`HostState`]) and the pure, minimal diff between two of them ([`plan()`],
+//!   a [`Plan`]).
+//! - Peer sources are streams of snapshots (any `Stream<Item = Result<Snapshot, E>>`, see
+//!   [`peer_stream`]); the reconciler deduplicates, debounces and clears errors. [`PeerSource`]
+//!   is the trait form, [`from_peer_source`] its adapter; [`FilePeerSource`] reads a peers file
+//!   (or a directory of them), following changes through filesystem notifications.
+//! - The traits a host implements: [`WireGuardDevice`], [`HostNetwork`], [`Firewall`]; the
+//!   `Memory*` types ([`MemoryBackends`]) are in-memory implementations for tests and embedders.
+//! - [`Reconciler`]: the level-triggered loop tying it together, and its [`Status`].
+//! - [`Escaped`], for printing names and messages that came from outside.
 //!
 //! ```
-//! use wormhole_core::{memory, Reconciler, Settings, PrivateKey};
+//! use wormhole_core::{MemoryBackends, MemoryKeyStore, PrivateKey, Reconciler, Settings};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), wormhole_core::Error> {
-//! let backends = memory::Backends::default();
-//! let keys = memory::MemoryKeyStore::new(PrivateKey::generate(), None);
+//! let backends = MemoryBackends::default();
+//! let keys = MemoryKeyStore::new(PrivateKey::generate(), None);
 //! let settings = Settings::new("node-a", vec!["10.99.0.0/16".parse().unwrap()]);
 //! let mut reconciler = Reconciler::new(settings, backends.handles(keys));
 //! // Feed snapshots with `reconciler.update(..)` and run passes, or hand a stream of them
@@ -38,31 +40,46 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod backend;
+mod backend;
 mod error;
-pub mod file_source;
+mod file_source;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod keys;
-pub mod keystore;
-pub mod memory;
-pub mod mesh;
-pub mod plan;
-pub mod reconciler;
-pub mod source;
-pub mod state;
-pub mod status;
-pub mod text;
+mod keys;
+mod keystore;
+mod memory;
+mod mesh;
+mod plan;
+mod reconciler;
+mod source;
+mod state;
+mod status;
+mod text;
 
+// The public API, one path per item (module paths are private; `fuzzing` is for the fuzz crate).
 pub use backend::{Firewall, HostNetwork, WireGuardDevice};
 pub use error::{Component, Error, ErrorChain, FailedItem, ItemFailure, MeshError};
-pub use file_source::FilePeerSource;
+pub use file_source::{FilePeerSource, load_peers_file, parse_peers_file};
 pub use ipnet::IpNet;
-pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
-pub use keystore::{FileKeyStore, KeyStore};
-pub use mesh::{Mesh, NodeEntry, NodeSpec, RejectReason, Rejection, Snapshot};
-pub use plan::{Plan, plan};
+pub use keys::{KEY_LEN, KeyError, PairDeriver, PresharedKey, PrivateKey, PublicKey};
+pub use keystore::{FileKeyStore, KeyStore, read_secret_file, write_secret_file};
+pub use memory::{
+    MemoryBackends, MemoryDevice, MemoryFirewall, MemoryKeyStore, MemoryNetwork, MemorySource,
+    MemorySourceHandle,
+};
+pub use mesh::{
+    MAX_POD_CIDRS, Mesh, NodeEntry, NodeSpec, RejectReason, Rejection, Snapshot,
+    is_dns1123_subdomain,
+};
+pub use plan::{
+    DeviceChange, DevicePlan, LinkChange, PeerField, Plan, PlanDisplay, RouteChange, apply_device,
+    plan,
+};
 pub use reconciler::{Backends, Reconciler, Settings};
-pub use source::{PeerSource, PeerStream};
-pub use state::HostState;
-pub use status::Status;
+pub use source::{PeerSource, PeerStream, from_peer_source, peer_stream};
+pub use state::{
+    DeviceState, FirewallPolicy, HostSettings, HostState, InterfaceName, LinkState, ObservedDevice,
+    PeerConfig, PeerStats, overlay_address,
+};
+pub use status::{PassInfo, PeerState, PeerStatus, STALE_AFTER, Status};
+pub use text::{Escaped, escape};

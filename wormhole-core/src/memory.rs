@@ -250,7 +250,7 @@ impl futures::Stream for MemorySource {
 
 /// One of each in-memory backend, shared with the reconciler.
 #[derive(Debug, Clone, Default)]
-pub struct Backends {
+pub struct MemoryBackends {
     /// The WireGuard device.
     pub device: Arc<MemoryDevice>,
     /// Link and routes.
@@ -259,7 +259,7 @@ pub struct Backends {
     pub firewall: Arc<MemoryFirewall>,
 }
 
-impl Backends {
+impl MemoryBackends {
     /// The reconciler's view of these backends, with `keys` as key store.
     pub fn handles(&self, keys: impl KeyStore + 'static) -> reconciler::Backends {
         reconciler::Backends {

@@ -83,7 +83,7 @@ impl NodeEntry {
     }
 }
 
-/// A full desired picture from a peer source (see [`source`](crate::source)).
+/// A full desired picture from a peer source (see [`PeerStream`](crate::PeerStream)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
     /// The overlay (cluster) CIDRs, if the source knows them; configuration may override them.
@@ -100,6 +100,7 @@ pub struct Snapshot {
 }
 
 /// A validated node.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     /// Node name.
@@ -261,6 +262,7 @@ impl RejectReason {
 }
 
 /// The validated mesh: this node, its accepted peers and the refused entries.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mesh {
     /// This node (its public key is the key store's, whatever the source said).
@@ -308,7 +310,7 @@ fn check_name(name: &str) -> Result<(), RejectReason> {
 /// IPv4-mapped IPv6 form (`[::ffff:127.0.0.1]`); an IPv6 link-local address without a zone id or
 /// with one that cannot be an interface index (1 to 2^31-1 on Linux); a zone id on any other
 /// address.
-pub fn parse_endpoint(text: &str) -> Result<SocketAddr, RejectReason> {
+pub(crate) fn parse_endpoint(text: &str) -> Result<SocketAddr, RejectReason> {
     let bad = |reason| RejectReason::BadEndpoint {
         endpoint: text.to_owned(),
         reason,
@@ -353,7 +355,7 @@ pub fn parse_endpoint(text: &str) -> Result<SocketAddr, RejectReason> {
 }
 
 /// Parses a pod CIDR, refusing addresses with host bits set.
-pub fn parse_cidr(text: &str) -> Result<IpNet, RejectReason> {
+pub(crate) fn parse_cidr(text: &str) -> Result<IpNet, RejectReason> {
     let bad = |reason: String| RejectReason::BadCidr {
         cidr: text.to_owned(),
         reason,

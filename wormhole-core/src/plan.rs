@@ -145,7 +145,7 @@ pub fn apply_device(device: &mut Option<DeviceState>, plan: &DevicePlan) {
 }
 
 /// Applies link changes to an in-memory link.
-pub fn apply_link(link: &mut LinkState, changes: &[LinkChange]) {
+pub(crate) fn apply_link(link: &mut LinkState, changes: &[LinkChange]) {
     for change in changes {
         match change {
             LinkChange::SetUp => link.up = true,
@@ -161,7 +161,7 @@ pub fn apply_link(link: &mut LinkState, changes: &[LinkChange]) {
 }
 
 /// Applies route changes to an in-memory routing table.
-pub fn apply_routes(routes: &mut BTreeSet<IpNet>, changes: &[RouteChange]) {
+pub(crate) fn apply_routes(routes: &mut BTreeSet<IpNet>, changes: &[RouteChange]) {
     for change in changes {
         match change {
             RouteChange::Add(r) => {

@@ -1,26 +1,4 @@
-//! The reconciler: a level-triggered loop that keeps the host equal to the desired mesh.
-//!
-//! Each pass reads the observed state from the backends, builds the desired state from the last
-//! good mesh, plans the difference and applies it. A pass runs when the source reports news
-//! and on every resync tick; a failed pass is retried with capped exponential backoff. A pass
-//! for a source change plans against the host as the previous successful pass left it instead of
-//! reading it all again (at thousands of peers the read is most of the work); the resync tick,
-//! and any pass after a failure, reads everything, so drift is repaired within one `resync`. Nothing is
-//! ever torn down because of an error, and a restart adopts what already exists: before the first
-//! good snapshot nothing is planned, and an already-correct host plans to zero changes.
-//!
-//! [`Reconciler::run`] takes the source as a stream and owns what every source would otherwise
-//! do for itself (see [`source`](crate::source) for the contract):
-//! - **Debouncing**: the first item after a quiet time opens a window of
-//!   [`Settings::debounce`]; every item arriving in it is taken, in order, and one pass follows
-//!   at its end (a burst costs one pass, and a change waits at most `debounce`).
-//! - **Deduplication**: at the end of the window, a snapshot equal to the mesh in force (while
-//!   no source error is shown), or an error equal to the one shown, causes no pass.
-//! - **Errors**: an error keeps the last good mesh and is shown in
-//!   [`Status::source_error`]; the next snapshot that makes a valid mesh clears it, even if it
-//!   equals the mesh in force (that one does cause a pass). An error queued right behind a
-//!   snapshot no pass has taken yet does not discard it ([`Reconciler::update`]). After an
-//!   error the source is polled again one second later, so a failing source cannot spin.
+//! The reconciler: see [`Reconciler`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -44,6 +22,7 @@ use crate::text::Escaped;
 use crate::{Error, PrivateKey, PublicKey};
 
 /// What the reconciler needs to know besides the mesh.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// This node's name in the snapshots.
@@ -106,6 +85,30 @@ pub struct Backends {
     pub firewall: Arc<dyn Firewall>,
 }
 
+/// The reconciler: a level-triggered loop that keeps the host equal to the desired mesh.
+///
+/// Each pass reads the observed state from the backends, builds the desired state from the last
+/// good mesh, plans the difference and applies it. A pass runs when the source reports news
+/// and on every resync tick; a failed pass is retried with capped exponential backoff. A pass
+/// for a source change plans against the host as the previous successful pass left it instead of
+/// reading it all again (at thousands of peers the read is most of the work); the resync tick,
+/// and any pass after a failure, reads everything, so drift is repaired within one `resync`. Nothing is
+/// ever torn down because of an error, and a restart adopts what already exists: before the first
+/// good snapshot nothing is planned, and an already-correct host plans to zero changes.
+///
+/// [`Reconciler::run`] takes the source as a stream and owns what every source would otherwise
+/// do for itself (see [`PeerStream`](crate::PeerStream) for the contract):
+/// - **Debouncing**: the first item after a quiet time opens a window of
+///   [`Settings::debounce`]; every item arriving in it is taken, in order, and one pass follows
+///   at its end (a burst costs one pass, and a change waits at most `debounce`).
+/// - **Deduplication**: at the end of the window, a snapshot equal to the mesh in force (while
+///   no source error is shown), or an error equal to the one shown, causes no pass.
+/// - **Errors**: an error keeps the last good mesh and is shown in
+///   [`Status::source_error`]; the next snapshot that makes a valid mesh clears it, even if it
+///   equals the mesh in force (that one does cause a pass). An error queued right behind a
+///   snapshot no pass has taken yet does not discard it ([`Reconciler::update`]). After an
+///   error the source is polled again one second later, so a failing source cannot spin.
+///
 /// Keeps a host equal to the mesh a peer source describes.
 pub struct Reconciler {
     settings: Settings,
@@ -129,7 +132,7 @@ pub struct Reconciler {
 }
 
 /// Called after every pass with its outcome and, if it succeeded, the plan it applied.
-pub type PassHook = Box<dyn FnMut(&PassInfo, Option<&Plan>) + Send + Sync>;
+pub(crate) type PassHook = Box<dyn FnMut(&PassInfo, Option<&Plan>) + Send + Sync>;
 
 impl Reconciler {
     /// A reconciler with no mesh yet: until a snapshot arrives it only observes.
@@ -435,12 +438,12 @@ impl Reconciler {
     }
 
     /// Runs until `shutdown` completes: a pass for every source change (debounced and
-    /// deduplicated, see the [module docs](self)) and resync tick, with backoff after failures.
+    /// deduplicated, see the [`Reconciler`] docs) and resync tick, with backoff after failures.
     /// Returns without tearing anything down.
     ///
     /// `source` is any stream of snapshots; its errors may be of any type convertible into
     /// `Box<dyn Error + Send + Sync>`: they are shown as [`Error::Source`], except a
-    /// [`wormhole_core::Error`](Error), kept as it is. See [`source`](crate::source).
+    /// [`wormhole_core::Error`](Error), kept as it is. See [`PeerStream`](crate::PeerStream).
     pub async fn run<S, E>(mut self, source: S, shutdown: impl Future<Output = ()>)
     where
         S: Stream<Item = Result<Snapshot, E>>,
@@ -611,7 +614,7 @@ fn peer_statuses(mesh: &Mesh, device: Option<&ObservedDevice>) -> Vec<PeerStatus
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{self, MemoryKeyStore};
+    use crate::memory::{MemoryBackends, MemoryKeyStore};
     use crate::mesh::NodeEntry;
 
     /// Issue 9: the saved picture and the outage queued together while a pass ran; the picture
@@ -635,7 +638,7 @@ mod tests {
             ],
             ..Snapshot::default()
         };
-        let backends = memory::Backends::default();
+        let backends = MemoryBackends::default();
         let settings = Settings::new("local", vec!["10.99.0.0/16".parse().unwrap()]);
         let r = Reconciler::new(settings, backends.handles(MemoryKeyStore::new(key, None)));
         // Both queued in the source before the reconciler looks: each goes through `update`.

@@ -1,43 +1,4 @@
-//! Peer sources: where the desired mesh comes from (a peers file, Kubernetes, or your own
-//! discovery).
-//!
-//! A source is any [`Stream`] of `Result<Snapshot, E>` (futures' `Stream`; `tokio_stream`,
-//! `futures::stream::unfold` or a channel make one), handed to
-//! [`Reconciler::run`](crate::Reconciler::run). `E` is any error that converts into
-//! `Box<dyn std::error::Error + Send + Sync>` (your own error type, `std::io::Error`, a
-//! `String`, ...): it becomes [`Error::Source`], except a [`wormhole_core::Error`](Error),
-//! which is kept as it is (not wrapped twice).
-//!
-//! The contract is small, because the reconciler owns the rest:
-//! - Yield a whole [`Snapshot`] whenever the picture may have changed. Repeating an equal
-//!   snapshot is free: it causes no pass (**deduplication**).
-//! - Snapshots that follow each other closely are taken together: one pass, for the last one
-//!   (**debouncing**, [`Settings::debounce`](crate::Settings::debounce), 25 ms by default).
-//! - Yield an error when the picture cannot be had: the last good mesh stays in force, the
-//!   error is shown in [`Status::source_error`](crate::Status::source_error), and the
-//!   reconciler polls the source again one second later. The error is **cleared by the next
-//!   snapshot that makes a valid mesh, equal to the mesh in force or not**: a source need not
-//!   remember that it failed, it yields its picture again when it has one.
-//! - An error right behind a snapshot no pass has taken yet does not discard it: the snapshot
-//!   is applied and the error shown.
-//! - A stream that ends leaves the last good mesh in force (and is logged as an error).
-//!
-//! ```
-//! use futures::StreamExt as _;
-//! use wormhole_core::Snapshot;
-//!
-//! // Any stream: here, a snapshot every time a channel delivers one.
-//! let (tx, rx) = tokio::sync::mpsc::channel::<Snapshot>(4);
-//! let source = futures::stream::unfold(rx, |mut rx| async move {
-//!     let snapshot = rx.recv().await?;
-//!     Some((Ok::<_, std::io::Error>(snapshot), rx))
-//! });
-//! let boxed: wormhole_core::source::PeerStream = wormhole_core::source::boxed(source);
-//! # drop((tx, boxed));
-//! ```
-//!
-//! A source written against the [`PeerSource`] trait (an `async fn next`) becomes a stream with
-//! [`from_peer_source`].
+//! Peer sources as streams: see [`PeerStream`].
 
 use std::pin::Pin;
 
@@ -47,11 +8,52 @@ use futures::{Stream, StreamExt as _};
 use crate::Error;
 use crate::mesh::Snapshot;
 
+/// Peer sources: where the desired mesh comes from (a peers file, Kubernetes, or your own
+/// discovery).
+///
+/// A source is any [`Stream`] of `Result<Snapshot, E>` (futures' `Stream`; `tokio_stream`,
+/// `futures::stream::unfold` or a channel make one), handed to
+/// [`Reconciler::run`](crate::Reconciler::run). `E` is any error that converts into
+/// `Box<dyn std::error::Error + Send + Sync>` (your own error type, `std::io::Error`, a
+/// `String`, ...): it becomes [`Error::Source`], except a [`wormhole_core::Error`](Error),
+/// which is kept as it is (not wrapped twice).
+///
+/// The contract is small, because the reconciler owns the rest:
+/// - Yield a whole [`Snapshot`] whenever the picture may have changed. Repeating an equal
+///   snapshot is free: it causes no pass (**deduplication**).
+/// - Snapshots that follow each other closely are taken together: one pass, for the last one
+///   (**debouncing**, [`Settings::debounce`](crate::Settings::debounce), 25 ms by default).
+/// - Yield an error when the picture cannot be had: the last good mesh stays in force, the
+///   error is shown in [`Status::source_error`](crate::Status::source_error), and the
+///   reconciler polls the source again one second later. The error is **cleared by the next
+///   snapshot that makes a valid mesh, equal to the mesh in force or not**: a source need not
+///   remember that it failed, it yields its picture again when it has one.
+/// - An error right behind a snapshot no pass has taken yet does not discard it: the snapshot
+///   is applied and the error shown.
+/// - A stream that ends leaves the last good mesh in force (and is logged as an error).
+///
+/// ```
+/// use futures::StreamExt as _;
+/// use wormhole_core::Snapshot;
+///
+/// // Any stream: here, a snapshot every time a channel delivers one.
+/// let (tx, rx) = tokio::sync::mpsc::channel::<Snapshot>(4);
+/// let source = futures::stream::unfold(rx, |mut rx| async move {
+///     let snapshot = rx.recv().await?;
+///     Some((Ok::<_, std::io::Error>(snapshot), rx))
+/// });
+/// let boxed: wormhole_core::PeerStream = wormhole_core::peer_stream(source);
+/// # drop((tx, boxed));
+/// ```
+///
+/// A source written against the [`PeerSource`] trait (an `async fn next`) becomes a stream with
+/// [`from_peer_source`].
+///
 /// A peer source with its error type erased: what an agent stores.
 pub type PeerStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Error>> + Send>>;
 
 /// `stream`, boxed, its errors converted as [`Reconciler::run`](crate::Reconciler::run) does.
-pub fn boxed<S, E>(stream: S) -> PeerStream
+pub fn peer_stream<S, E>(stream: S) -> PeerStream
 where
     S: Stream<Item = Result<Snapshot, E>> + Send + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -77,7 +79,7 @@ pub(crate) fn source_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>
 #[async_trait]
 pub trait PeerSource: Send {
     /// Waits until the desired picture may have changed and returns it whole. The first call
-    /// returns as soon as a snapshot is available. See the [module docs](self) for what the
+    /// returns as soon as a snapshot is available. See the [`PeerStream`] docs for what the
     /// reconciler does with it (equal snapshots are dropped, errors cleared by the next good
     /// snapshot).
     async fn next(&mut self) -> Result<Snapshot, Error>;

@@ -19,7 +19,7 @@ use crate::mesh::Mesh;
 /// validated ones.
 ///
 /// ```
-/// use wormhole_core::state::InterfaceName;
+/// use wormhole_core::InterfaceName;
 /// assert_eq!("wormhole0".parse::<InterfaceName>().unwrap().as_str(), "wormhole0");
 /// assert!("s*".parse::<InterfaceName>().is_err());
 /// ```

@@ -14,6 +14,7 @@ use crate::mesh::Rejection;
 pub const STALE_AFTER: Duration = Duration::from_secs(180);
 
 /// How a peer is doing.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PeerState {
     /// A handshake within [`STALE_AFTER`].
@@ -36,6 +37,7 @@ impl PeerState {
 }
 
 /// One accepted peer.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStatus {
     /// Node name.
@@ -55,6 +57,20 @@ pub struct PeerStatus {
 }
 
 impl PeerStatus {
+    /// Peer `name` with key `public_key`: no endpoint, allowed IPs, handshake or traffic yet (the
+    /// reconciler fills these in; tests and status pages of your own may too).
+    pub fn new(name: impl Into<String>, public_key: PublicKey) -> Self {
+        PeerStatus {
+            name: name.into(),
+            public_key,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            latest_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        }
+    }
+
     /// The peer's state at `now`.
     pub fn state(&self, now: SystemTime) -> PeerState {
         match self.latest_handshake {
@@ -66,6 +82,7 @@ impl PeerStatus {
 }
 
 /// The outcome of one reconcile pass.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassInfo {
     /// When it started.
@@ -78,7 +95,21 @@ pub struct PassInfo {
     pub error: Option<String>,
 }
 
+impl PassInfo {
+    /// A pass that started `at`, took `duration` and applied `changes` changes, failing with
+    /// `error` if any (the reconciler makes these; tests and status pages of your own may too).
+    pub fn new(at: SystemTime, duration: Duration, changes: usize, error: Option<String>) -> Self {
+        PassInfo {
+            at,
+            duration,
+            changes,
+            error,
+        }
+    }
+}
+
 /// Everything `wormhole status` shows.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Status {
     /// This node's name.

@@ -4,7 +4,7 @@
 //! as Rust-style escapes, so a log line, a status table or an Event stays one honest line.
 //!
 //! ```
-//! use wormhole_core::text::Escaped;
+//! use wormhole_core::Escaped;
 //! assert_eq!(Escaped("node-1").to_string(), "node-1");
 //! assert_eq!(Escaped("a\u{1b}[2J\nb").to_string(), "a\\u{1b}[2J\\nb");
 //! ```

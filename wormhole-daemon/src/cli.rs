@@ -10,9 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use serde::Deserialize;
 use wormhole_agent::KubernetesOptions;
-use wormhole_core::mesh::is_dns1123_subdomain;
-use wormhole_core::state::InterfaceName;
-use wormhole_core::text::Escaped;
+use wormhole_core::Escaped;
+use wormhole_core::InterfaceName;
+use wormhole_core::is_dns1123_subdomain;
 
 /// Where the admin server listens by default: metrics, health and status, on loopback only.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9473";

@@ -11,7 +11,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use wormhole_agent::StatusView;
-use wormhole_core::text::escape;
+use wormhole_core::escape;
 
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -209,10 +209,10 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
     use wormhole_agent::{PassView, PeerView};
+    use wormhole_core::PeerStatus;
     use wormhole_core::Status;
-    use wormhole_core::mesh::{RejectReason, Rejection};
-    use wormhole_core::status::PeerStatus;
     use wormhole_core::{KeyError, PrivateKey};
+    use wormhole_core::{RejectReason, Rejection};
 
     /// Serves one connection at a fresh address: reads the request head, then writes `reply`.
     fn serve_once(reply: Vec<u8>) -> SocketAddr {
@@ -329,28 +329,29 @@ mod tests {
     #[test]
     fn states_and_table() {
         let now = SystemTime::now();
-        let peer = |name: &str, handshake: Option<u64>| PeerStatus {
-            name: name.into(),
-            public_key: PrivateKey::generate().public_key(),
-            endpoint: Some("192.168.77.2:51820".parse().unwrap()),
-            allowed_ips: vec!["10.99.2.0/24".parse().unwrap()],
-            latest_handshake: handshake.map(|s| now - Duration::from_secs(s)),
-            rx_bytes: 2048,
-            tx_bytes: 10,
+        let peer = |name: &str, handshake: Option<u64>| {
+            let mut v = PeerStatus::new(name, PrivateKey::generate().public_key());
+            v.endpoint = Some("192.168.77.2:51820".parse().unwrap());
+            v.allowed_ips = vec!["10.99.2.0/24".parse().unwrap()];
+            v.latest_handshake = handshake.map(|s| now - Duration::from_secs(s));
+            v.rx_bytes = 2048;
+            v.tx_bytes = 10;
+            v
         };
-        let status = Status {
-            node_name: "n1".into(),
-            peers: vec![
+        let status = {
+            let mut v = Status::default();
+            v.node_name = "n1".into();
+            v.peers = vec![
                 peer("fresh", Some(5)),
                 peer("old", Some(600)),
                 peer("silent", None),
-            ],
-            rejected: vec![Rejection {
+            ];
+            v.rejected = vec![Rejection {
                 name: "bad".into(),
                 origin: "peers.toml:9 node[2]".into(),
                 reason: RejectReason::MalformedKey(KeyError::Base64),
-            }],
-            ..Status::default()
+            }];
+            v
         };
         let view = StatusView::new(&status, now);
         let states: Vec<_> = view.peers.iter().map(|p| p.state.as_str()).collect();

@@ -14,9 +14,9 @@ use wormhole_core::ErrorChain;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use wormhole_core::Escaped;
+use wormhole_core::RejectReason;
 use wormhole_core::Status;
-use wormhole_core::mesh::RejectReason;
-use wormhole_core::text::Escaped;
 
 use crate::EVENT_REPORTER;
 
@@ -206,25 +206,23 @@ impl EventSink {
 mod tests {
     use super::*;
     use wormhole_core::KeyError;
-    use wormhole_core::mesh::{RejectReason, Rejection};
-    use wormhole_core::status::PassInfo;
+    use wormhole_core::PassInfo;
+    use wormhole_core::{RejectReason, Rejection};
 
     #[test]
     fn rejections_and_persistent_failures_are_due() {
-        let mut status = Status {
-            rejected: vec![Rejection {
-                name: "evil".into(),
-                origin: "WormholeNode/evil".into(),
-                reason: RejectReason::MalformedKey(KeyError::Base64),
-            }],
-            last_pass: Some(PassInfo {
-                at: std::time::SystemTime::now(),
-                duration: Duration::ZERO,
-                changes: 0,
-                error: Some("wireguard backend: boom".into()),
-            }),
-            ..Status::default()
-        };
+        let mut status = Status::default();
+        status.rejected = vec![Rejection {
+            name: "evil".into(),
+            origin: "WormholeNode/evil".into(),
+            reason: RejectReason::MalformedKey(KeyError::Base64),
+        }];
+        status.last_pass = Some(PassInfo::new(
+            std::time::SystemTime::now(),
+            Duration::ZERO,
+            0,
+            Some("wireguard backend: boom".into()),
+        ));
         let due = pending(&status, 1);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].reason, "PeerRejected");
@@ -238,10 +236,8 @@ mod tests {
 
     #[test]
     fn a_refused_mesh_is_an_event_naming_why() {
-        let status = Status {
-            source_error: Some("cluster CIDR 10.0.0.0/8 contains this host's underlay address or default gateway (10.1.0.5): ...".into()),
-            ..Status::default()
-        };
+        let mut status = Status::default();
+        status.source_error = Some("cluster CIDR 10.0.0.0/8 contains this host's underlay address or default gateway (10.1.0.5): ...".into());
         let due = pending(&status, 0);
         assert_eq!(due.len(), 1, "{due:?}");
         assert_eq!(due[0].reason, "MeshNotApplied");

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
-use wormhole_core::keystore::{read_secret_file, write_secret_file};
 use wormhole_core::{ErrorChain, FileKeyStore, KeyError, KeyStore, PresharedKey, PrivateKey};
+use wormhole_core::{read_secret_file, write_secret_file};
 
 use crate::{API_TIMEOUT, Error, PSK_SECRET_KEY, call};
 

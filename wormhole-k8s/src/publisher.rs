@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use serde_json::json;
-use wormhole_core::status::PeerState;
+use wormhole_core::PeerState;
 use wormhole_core::{PublicKey, Status};
 
 use crate::crd::{MAX_ERROR, WormholeNode, WormholeNodeSpec, WormholeNodeStatus};

@@ -34,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
-use wormhole_core::mesh::{NodeEntry, Snapshot};
+use wormhole_core::{NodeEntry, Snapshot};
 use wormhole_core::{PeerSource, PublicKey};
 
 use crate::KubeadmConfigError;

@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use wormhole_core::ErrorChain;
-use wormhole_core::mesh::{NodeEntry, Snapshot};
+use wormhole_core::{NodeEntry, Snapshot};
 
 use crate::Error;
 
@@ -229,14 +229,12 @@ impl StateStore {
             return Ok(());
         }
         let path = self.inner.path.clone();
-        tokio::task::spawn_blocking(move || {
-            wormhole_core::keystore::write_secret_file(&path, &text)
-        })
-        .await
-        .map_err(|e| Error::SaveState {
-            what: "blocking task failed",
-            source: e.into(),
-        })??;
+        tokio::task::spawn_blocking(move || wormhole_core::write_secret_file(&path, &text))
+            .await
+            .map_err(|e| Error::SaveState {
+                what: "blocking task failed",
+                source: e.into(),
+            })??;
         *written = number;
         Ok(())
     }

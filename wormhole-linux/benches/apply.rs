@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use wormhole_core::plan::{DeviceChange, DevicePlan, PeerField};
-use wormhole_core::state::{DeviceState, HostSettings};
+use wormhole_core::{DeviceChange, DevicePlan, PeerField};
+use wormhole_core::{DeviceState, HostSettings};
 use wormhole_core::{HostState, Mesh, NodeEntry, PrivateKey, Snapshot, WireGuardDevice, plan};
 use wormhole_linux::{Backend, KernelDevice, Network, SOCKET_DIR};
 

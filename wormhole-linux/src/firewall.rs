@@ -17,8 +17,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use wormhole_core::state::{FirewallPolicy, overlay_address};
 use wormhole_core::{Component, Error, Firewall};
+use wormhole_core::{FirewallPolicy, overlay_address};
 
 use crate::backend_error;
 

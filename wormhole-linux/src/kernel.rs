@@ -35,8 +35,8 @@ use netlink_packet_wireguard::nlas::{
     WgAllowedIp, WgAllowedIpAttrs, WgDeviceAttrs, WgPeer, WgPeerAttrs,
 };
 use netlink_packet_wireguard::{Wireguard, WireguardCmd};
-use wormhole_core::plan::{DeviceChange, PeerField};
-use wormhole_core::state::{DeviceState, ObservedDevice, PeerConfig, PeerStats};
+use wormhole_core::{DeviceChange, PeerField};
+use wormhole_core::{DeviceState, ObservedDevice, PeerConfig, PeerStats};
 use wormhole_core::{PresharedKey, PrivateKey, PublicKey};
 
 /// Reads the device `iface` (an `ENODEV` error when it does not exist).

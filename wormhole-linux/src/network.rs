@@ -18,9 +18,9 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
 use rtnetlink::{Handle, LinkUnspec, LinkWireguard, RouteMessageBuilder};
-use wormhole_core::plan::{LinkChange, RouteChange};
-use wormhole_core::state::LinkState;
+use wormhole_core::LinkState;
 use wormhole_core::{Component, Error, FailedItem, HostNetwork, ItemFailure};
+use wormhole_core::{LinkChange, RouteChange};
 
 use crate::backend_error;
 

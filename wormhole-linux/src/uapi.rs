@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use nix::errno::Errno;
-use wormhole_core::plan::{DeviceChange, PeerField};
-use wormhole_core::state::{DeviceState, ObservedDevice, PeerConfig, PeerStats};
+use wormhole_core::{DeviceChange, PeerField};
+use wormhole_core::{DeviceState, ObservedDevice, PeerConfig, PeerStats};
 use wormhole_core::{PresharedKey, PrivateKey, PublicKey};
 
 /// What a `get=1` returned.

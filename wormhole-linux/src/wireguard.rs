@@ -11,16 +11,16 @@
 //! [`Backend`] names them; [`Backend::detect`] is `auto`, and [`Backend::device`] builds the
 //! device of a backend chosen at run time.
 //!
-//! Every change is incremental: a [`DevicePlan`](wormhole_core::plan::DevicePlan) becomes
+//! Every change is incremental: a [`DevicePlan`](wormhole_core::DevicePlan) becomes
 //! requests naming only the peers and fields that change, so unchanged peers keep their
 //! sessions. Netlink and UAPI calls are blocking, so every call runs in `spawn_blocking`.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use wormhole_core::plan::{DeviceChange, DevicePlan};
-use wormhole_core::state::ObservedDevice;
+use wormhole_core::ObservedDevice;
 use wormhole_core::{Component, Error, PrivateKey, WireGuardDevice};
+use wormhole_core::{DeviceChange, DevicePlan};
 
 use crate::{Network, backend_error};
 
@@ -105,7 +105,7 @@ pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
 /// Checks an interface name (every device's constructor does).
 fn check_name(iface: &str) -> Result<(), Error> {
-    iface.parse::<wormhole_core::state::InterfaceName>()?;
+    iface.parse::<wormhole_core::InterfaceName>()?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use wormhole_core::fuzzing;
-use wormhole_core::mesh::{NodeEntry, Snapshot};
+use wormhole_core::{NodeEntry, Snapshot};
 use wormhole_core::{PrivateKey, PublicKey};
 
 proptest! {

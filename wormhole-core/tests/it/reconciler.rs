@@ -2,11 +2,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use wormhole_core::memory::{self, MemoryKeyStore, MemorySource};
-use wormhole_core::mesh::{NodeEntry, Snapshot};
-use wormhole_core::state::{HostState, PeerStats};
-use wormhole_core::status::PeerState;
+use wormhole_core::PeerState;
 use wormhole_core::{Error, KeyStore, PresharedKey, PrivateKey, PublicKey, Reconciler, Settings};
+use wormhole_core::{HostState, PeerStats};
+use wormhole_core::{MemoryBackends, MemoryKeyStore, MemorySource};
+use wormhole_core::{NodeEntry, Snapshot};
 
 fn entry(name: &str, key: &PublicKey, cidr: &str) -> NodeEntry {
     NodeEntry {
@@ -21,14 +21,14 @@ fn entry(name: &str, key: &PublicKey, cidr: &str) -> NodeEntry {
 
 struct Node {
     key: PrivateKey,
-    backends: memory::Backends,
+    backends: MemoryBackends,
 }
 
 impl Node {
     fn new() -> Self {
         Node {
             key: PrivateKey::generate(),
-            backends: memory::Backends::default(),
+            backends: MemoryBackends::default(),
         }
     }
 

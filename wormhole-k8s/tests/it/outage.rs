@@ -32,7 +32,7 @@ fn names(s: &Snapshot) -> Vec<&str> {
     s.nodes.iter().map(|n| n.name.as_str()).collect()
 }
 
-/// `wormhole_core::memory` has no file key store: a key file in `dir`.
+/// `wormhole_core::MemoryKeyStore` is not a file key store: a key file in `dir`.
 fn key_file(dir: &std::path::Path) -> wormhole_core::FileKeyStore {
     let path = dir.join("private.key");
     std::fs::write(&path, PrivateKey::generate().to_base64_secret().as_bytes()).unwrap();
@@ -57,14 +57,15 @@ async fn no_request_waits_forever_on_a_hanging_api_server() {
     );
     let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
     let mut events = EventSink::new(api.client(), "n1");
-    let status = wormhole_core::Status {
-        node_name: "n1".into(),
-        rejected: vec![wormhole_core::Rejection {
+    let status = {
+        let mut v = wormhole_core::Status::default();
+        v.node_name = "n1".into();
+        v.rejected = vec![wormhole_core::Rejection {
             name: "evil".into(),
             origin: "WormholeNode/evil".into(),
             reason: wormhole_core::RejectReason::MalformedKey(wormhole_core::KeyError::Base64),
-        }],
-        ..Default::default()
+        }];
+        v
     };
     let key = PrivateKey::generate().public_key();
     let started = Instant::now();

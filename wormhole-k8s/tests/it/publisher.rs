@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use wormhole_core::status::PeerStatus;
+use wormhole_core::PeerStatus;
 use wormhole_core::{PrivateKey, Status};
 use wormhole_k8s::Publisher;
 use wormhole_k8s::testing::{FakeApi, Kind};
@@ -65,18 +65,11 @@ async fn applies_its_own_wormholenode_on_change_only() {
 
     // Status: written once, then only when the summary changes (no heartbeats).
     let now = SystemTime::now();
-    let mut status = Status {
-        public_key: Some(rotated),
-        peers: vec![PeerStatus {
-            name: "n2".into(),
-            public_key: PrivateKey::generate().public_key(),
-            endpoint: None,
-            allowed_ips: vec![],
-            latest_handshake: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
-        }],
-        ..Status::default()
+    let mut status = {
+        let mut v = Status::default();
+        v.public_key = Some(rotated);
+        v.peers = vec![PeerStatus::new("n2", PrivateKey::generate().public_key())];
+        v
     };
     assert!(publisher.publish_status(&status).await.unwrap());
     assert!(!publisher.publish_status(&status).await.unwrap());
@@ -124,7 +117,7 @@ async fn the_endpoint_flag_wins_and_ipv6_is_bracketed() {
 
 #[tokio::test]
 async fn an_overlong_error_is_cut_to_what_the_crd_accepts() {
-    use wormhole_core::status::PassInfo;
+    use wormhole_core::PassInfo;
     let api = FakeApi::start().await;
     api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
     let key = PrivateKey::generate().public_key();
@@ -136,15 +129,16 @@ async fn an_overlong_error_is_cut_to_what_the_crd_accepts() {
         .collect::<Vec<_>>()
         .join("; ");
     assert!(error.len() > 10_000);
-    let status = Status {
-        public_key: Some(key),
-        last_pass: Some(PassInfo {
-            at: SystemTime::now(),
-            duration: Duration::ZERO,
-            changes: 0,
-            error: Some(error.clone()),
-        }),
-        ..Status::default()
+    let status = {
+        let mut v = Status::default();
+        v.public_key = Some(key);
+        v.last_pass = Some(PassInfo::new(
+            SystemTime::now(),
+            Duration::ZERO,
+            0,
+            Some(error.clone()),
+        ));
+        v
     };
     publisher
         .publish_status(&status)
@@ -167,9 +161,10 @@ async fn a_rotated_key_recreates_the_wormholenode() {
     let first = PrivateKey::generate().public_key();
     let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
     assert!(publisher.publish_spec(&first).await.unwrap());
-    let status = Status {
-        public_key: Some(first),
-        ..Status::default()
+    let status = {
+        let mut v = Status::default();
+        v.public_key = Some(first);
+        v
     };
     assert!(publisher.publish_status(&status).await.unwrap());
     let uid = |api: &FakeApi| {
@@ -208,9 +203,10 @@ async fn a_rotated_key_recreates_the_wormholenode() {
         "only the object it replaces"
     );
     // The new object starts without status: it is written again.
-    let status = Status {
-        public_key: Some(second),
-        ..Status::default()
+    let status = {
+        let mut v = Status::default();
+        v.public_key = Some(second);
+        v
     };
     assert!(publisher.publish_status(&status).await.unwrap());
     assert_eq!(

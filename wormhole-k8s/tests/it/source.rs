@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use wormhole_core::memory::{self, MemoryKeyStore};
+use wormhole_core::{MemoryBackends, MemoryKeyStore};
 use wormhole_core::{PeerSource, PrivateKey, PublicKey, Reconciler, Settings, Snapshot};
 use wormhole_k8s::EventSink;
 use wormhole_k8s::SecretKeyStore;
@@ -210,7 +210,7 @@ async fn a_bad_key_is_rejected_with_an_event_and_the_rest_works() {
     );
     let local = PrivateKey::generate();
     let _ = me;
-    let backends = memory::Backends::default();
+    let backends = MemoryBackends::default();
     let mut r = Reconciler::new(
         Settings::new("local", cluster()),
         backends.handles(MemoryKeyStore::new(local.clone(), None)),
@@ -263,7 +263,7 @@ async fn an_unreadable_psk_secret_is_a_key_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = wormhole_core::FileKeyStore::new(dir.path().join("key"));
     let keys = SecretKeyStore::new(file, api.client(), "wormhole", "wormhole-psk");
-    let backends = memory::Backends::default();
+    let backends = MemoryBackends::default();
     let mut r = Reconciler::new(Settings::new("local", cluster()), backends.handles(keys));
     let mut source = KubePeerSource::new(api.client(), "local", local.public_key(), cluster());
     r.update(Ok(next(&mut source).await));
@@ -301,7 +301,7 @@ async fn psk_from_a_secret_converges_without_restart() {
     // Read on every pass here (the agent reads it at most once a minute).
     let keys = SecretKeyStore::new(file, api.client(), "wormhole", "wormhole-psk")
         .with_refresh(Duration::ZERO);
-    let backends = memory::Backends::default();
+    let backends = MemoryBackends::default();
     let mut r = Reconciler::new(Settings::new("local", cluster()), backends.handles(keys));
     let mut source = KubePeerSource::new(api.client(), "local", local.public_key(), cluster());
     r.update(Ok(next(&mut source).await));
@@ -319,7 +319,7 @@ async fn psk_from_a_secret_converges_without_restart() {
         first.to_base64_secret().as_bytes(),
     );
     r.reconcile().await.unwrap();
-    let psk = |b: &memory::Backends| b.device.state().unwrap().peers[&a].preshared_key.clone();
+    let psk = |b: &MemoryBackends| b.device.state().unwrap().peers[&a].preshared_key.clone();
     assert_eq!(
         psk(&backends),
         Some(first.derive_pair(&local.public_key(), &a))
@@ -356,16 +356,17 @@ async fn cluster_cidrs_from_kubeadm_config() {
 #[tokio::test]
 async fn a_node_publishing_this_nodes_key_gives_both_nodes_an_event() {
     use wormhole_core::RejectReason;
-    use wormhole_core::mesh::Rejection;
+    use wormhole_core::Rejection;
     let api = FakeApi::start().await;
-    let status = wormhole_core::Status {
-        node_name: "local".into(),
-        rejected: vec![Rejection {
+    let status = {
+        let mut v = wormhole_core::Status::default();
+        v.node_name = "local".into();
+        v.rejected = vec![Rejection {
             name: "copycat".into(),
             origin: "WormholeNode/copycat".into(),
             reason: RejectReason::LocalKey,
-        }],
-        ..Default::default()
+        }];
+        v
     };
     let mut events = EventSink::new(api.client(), "local");
     events.observe(&status).await;

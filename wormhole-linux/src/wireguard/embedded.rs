@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use wormhole_core::plan::DevicePlan;
-use wormhole_core::state::{DeviceState, ObservedDevice};
+use wormhole_core::DevicePlan;
 use wormhole_core::{Component, Error, PrivateKey, WireGuardDevice};
+use wormhole_core::{DeviceState, ObservedDevice};
 
 use super::SOCKET_DIR;
 use crate::backend_error;
@@ -202,7 +202,7 @@ impl WireGuardDevice for EmbeddedDevice {
                 &crate::uapi::boringtun_request(&changes.changes, &current),
             )?;
             let mut after = Some(current);
-            wormhole_core::plan::apply_device(&mut after, &changes);
+            wormhole_core::apply_device(&mut after, &changes);
             *known = after;
             Ok(())
         })

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use wormhole_core::plan::DevicePlan;
-use wormhole_core::state::ObservedDevice;
+use wormhole_core::DevicePlan;
+use wormhole_core::ObservedDevice;
 use wormhole_core::{Component, Error, FailedItem, ItemFailure, WireGuardDevice};
 
 use crate::{Network, backend_error};

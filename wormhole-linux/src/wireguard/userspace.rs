@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use wormhole_core::plan::DevicePlan;
-use wormhole_core::state::ObservedDevice;
+use wormhole_core::DevicePlan;
+use wormhole_core::ObservedDevice;
 use wormhole_core::{Error, PrivateKey, WireGuardDevice};
 
 use super::SOCKET_DIR;

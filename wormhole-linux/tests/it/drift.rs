@@ -1,7 +1,7 @@
 //! Drift repair: a peer, a route and the whole nft table deleted by hand are all restored by one
 //! reconcile pass, which changes nothing else.
 
-use wormhole_core::plan::{DeviceChange, RouteChange};
+use wormhole_core::{DeviceChange, RouteChange};
 use wormhole_linux::Backend;
 
 use crate::harness::{Cluster, overlay_ips, root_or_skip};

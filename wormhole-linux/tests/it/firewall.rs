@@ -3,7 +3,7 @@
 //! re-routes there), and no spoofed overlay sources from the underlay. Each proof has a control
 //! run without our table, where the bad thing does happen.
 
-use wormhole_core::plan::RouteChange;
+use wormhole_core::RouteChange;
 use wormhole_linux::Backend;
 
 use crate::harness::{Cluster, Node, overlay_ips, root_or_skip, underlay_ip};

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
-use wormhole_core::memory::MemoryKeyStore;
-use wormhole_core::mesh::{NodeEntry, Snapshot};
-use wormhole_core::reconciler::Backends;
-use wormhole_core::state::ObservedDevice;
+use wormhole_core::Backends;
+use wormhole_core::MemoryKeyStore;
+use wormhole_core::ObservedDevice;
+use wormhole_core::{NodeEntry, Snapshot};
 use wormhole_core::{Plan, PrivateKey, Reconciler, Settings, WireGuardDevice};
 use wormhole_linux::{Backend, Network, Nftables};
 use wormhole_testkit::{CLUSTER_CIDRS, Capture, pod_cidrs, scaled};

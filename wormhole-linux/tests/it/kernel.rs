@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use wormhole_core::mesh::NodeEntry;
+use wormhole_core::NodeEntry;
 use wormhole_core::{PrivateKey, PublicKey};
 use wormhole_linux::Backend;
 

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use wormhole_core::plan::{DeviceChange, PeerField};
-use wormhole_core::state::PeerStats;
+use wormhole_core::PeerStats;
+use wormhole_core::{DeviceChange, PeerField};
 use wormhole_linux::Backend;
 
 use crate::harness::{Cluster, Node, chain, overlay_ips, root_or_skip};
