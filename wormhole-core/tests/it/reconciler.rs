@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use wormhole_core::PeerState;
 use wormhole_core::{Error, KeyStore, PresharedKey, PrivateKey, PublicKey, Reconciler, Settings};
 use wormhole_core::{HostState, PeerStats};
-use wormhole_core::{MemoryBackends, MemoryKeyStore, MemorySource};
+use wormhole_core::{MemoryBackends, MemoryKeyStore, MemorySource, MemorySourceHandle};
 use wormhole_core::{NodeEntry, Snapshot};
 
 fn entry(name: &str, key: &PublicKey, cidr: &str) -> NodeEntry {
@@ -35,6 +35,22 @@ impl Node {
     fn reconciler(&self, secret: Option<PresharedKey>) -> Reconciler {
         let keys = MemoryKeyStore::new(self.key.clone(), secret);
         Reconciler::new(settings(), self.backends.handles(keys))
+    }
+
+    /// Its reconciler (no PSK) running on a memory source: the source's handle, the status, the
+    /// task.
+    fn run(
+        &self,
+    ) -> (
+        MemorySourceHandle,
+        tokio::sync::watch::Receiver<wormhole_core::Status>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let r = self.reconciler(None);
+        let status = r.status();
+        let (handle, source) = MemorySource::channel();
+        let task = tokio::spawn(r.run(source, std::future::pending()));
+        (handle, status, task)
     }
 
     fn peer_keys(&self) -> Vec<PublicKey> {
@@ -258,10 +274,7 @@ async fn run_follows_the_source_and_resyncs_drift() {
         PrivateKey::generate().public_key(),
         PrivateKey::generate().public_key(),
     );
-    let r = node.reconciler(None);
-    let mut status = r.status();
-    let (handle, source) = MemorySource::channel();
-    let task = tokio::spawn(r.run(source, std::future::pending()));
+    let (handle, mut status, task) = node.run();
     handle.send(snapshot(&me, &[("a", &a, "10.99.2.0/24")]));
     status.wait_for(|s| s.peers.len() == 1).await.unwrap();
     handle.send(snapshot(
@@ -448,10 +461,7 @@ async fn source_changes_plan_against_the_last_pass_and_ticks_read_the_host() {
         PrivateKey::generate().public_key(),
         PrivateKey::generate().public_key(),
     );
-    let r = node.reconciler(None);
-    let mut status = r.status();
-    let (handle, source) = MemorySource::channel();
-    let task = tokio::spawn(r.run(source, std::future::pending()));
+    let (handle, mut status, task) = node.run();
     handle.send(snapshot(&me, &[("a", &a, "10.99.2.0/24")]));
     status.wait_for(|s| s.peers.len() == 1).await.unwrap();
     let reads = node.backends.device.reads();
@@ -564,10 +574,7 @@ async fn an_equal_snapshot_causes_no_pass() {
     let node = Node::new();
     let me = node.key.public_key();
     let a = PrivateKey::generate().public_key();
-    let r = node.reconciler(None);
-    let mut status = r.status();
-    let (handle, source) = MemorySource::channel();
-    let task = tokio::spawn(r.run(source, std::future::pending()));
+    let (handle, mut status, task) = node.run();
     let snap = snapshot(&me, &[("a", &a, "10.99.2.0/24")]);
     handle.send(snap.clone());
     status.wait_for(|s| s.peers.len() == 1).await.unwrap();
@@ -593,10 +600,7 @@ async fn a_burst_of_snapshots_is_one_pass() {
     let peers: Vec<PublicKey> = (0..5)
         .map(|_| PrivateKey::generate().public_key())
         .collect();
-    let r = node.reconciler(None);
-    let mut status = r.status();
-    let (handle, source) = MemorySource::channel();
-    let task = tokio::spawn(r.run(source, std::future::pending()));
+    let (handle, mut status, task) = node.run();
     // The first pass (no mesh yet: adopt) is out of the way.
     status.wait_for(|s| s.passes == 1).await.unwrap();
     let names = ["a", "b", "c", "d", "e"];
@@ -623,10 +627,7 @@ async fn an_equal_snapshot_after_an_error_clears_it() {
     let node = Node::new();
     let me = node.key.public_key();
     let a = PrivateKey::generate().public_key();
-    let r = node.reconciler(None);
-    let mut status = r.status();
-    let (handle, source) = MemorySource::channel();
-    let task = tokio::spawn(r.run(source, std::future::pending()));
+    let (handle, mut status, task) = node.run();
     let snap = snapshot(&me, &[("a", &a, "10.99.2.0/24")]);
     handle.send(snap.clone());
     status.wait_for(|s| s.peers.len() == 1).await.unwrap();
