@@ -292,6 +292,25 @@ async fn follow_kubernetes(
     }
 }
 
+/// `--cleanup-on-exit`: removes the interface, the firewall table and the conflist (absent is
+/// fine: also what an earlier agent left).
+async fn clean_up(
+    network: &Network,
+    firewall: &Nftables,
+    cni_conf_dir: Option<&Path>,
+) -> Result<(), Error> {
+    tracing::info!("cleanup on exit: removing interface, firewall table and conflist");
+    network.delete_link().await?;
+    firewall.delete().await?;
+    if let Some(dir) = cni_conf_dir {
+        cni::remove(dir).map_err(|source| Error::Io {
+            what: "remove the CNI conflist".into(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// A node agent, built by [`AgentBuilder::build`]: start it with [`Agent::run`] (or
 /// [`Agent::start`], then [`Running::run_until`]).
 #[derive(Debug)]
@@ -322,13 +341,24 @@ impl Agent {
     }
 
     /// Starts, then runs until `shutdown` resolves. A shutdown during start-up (say, while an
-    /// API server does not answer) ends it at once: nothing has been applied yet.
+    /// API server does not answer) ends it at once: nothing has been applied yet (but with
+    /// [`AgentBuilder::cleanup_on_exit`], what an earlier agent left is removed all the same).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         tokio::pin!(shutdown);
+        let cleanup = self.options.cleanup_on_exit.then(|| {
+            (
+                self.options.interface.clone(),
+                self.options.cni_conf_dir.clone(),
+            )
+        });
         let running = tokio::select! {
             running = self.start() => running?,
             () = &mut shutdown => {
                 tracing::info!("stopped during start-up; nothing was applied");
+                if let Some((interface, cni_conf_dir)) = cleanup {
+                    let network = Network::new(interface.as_str())?;
+                    clean_up(&network, &Nftables::new(), cni_conf_dir.as_deref()).await?;
+                }
                 return Ok(());
             }
         };
@@ -509,15 +539,7 @@ impl Running {
         }
 
         if options.cleanup_on_exit {
-            tracing::info!("cleanup on exit: removing interface, firewall table and conflist");
-            network.delete_link().await?;
-            firewall.delete().await?;
-            if let Some(dir) = &options.cni_conf_dir {
-                cni::remove(dir).map_err(|source| Error::Io {
-                    what: "remove the CNI conflist".into(),
-                    source,
-                })?;
-            }
+            clean_up(&network, &firewall, options.cni_conf_dir.as_deref()).await?;
         } else {
             tracing::info!("stopped; interface, routes, firewall and conflist left in place");
         }

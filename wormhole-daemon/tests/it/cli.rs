@@ -7,8 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::harness::{
-    BIN, Backend, CONFLIST, Cluster, Netns, new_key, poll, prefix, pubkey, root_or_skip, run, sh,
-    wait_timeout, write_atomically,
+    BIN, Backend, CONFLIST, Cluster, Netns, new_key, poll, prefix, pubkey, root_or_skip, run,
+    scaled, sh, wait_timeout, write_atomically,
 };
 
 /// Runs the binary (in namespace `ns` if given) without our own `WORMHOLE_*`, `KUBE*` and
@@ -266,58 +266,126 @@ fn sigterm_leaves_the_network_and_cleanup_on_exit_removes_it_on(backend: Backend
     );
 }
 
-/// SIGTERM and SIGINT stop the agent within 2 s on every backend, whenever they come (while it
-/// starts, applies, or idles), and `--cleanup-on-exit` then runs.
-fn signals_stop_the_agent(backend: Backend) {
+/// Rounds of [`signals_stop_the_agent`] on the backends of this host (the 20), and in the
+/// VM lane, where the kernel twin runs at time factor 4 within a fixed budget.
+const SIGNAL_ROUNDS: usize = 20;
+const SIGNAL_ROUNDS_KERNEL: usize = 5;
+
+/// The agent's phases after start, as moments (ms after its first log line) to stop it at:
+/// start-up (interface, firewall and key being set up), the first passes, and steady state.
+const SIGNAL_PHASES: [(&str, std::ops::Range<u64>); 3] = [
+    ("start-up", 0..100),
+    ("first pass", 100..500),
+    ("steady state", 500..1500),
+];
+
+/// A small xorshift64* generator: random moments without a dependency, reproducible from the
+/// seed a failure prints (`WORMHOLE_SIGNAL_SEED=N` replays it).
+struct Moments(u64);
+
+impl Moments {
+    fn new() -> (Self, u64) {
+        let seed = std::env::var("WORMHOLE_SIGNAL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                t.as_nanos() as u64 ^ u64::from(std::process::id())
+            });
+        (Moments(seed | 1), seed)
+    }
+
+    fn in_range(&mut self, range: &std::ops::Range<u64>) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        range.start + self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % (range.end - range.start)
+    }
+}
+
+/// SIGTERM at a random moment after start stops the agent within 2 s ([`scaled`]) with status 0,
+/// `rounds` times, on `backend`, and `--cleanup-on-exit` then ran: the interface and the nft table
+/// are gone. The moments are spread over the agent's phases ([`SIGNAL_PHASES`], in turn); every
+/// other round starts over a network a killed (-9) agent left behind, so that the agent also
+/// adopts before it is stopped. A last round sends SIGINT.
+fn signals_stop_the_agent(backend: Backend, rounds: usize) {
+    let (mut moments, seed) = Moments::new();
     let mut c = Cluster::new(2, backend);
-    c.start_all(&[]);
-    // Moments after start (the agent's first log line: it listens for signals before it logs
-    // anything): at once, while the first passes run, and once settled.
-    for (round, wait_ms) in [0u64, 150, 400, 900, 1700].into_iter().enumerate() {
+    c.node_mut(2).start(&[]);
+    c.node_mut(2).wait_ready();
+    let mut stops = Vec::new();
+    for round in 0..=rounds {
         let n1 = c.node_mut(1);
-        n1.daemon.take().unwrap().kill9();
+        if round % 2 == 1 {
+            // The network of an agent that died without stopping (the next one adopts it).
+            n1.start(&[]);
+            n1.wait_ready();
+            n1.daemon.take().unwrap().kill9();
+        }
         let _ = std::fs::remove_file(n1.log());
+        let (phase, range) = &SIGNAL_PHASES[round % SIGNAL_PHASES.len()];
+        let wait_ms = moments.in_range(range);
+        let signal = if round == rounds { "INT" } else { "TERM" };
+        let what = format!(
+            "{backend:?}, round {round} (seed {seed}): SIG{signal} {wait_ms} ms after start ({phase})"
+        );
         n1.start(&["--cleanup-on-exit"]);
+        // After start = from the agent's first log line: it listens for signals before it logs
+        // anything (a signal before that is the kernel's default action, not the agent's).
         let logged = poll(Duration::from_secs(10), || {
             std::fs::metadata(n1.log())
                 .is_ok_and(|m| m.len() > 0)
                 .then_some(())
         });
-        assert!(logged.is_some(), "{backend:?}: the agent logged nothing");
+        assert!(logged.is_some(), "{what}: the agent logged nothing");
         std::thread::sleep(Duration::from_millis(wait_ms));
-        let signal = if round % 2 == 0 { "TERM" } else { "INT" };
+        let sent = std::time::Instant::now();
         let exited = n1
             .daemon
             .take()
             .unwrap()
             .signal_and_wait(signal, Duration::from_secs(2));
+        let stop = sent.elapsed();
         assert!(
             exited.is_some_and(|s| s.success()),
-            "{backend:?}: SIG{signal} {wait_ms} ms after start: {exited:?} (not stopped within 2 s)\n{}",
+            "{what}: {exited:?} (not stopped with status 0 within {:?})\n{}",
+            scaled(Duration::from_secs(2)),
             n1.log_tail()
         );
-        // --cleanup-on-exit ran: the interface is gone (it is re-created at the next start).
+        stops.push(stop);
+        // --cleanup-on-exit ran before the exit: the interface and the nft table are gone.
         let link = n1.ns.run(&["ip", "link", "show", &n1.iface]);
+        let table = n1.ns.run(&["nft", "list", "table", "inet", "wormhole"]);
         assert!(
-            !link.status.success(),
-            "{backend:?}: SIG{signal}: interface left behind despite --cleanup-on-exit\n{}",
+            !link.status.success() && !table.status.success(),
+            "{what}: left behind despite --cleanup-on-exit: interface {}, nft table {}\n{}",
+            link.status.success(),
+            table.status.success(),
             n1.log_tail()
         );
-        n1.start(&[]);
     }
+    stops.sort();
+    eprintln!(
+        "signals_stop_the_agent {backend:?}: {} stops (seed {seed}), signal to exit: median {:?}, max {:?}",
+        stops.len(),
+        stops[stops.len() / 2],
+        stops[stops.len() - 1]
+    );
 }
 
 #[test]
 fn signals_stop_the_agent_embedded() {
     if root_or_skip("signals_stop_the_agent_embedded") {
-        signals_stop_the_agent(Backend::Embedded);
+        signals_stop_the_agent(Backend::Embedded, SIGNAL_ROUNDS);
     }
 }
 
 #[test]
 fn signals_stop_the_agent_userspace() {
     if root_or_skip("signals_stop_the_agent_userspace") {
-        signals_stop_the_agent(Backend::Userspace);
+        signals_stop_the_agent(Backend::Userspace, SIGNAL_ROUNDS);
     }
 }
 
@@ -325,7 +393,7 @@ fn signals_stop_the_agent_userspace() {
 #[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
 fn signals_stop_the_agent_kernel() {
     if root_or_skip("signals_stop_the_agent_kernel") {
-        signals_stop_the_agent(Backend::Kernel);
+        signals_stop_the_agent(Backend::Kernel, SIGNAL_ROUNDS_KERNEL);
     }
 }
 
