@@ -27,6 +27,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The workspace's rust-version is what the dependencies need, and rustc here is new enough for it.
+bash scripts/check-msrv.sh
 # The API docs: no broken or private links (the README's Rust examples run as wormhole-agent doctests).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 cargo test --workspace
