@@ -100,10 +100,10 @@ async fn node_ip(
         }
     };
     let ip = wormhole_k8s::internal_ip(&node);
-    if let (Some(state), Some(ip)) = (state, ip) {
-        if let Err(e) = state.save(|s| s.node_ip = Some(ip)).await {
-            tracing::warn!(error = %ErrorChain(&e), "cannot save this Node's address");
-        }
+    if let (Some(state), Some(ip)) = (state, ip)
+        && let Err(e) = state.save(|s| s.node_ip = Some(ip)).await
+    {
+        tracing::warn!(error = %ErrorChain(&e), "cannot save this Node's address");
     }
     Ok(ip)
 }

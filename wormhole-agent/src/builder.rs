@@ -312,10 +312,9 @@ impl AgentBuilder {
             psk_secret: Some(_),
             ..
         }) = &self.peers
+            && self.psk_file.is_some()
         {
-            if self.psk_file.is_some() {
-                return Err(InvalidOption::PskFileAndSecret.into());
-            }
+            return Err(InvalidOption::PskFileAndSecret.into());
         }
         let backend = match self.backend {
             Backend::Auto => wormhole_linux::Backend::detect(),

@@ -65,7 +65,7 @@ fn peer_entry(i: usize, public_key: String) -> NodeEntry {
             format!("10.{}.{}.0/24", i / 256, i % 256),
             format!("{}/64", Ipv6Addr::new(0xfd00, 0, 0, v6_subnet, 0, 0, 0, 0)),
         ],
-        persistent_keepalive: (i % 4 == 0).then_some(25),
+        persistent_keepalive: i.is_multiple_of(4).then_some(25),
         origin: format!("bench node[{i}]"),
     }
 }

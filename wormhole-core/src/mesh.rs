@@ -407,10 +407,11 @@ impl CidrIndex {
         // Entries are disjoint, so only the last one starting at or before `start` can contain
         // it, and any other overlapping entry starts inside `net`.
         let before = self.by_start.range(..=(v6, start)).next_back();
-        if let Some(((fam, _), (last, cidr, owner))) = before {
-            if *fam == v6 && *last >= start {
-                return Some((*cidr, owner));
-            }
+        if let Some(((fam, _), (last, cidr, owner))) = before
+            && *fam == v6
+            && *last >= start
+        {
+            return Some((*cidr, owner));
         }
         self.by_start
             .range((v6, start)..=(v6, end))

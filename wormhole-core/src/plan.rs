@@ -178,10 +178,10 @@ pub(crate) fn apply_routes(routes: &mut BTreeSet<IpNet>, changes: &[RouteChange]
 /// any observed endpoint (WireGuard learns it when the peer reaches us).
 fn peer_fields(desired: &PeerConfig, observed: &PeerConfig) -> Vec<PeerField> {
     let mut fields = Vec::new();
-    if let Some(endpoint) = desired.endpoint {
-        if observed.endpoint != Some(endpoint) {
-            fields.push(PeerField::Endpoint(endpoint));
-        }
+    if let Some(endpoint) = desired.endpoint
+        && observed.endpoint != Some(endpoint)
+    {
+        fields.push(PeerField::Endpoint(endpoint));
     }
     if desired.allowed_ips != observed.allowed_ips {
         fields.push(PeerField::AllowedIps(desired.allowed_ips.clone()));
@@ -203,15 +203,15 @@ fn plan_device(desired: Option<&DeviceState>, observed: Option<&DeviceState>) ->
     let create = observed.is_none();
     let observed = observed.unwrap_or(&empty);
     let mut changes = Vec::new();
-    if let Some(key) = &desired.private_key {
-        if observed.private_key.as_ref() != Some(key) {
-            changes.push(DeviceChange::SetPrivateKey(key.clone()));
-        }
+    if let Some(key) = &desired.private_key
+        && observed.private_key.as_ref() != Some(key)
+    {
+        changes.push(DeviceChange::SetPrivateKey(key.clone()));
     }
-    if let Some(port) = desired.listen_port {
-        if observed.listen_port != Some(port) {
-            changes.push(DeviceChange::SetListenPort(port));
-        }
+    if let Some(port) = desired.listen_port
+        && observed.listen_port != Some(port)
+    {
+        changes.push(DeviceChange::SetListenPort(port));
     }
     // Both maps are sorted by key: walk them side by side, no lookups.
     let mut additions = Vec::new();
@@ -240,10 +240,10 @@ fn plan_link(desired: &LinkState, observed: &LinkState) -> Vec<LinkChange> {
     if desired.up && !observed.up {
         changes.push(LinkChange::SetUp);
     }
-    if let Some(mtu) = desired.mtu {
-        if observed.mtu != Some(mtu) {
-            changes.push(LinkChange::SetMtu(mtu));
-        }
+    if let Some(mtu) = desired.mtu
+        && observed.mtu != Some(mtu)
+    {
+        changes.push(LinkChange::SetMtu(mtu));
     }
     changes.extend(
         observed

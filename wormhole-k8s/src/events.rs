@@ -96,18 +96,18 @@ pub(crate) fn pending(status: &Status, failures_in_a_row: u32) -> Vec<Due> {
             ),
         });
     }
-    if failures_in_a_row >= PERSISTENT_FAILURES {
-        if let Some(error) = status.last_pass.as_ref().and_then(|p| p.error.as_ref()) {
-            out.push(Due {
-                key: "reconcile".into(),
-                regarding: None,
-                reason: "ReconcileFailing",
-                note: format!(
-                    "{failures_in_a_row} reconcile passes in a row failed: {}",
-                    Escaped(error)
-                ),
-            });
-        }
+    if failures_in_a_row >= PERSISTENT_FAILURES
+        && let Some(error) = status.last_pass.as_ref().and_then(|p| p.error.as_ref())
+    {
+        out.push(Due {
+            key: "reconcile".into(),
+            regarding: None,
+            reason: "ReconcileFailing",
+            note: format!(
+                "{failures_in_a_row} reconcile passes in a row failed: {}",
+                Escaped(error)
+            ),
+        });
     }
     out
 }

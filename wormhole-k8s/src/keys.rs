@@ -175,10 +175,10 @@ impl KeyStore for SecretKeyStore {
     async fn cluster_secret(&self) -> Result<Option<PresharedKey>, wormhole_core::Error> {
         {
             let known = self.known.lock().unwrap();
-            if let (Some(psk), Some(asked)) = (&known.psk, known.asked) {
-                if asked.elapsed() < self.refresh {
-                    return Ok(Some(psk.clone()));
-                }
+            if let (Some(psk), Some(asked)) = (&known.psk, known.asked)
+                && asked.elapsed() < self.refresh
+            {
+                return Ok(Some(psk.clone()));
             }
         }
         let asked = Instant::now();

@@ -557,10 +557,10 @@ impl PeerSource for KubePeerSource {
                     },
                 }
             }
-            if let Some(e) = failed {
-                if let Some(result) = self.on_error(e) {
-                    return result;
-                }
+            if let Some(e) = failed
+                && let Some(result) = self.on_error(e)
+            {
+                return result;
             }
             // Until both kinds were listed once, keep driving the watches (only polling them
             // makes progress: waiting on the stores here would never end).

@@ -268,10 +268,10 @@ impl Network {
                 IpNet::V6(n) => n.addr().segments()[0] & 0xffc0 == 0xfe80,
                 IpNet::V4(n) => n.addr().is_link_local(),
             };
-            if msg.header.index == index {
-                if let Some(net) = address_of(&msg).filter(|n| !link_local(n)) {
-                    found.push((net, msg));
-                }
+            if msg.header.index == index
+                && let Some(net) = address_of(&msg).filter(|n| !link_local(n))
+            {
+                found.push((net, msg));
             }
         }
         Ok(found)

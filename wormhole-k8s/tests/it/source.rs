@@ -173,10 +173,10 @@ async fn survives_an_api_server_restart_and_410_gone_without_removing_peers() {
     api.restart().await;
     let s = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if let Ok(s) = source.next().await {
-                if names(&s).contains(&"c") {
-                    return s;
-                }
+            if let Ok(s) = source.next().await
+                && names(&s).contains(&"c")
+            {
+                return s;
             }
         }
     })
