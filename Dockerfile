@@ -11,4 +11,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends nftables wireguard-go \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/wormhole /usr/local/bin/wormhole
+# Our license and the third-party notices (every crate in the binary, with its license texts;
+# scripts/notices.sh keeps them current).
+COPY LICENSE THIRD-PARTY-NOTICES.md /usr/share/doc/wormhole/
 ENTRYPOINT ["/usr/local/bin/wormhole"]

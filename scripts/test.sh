@@ -29,10 +29,12 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The workspace's rust-version is what the dependencies need, and rustc here is new enough for it.
 bash scripts/check-msrv.sh
-# Licenses: the policy (deny.toml). cargo-deny is installed if missing (measured here: 10 min 43 s
-# on 2 busy shared cores, 4 min 7 s of CPU).
+# Licenses: the policy (deny.toml), and the notices shipped with the binary and the image are
+# current (scripts/notices.sh). cargo-deny is installed if missing (measured here: 10 min 43 s on
+# 2 busy shared cores, 4 min 7 s of CPU).
 cargo deny --version >/dev/null 2>&1 || cargo install --locked cargo-deny@0.20.2
 cargo deny --locked check licenses
+bash scripts/notices.sh --check
 # The API docs: no broken or private links (the README's Rust examples run as wormhole-agent doctests).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 cargo test --workspace
