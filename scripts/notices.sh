@@ -47,6 +47,7 @@ errors=0
 n=0
 : >"$work/table"
 : >"$work/order"
+mpl=()
 while IFS=$'\t' read -r name version; do
   row=${packages["$name $version"]:-}
   [ -n "$row" ] || { echo "notices: $name $version: not in cargo metadata" >&2; errors=1; continue; }
@@ -80,6 +81,7 @@ while IFS=$'\t' read -r name version; do
     echo "$name $version" >>"$work/users.$sum"
     refs+=("[$id](#text-$id)")
   done <<<"$files"
+  case $license in *MPL-2.0*) mpl+=("$name $version") ;; esac
   printf '| %s | %s | %s | %s | %s |\n' "$name" "$version" "$license" "${authors//|/\\|}" \
     "$(IFS=' '; echo "${refs[*]}")" >>"$work/table"
 done <<<"$crates"
@@ -94,9 +96,11 @@ done <<<"$crates"
   echo "edit by hand. Container images also contain Debian packages (nftables, wireguard-go), whose"
   echo "notices are in the image's /usr/share/doc."
   echo
-  echo "Source code of the MPL-2.0 crates (gotatun) is available, unmodified, from crates.io"
-  echo "(https://crates.io/crates/gotatun, the version listed below)."
-  echo
+  if [ ${#mpl[@]} -gt 0 ]; then
+    echo "The MPL-2.0 crates ($(IFS=,; echo "${mpl[*]}" | sed 's/,/, /g')) are used unmodified; their"
+    echo "source code is available from crates.io (https://crates.io/crates/NAME/VERSION)."
+    echo
+  fi
   echo "| Crate | Version | License | Authors | Texts |"
   echo "|---|---|---|---|---|"
   cat "$work/table"
