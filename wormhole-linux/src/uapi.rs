@@ -169,18 +169,15 @@ pub(crate) fn get_over(stream: &UnixStream) -> std::io::Result<Reply> {
     parse(text)
 }
 
-/// Serves the UAPI socket at `path` for a device we reach over `device` (the embedded device's
-/// private socket), so `wg show` and `wg set` work on it as on any WireGuard interface: each
-/// connection's one request is passed through and its reply passed back (both wiped after).
-/// Returns when `device` is gone (checked at each connection; [`stop_serving`] makes one).
+/// Serves the UAPI socket at `path` for the embedded device, so `wg show` and `wg set` work on
+/// it as on any WireGuard interface: each connection's one request is read (and wiped after) and
+/// `answer` gives its reply (an incomplete request is passed as ""). Returns when `answer`
+/// returns `None` (the device is gone; checked at each connection, [`stop_serving`] makes one).
 pub(crate) fn serve(
     listener: std::os::unix::net::UnixListener,
-    device: std::sync::Weak<std::sync::Mutex<UnixStream>>,
+    mut answer: impl FnMut(&str) -> Option<zeroize::Zeroizing<String>>,
 ) {
     for conn in listener.incoming() {
-        let Some(device) = device.upgrade() else {
-            return;
-        };
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(TIMEOUT));
         let _ = conn.set_write_timeout(Some(TIMEOUT));
@@ -195,73 +192,195 @@ pub(crate) fn serve(
                 Ok(_) => {}
             }
         };
-        if !complete || !(request.starts_with("get=1\n") || request.starts_with("set=1\n")) {
-            let _ = conn.write_all(errno_reply(Errno::EINVAL).as_bytes());
-            continue;
-        }
-        if changes_listen_port(&request) {
-            // boringtun can index out of bounds when its port changes under traffic.
-            tracing::warn!(
-                "refused a UAPI request changing the embedded device's listen port: set --listen-port instead"
-            );
-            let _ = conn.write_all(errno_reply(Errno::EPERM).as_bytes());
-            continue;
-        }
-        let request = if request.starts_with("set=1\n") {
-            defuse_for_boringtun(&request)
-        } else {
+        // An incomplete request (such as [`stop_serving`]'s wake-up) is answered as empty.
+        let request = if complete {
             request
+        } else {
+            Default::default()
         };
-        let reply = exchange(&device.lock().unwrap(), request.as_bytes());
-        let _ = match reply {
-            Ok(reply) => conn.write_all(&reply),
-            Err(_) => conn.write_all(errno_reply(Errno::EIO).as_bytes()),
+        let Some(reply) = answer(&request) else {
+            return;
         };
+        let _ = conn.write_all(reply.as_bytes());
     }
 }
 
-/// A reply carrying only `errno`, for a request [`serve`] answers itself: `EINVAL` for a
-/// malformed one, `EPERM` for a refused one, `EIO` when the device did not answer.
-fn errno_reply(errno: Errno) -> String {
-    format!("errno={}\n\n", errno as i32)
+/// A reply carrying only `errno` (0: success).
+pub(crate) fn errno_reply(errno: Errno) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(format!("errno={}\n\n", errno as i32))
 }
 
-/// A `set=1` request from outside (`wg set` through [`serve`]) made safe for boringtun, which
-/// panics on any change to a peer it already has: every peer section that does not remove its
-/// peer is preceded by a removal of it, so it becomes remove + add. Fields the request does not
-/// name are dropped with the old peer; the agent's next pass repairs what it owns.
-pub(crate) fn defuse_for_boringtun(request: &str) -> zeroize::Zeroizing<String> {
-    let mut out = zeroize::Zeroizing::new(String::with_capacity(request.len() * 2));
-    let mut lines = request.lines().peekable();
-    while let Some(line) = lines.next() {
-        let Some(key) = line.strip_prefix("public_key=") else {
-            out.push_str(line);
-            out.push('\n');
-            continue;
-        };
-        let mut section = vec![line];
-        while let Some(next) = lines.next_if(|l| !l.starts_with("public_key=") && !l.is_empty()) {
-            section.push(next);
+/// The `get=1` reply describing `device`, as wireguard-go writes it (holds the private key:
+/// zeroized on drop).
+pub(crate) fn format_get(device: &ObservedDevice) -> zeroize::Zeroizing<String> {
+    use std::fmt::Write as _;
+    let mut out =
+        zeroize::Zeroizing::new(String::with_capacity(256 * (1 + device.config.peers.len())));
+    let config = &device.config;
+    if let Some(k) = &config.private_key {
+        let _ = writeln!(out, "private_key={}", hex(k.secret_bytes()));
+    }
+    if let Some(p) = config.listen_port {
+        let _ = writeln!(out, "listen_port={p}");
+    }
+    for (key, peer) in &config.peers {
+        let _ = writeln!(out, "public_key={}", hex(key.as_bytes()));
+        let psk = peer
+            .preshared_key
+            .as_ref()
+            .map_or([0; 32], |k| *k.secret_bytes());
+        let _ = writeln!(out, "preshared_key={}", hex(&psk));
+        out.push_str("protocol_version=1\n");
+        if let Some(e) = peer.endpoint {
+            let _ = writeln!(out, "endpoint={e}");
         }
-        if !section.contains(&"remove=true") {
-            out.push_str(&format!("public_key={key}\nremove=true\n"));
-        }
-        for l in section {
-            out.push_str(l);
-            out.push('\n');
+        let stats = device.stats.get(key).copied().unwrap_or_default();
+        let since = stats
+            .latest_handshake
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "last_handshake_time_sec={}\nlast_handshake_time_nsec={}\ntx_bytes={}\nrx_bytes={}\n\
+             persistent_keepalive_interval={}",
+            since.as_secs(),
+            since.subsec_nanos(),
+            stats.tx_bytes,
+            stats.rx_bytes,
+            peer.persistent_keepalive.unwrap_or(0)
+        );
+        for ip in &peer.allowed_ips {
+            let _ = writeln!(out, "allowed_ip={ip}");
         }
     }
-    if !out.ends_with("\n\n") {
-        out.push('\n');
-    }
+    out.push_str("errno=0\n\n");
     out
 }
 
-/// A `set=1` request from outside that changes the listen port: refused on the embedded device
-/// (boringtun has a race there that panics under traffic; the agent sets the port only on a
-/// device it has just created).
-fn changes_listen_port(request: &str) -> bool {
-    request.starts_with("set=1\n") && request.lines().any(|l| l.starts_with("listen_port="))
+/// One peer section of a `set=1` request.
+struct Section {
+    key: PublicKey,
+    remove: bool,
+    update_only: bool,
+    replace_allowed_ips: bool,
+    allowed_ips: Vec<IpNet>,
+    fields: Vec<PeerField>,
+}
+
+/// A `set=1` request from outside (`wg set`, `wg setconf`) as changes to apply to a device whose
+/// configuration is `current`: what the protocol means, with peers changed in place (fields the
+/// request does not name are kept). `replace_peers=true` removes the peers the request does not
+/// name. Malformed input is `EINVAL`; `fwmark` is not supported (`EOPNOTSUPP`, unless 0).
+pub(crate) fn parse_set(request: &str, current: &DeviceState) -> Result<Vec<DeviceChange>, Errno> {
+    let mut changes = Vec::new();
+    let mut replace_peers = false;
+    let mut sections: Vec<Section> = Vec::new();
+    let bad = |_| Errno::EINVAL;
+    for line in request.lines().skip(1) {
+        if line.is_empty() {
+            break;
+        }
+        let (key, value) = line.split_once('=').ok_or(Errno::EINVAL)?;
+        match (key, sections.last_mut()) {
+            ("private_key", None) => {
+                let bytes = hex32(value).map_err(bad)?;
+                if bytes == [0; 32] {
+                    return Err(Errno::EINVAL);
+                }
+                changes.push(DeviceChange::SetPrivateKey(PrivateKey::from_bytes(bytes)));
+            }
+            ("listen_port", None) => changes.push(DeviceChange::SetListenPort(
+                value.parse().map_err(|_| Errno::EINVAL)?,
+            )),
+            ("fwmark", None) => {
+                if value != "0" {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+            }
+            ("replace_peers", None) => replace_peers = value == "true",
+            ("public_key", _) => sections.push(Section {
+                key: PublicKey::from_bytes(hex32(value).map_err(bad)?),
+                remove: false,
+                update_only: false,
+                replace_allowed_ips: false,
+                allowed_ips: Vec::new(),
+                fields: Vec::new(),
+            }),
+            ("remove", Some(s)) => s.remove = value == "true",
+            ("update_only", Some(s)) => s.update_only = value == "true",
+            ("preshared_key", Some(s)) => {
+                let bytes = hex32(value).map_err(bad)?;
+                s.fields.push(PeerField::PresharedKey(
+                    (bytes != [0; 32]).then(|| PresharedKey::from_bytes(bytes)),
+                ));
+            }
+            ("endpoint", Some(s)) => s.fields.push(PeerField::Endpoint(
+                value.parse().map_err(|_| Errno::EINVAL)?,
+            )),
+            ("persistent_keepalive_interval", Some(s)) => {
+                let k: u16 = value.parse().map_err(|_| Errno::EINVAL)?;
+                s.fields
+                    .push(PeerField::Keepalive(Some(k).filter(|&k| k != 0)));
+            }
+            ("replace_allowed_ips", Some(s)) => {
+                if value == "true" {
+                    s.replace_allowed_ips = true;
+                    s.allowed_ips.clear();
+                }
+            }
+            ("allowed_ip", Some(s)) => {
+                let net: IpNet = value.parse().map_err(|_| Errno::EINVAL)?;
+                s.allowed_ips.push(net.trunc());
+            }
+            ("protocol_version", _) => {}
+            _ => return Err(Errno::EINVAL),
+        }
+    }
+    let named: std::collections::BTreeSet<PublicKey> = sections.iter().map(|s| s.key).collect();
+    if replace_peers {
+        for key in current.peers.keys().filter(|k| !named.contains(k)) {
+            changes.push(DeviceChange::RemovePeer(*key));
+        }
+    }
+    for mut s in sections {
+        let existing = current.peers.get(&s.key);
+        if s.remove {
+            if existing.is_some() {
+                changes.push(DeviceChange::RemovePeer(s.key));
+            }
+            continue;
+        }
+        if s.replace_allowed_ips || !s.allowed_ips.is_empty() {
+            let mut ips = if s.replace_allowed_ips {
+                Vec::new()
+            } else {
+                existing.map(|p| p.allowed_ips.clone()).unwrap_or_default()
+            };
+            for ip in s.allowed_ips {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+            s.fields.push(PeerField::AllowedIps(ips));
+        }
+        match existing {
+            Some(_) => changes.push(DeviceChange::UpdatePeer(s.key, s.fields)),
+            None if s.update_only => {}
+            None => {
+                let mut config = PeerConfig::default();
+                for field in s.fields {
+                    match field {
+                        PeerField::Endpoint(e) => config.endpoint = Some(e),
+                        PeerField::AllowedIps(ips) => config.allowed_ips = ips,
+                        PeerField::Keepalive(k) => config.persistent_keepalive = k,
+                        PeerField::PresharedKey(k) => config.preshared_key = k,
+                    }
+                }
+                changes.push(DeviceChange::AddPeer(s.key, config));
+            }
+        }
+    }
+    Ok(changes)
 }
 
 /// Wakes [`serve`] at `path` so it notices its device is gone, and removes the socket.
@@ -453,61 +572,7 @@ pub(crate) fn set_request(changes: &[DeviceChange]) -> zeroize::Zeroizing<String
     out
 }
 
-/// [`set_request`] for boringtun 0.7, whose parser carries a peer section's `remove`,
-/// `endpoint`, keepalive and pre-shared key over into the next section: updates become remove +
-/// add ([`without_updates`]), every added peer states each field (keepalive 0 and an all-zero
-/// key mean "none" to WireGuard), removals come first and peers without an endpoint before any
-/// that sets one, so nothing is inherited.
-pub(crate) fn boringtun_request(
-    changes: &[DeviceChange],
-    current: &DeviceState,
-) -> zeroize::Zeroizing<String> {
-    use std::fmt::Write as _;
-    let changes = without_updates(changes, current);
-    let mut out = zeroize::Zeroizing::new(String::from("set=1\n"));
-    let mut removals = String::new();
-    let mut additions: Vec<(bool, String)> = Vec::new();
-    for change in &changes {
-        if device_line(&mut out, change) {
-            continue;
-        }
-        match change {
-            DeviceChange::SetPrivateKey(_) | DeviceChange::SetListenPort(_) => {}
-            DeviceChange::RemovePeer(k) => {
-                let _ = writeln!(removals, "public_key={}\nremove=true", hex(k.as_bytes()));
-            }
-            DeviceChange::AddPeer(k, config) => {
-                // boringtun panics (aborting the agent) on an add for a peer it already has:
-                // never let that depend on our picture of the device being current.
-                if !changes.contains(&DeviceChange::RemovePeer(*k)) {
-                    let _ = writeln!(removals, "public_key={}\nremove=true", hex(k.as_bytes()));
-                }
-                let mut section = String::new();
-                let mut fields = vec![
-                    PeerField::AllowedIps(config.allowed_ips.clone()),
-                    PeerField::Keepalive(config.persistent_keepalive),
-                    PeerField::PresharedKey(config.preshared_key.clone()),
-                ];
-                fields.extend(config.endpoint.map(PeerField::Endpoint));
-                peer_lines(&mut section, k, &fields);
-                section.push_str("remove=false\n");
-                additions.push((config.endpoint.is_some(), section));
-            }
-            DeviceChange::UpdatePeer(..) => unreachable!("without_updates removed updates"),
-        }
-    }
-    additions.sort_by_key(|(has_endpoint, _)| *has_endpoint);
-    out.push_str(&removals);
-    for (_, mut section) in additions {
-        out.push_str(&section);
-        zeroize::Zeroize::zeroize(&mut section);
-    }
-    out.push('\n');
-    out
-}
-
-/// Sends one `set=1` request (from [`set_request`] or [`boringtun_request`]) to the socket at
-/// `path`.
+/// Sends one `set=1` request (from [`set_request`]) to the socket at `path`.
 pub(crate) fn set(path: &Path, request: &str) -> std::io::Result<()> {
     let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
@@ -528,34 +593,6 @@ pub(crate) fn set_over(stream: &UnixStream, request: &str) -> std::io::Result<()
             text.trim()
         ))),
     }
-}
-
-/// boringtun cannot modify a peer in place (it panics): an update becomes remove + add with
-/// the peer's merged configuration, which restarts that peer's session only.
-pub(crate) fn without_updates(
-    changes: &[DeviceChange],
-    current: &DeviceState,
-) -> Vec<DeviceChange> {
-    let mut out = Vec::with_capacity(changes.len());
-    for change in changes {
-        match change {
-            DeviceChange::UpdatePeer(key, fields) => {
-                let mut config = current.peers.get(key).cloned().unwrap_or_default();
-                for field in fields {
-                    match field {
-                        PeerField::Endpoint(e) => config.endpoint = Some(*e),
-                        PeerField::AllowedIps(ips) => config.allowed_ips = ips.clone(),
-                        PeerField::Keepalive(k) => config.persistent_keepalive = *k,
-                        PeerField::PresharedKey(k) => config.preshared_key = k.clone(),
-                    }
-                }
-                out.push(DeviceChange::RemovePeer(*key));
-                out.push(DeviceChange::AddPeer(*key, config));
-            }
-            other => out.push(other.clone()),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -602,143 +639,105 @@ mod set_tests {
     }
 
     #[test]
-    fn outside_set_requests_cannot_make_boringtun_panic() {
-        let k = hex(key(2).as_bytes());
-        let request = format!(
-            "set=1\nprivate_key={k}\npublic_key={k}\nallowed_ip=10.99.2.0/24\n\
-             public_key={k}\nremove=true\npublic_key={k}\nendpoint=192.0.2.1:1\n\n"
-        );
-        let got = defuse_for_boringtun(&request);
-        assert_eq!(
-            got.as_str(),
-            format!(
-                "set=1\nprivate_key={k}\npublic_key={k}\nremove=true\npublic_key={k}\n\
-                 allowed_ip=10.99.2.0/24\npublic_key={k}\nremove=true\npublic_key={k}\n\
-                 remove=true\npublic_key={k}\nendpoint=192.0.2.1:1\n\n"
-            )
-        );
-    }
-
-    #[test]
     fn errno_replies_are_linux_errnos() {
         // What `wg` decodes: the numbers are Linux's on every architecture Wormhole runs on.
-        assert_eq!(errno_reply(Errno::EINVAL), "errno=22\n\n");
-        assert_eq!(errno_reply(Errno::EPERM), "errno=1\n\n");
-        assert_eq!(errno_reply(Errno::EIO), "errno=5\n\n");
+        assert_eq!(*errno_reply(Errno::EINVAL), "errno=22\n\n");
+        assert_eq!(*errno_reply(Errno::EPERM), "errno=1\n\n");
+        assert_eq!(*errno_reply(Errno::EIO), "errno=5\n\n");
     }
 
     #[test]
-    fn outside_listen_port_changes_are_refused() {
-        assert!(changes_listen_port("set=1\nlisten_port=51821\n\n"));
-        assert!(!changes_listen_port("get=1\n\n"));
-        assert!(!changes_listen_port(
-            "set=1\npublic_key=00\nremove=true\n\n"
-        ));
-    }
-
-    #[test]
-    fn boringtun_adds_are_removals_first() {
-        // Even when our picture says the peer is absent (a stale picture must not abort us).
-        let add = DeviceChange::AddPeer(key(3), PeerConfig::default());
-        let request = boringtun_request(&[add], &DeviceState::default());
-        let k = hex(key(3).as_bytes());
-        let remove = request
-            .find(&format!("public_key={k}\nremove=true"))
-            .expect("no removal");
-        let add = request
-            .find(&format!("public_key={k}\nallowed_ip"))
-            .or_else(|| request.rfind(&format!("public_key={k}\n")))
-            .unwrap();
-        assert!(remove < add, "{}", request.as_str());
-    }
-
-    #[test]
-    fn boringtun_requests_leave_nothing_to_inherit() {
-        let mut current = DeviceState::default();
-        current.peers.insert(
-            key(2),
-            PeerConfig {
-                allowed_ips: vec!["10.99.2.0/24".parse().unwrap()],
-                ..Default::default()
-            },
+    fn outside_set_requests_change_peers_in_place() {
+        let (k1, k2, k3) = (
+            hex(key(1).as_bytes()),
+            hex(key(2).as_bytes()),
+            hex(key(3).as_bytes()),
         );
-        let with_endpoint = PeerConfig {
-            endpoint: Some("192.168.77.4:51820".parse().unwrap()),
-            allowed_ips: vec!["10.99.4.0/24".parse().unwrap()],
+        let mut current = DeviceState::default();
+        let net: IpNet = "10.99.2.0/24".parse().unwrap();
+        for n in [1, 2] {
+            current.peers.insert(
+                key(n),
+                PeerConfig {
+                    allowed_ips: vec![net],
+                    ..Default::default()
+                },
+            );
+        }
+        // `wg set IFACE peer K2 allowed-ips A,B persistent-keepalive 7` + a removal + an add.
+        let request = format!(
+            "set=1\nlisten_port=51999\npublic_key={k2}\npersistent_keepalive_interval=7\n\
+             replace_allowed_ips=true\nallowed_ip=10.99.2.0/24\nallowed_ip=10.99.200.0/24\n\
+             public_key={k1}\nremove=true\npublic_key={k3}\nendpoint=192.0.2.1:1\n\n"
+        );
+        let changes = parse_set(&request, &current).unwrap();
+        let other: IpNet = "10.99.200.0/24".parse().unwrap();
+        assert_eq!(
+            changes,
+            vec![
+                DeviceChange::SetListenPort(51999),
+                DeviceChange::UpdatePeer(
+                    key(2),
+                    vec![
+                        PeerField::Keepalive(Some(7)),
+                        PeerField::AllowedIps(vec![net, other])
+                    ]
+                ),
+                DeviceChange::RemovePeer(key(1)),
+                DeviceChange::AddPeer(
+                    key(3),
+                    PeerConfig {
+                        endpoint: Some("192.0.2.1:1".parse().unwrap()),
+                        ..Default::default()
+                    }
+                ),
+            ]
+        );
+        // Without replace_allowed_ips, allowed IPs are added to the peer's; replace_peers removes
+        // the peers not named.
+        let request =
+            format!("set=1\nreplace_peers=true\npublic_key={k2}\nallowed_ip=10.99.200.0/24\n\n");
+        let changes = parse_set(&request, &current).unwrap();
+        assert_eq!(
+            changes,
+            vec![
+                DeviceChange::RemovePeer(key(1)),
+                DeviceChange::UpdatePeer(key(2), vec![PeerField::AllowedIps(vec![net, other])]),
+            ]
+        );
+        assert_eq!(
+            parse_set("set=1\nbogus=1\n\n", &current),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            parse_set("set=1\nfwmark=3\n\n", &current),
+            Err(Errno::EOPNOTSUPP)
+        );
+    }
+
+    #[test]
+    fn get_replies_read_back() {
+        let mut device = ObservedDevice::default();
+        device.config.private_key = Some(PrivateKey::from_bytes([9; 32]));
+        device.config.listen_port = Some(51820);
+        let config = PeerConfig {
+            endpoint: Some("[fd00::1]:51820".parse().unwrap()),
+            allowed_ips: vec![
+                "10.99.2.0/24".parse().unwrap(),
+                "fd99:0:0:2::/64".parse().unwrap(),
+            ],
             persistent_keepalive: Some(25),
             preshared_key: Some(PresharedKey::from_bytes([7; 32])),
         };
-        let text = boringtun_request(
-            &[
-                DeviceChange::AddPeer(key(4), with_endpoint),
-                DeviceChange::UpdatePeer(key(2), vec![PeerField::Keepalive(Some(10))]),
-                DeviceChange::RemovePeer(key(1)),
-            ],
-            &current,
-        );
-        let all: Vec<&str> = text.split("public_key=").skip(1).collect();
-        assert_eq!(all.len(), 5, "{}", *text);
-        let (k1, k2, k4) = (
-            hex(key(1).as_bytes()),
-            hex(key(2).as_bytes()),
-            hex(key(4).as_bytes()),
-        );
-        // Removals first (1, 2's half of its update, and 4 before its add), then 2 (no
-        // endpoint), then 4.
-        let (removals, sections) = all.split_at(3);
-        let mut removed: Vec<&str> = removals.iter().map(|s| &s[..64]).collect();
-        removed.sort();
-        let mut want = vec![k1.as_str(), k2.as_str(), k4.as_str()];
-        want.sort();
-        assert_eq!(removed, want, "{}", *text);
-        assert!(removals.iter().all(|s| s.contains("remove=true")));
-        assert!(sections[0].starts_with(&k2), "{}", *text);
-        assert!(sections[1].starts_with(&k4), "{}", *text);
-        for added in sections {
-            for field in [
-                "remove=false",
-                "replace_allowed_ips=true",
-                "persistent_keepalive_interval=",
-                "preshared_key=",
-            ] {
-                assert!(added.contains(field), "{field} missing in {added}");
-            }
-        }
-        assert!(
-            sections[0].contains("persistent_keepalive_interval=10")
-                && !sections[0].contains("endpoint=")
-        );
-        assert!(sections[0].contains(&format!("preshared_key={}", "0".repeat(64))));
-        assert!(sections[1].contains("endpoint=192.168.77.4:51820"));
-    }
-
-    #[test]
-    fn updates_become_remove_and_add_with_the_merged_config() {
-        let mut current = DeviceState::default();
-        let endpoint: SocketAddr = "192.168.77.2:51820".parse().unwrap();
-        current.peers.insert(
-            key(2),
-            PeerConfig {
-                endpoint: Some(endpoint),
-                allowed_ips: vec!["10.99.2.0/24".parse().unwrap()],
-                ..Default::default()
-            },
-        );
-        let changes = without_updates(
-            &[
-                DeviceChange::SetListenPort(1),
-                DeviceChange::UpdatePeer(key(2), vec![PeerField::Keepalive(Some(25))]),
-            ],
-            &current,
-        );
-        assert_eq!(changes.len(), 3);
-        assert_eq!(changes[1], DeviceChange::RemovePeer(key(2)));
-        let DeviceChange::AddPeer(k, config) = &changes[2] else {
-            panic!("{changes:?}")
+        device.config.peers.insert(key(2), config);
+        let stats = PeerStats {
+            latest_handshake: Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)),
+            rx_bytes: 20,
+            tx_bytes: 10,
         };
-        assert_eq!(*k, key(2));
-        assert_eq!(config.endpoint, Some(endpoint), "unchanged fields are kept");
-        assert_eq!(config.persistent_keepalive, Some(25));
-        assert_eq!(config.allowed_ips.len(), 1);
+        device.stats.insert(key(2), stats);
+        let text = format_get(&device);
+        let back = parse(&text).unwrap().device;
+        assert_eq!(back, device, "{}", *text);
     }
 }

@@ -1,71 +1,280 @@
-//! [`EmbeddedDevice`]: an in-process boringtun device (feature `embedded`).
+//! [`EmbeddedDevice`]: an in-process gotatun device (feature `embedded`), driven through
+//! gotatun's Rust API.
+//!
+//! Two gotatun 0.10.2 bugs are worked around here (written up for upstream in
+//! `GOTATUN-NOTES.md` beside this file):
+//!
+//! 1. A device built with no peers never binds its UDP socket: `build()` brings the connection up
+//!    only when the builder was given peers, and adding peers later does not. We never give the
+//!    builder the private key: the key is set through `Device::write` after `build()`, which
+//!    brings the connection up (and binds the socket) whether or not there are peers.
+//! 2. `Device::wait()` can report a false fatal error ("channel closed") after a listen-port
+//!    change under load: the old connection's receive task sees its channel close before it is
+//!    aborted. The error is sticky, so `wait()` cannot be trusted after it. We judge the device
+//!    dead only when its TUN link is gone (or replaced: another ifindex); a fatal error with the
+//!    link in place is logged and ignored.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
-use wormhole_core::DevicePlan;
-use wormhole_core::{Component, Error, PrivateKey, WireGuardDevice};
-use wormhole_core::{DeviceState, ObservedDevice};
+use futures::FutureExt as _;
+use gotatun::device::{DefaultDeviceTransports, Device, DeviceBuilder, Peer};
+use gotatun::x25519;
+use ipnet::IpNet;
+use nix::errno::Errno;
+use wormhole_core::{Component, Error, WireGuardDevice};
+use wormhole_core::{DeviceChange, DevicePlan, PeerField};
+use wormhole_core::{ObservedDevice, PeerConfig, PeerStats};
+use wormhole_core::{PresharedKey, PrivateKey, PublicKey};
 
 use super::SOCKET_DIR;
-use crate::backend_error;
 
-/// The in-process device and our end of its private UAPI socket.
-///
-/// boringtun is given one end of a socket pair instead of creating `/var/run/wireguard/*.sock`:
-/// that way it registers no SIGTERM/SIGINT handling of its own (its socket mode blocks both
-/// signals and reads them from a signalfd, taking the agent's stop requests), no other process
-/// can configure our data plane, and requests are serialized on one stream.
-///
-/// For `wg show` and `wg set`, the agent serves `/var/run/wireguard/IFACE.sock` itself and
-/// passes each request through ([`crate::uapi::serve`]).
-struct Embedded {
-    _handle: boringtun::device::DeviceHandle,
-    uapi: Arc<Mutex<UnixStream>>,
-    socket: PathBuf,
+type Gotatun = Device<DefaultDeviceTransports>;
+
+/// Threads of the data plane's own runtime.
+const DATA_PLANE_THREADS: usize = 2;
+
+/// What the reconciler, the UAPI server and the runtime share.
+struct Shared {
+    iface: String,
+    /// The device; `None` once it is being stopped.
+    device: tokio::sync::Mutex<Option<Gotatun>>,
+    /// The TUN link's index when the device was created.
+    ifindex: u32,
+    /// gotatun reported a fatal error while its link was still there (bug 2): logged once.
+    false_fatal: AtomicBool,
+    /// The device is being stopped: the UAPI server stops too.
+    stopping: AtomicBool,
 }
 
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        crate::uapi::stop_serving(&self.socket);
+impl Shared {
+    /// The device still runs: its TUN link is there with the index it was created with. A
+    /// fatal error gotatun reports while the link is there is not trusted (bug 2).
+    async fn alive(&self) -> bool {
+        let link = nix::net::if_::if_nametoindex(self.iface.as_str()).ok() == Some(self.ifindex);
+        if !link {
+            return false;
+        }
+        let mut device = self.device.lock().await;
+        let Some(device) = device.as_mut() else {
+            return false;
+        };
+        if device.wait().now_or_never().is_some() && !self.false_fatal.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                iface = %self.iface,
+                "gotatun reported a fatal error but its link is still there: ignored (a known gotatun bug after a listen-port change)"
+            );
+        }
+        true
+    }
+
+    /// The device's state, straight from gotatun (no text round trip).
+    async fn observe(&self) -> Option<ObservedDevice> {
+        let device = self.device.lock().await;
+        let device = device.as_ref()?;
+        let (key, port, peers) = device
+            .read(async |d| {
+                let key = d
+                    .private_key()
+                    .map(|k| PrivateKey::from_bytes(k.to_bytes()));
+                (key, d.listen_port(), d.peers().await)
+            })
+            .await;
+        let now = SystemTime::now();
+        let mut observed = ObservedDevice::default();
+        observed.config.private_key = key;
+        observed.config.listen_port = Some(port).filter(|&p| p != 0);
+        for p in peers {
+            let key = PublicKey::from_bytes(p.peer.public_key.to_bytes());
+            let mut allowed_ips: Vec<IpNet> = p
+                .peer
+                .allowed_ips
+                .iter()
+                .filter_map(|n| IpNet::new(n.network(), n.prefix()).ok())
+                .map(|n| n.trunc())
+                .collect();
+            allowed_ips.sort();
+            observed.config.peers.insert(
+                key,
+                PeerConfig {
+                    endpoint: p.peer.endpoint,
+                    allowed_ips,
+                    persistent_keepalive: p.peer.keepalive.filter(|&k| k != 0),
+                    preshared_key: p
+                        .peer
+                        .preshared_key
+                        .filter(|k| *k != [0; 32])
+                        .map(PresharedKey::from_bytes),
+                },
+            );
+            observed.stats.insert(
+                key,
+                PeerStats {
+                    latest_handshake: p.stats.last_handshake.and_then(|age| now.checked_sub(age)),
+                    rx_bytes: p.stats.rx_bytes as u64,
+                    tx_bytes: p.stats.tx_bytes as u64,
+                },
+            );
+        }
+        Some(observed)
+    }
+
+    /// Applies `changes` in one `Device::write`: peers change in place (`modify_peer`), so their
+    /// sessions carry on.
+    async fn apply(&self, changes: Vec<DeviceChange>) -> std::io::Result<()> {
+        let device = self.device.lock().await;
+        let device = device
+            .as_ref()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        let result = device
+            .write(async |w| -> std::io::Result<()> {
+                // The key first: gotatun cannot create a peer without it (it panics).
+                for change in &changes {
+                    if let DeviceChange::SetPrivateKey(k) = change {
+                        w.set_private_key(x25519::StaticSecret::from(*k.secret_bytes()))
+                            .await;
+                    }
+                }
+                let keyed = w.private_key().is_some();
+                for change in changes {
+                    match change {
+                        DeviceChange::SetPrivateKey(_) => {}
+                        // With no key, gotatun's receive task would panic on the rebind this
+                        // triggers: the port waits for the key.
+                        DeviceChange::SetListenPort(port) if keyed => w.set_listen_port(port),
+                        DeviceChange::SetListenPort(_) => return Err(no_key()),
+                        DeviceChange::RemovePeer(k) => {
+                            w.remove_peer(&x25519::PublicKey::from(*k.as_bytes())).await;
+                        }
+                        DeviceChange::AddPeer(k, config) => {
+                            if !keyed {
+                                return Err(no_key());
+                            }
+                            w.add_or_update_peer(peer(&k, &config)).await;
+                        }
+                        DeviceChange::UpdatePeer(k, fields) => {
+                            let key = x25519::PublicKey::from(*k.as_bytes());
+                            let changed = w
+                                .modify_peer(&key, |m| {
+                                    for field in &fields {
+                                        match field {
+                                            PeerField::Endpoint(e) => m.set_endpoint(Some(*e)),
+                                            PeerField::AllowedIps(ips) => {
+                                                m.clear_allowed_ips();
+                                                m.add_allowed_ips(ips.iter().map(network));
+                                            }
+                                            PeerField::Keepalive(k) => m.set_keepalive(*k),
+                                            PeerField::PresharedKey(k) => m.set_preshared_key(
+                                                k.as_ref().map(|k| *k.secret_bytes()),
+                                            ),
+                                        }
+                                    }
+                                })
+                                .await;
+                            if !changed && keyed {
+                                // Gone meanwhile: added with what the change names.
+                                let mut config = PeerConfig::default();
+                                merge(&mut config, &fields);
+                                w.add_peer(peer(&k, &config));
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
     }
 }
 
-/// Binds the UAPI socket at `path` (0600; a stale one is replaced) and serves it for `device`
-/// on a thread of its own.
-fn serve_uapi(path: &Path, device: &Arc<Mutex<UnixStream>>) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(SOCKET_DIR)?;
-    let _ = std::fs::remove_file(path);
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let device = Arc::downgrade(device);
-    std::thread::Builder::new()
-        .name("wormhole-uapi".into())
-        .spawn(move || crate::uapi::serve(listener, device))?;
-    Ok(())
+fn no_key() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "the embedded device has no private key yet",
+    )
 }
 
-/// A WireGuard device running inside this process (boringtun), on any host with
-/// `/dev/net/tun`.
+/// `fields` applied onto `config`.
+fn merge(config: &mut PeerConfig, fields: &[PeerField]) {
+    for field in fields {
+        match field {
+            PeerField::Endpoint(e) => config.endpoint = Some(*e),
+            PeerField::AllowedIps(ips) => config.allowed_ips = ips.clone(),
+            PeerField::Keepalive(k) => config.persistent_keepalive = *k,
+            PeerField::PresharedKey(k) => config.preshared_key = k.clone(),
+        }
+    }
+}
+
+fn network(net: &IpNet) -> ipnetwork::IpNetwork {
+    // Our prefixes are valid by construction (an IpNet's prefix fits its family).
+    ipnetwork::IpNetwork::new(net.network(), net.prefix_len()).expect("a valid prefix")
+}
+
+fn peer(key: &PublicKey, config: &PeerConfig) -> Peer {
+    let mut peer = Peer::new(x25519::PublicKey::from(*key.as_bytes()))
+        .with_allowed_ips(config.allowed_ips.iter().map(network));
+    peer.endpoint = config.endpoint;
+    peer.keepalive = config.persistent_keepalive;
+    peer.preshared_key = config.preshared_key.as_ref().map(|k| *k.secret_bytes());
+    peer
+}
+
+/// A running device: its runtime (threads of its own, so the data plane never waits behind the
+/// reconciler's tasks) and what it shares.
+struct Running {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+    socket: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        crate::uapi::stop_serving(&self.socket);
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        // A runtime cannot be dropped (nor blocked on) from async code: stop the device and drop
+        // its runtime on a thread of their own, and wait for that so that the TUN link is gone
+        // when this returns.
+        let stopper = std::thread::Builder::new()
+            .name("wormhole-wg-stop".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let device = shared.device.lock().await.take();
+                    if let Some(device) = device {
+                        device.stop().await;
+                    }
+                });
+                drop(runtime);
+            });
+        if let Ok(stopper) = stopper {
+            let _ = stopper.join();
+        }
+    }
+}
+
+/// A WireGuard device running inside this process (gotatun), on any host with `/dev/net/tun`.
 ///
 /// Its data plane lives and dies with this value (and the process): nothing of another
-/// process's device is adopted. boringtun cannot modify a peer in place, so changing a peer
-/// re-adds it, which restarts that peer's session only. `wg show` and `wg set` work on it
-/// through `/var/run/wireguard/IFACE.sock`, which this process serves (a listen-port change
-/// there is refused: boringtun can panic on it under traffic).
+/// process's device is adopted. It runs on a tokio runtime of its own (two threads). Peers
+/// change in place, so a changed peer keeps its session; `read` takes the configuration,
+/// counters and handshake times from the device itself. `wg show` and `wg set` work on it
+/// through `/var/run/wireguard/IFACE.sock`, which this process serves: `get` is answered from
+/// the device, and `set` is applied through the same Rust API as the agent's own changes.
 pub struct EmbeddedDevice {
     iface: String,
     socket: PathBuf,
-    embedded: Mutex<Option<Embedded>>,
-    /// The private key we last set (the embedded device reports only its public key).
-    key: Mutex<Option<PrivateKey>>,
-    /// The device's peers as last read or applied: an update re-adds a peer with its merged
-    /// configuration, and reading all peers for that would cost more than the change.
-    known: Arc<Mutex<Option<DeviceState>>>,
+    running: Mutex<Option<Running>>,
 }
 
 impl std::fmt::Debug for EmbeddedDevice {
@@ -84,69 +293,136 @@ impl EmbeddedDevice {
         Ok(EmbeddedDevice {
             iface: iface.to_owned(),
             socket: super::socket_path(iface),
-            embedded: Mutex::new(None),
-            key: Mutex::new(None),
-            known: Arc::default(),
+            running: Mutex::new(None),
         })
     }
 
-    /// Our end of the device's UAPI socket, while the device exists.
-    fn uapi(&self) -> Option<Arc<Mutex<UnixStream>>> {
-        self.embedded
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|e| e.uapi.clone())
+    /// The running device's shared state and a handle of its runtime.
+    fn shared(&self) -> Option<(Arc<Shared>, tokio::runtime::Handle)> {
+        let running = self.running.lock().unwrap();
+        let r = running.as_ref()?;
+        Some((r.shared.clone(), r.runtime.as_ref()?.handle().clone()))
     }
 
-    /// Creates the device, unless one answers already.
-    fn create(&self) -> Result<(), Error> {
-        let mut embedded = self.embedded.lock().unwrap();
-        let alive = embedded
-            .as_ref()
-            .is_some_and(|e| crate::uapi::get_over(&e.uapi.lock().unwrap()).is_ok());
-        if alive {
-            return Ok(());
+    /// Creates the device (a running one that is still alive is kept).
+    async fn create(&self, port: Option<u16>) -> Result<(), Error> {
+        if let Some((shared, handle)) = self.shared() {
+            let alive = handle
+                .spawn(async move { shared.alive().await })
+                .await
+                .unwrap_or(false);
+            if alive {
+                return Ok(());
+            }
         }
-        use std::os::fd::IntoRawFd as _;
-        let io = |e| {
-            backend_error(
+        // The old one goes first (its TUN link and name with it): dropping it blocks.
+        let old = self.running.lock().unwrap().take();
+        if let Some(old) = old {
+            tokio::task::spawn_blocking(move || drop(old))
+                .await
+                .map_err(|e| crate::backend_error(Component::WireGuard, "stop old device", e))?;
+        }
+        let fail = |what: String| Error::backend(Component::WireGuard, what);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(DATA_PLANE_THREADS)
+            .thread_name("wormhole-wg")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                crate::backend_error(Component::WireGuard, "start the data plane's runtime", e)
+            })?;
+        let iface = self.iface.clone();
+        let device = runtime
+            .spawn(async move {
+                // No key and no peers here (bug 1): the first write sets the key, which binds.
+                DeviceBuilder::new()
+                    .with_default_udp()
+                    .with_listen_port(port.unwrap_or(0))
+                    .create_tun(&iface)
+                    .map_err(|e| e.to_string())?
+                    .build()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| crate::backend_error(Component::WireGuard, "create task failed", e))?
+            .map_err(|e| fail(format!("create embedded device {}: {e}", self.iface)))?;
+        let ifindex = nix::net::if_::if_nametoindex(self.iface.as_str()).map_err(|e| {
+            crate::backend_error(
                 Component::WireGuard,
-                "create the embedded device's UAPI socket",
-                e,
-            )
-        };
-        let (ours, theirs) = UnixStream::pair().map_err(io)?;
-        ours.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(io)?;
-        ours.set_write_timeout(Some(Duration::from_secs(5)))
-            .map_err(io)?;
-        let config = boringtun::device::DeviceConfig {
-            n_threads: 2,
-            use_connected_socket: true,
-            use_multi_queue: false,
-            // boringtun owns this end from here on.
-            uapi_fd: theirs.into_raw_fd(),
-        };
-        let handle = boringtun::device::DeviceHandle::new(&self.iface, config).map_err(|e| {
-            Error::backend(
-                Component::WireGuard,
-                format!("create embedded device {}: {e:?}", self.iface),
+                format!("find the link of {}", self.iface),
+                std::io::Error::from(e),
             )
         })?;
-        let uapi = Arc::new(Mutex::new(ours));
+        let shared = Arc::new(Shared {
+            iface: self.iface.clone(),
+            device: tokio::sync::Mutex::new(Some(device)),
+            ifindex,
+            false_fatal: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        });
         // `wg` works on this interface too; the device runs without it if need be.
-        if let Err(e) = serve_uapi(&self.socket, &uapi) {
+        if let Err(e) = serve_uapi(&self.socket, &shared, runtime.handle()) {
             tracing::warn!(socket = %self.socket.display(), error = %e, "cannot serve the UAPI socket: `wg show` will not see this interface");
         }
-        *embedded = Some(Embedded {
-            _handle: handle,
-            uapi,
+        *self.running.lock().unwrap() = Some(Running {
+            shared,
+            runtime: Some(runtime),
             socket: self.socket.clone(),
         });
-        // A new device: nothing of the old one's peers is there.
-        *self.known.lock().unwrap() = None;
         Ok(())
+    }
+}
+
+/// Binds the UAPI socket at `path` (0600; a stale one is replaced) and serves it for the device
+/// on a thread of its own, until the device is gone.
+fn serve_uapi(
+    path: &Path,
+    shared: &Arc<Shared>,
+    handle: &tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(SOCKET_DIR)?;
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let shared: Weak<Shared> = Arc::downgrade(shared);
+    let handle = handle.clone();
+    std::thread::Builder::new()
+        .name("wormhole-uapi".into())
+        .spawn(move || {
+            crate::uapi::serve(listener, |request| {
+                let shared = shared.upgrade()?;
+                if shared.stopping.load(Ordering::Relaxed) {
+                    return None;
+                }
+                Some(handle.block_on(answer(shared, request)))
+            })
+        })?;
+    Ok(())
+}
+
+/// The reply to one UAPI request from outside (`wg show`, `wg set`).
+async fn answer(shared: Arc<Shared>, request: &str) -> zeroize::Zeroizing<String> {
+    if !(request.starts_with("get=1\n") || request.starts_with("set=1\n")) {
+        return crate::uapi::errno_reply(Errno::EINVAL);
+    }
+    let Some(current) = shared.observe().await else {
+        return crate::uapi::errno_reply(Errno::ENODEV);
+    };
+    if request.starts_with("get=1\n") {
+        return crate::uapi::format_get(&current);
+    }
+    let changes = match crate::uapi::parse_set(request, &current.config) {
+        Ok(changes) => changes,
+        Err(errno) => return crate::uapi::errno_reply(errno),
+    };
+    match shared.apply(changes).await {
+        Ok(()) => crate::uapi::errno_reply(Errno::from_raw(0)),
+        Err(e) => {
+            tracing::warn!(error = %e, "a UAPI set on the embedded device failed");
+            crate::uapi::errno_reply(Errno::EINVAL)
+        }
     }
 }
 
@@ -158,56 +434,53 @@ impl WireGuardDevice for EmbeddedDevice {
 
     async fn read(&self) -> Result<Option<ObservedDevice>, Error> {
         // Our data plane lives here: nothing of another process's is ours to adopt.
-        let Some(uapi) = self.uapi() else {
+        let Some((shared, handle)) = self.shared() else {
             return Ok(None);
         };
-        let known = self.key.lock().unwrap().clone();
-        let got = super::read_with(&self.iface, move || {
-            crate::uapi::get_over(&uapi.lock().unwrap()).map(|reply| super::claim_key(reply, known))
-        })
-        .await?;
-        match &got {
-            Some(device) => *self.known.lock().unwrap() = Some(device.config.clone()),
+        let got = handle
+            .spawn(async move {
+                if shared.alive().await {
+                    shared.observe().await
+                } else {
+                    None
+                }
+            })
+            .await
+            .map_err(|e| crate::backend_error(Component::WireGuard, "read task failed", e))?;
+        if got.is_none() {
             // A device that stopped is created again by the next plan.
-            None => drop(self.embedded.lock().unwrap().take()),
+            let old = self.running.lock().unwrap().take();
+            if let Some(old) = old {
+                let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            }
         }
         Ok(got)
     }
 
     async fn apply(&self, plan: &DevicePlan) -> Result<(), Error> {
         if plan.create {
-            self.create()?;
+            let port = plan.changes.iter().find_map(|c| match c {
+                DeviceChange::SetListenPort(p) => Some(*p),
+                _ => None,
+            });
+            self.create(port).await?;
         }
         if plan.changes.is_empty() {
             return Ok(());
         }
-        let uapi = self.uapi().ok_or_else(|| {
+        let (shared, handle) = self.shared().ok_or_else(|| {
             Error::backend(
                 Component::WireGuard,
                 format!("configure {}: no embedded device", self.iface),
             )
         })?;
-        let (changes, known) = (plan.clone(), self.known.clone());
-        super::blocking(&self.iface, "configure", move || {
-            let uapi = uapi.lock().unwrap();
-            // Updates become re-adds with the merged config: what is there is known from the
-            // last read or apply, else read.
-            let mut known = known.lock().unwrap();
-            let current = match known.take() {
-                Some(state) => state,
-                None => crate::uapi::get_over(&uapi)?.device.config,
-            };
-            crate::uapi::set_over(
-                &uapi,
-                &crate::uapi::boringtun_request(&changes.changes, &current),
-            )?;
-            let mut after = Some(current);
-            wormhole_core::apply_device(&mut after, &changes);
-            *known = after;
-            Ok(())
-        })
-        .await?;
-        super::remember_key(&self.key, plan);
-        Ok(())
+        let changes = plan.changes.clone();
+        handle
+            .spawn(async move { shared.apply(changes).await })
+            .await
+            .map_err(|e| crate::backend_error(Component::WireGuard, "configure task failed", e))?
+            .map_err(|e| {
+                crate::backend_error(Component::WireGuard, format!("configure {}", self.iface), e)
+            })
     }
 }
