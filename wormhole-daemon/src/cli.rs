@@ -51,7 +51,7 @@ pub enum BackendArg {
     Kernel,
     /// wireguard-go (or `WG_USERSPACE_IMPLEMENTATION`) over its UAPI socket.
     Userspace,
-    /// An in-process boringtun device.
+    /// An in-process gotatun device.
     Embedded,
 }
 

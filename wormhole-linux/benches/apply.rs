@@ -13,7 +13,7 @@
 //! Every case runs several times (fresh devices for (a) and (b) each time), ours and `wg`
 //! interleaved in alternating order with a pause before each; each result is checked by reading
 //! the device back, outside the timing. The read in (c) is profiled (UAPI round trip, parse). The userspace backend (wireguard-go)
-//! is measured; the embedded backend (boringtun) only for (a) and (b), see the notes printed.
+//! is measured; the embedded backend only for (a) and (b), see the notes printed.
 //!
 //! Run as root: `cargo bench -p wormhole-linux --bench apply` (`WORMHOLE_BENCH_REPS` sets the
 //! number of repetitions, default 11).
@@ -97,15 +97,12 @@ fn main() {
             "embedded" => {
                 let embedded = Kind {
                     backend: Backend::Embedded,
-                    label: "embedded (boringtun)",
+                    label: "embedded (gotatun)",
                 };
                 run_kind(&rt, &ns, &fixture, &embedded, reps, false).print(&embedded);
                 println!(
-                    "(c) and (d) are not measured on boringtun 0.7.1: there is no baseline, because \
-                     `wg syncconf` re-sends every existing peer and boringtun panics on any change to an \
-                     existing peer (\"Modifying existing peers is not yet supported\", \
-                     boringtun/src/device/mod.rs:321), which wedges the device. Our backend avoids that by \
-                     re-adding the changed peer (wormhole-linux/src/uapi.rs, `boringtun_request`)."
+                    "(c) and (d) are not measured on the embedded device yet: they compare `wg syncconf` \
+                     baselines, and the embedded device is driven through gotatun's Rust API."
                 );
             }
             other => panic!(

@@ -15,7 +15,7 @@
 //!   - [`UapiDevice`]`::new(&str)`: a userspace implementation's UAPI socket (wireguard-go,
 //!     or any other), started when absent;
 //!   - [`EmbeddedDevice`]`::new(&str)` (feature `embedded`, on by default): an in-process
-//!     boringtun device;
+//!     gotatun device;
 //!   - [`Backend`] (`#[non_exhaustive]`): `Kernel`, `Userspace`, `Embedded`; [`Backend::as_str`],
 //!     [`Backend::detect`] (`auto`), [`Backend::device`] (`Arc<dyn WireGuardDevice>`);
 //!   - [`SOCKET_DIR`]: where UAPI sockets live.
@@ -28,17 +28,17 @@
 //!   `inet` [`NFT_TABLE`], replaced atomically; [`Nftables::new`], [`Nftables::delete`].
 //!
 //! Errors are `wormhole_core::Error`; no type of a dependency (rtnetlink, netlink packets,
-//! boringtun) appears in a public signature.
+//! gotatun) appears in a public signature.
 //!
 //! This is a crate of its own, rather than modules of `wormhole-core`, so that the core builds in
-//! seconds with no netlink or boringtun dependency for embedders that
+//! seconds with no netlink or gotatun dependency for embedders that
 //! bring their own backends, and so that rtnetlink's API churn stays behind one crate boundary.
 #![cfg(target_os = "linux")]
 
 mod firewall;
 mod kernel;
 mod network;
-// The boringtun half of the protocol (serving, re-adds) is used by the embedded device only.
+// Serving the protocol (`wg show`, `wg set`) is for the embedded device only.
 #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
 mod uapi;
 mod wireguard;

@@ -5,8 +5,8 @@
 //!   created through rtnetlink ([`Network`]).
 //! - [`UapiDevice`]: a userspace implementation (wireguard-go, ...) over its UAPI socket
 //!   ([`crate::uapi`]), started when its socket is absent.
-//! - [`EmbeddedDevice`] (feature `embedded`): an in-process boringtun device over a private UAPI
-//!   socket.
+//! - [`EmbeddedDevice`] (feature `embedded`): an in-process gotatun device, driven through its
+//!   Rust API on a runtime of its own.
 //!
 //! [`Backend`] names them; [`Backend::detect`] is `auto`, and [`Backend::device`] builds the
 //! device of a backend chosen at run time.
@@ -44,9 +44,9 @@ pub enum Backend {
     /// names another) over its UAPI socket ([`UapiDevice`]); started when its socket is absent.
     /// Its data plane outlives the daemon, so restarts drop no traffic.
     Userspace,
-    /// An in-process boringtun device ([`EmbeddedDevice`]). Works on any host with
-    /// `/dev/net/tun`, but its data plane dies with the daemon, and (boringtun cannot modify a
-    /// peer in place) changing a peer re-adds it, which restarts that peer's session.
+    /// An in-process gotatun device ([`EmbeddedDevice`]). Works on any host with
+    /// `/dev/net/tun`; peers change in place (sessions kept), but its data plane dies with the
+    /// daemon.
     #[cfg(feature = "embedded")]
     Embedded,
 }
@@ -162,7 +162,7 @@ async fn read_with(
 }
 
 /// A UAPI reply as the device it describes. A userspace device may report only its public key
-/// (boringtun) or nothing of its key: the private key we set is claimed only if the device
+/// or nothing of its key: the private key we set is claimed only if the device
 /// reports its public half.
 fn claim_key(mut reply: crate::uapi::Reply, known: Option<PrivateKey>) -> ObservedDevice {
     let config = &mut reply.device.config;

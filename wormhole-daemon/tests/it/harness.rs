@@ -103,7 +103,7 @@ pub(crate) fn pubkey(private: &str) -> String {
 /// A WireGuard implementation the daemon can drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
-    /// boringtun inside the daemon.
+    /// gotatun inside the daemon.
     Embedded,
     /// wireguard-go, a separate process.
     Userspace,

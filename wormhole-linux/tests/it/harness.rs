@@ -137,8 +137,8 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // A failed test may leave an embedded (boringtun) device wedged, and dropping a
-            // wedged device blocks forever: leak it instead, so the failure is reported.
+            // A failed test may leave a device wedged, and dropping a wedged embedded device
+            // could block: leak it instead, so the failure is reported.
             std::mem::forget(self.device.clone());
         }
         // wireguard-go killed with the namespace leaves its socket behind.

@@ -6,6 +6,7 @@
 mod api;
 mod conflict;
 mod drift;
+mod embedded;
 mod encryption;
 mod firewall;
 mod harness;

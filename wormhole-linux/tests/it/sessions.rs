@@ -89,7 +89,7 @@ fn changing_one_peer_keeps_the_others_sessions(backend: Backend) {
         "{backend:?}: counters did not grow: {before:?} -> {after:?}"
     );
     let now = after.latest_handshake.expect("the session vanished");
-    // boringtun reports the handshake's age, to a timer tick, not its time: allow for that.
+    // The embedded device reports the handshake's age (the time is now minus that): allow for that.
     let slack = match backend {
         Backend::Userspace | Backend::Kernel => Duration::ZERO,
         _ => Duration::from_millis(600),
