@@ -530,3 +530,160 @@ fn measure_join() {
     }
     println!("{r}");
 }
+
+/// One backend's mesh for [`measure_throughput`]: two nodes with a pod each, iperf3 servers
+/// running, and the processes that carry its data plane (the agents for embedded, wireguard-go
+/// for userspace).
+struct Lane {
+    c: Cluster,
+    _servers: Vec<std::process::Child>,
+    data_plane: Vec<u32>,
+}
+
+impl Lane {
+    fn new(backend: Backend, bin: &str) -> Lane {
+        let mut c = Cluster::with_daemon(2, backend, bin);
+        c.start_all(&[]);
+        c.add_pods(1, &["a"]);
+        c.add_pods(2, &["a"]);
+        let servers = vec![
+            c.pod("n2a").ns.spawn(&["iperf3", "-s"]),
+            c.node(2).ns.spawn(&["iperf3", "-s"]),
+        ];
+        assert!(
+            c.pod("n1a").ping(&c.pod("n2a").ip4, 3),
+            "{backend:?}: pod path"
+        );
+        assert!(
+            (0..3).any(|_| c
+                .node(1)
+                .ns
+                .run(&["ping", "-c1", "-W2", "10.99.2.1"])
+                .status
+                .success()),
+            "{backend:?}: node path"
+        );
+        let data_plane = (1..=2)
+            .map(|i| match backend {
+                Backend::Userspace => wireguard_go_pid(&c.node(i).iface).unwrap(),
+                _ => c.node(i).daemon.as_ref().unwrap().pid(),
+            })
+            .collect();
+        Lane {
+            c,
+            _servers: servers,
+            data_plane,
+        }
+    }
+
+    fn ticks(&self) -> u64 {
+        self.data_plane.iter().map(|&p| cpu_ticks(p)).sum()
+    }
+
+    /// One iperf3 run pod->pod or node->node: (Mbit/s, data-plane cores busy on average).
+    fn run(&self, pods: bool, tck: f64) -> (f64, f64) {
+        let (t0, start) = (self.ticks(), Instant::now());
+        let bps = if pods {
+            iperf(&self.c.pod("n1a").ns, &self.c.pod("n2a").ip4)
+        } else {
+            iperf(&self.c.node(1).ns, "10.99.2.1")
+        };
+        let cores = (self.ticks() - t0) as f64 / tck / start.elapsed().as_secs_f64();
+        (bps / 1e6, cores)
+    }
+}
+
+/// Throughput of the embedded backend next to wireguard-go (`--backend userspace`), both meshes
+/// up at once, rounds alternating between them (BENCHMARKS.md, "Embedded data plane: gotatun"):
+///
+/// ```sh
+/// cargo build --release -p wormhole-daemon
+/// WORMHOLE_BENCH_BIN=$CARGO_TARGET_DIR/release/wormhole WORMHOLE_THROUGHPUT_RUNS=5 \
+///   cargo test -p wormhole-daemon --test it -- --ignored --nocapture measure_throughput
+/// ```
+#[test]
+#[ignore = "takes a minute or two; run with --ignored --nocapture measure_throughput (as root)"]
+fn measure_throughput() {
+    if !root_or_skip("measure_throughput") {
+        return;
+    }
+    let bin = std::env::var("WORMHOLE_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+    let runs: usize = std::env::var("WORMHOLE_THROUGHPUT_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(THROUGHPUT_RUNS);
+    let tck: f64 = sh(&["getconf", "CLK_TCK"]).trim().parse().unwrap();
+    let lanes = [
+        Lane::new(Backend::Embedded, &bin),
+        Lane::new(Backend::Userspace, &bin),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "- daemon `{bin}`{}; {} CPUs; load average at start: {}",
+        if bin.contains("/release/") {
+            " (release)"
+        } else {
+            " (DEBUG build)"
+        },
+        sh(&["nproc"]).trim(),
+        std::fs::read_to_string("/proc/loadavg").unwrap().trim()
+    );
+    let _ = writeln!(
+        r,
+        "\n| round | path | embedded Mbit/s (cores) | wireguard-go Mbit/s (cores) | ratio |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|");
+    // (backend, pods) -> (Mbit/s, cores) per round.
+    let mut got: std::collections::BTreeMap<(usize, bool), Vec<(f64, f64)>> = Default::default();
+    for round in 1..=runs {
+        for pods in [true, false] {
+            // Alternate which backend goes first, too.
+            let order: Vec<usize> = if round % 2 == 1 {
+                vec![0, 1]
+            } else {
+                vec![1, 0]
+            };
+            let mut this = [(0.0, 0.0); 2];
+            for i in order {
+                this[i] = lanes[i].run(pods, tck);
+                got.entry((i, pods)).or_default().push(this[i]);
+            }
+            let _ = writeln!(
+                r,
+                "| {round} | {} | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.2} |",
+                if pods { "pod->pod" } else { "node->node" },
+                this[0].0,
+                this[0].1,
+                this[1].0,
+                this[1].1,
+                this[0].0 / this[1].0
+            );
+        }
+    }
+    let _ = writeln!(
+        r,
+        "\n(iperf3 -t {THROUGHPUT_SECONDS}, one TCP stream, received; cores = CPU time of the data-plane processes on both nodes ÷ wall time: the agents for embedded, wireguard-go for userspace)\n"
+    );
+    for pods in [true, false] {
+        let m = |i: usize| median(got[&(i, pods)].iter().map(|x| x.0).collect());
+        let per_core = |i: usize| median(got[&(i, pods)].iter().map(|x| x.0 / x.1).collect());
+        let _ = writeln!(
+            r,
+            "- {}: median embedded {:.0} Mbit/s, wireguard-go {:.0} Mbit/s, **ratio {:.2}**; per core: embedded {:.0}, wireguard-go {:.0} Mbit/s",
+            if pods { "pod->pod" } else { "node->node" },
+            m(0),
+            m(1),
+            m(0) / m(1),
+            per_core(0),
+            per_core(1)
+        );
+    }
+    let _ = writeln!(
+        r,
+        "- load average at the end: {}",
+        std::fs::read_to_string("/proc/loadavg").unwrap().trim()
+    );
+    println!("\n===== throughput report =====\n{r}");
+}

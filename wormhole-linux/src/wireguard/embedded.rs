@@ -13,6 +13,10 @@
 //!    aborted. The error is sticky, so `wait()` cannot be trusted after it. We judge the device
 //!    dead only when its TUN link is gone (or replaced: another ifindex); a fatal error with the
 //!    link in place is logged and ignored.
+//! 3. A change that rebinds the same port (a private-key change) can fail with `EADDRINUSE`: the
+//!    old connection's UDP socket outlives its stop for a moment. gotatun then has no connection
+//!    and nothing retries. We retry the rebind (key set to another and back in one write) for up
+//!    to a second; if that fails, the device counts as dead and the next pass creates it again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +52,9 @@ struct Shared {
     false_fatal: AtomicBool,
     /// The device is being stopped: the UAPI server stops too.
     stopping: AtomicBool,
+    /// gotatun failed to set its connection up again (bug 3) and retries did not help: the data
+    /// plane is down, so the device counts as dead.
+    disconnected: AtomicBool,
 }
 
 impl Shared {
@@ -55,7 +62,7 @@ impl Shared {
     /// fatal error gotatun reports while the link is there is not trusted (bug 2).
     async fn alive(&self) -> bool {
         let link = nix::net::if_::if_nametoindex(self.iface.as_str()).ok() == Some(self.ifindex);
-        if !link {
+        if !link || self.disconnected.load(Ordering::Relaxed) {
             return false;
         }
         let mut device = self.device.lock().await;
@@ -187,11 +194,50 @@ impl Shared {
                 Ok(())
             })
             .await;
-        match result {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e.to_string())),
+        let mut result = match result {
+            Ok(r) => return r,
+            Err(e) => e,
+        };
+        // Bug 3: the rebind after a key change can fail with EADDRINUSE (the old connection's
+        // socket outlives its stop for a moment), leaving the device with no connection and
+        // nothing to retry: retry the rebind until the old socket is gone.
+        for _ in 0..RECONNECT_TRIES {
+            if !is_addr_in_use(&result) {
+                break;
+            }
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            match reconnect(device).await {
+                Ok(()) => return Ok(()),
+                Err(e) => result = e,
+            }
         }
+        // Left without a connection: taken for dead, so the next pass creates it again.
+        self.disconnected.store(true, Ordering::Relaxed);
+        Err(std::io::Error::other(result.to_string()))
     }
+}
+
+/// How often, and how far apart, [`Shared::apply`] retries a rebind that found its port taken.
+const RECONNECT_TRIES: usize = 40;
+const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+
+fn is_addr_in_use(e: &gotatun::device::Error) -> bool {
+    matches!(e, gotatun::device::Error::Bind(io, _) if io.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// Makes gotatun set its connection up again with the same key and port: its API rebinds only
+/// on a change, so the key is set to another one and back within one write (one rebind).
+async fn reconnect(device: &Gotatun) -> Result<(), gotatun::device::Error> {
+    device
+        .write(async |w| {
+            if let Some(key) = w.private_key().cloned() {
+                let other = PrivateKey::generate();
+                w.set_private_key(x25519::StaticSecret::from(*other.secret_bytes()))
+                    .await;
+                w.set_private_key(key).await;
+            }
+        })
+        .await
 }
 
 fn no_key() -> std::io::Error {
@@ -360,6 +406,7 @@ impl EmbeddedDevice {
             ifindex,
             false_fatal: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            disconnected: AtomicBool::new(false),
         });
         // `wg` works on this interface too; the device runs without it if need be.
         if let Err(e) = serve_uapi(&self.socket, &shared, runtime.handle()) {

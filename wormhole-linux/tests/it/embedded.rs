@@ -200,3 +200,49 @@ fn one_change_on_a_thousand_peer_device_is_in_place_embedded() {
         );
     }
 }
+
+/// gotatun bug 3: a private-key change rebinds the same port, which can fail with `EADDRINUSE`
+/// (the old socket outlives its stop for a moment) and leave the device with no connection. Key
+/// changes under traffic must succeed and leave a working data plane.
+#[test]
+fn key_changes_under_traffic_rebind_embedded() {
+    if !root_or_skip("key_changes_under_traffic_rebind_embedded") {
+        return;
+    }
+    let cluster = Cluster::new(2, Backend::Embedded);
+    cluster.reconcile_all();
+    let [n1, n2] = [&cluster.nodes[0], &cluster.nodes[1]];
+    session(n1, n2);
+    let [target, _] = overlay_ips(2);
+    let mut flood = n1
+        .ns
+        .spawn(&["ping", "-f", "-q", "-s", "1200", "-w", "5", &target]);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..10 {
+        // Another key and back: two rebinds of port 51820 each round.
+        for key in [PrivateKey::generate(), n1.key.clone()] {
+            let device = n1.device.clone();
+            let plan = DevicePlan {
+                create: false,
+                changes: vec![DeviceChange::SetPrivateKey(key)],
+            };
+            n1.block_on(async move { device.apply(&plan).await })
+                .unwrap_or_else(|e| panic!("key change {i}: {}", chain(&e)));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = flood.wait();
+    let observed = n1.observed();
+    assert_eq!(observed.config.private_key.as_ref(), Some(&n1.key));
+    assert!(
+        udp_listening(n1).contains(":51820"),
+        "{}",
+        udp_listening(n1)
+    );
+    assert!(
+        n1.ping_until(&target, 10),
+        "n1 lost n2 after the key changes"
+    );
+    let plan = n1.resync().unwrap();
+    assert!(!plan.device.create, "re-created: {plan}");
+}
