@@ -281,13 +281,21 @@ fn scale(backend: Backend) {
         let moved = format!("10.250.{round}.0/24");
         let t = Instant::now();
         api.put_node("n2500", &[&moved], "192.168.77.10");
-        let applied = poll(Duration::from_secs(10), || {
+        // Probed every 5 ms (the usual 50 ms poll would round every change up to its step).
+        let applied = loop {
             let out = node
                 .ns
                 .run(&["ip", "-4", "route", "show", "exact", &moved, "proto", "87"]);
-            (!out.stdout.is_empty()).then(|| t.elapsed())
-        })
-        .unwrap_or_else(|| panic!("the change was not applied\n{}", node.log_tail()));
+            if !out.stdout.is_empty() {
+                break t.elapsed();
+            }
+            assert!(
+                t.elapsed() < scaled(Duration::from_secs(10)),
+                "the change was not applied\n{}",
+                node.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
         changes.push(applied);
         std::thread::sleep(Duration::from_millis(300));
     }
