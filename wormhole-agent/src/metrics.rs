@@ -75,12 +75,15 @@ impl Metrics {
         registry.register("build_info", "Build information", info);
 
         let peers = Family::<Labels, Gauge>::default();
-        for state in ["ok", "stale", "never"] {
+        for state in wormhole_core::PeerState::LABELS {
             peers.get_or_create(&label("state", state)).set(0);
         }
         let handshake_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let rx = Family::<Labels, Counter>::default();
         let tx = Family::<Labels, Counter>::default();
+        let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let loss = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let path_mtu = Family::<Labels, Gauge>::default();
         for p in &status.peers {
             peers
                 .get_or_create(&label("state", p.state(now).as_str()))
@@ -93,11 +96,38 @@ impl Metrics {
             }
             rx.get_or_create(&peer).inc_by(p.rx_bytes);
             tx.get_or_create(&peer).inc_by(p.tx_bytes);
+            if let Some(probe) = p.probe {
+                if let Some(t) = probe.smoothed_rtt {
+                    rtt.get_or_create(&peer).set(t.as_secs_f64());
+                }
+                if probe.sent > 0 {
+                    loss.get_or_create(&peer).set(probe.loss_ratio());
+                }
+                if let Some(mtu) = probe.path_mtu {
+                    path_mtu.get_or_create(&peer).set(i64::from(mtu));
+                }
+            }
         }
         registry.register(
             "peers",
-            "Accepted peers by state (ok, stale: handshake older than 3 min, never)",
+            "Accepted peers by state (ok; stale: handshake older than 3 min; never; unreachable, \
+             mtu-blackhole, lossy: from probes through the tunnel)",
             peers,
+        );
+        registry.register(
+            "peer_rtt_seconds",
+            "Smoothed round-trip time of the probes through the tunnel to each peer",
+            rtt,
+        );
+        registry.register(
+            "peer_probe_loss_ratio",
+            "Share of the latest probes to each peer that were lost",
+            loss,
+        );
+        registry.register(
+            "peer_path_mtu_bytes",
+            "Largest packet seen to get through the tunnel to each peer",
+            path_mtu,
         );
         registry.register(
             "peer_handshake_age_seconds",

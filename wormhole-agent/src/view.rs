@@ -17,8 +17,24 @@ pub struct PeerView {
     pub latest_handshake_age_seconds: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
-    /// `ok`, `stale`, `never`, or `rejected: <reason>`.
+    /// `ok`, `stale`, `never`, `unreachable`, `mtu-blackhole (max N)`, `lossy (N %)`,
+    /// `rejected: <reason>`, or the change that could not be applied.
     pub state: String,
+    /// What to check, for a state other than `ok`.
+    #[serde(default)]
+    pub hint: Option<String>,
+    /// Smoothed round-trip time of the probes through the tunnel, in milliseconds.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+    /// Round-trip time of the latest answered probe, in milliseconds.
+    #[serde(default)]
+    pub last_rtt_ms: Option<f64>,
+    /// Share of the latest probes lost (0 to 1).
+    #[serde(default)]
+    pub probe_loss: Option<f64>,
+    /// The largest packet seen to get through to the peer, in bytes.
+    #[serde(default)]
+    pub path_mtu: Option<u32>,
 }
 
 /// The latest reconcile pass.
@@ -47,6 +63,10 @@ pub struct StatusView {
     pub peers: Vec<PeerView>,
 }
 
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 fn age(now: SystemTime, t: SystemTime) -> u64 {
     now.duration_since(t).unwrap_or_default().as_secs()
 }
@@ -70,7 +90,15 @@ impl StatusView {
                     .peer_problems
                     .get(&p.public_key)
                     .cloned()
-                    .unwrap_or_else(|| p.state(now).as_str().to_owned()),
+                    .unwrap_or_else(|| p.state(now).to_string()),
+                hint: match status.peer_problems.contains_key(&p.public_key) {
+                    true => None,
+                    false => p.state(now).hint(),
+                },
+                rtt_ms: p.probe.and_then(|r| r.smoothed_rtt).map(millis),
+                last_rtt_ms: p.probe.and_then(|r| r.last_rtt).map(millis),
+                probe_loss: p.probe.filter(|r| r.sent > 0).map(|r| r.loss_ratio()),
+                path_mtu: p.probe.and_then(|r| r.path_mtu),
             })
             .collect();
         peers.extend(status.rejected.iter().map(|r| PeerView {
@@ -86,6 +114,11 @@ impl StatusView {
             rx_bytes: 0,
             tx_bytes: 0,
             state: format!("rejected: {}", r.reason),
+            hint: None,
+            rtt_ms: None,
+            last_rtt_ms: None,
+            probe_loss: None,
+            path_mtu: None,
         }));
         StatusView {
             node: status.node_name.clone(),

@@ -81,5 +81,8 @@ pub use state::{
     DeviceState, FirewallPolicy, HostSettings, HostState, InterfaceName, LinkState, ObservedDevice,
     PeerConfig, PeerStats, overlay_address,
 };
-pub use status::{PassInfo, PeerState, PeerStatus, STALE_AFTER, Status};
+pub use status::{
+    LOSSY_AFTER, PassInfo, PeerState, PeerStatus, ProbeReport, STALE_AFTER, Status,
+    UNREACHABLE_AFTER,
+};
 pub use text::{Escaped, escape};

@@ -606,6 +606,7 @@ fn peer_statuses(mesh: &Mesh, device: Option<&ObservedDevice>) -> Vec<PeerStatus
                 latest_handshake: stats.latest_handshake,
                 rx_bytes: stats.rx_bytes,
                 tx_bytes: stats.tx_bytes,
+                probe: None,
             }
         })
         .collect()

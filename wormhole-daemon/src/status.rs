@@ -82,11 +82,12 @@ pub fn table(view: &StatusView) -> String {
         "ENDPOINT",
         "ALLOWED IPS",
         "HANDSHAKE",
+        "RTT",
         "RX",
         "TX",
         "STATE",
     ];
-    let rows: Vec<[String; 7]> = view
+    let rows: Vec<[String; 8]> = view
         .peers
         .iter()
         .map(|p| {
@@ -96,6 +97,7 @@ pub fn table(view: &StatusView) -> String {
                 list(&p.allowed_ips),
                 p.latest_handshake_age_seconds
                     .map_or("-".into(), |s| format!("{} ago", ago(s))),
+                p.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1} ms")),
                 bytes(p.rx_bytes),
                 bytes(p.tx_bytes),
                 escape(&p.state).into_owned(),
@@ -125,6 +127,18 @@ pub fn table(view: &StatusView) -> String {
     }
     if rows.is_empty() {
         out += "(no peers)\n";
+    }
+    let hints: Vec<String> = view
+        .peers
+        .iter()
+        .filter_map(|p| {
+            let hint = p.hint.as_deref()?;
+            Some(format!("  {}: {}\n", escape(&p.name), escape(hint)))
+        })
+        .collect();
+    if !hints.is_empty() {
+        out += "\nwhat to check:\n";
+        out += &hints.concat();
     }
     out
 }
@@ -209,9 +223,9 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
     use wormhole_agent::{PassView, PeerView};
-    use wormhole_core::PeerStatus;
     use wormhole_core::Status;
     use wormhole_core::{KeyError, PrivateKey};
+    use wormhole_core::{PeerStatus, ProbeReport};
     use wormhole_core::{RejectReason, Rejection};
 
     /// Serves one connection at a fresh address: reads the request head, then writes `reply`.
@@ -315,6 +329,11 @@ mod tests {
                 rx_bytes: 0,
                 tx_bytes: 0,
                 state: hostile.into(),
+                hint: Some(hostile.into()),
+                rtt_ms: None,
+                last_rtt_ms: None,
+                probe_loss: None,
+                path_mtu: None,
             }],
         };
         let text = table(&view);
@@ -345,6 +364,16 @@ mod tests {
                 peer("fresh", Some(5)),
                 peer("old", Some(600)),
                 peer("silent", None),
+                {
+                    let mut p = peer("holed", Some(5));
+                    let mut r = ProbeReport::default();
+                    r.sent = 20;
+                    r.smoothed_rtt = Some(Duration::from_micros(1500));
+                    r.path_mtu = Some(1344);
+                    r.mtu_blackhole = true;
+                    p.probe = Some(r);
+                    p
+                },
             ];
             v.rejected = vec![Rejection {
                 name: "bad".into(),
@@ -361,8 +390,25 @@ mod tests {
                 "ok",
                 "stale",
                 "never",
+                "mtu-blackhole (max 1344)",
                 "rejected: malformed public key: not valid base64"
             ]
+        );
+        let text = table(&view);
+        assert!(text.contains("1.5 ms"), "{text}");
+        assert!(
+            text.contains("what to check:\n  old: no handshake for over 3 min"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  holed: packets above 1344 bytes vanish on the path: set the MTU to 1344"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  silent: no handshake yet: the public key"),
+            "{text}"
         );
         assert!(!view.all_ok());
         let text = table(&view);
