@@ -26,6 +26,7 @@ use wormhole_linux::{Network, Nftables};
 
 use crate::admin::{self, Admin};
 use crate::builder::{KubernetesOptions, Options, Peers};
+use crate::health::{self, ProbeSettings};
 use crate::metrics::Metrics;
 use crate::{AgentBuilder, EnvironmentError, Error, cni};
 
@@ -439,6 +440,8 @@ impl Agent {
             firewall: firewall.clone(),
         };
         let mut reconciler = Reconciler::new(settings, backends);
+        // What every reader sees: the reconciler's status with the probes' results in it.
+        let (status, _) = watch::channel(reconciler.status().borrow().clone());
         let metrics = Arc::new(Metrics::default());
         let observed = metrics.clone();
         reconciler.on_pass(move |info, _| observed.observe_pass(info.duration));
@@ -452,6 +455,7 @@ impl Agent {
             device,
             metrics,
             mtu,
+            status,
         })
     }
 }
@@ -468,6 +472,8 @@ pub struct Running {
     device: Arc<dyn WireGuardDevice>,
     metrics: Arc<Metrics>,
     mtu: u32,
+    /// The reconciler's status with each peer's probe report.
+    status: watch::Sender<Status>,
 }
 
 impl std::fmt::Debug for Running {
@@ -480,10 +486,10 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// The status after every pass; `borrow()` is cheap. Ready ([`Status::ready`]) once a
-    /// pass applied a mesh.
+    /// The status after every pass, with each peer's probe results (updated at most once a
+    /// second); `borrow()` is cheap. Ready ([`Status::ready`]) once a pass applied a mesh.
     pub fn status(&self) -> watch::Receiver<Status> {
-        self.reconciler.status()
+        self.status.subscribe()
     }
 
     /// The MTU of the WireGuard interface (given, or detected at start).
@@ -505,11 +511,18 @@ impl Running {
             device,
             metrics,
             mtu,
+            status: merged,
         } = self;
         if options.forwarding {
             enable_forwarding();
         }
-        let status = reconciler.status();
+        let status = merged.subscribe();
+        let probes = options.probe_interval.map(|interval| ProbeSettings {
+            interval,
+            rate: options.probe_rate,
+            mtu,
+        });
+        let health_task = tokio::spawn(health::run(reconciler.status(), probes, merged));
         // Bound in the background: a busy admin port must not keep the mesh from being applied.
         let admin_task = options.admin_addr.map(|addr| {
             let admin = Admin {
@@ -522,8 +535,9 @@ impl Running {
             tokio::spawn(admin::listen_and_serve(addr, Arc::new(admin)))
         });
         let cni_task = options.cni_conf_dir.clone().map(|dir| {
+            // The reconciler's own status: it changes at every pass, not with every probe.
             tokio::spawn(follow_cni(
-                status.clone(),
+                reconciler.status(),
                 dir,
                 options.bridge.to_string(),
                 mtu,
@@ -540,7 +554,10 @@ impl Running {
         });
 
         reconciler.run(source, shutdown).await;
-        for task in [admin_task, cni_task, kube_task].into_iter().flatten() {
+        for task in [admin_task, cni_task, kube_task, Some(health_task)]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
 

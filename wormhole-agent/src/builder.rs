@@ -133,6 +133,8 @@ pub(crate) struct Options {
     pub(crate) bridge: InterfaceName,
     pub(crate) cni_conf_dir: Option<PathBuf>,
     pub(crate) resync: Duration,
+    pub(crate) probe_interval: Option<Duration>,
+    pub(crate) probe_rate: u32,
     pub(crate) admin_addr: Option<SocketAddr>,
     pub(crate) forwarding: bool,
     pub(crate) cleanup_on_exit: bool,
@@ -155,6 +157,8 @@ pub struct AgentBuilder {
     bridge: InterfaceName,
     cni_conf_dir: Option<PathBuf>,
     resync: Duration,
+    probe_interval: Option<Duration>,
+    probe_rate: u32,
     admin_addr: Option<SocketAddr>,
     forwarding: bool,
     cleanup_on_exit: bool,
@@ -164,6 +168,13 @@ pub struct AgentBuilder {
 /// would overflow timers.
 pub const RESYNC_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
+/// The range of [`AgentBuilder::probe_interval`].
+pub const PROBE_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+/// The range of [`AgentBuilder::probe_rate`] (probes per second).
+pub const PROBE_RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
 
 /// What a node name must be, for error messages.
 pub const NODE_NAME_RULE: &str = "must be a DNS-1123 subdomain, as Kubernetes requires of Node \
@@ -189,6 +200,8 @@ impl AgentBuilder {
             bridge: name("wormhole-br0"),
             cni_conf_dir: Some("/etc/cni/net.d".into()),
             resync: Duration::from_secs(30),
+            probe_interval: Some(Duration::from_secs(10)),
+            probe_rate: 200,
             admin_addr: Some(([127, 0, 0, 1], 9473).into()),
             forwarding: true,
             cleanup_on_exit: false,
@@ -259,6 +272,23 @@ impl AgentBuilder {
         self
     }
 
+    /// How often each peer is probed through the tunnel (ICMP echo to its overlay address, ±20 %
+    /// jitter; default 10 s, 1 s to 1 h); `None` probes nothing. Probes give each peer's
+    /// round-trip time, loss and path MTU, and the states `unreachable`, `lossy` and
+    /// `mtu-blackhole`. Needs `CAP_NET_RAW` (without it the agent warns and probes nothing).
+    pub fn probe_interval(mut self, every: Option<Duration>) -> Self {
+        self.probe_interval = every;
+        self
+    }
+
+    /// At most this many probes a second to all peers together (default 200, 1 to 10,000): with
+    /// many peers the interval stretches instead. A probe is one ICMP echo of 64 bytes, or of
+    /// the MTU for the size checks (one round in three).
+    pub fn probe_rate(mut self, per_second: u32) -> Self {
+        self.probe_rate = per_second;
+        self
+    }
+
     /// The admin server's address (default `127.0.0.1:9473`); `None` serves nothing.
     pub fn admin_addr(mut self, addr: Option<SocketAddr>) -> Self {
         self.admin_addr = addr;
@@ -305,6 +335,18 @@ impl AgentBuilder {
             }
             .into());
         }
+        if let Some(every) = self
+            .probe_interval
+            .filter(|d| !PROBE_INTERVAL_RANGE.contains(d))
+        {
+            return Err(InvalidOption::ProbeInterval { period: every }.into());
+        }
+        if !PROBE_RATE_RANGE.contains(&self.probe_rate) {
+            return Err(InvalidOption::ProbeRate {
+                rate: self.probe_rate,
+            }
+            .into());
+        }
         if self.listen_port == 0 {
             return Err(InvalidOption::ListenPortZero.into());
         }
@@ -340,6 +382,8 @@ impl AgentBuilder {
             bridge: self.bridge,
             cni_conf_dir: self.cni_conf_dir,
             resync: self.resync,
+            probe_interval: self.probe_interval,
+            probe_rate: self.probe_rate,
             admin_addr: self.admin_addr,
             forwarding: self.forwarding,
             cleanup_on_exit: self.cleanup_on_exit,
@@ -373,6 +417,11 @@ mod tests {
             AgentBuilder::new("Node_1\u{1b}[2J", Peers::file("/p")),
             "invalid node name \"Node_1\\u{1b}[2J\"",
         );
+        refused(
+            builder().probe_interval(Some(Duration::from_millis(100))),
+            "invalid probe interval 100ms: must be 1s..1h",
+        );
+        refused(builder().probe_rate(0), "invalid probe rate 0");
         refused(
             builder().bridge(name("wormhole0")),
             "the bridge and the interface are both wormhole0",

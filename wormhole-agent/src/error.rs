@@ -74,6 +74,18 @@ pub enum InvalidOption {
         /// The period as given.
         period: Duration,
     },
+    /// A probe interval outside [`PROBE_INTERVAL_RANGE`](crate::PROBE_INTERVAL_RANGE).
+    #[error("invalid probe interval {period:?}: must be 1s..1h (or off)")]
+    ProbeInterval {
+        /// The interval as given.
+        period: Duration,
+    },
+    /// A probe rate outside [`PROBE_RATE_RANGE`](crate::PROBE_RATE_RANGE).
+    #[error("invalid probe rate {rate}: must be 1..10000 probes per second")]
+    ProbeRate {
+        /// The rate as given.
+        rate: u32,
+    },
     /// Listen port 0.
     #[error("invalid listen port 0: peers must know the port (51820 is WireGuard's)")]
     ListenPortZero,

@@ -22,7 +22,8 @@
 //!    cause (and, where known, the fix).
 //! 2. **Running** ([`Running::run_until`]): the reconciler keeps the WireGuard interface, the
 //!    routes and the nftables table equal to the mesh; beside it the agent writes the CNI
-//!    conflist, serves `/metrics`, `/healthz`, `/readyz` and `/status` (optional), turns IP
+//!    conflist, probes every peer through the tunnel (health, round-trip time, loss, path MTU),
+//!    serves `/metrics`, `/healthz`, `/readyz` and `/status` (optional), turns IP
 //!    forwarding on, and in Kubernetes mode publishes this node's WormholeNode and Events.
 //! 3. **Stop**: when the shutdown future resolves. The network is left in place (a restart drops
 //!    no traffic) unless [`AgentBuilder::cleanup_on_exit`] was asked for.
@@ -35,11 +36,15 @@ mod agent;
 mod builder;
 mod cni;
 mod error;
+mod health;
 mod metrics;
 mod view;
 
 pub use agent::{Agent, Running};
-pub use builder::{AgentBuilder, Backend, KubernetesOptions, NODE_NAME_RULE, Peers, RESYNC_RANGE};
+pub use builder::{
+    AgentBuilder, Backend, KubernetesOptions, NODE_NAME_RULE, PROBE_INTERVAL_RANGE,
+    PROBE_RATE_RANGE, Peers, RESYNC_RANGE,
+};
 pub use error::{EnvironmentError, Error, InvalidOption};
 pub use view::{PassView, PeerView, StatusView};
 

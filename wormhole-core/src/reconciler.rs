@@ -422,7 +422,7 @@ impl Reconciler {
                     s.configured = true;
                     s.pod_cidrs = mesh.local.pod_cidrs.clone();
                     s.rejected = mesh.rejected.clone();
-                    s.peers = peer_statuses(mesh, outcome.device.as_ref());
+                    s.peers = peer_statuses(mesh, outcome.device.as_ref(), &s.peers);
                     s.peer_problems = peer_problems(mesh, &outcome.failures);
                 }
             }
@@ -587,7 +587,18 @@ fn peer_problems(mesh: &Mesh, failures: &[ItemFailure]) -> BTreeMap<PublicKey, S
     problems
 }
 
-fn peer_statuses(mesh: &Mesh, device: Option<&ObservedDevice>) -> Vec<PeerStatus> {
+/// The peers' rows from the device's counters. The latest handshake is the newest seen, in this
+/// pass or an earlier one: a device may forget it once the session expires (gotatun reports no
+/// handshake then), which would turn a peer that stopped answering from `stale` into `never`.
+fn peer_statuses(
+    mesh: &Mesh,
+    device: Option<&ObservedDevice>,
+    previous: &[PeerStatus],
+) -> Vec<PeerStatus> {
+    let seen: BTreeMap<PublicKey, SystemTime> = previous
+        .iter()
+        .filter_map(|p| Some((p.public_key, p.latest_handshake?)))
+        .collect();
     mesh.peers
         .iter()
         .map(|p| {
@@ -603,7 +614,7 @@ fn peer_statuses(mesh: &Mesh, device: Option<&ObservedDevice>) -> Vec<PeerStatus
                 public_key: p.public_key,
                 endpoint: p.endpoint.or(learned),
                 allowed_ips: p.pod_cidrs.clone(),
-                latest_handshake: stats.latest_handshake,
+                latest_handshake: stats.latest_handshake.max(seen.get(&p.public_key).copied()),
                 rx_bytes: stats.rx_bytes,
                 tx_bytes: stats.tx_bytes,
                 probe: None,

@@ -122,6 +122,13 @@ pub struct RunArgs {
     /// Time between full reconcile passes, 1s to 24h, e.g. 30s, 2m [default: 30s].
     #[arg(long, env = "WORMHOLE_RESYNC")]
     pub resync: Option<String>,
+    /// How often each peer is probed through the tunnel for health, RTT, loss and path MTU,
+    /// 1s to 1h, or `off` [default: 10s].
+    #[arg(long, env = "WORMHOLE_PROBE_INTERVAL")]
+    pub probe_interval: Option<String>,
+    /// At most this many probes per second to all peers together, 1 to 10000 [default: 200].
+    #[arg(long, env = "WORMHOLE_PROBE_RATE")]
+    pub probe_rate: Option<u32>,
     /// Admin server (metrics, health, status) address [default: 127.0.0.1:9473].
     #[arg(long, env = "WORMHOLE_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
@@ -189,6 +196,8 @@ struct FileConfig {
     bridge: Option<String>,
     cni_conf_dir: Option<PathBuf>,
     resync: Option<String>,
+    probe_interval: Option<String>,
+    probe_rate: Option<u32>,
     admin_addr: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     #[serde(default)]
@@ -220,6 +229,9 @@ pub struct Config {
     pub bridge: InterfaceName,
     pub cni_conf_dir: PathBuf,
     pub resync: Duration,
+    /// `None`: no probing.
+    pub probe_interval: Option<Duration>,
+    pub probe_rate: u32,
     pub admin_addr: SocketAddr,
     pub log_format: LogFormat,
     pub cleanup_on_exit: bool,
@@ -366,6 +378,29 @@ impl RunArgs {
         };
         let resync = parse_duration(self.resync.or(file.resync).as_deref().unwrap_or("30s"))
             .map_err(|e| format!("--resync: {e}"))?;
+        let probe_interval = match self
+            .probe_interval
+            .or(file.probe_interval)
+            .as_deref()
+            .unwrap_or("10s")
+        {
+            "off" => None,
+            text => {
+                let every = parse_duration(text).map_err(|e| format!("--probe-interval: {e}"))?;
+                if !wormhole_agent::PROBE_INTERVAL_RANGE.contains(&every) {
+                    return Err(format!(
+                        "--probe-interval {text:?}: must be 1s to 1h, or off"
+                    ));
+                }
+                Some(every)
+            }
+        };
+        let probe_rate = self.probe_rate.or(file.probe_rate).unwrap_or(200);
+        if !wormhole_agent::PROBE_RATE_RANGE.contains(&probe_rate) {
+            return Err(format!(
+                "--probe-rate {probe_rate}: must be 1 to 10000 probes per second"
+            ));
+        }
         let interface: InterfaceName = self
             .interface
             .or(file.interface)
@@ -415,6 +450,8 @@ impl RunArgs {
                 .or(file.cni_conf_dir)
                 .unwrap_or_else(|| "/etc/cni/net.d".into()),
             resync,
+            probe_interval,
+            probe_rate,
             admin_addr: self
                 .admin_addr
                 .or(file.admin_addr)
@@ -604,5 +641,45 @@ mod tests {
         std::fs::write(&path, "node_nam = \"typo\"\n").unwrap();
         let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
         assert!(err.contains("unknown field `node_nam`"), "{err}");
+    }
+
+    #[test]
+    fn probe_options() {
+        let c = parse(&["--peers", "p", "--node-name", "a"]).unwrap();
+        assert_eq!(c.probe_interval, Some(Duration::from_secs(10)));
+        assert_eq!(c.probe_rate, 200);
+        let c = parse(&[
+            "--peers",
+            "p",
+            "--node-name",
+            "a",
+            "--probe-interval",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(c.probe_interval, None);
+        let c = parse(&[
+            "--peers",
+            "p",
+            "--node-name",
+            "a",
+            "--probe-interval",
+            "2s",
+            "--probe-rate",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.probe_interval, c.probe_rate),
+            (Some(Duration::from_secs(2)), 50)
+        );
+        for (flag, value, want) in [
+            ("--probe-interval", "2h", "must be 1s to 1h, or off"),
+            ("--probe-interval", "often", "invalid duration"),
+            ("--probe-rate", "0", "must be 1 to 10000"),
+        ] {
+            let err = parse(&["--peers", "p", "--node-name", "a", flag, value]).unwrap_err();
+            assert!(err.contains(flag) && err.contains(want), "{err}");
+        }
     }
 }

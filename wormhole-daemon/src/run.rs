@@ -59,6 +59,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .bridge(config.bridge)
         .cni_conf_dir(Some(config.cni_conf_dir))
         .resync(config.resync)
+        .probe_interval(config.probe_interval)
+        .probe_rate(config.probe_rate)
         .admin_addr(Some(config.admin_addr))
         .cleanup_on_exit(config.cleanup_on_exit);
     if let Some(psk) = config.psk_file {

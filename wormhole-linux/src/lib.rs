@@ -24,6 +24,8 @@
 //!   [`Network::new`], [`Network::interface`], [`Network::wireguard_mtu`] (underlay MTU −
 //!   [`WIREGUARD_OVERHEAD`]), [`Network::underlay_mtu`], [`Network::underlay_addresses`],
 //!   [`Network::delete_link`].
+//! - [`Pinger`]: ICMP echo of an exact size through the tunnel, the probe behind per-peer
+//!   health and path-MTU discovery; [`Pinger::new`], [`Pinger::ping`], [`Pinger::min_size`].
 //! - [`Nftables`]: [`Firewall`](wormhole_core::Firewall) as one nftables table,
 //!   `inet` [`NFT_TABLE`], replaced atomically; [`Nftables::new`], [`Nftables::delete`].
 //!
@@ -38,6 +40,7 @@
 mod firewall;
 mod kernel;
 mod network;
+mod ping;
 // Serving the protocol (`wg show`, `wg set`) is for the embedded device only.
 #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
 mod uapi;
@@ -45,6 +48,7 @@ mod wireguard;
 
 pub use firewall::{NFT_TABLE, Nftables};
 pub use network::{Network, ROUTE_PROTOCOL, WIREGUARD_OVERHEAD};
+pub use ping::Pinger;
 #[cfg(feature = "embedded")]
 pub use wireguard::EmbeddedDevice;
 pub use wireguard::{Backend, KernelDevice, SOCKET_DIR, UapiDevice};

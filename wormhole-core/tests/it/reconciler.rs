@@ -430,6 +430,32 @@ async fn status_reports_peer_states_and_rejections() {
 }
 
 #[tokio::test]
+async fn a_handshake_the_device_forgets_stays_seen() {
+    // gotatun reports no handshake once a session expired: the peer that stopped answering is
+    // stale, not never.
+    let node = Node::new();
+    let me = node.key.public_key();
+    let a = PrivateKey::generate().public_key();
+    let mut r = node.reconciler(None);
+    r.update(Ok(snapshot(&me, &[("a", &a, "10.99.2.0/24")])));
+    r.reconcile().await.unwrap();
+    let then = SystemTime::now() - Duration::from_secs(600);
+    node.backends.device.set_stats(
+        a,
+        PeerStats {
+            latest_handshake: Some(then),
+            ..PeerStats::default()
+        },
+    );
+    r.reconcile().await.unwrap();
+    node.backends.device.set_stats(a, PeerStats::default());
+    r.reconcile().await.unwrap();
+    let status = r.status().borrow().clone();
+    assert_eq!(status.peers[0].latest_handshake, Some(then));
+    assert_eq!(status.peers[0].state(SystemTime::now()), PeerState::Stale);
+}
+
+#[tokio::test]
 async fn the_pass_hook_sees_every_pass_and_its_plan() {
     let node = Node::new();
     let me = node.key.public_key();

@@ -10,6 +10,7 @@ mod admin;
 mod churn;
 mod cli;
 mod harness;
+mod health;
 mod hostile;
 mod kubernetes;
 mod measure;

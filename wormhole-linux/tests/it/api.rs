@@ -9,8 +9,8 @@ use wormhole_core::{Error, Firewall, HostNetwork, WireGuardDevice};
 #[cfg(feature = "embedded")]
 use wormhole_linux::EmbeddedDevice;
 use wormhole_linux::{
-    Backend, KernelDevice, NFT_TABLE, Network, Nftables, ROUTE_PROTOCOL, SOCKET_DIR, UapiDevice,
-    WIREGUARD_OVERHEAD,
+    Backend, KernelDevice, NFT_TABLE, Network, Nftables, Pinger, ROUTE_PROTOCOL, SOCKET_DIR,
+    UapiDevice, WIREGUARD_OVERHEAD,
 };
 
 fn device<T: WireGuardDevice + std::fmt::Debug + Send + Sync + 'static>() {}
@@ -23,6 +23,22 @@ async fn async_signatures(network: &Network, firewall: &Nftables) -> Result<(), 
     let _: Vec<IpAddr> = network.underlay_addresses().await?;
     let () = network.delete_link().await?;
     let () = firewall.delete().await?;
+    Ok(())
+}
+
+/// Never called: it only has to type-check.
+#[allow(dead_code)]
+async fn pinger_signatures(to: IpAddr) -> std::io::Result<()> {
+    let pinger: Pinger = Pinger::new()?;
+    let _: Option<std::time::Duration> = pinger
+        .ping(
+            to,
+            Pinger::min_size(false),
+            std::time::Duration::from_secs(1),
+        )
+        .await?;
+    fn shared<T: std::fmt::Debug + Send + Sync + 'static>(_: &T) {}
+    shared(&pinger);
     Ok(())
 }
 

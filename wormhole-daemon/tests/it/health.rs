@@ -1,0 +1,297 @@
+//! Per-peer health, from the outside: faults injected on the underlay with nftables, and
+//! `wormhole status` on the affected nodes names the cause within 30 s while the healthy pairs
+//! stay `ok` (issue 12). Probes run every second here (`--probe-interval 1s`).
+//!
+//! This kernel has no `sch_netem`, so "30 % loss on one node's underlay" is an nft rule dropping
+//! 30 % of the UDP packets that node sends (`numgen random`), which is what `tc netem loss 30%`
+//! on its egress does to WireGuard.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use wormhole_testkit::underlay_ip;
+
+use crate::harness::{Backend, Cluster, Node, poll, root_or_skip, scaled};
+
+/// Time for a fault to be named (the issue's 30 s; scaled on slow machines).
+const NAMED_WITHIN: Duration = Duration::from_secs(30);
+
+/// Every peer's state as node `node` reports it.
+fn states(node: &Node) -> BTreeMap<String, String> {
+    node.status_json()["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every running node's view, for failure messages.
+fn views(c: &Cluster) -> String {
+    c.nodes
+        .iter()
+        .filter(|n| n.daemon.is_some())
+        .map(|n| format!("{}: {}", n.name, n.status(&["-o", "json"]).1))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until `check` holds for every node's states (bounded); panics with every view.
+fn until(
+    c: &Cluster,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&str, &BTreeMap<String, String>) -> bool,
+) {
+    let start = std::time::Instant::now();
+    let held = poll(scaled(limit), || {
+        c.nodes
+            .iter()
+            .filter(|n| n.daemon.is_some())
+            .all(|n| check(&n.name, &states(n)))
+            .then_some(())
+    });
+    assert!(
+        held.is_some(),
+        "{what}: not within {:?}\n{}\n{}",
+        scaled(limit),
+        views(c),
+        c.logs()
+    );
+    eprintln!("{what}: after {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// An nft table `fault` in node `i`'s namespace with `rules` on the output hook.
+fn inject(c: &Cluster, i: usize, rules: &[String]) {
+    let mut text = String::from(
+        "table inet fault {\n  chain out {\n    type filter hook output priority filter; policy accept;\n",
+    );
+    for r in rules {
+        text += &format!("    {r}\n");
+    }
+    text += "  }\n}\n";
+    let ns = &c.node(i).ns;
+    let mut child = ns
+        .command(&["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f: {text}");
+}
+
+fn heal(c: &Cluster, i: usize) {
+    c.node(i)
+        .ns
+        .sh(&["nft", "delete", "table", "inet", "fault"]);
+}
+
+/// The pair `(a, b)` is one of `pairs`, either way round.
+fn among(pairs: &[(&str, &str)], a: &str, b: &str) -> bool {
+    pairs
+        .iter()
+        .any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b))
+}
+
+#[test]
+fn health_names_mtu_black_holes_and_loss_embedded() {
+    if !root_or_skip("health_names_mtu_black_holes_and_loss_embedded") {
+        return;
+    }
+    let mut c = Cluster::new(3, Backend::Embedded);
+    c.start_all(&["--probe-interval", "1s"]);
+    until(&c, "every pair ok", NAMED_WITHIN, |_, s| {
+        s.len() == 2 && s.values().all(|v| v == "ok")
+    });
+    // The full MTU gets through everywhere.
+    let mtu = c.node(1).status_json()["mtu"].as_u64().unwrap();
+    let view = c.node(1).status_json();
+    for p in view["peers"].as_array().unwrap() {
+        assert_eq!(p["path_mtu"].as_u64(), Some(mtu), "{view}");
+        assert!(p["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{view}");
+        assert_eq!(p["probe_loss"].as_f64(), Some(0.0), "{view}");
+    }
+    let metrics = crate::harness::http_get(&c.node(1).ns.name, "/metrics")
+        .unwrap()
+        .1;
+    for name in [
+        "wormhole_peer_rtt_seconds{peer=\"n2\"}",
+        "wormhole_peer_probe_loss_ratio{peer=\"n2\"} 0",
+        &format!("wormhole_peer_path_mtu_bytes{{peer=\"n2\"}} {mtu}"),
+        "wormhole_peers{state=\"ok\"} 2",
+        "wormhole_peers{state=\"mtu-blackhole\"} 0",
+    ] {
+        assert!(metrics.contains(name), "{name} not in\n{metrics}");
+    }
+
+    // An MTU black hole between n1 and n2: their underlay drops UDP packets above 1200 bytes.
+    // WireGuard adds 60 bytes (IPv4, UDP, its header and tag) and pads to 16, so the largest
+    // packet through the tunnel is 1136.
+    let limit = 1200;
+    let expected = (limit - 60) / 16 * 16;
+    for (from, to) in [(1, 2), (2, 1)] {
+        inject(
+            &c,
+            from,
+            &[format!(
+                "ip daddr {} udp dport 51820 ip length > {limit} drop",
+                underlay_ip(to)
+            )],
+        );
+    }
+    until(
+        &c,
+        "n1-n2 mtu-blackhole, others ok",
+        NAMED_WITHIN,
+        |me, s| {
+            s.iter().all(|(peer, state)| {
+                if among(&[("n1", "n2")], me, peer) {
+                    state.starts_with("mtu-blackhole (max ")
+                } else {
+                    state == "ok"
+                }
+            })
+        },
+    );
+    for (me, peer) in [(1, 2), (2, 1)] {
+        let view = c.node(me).status_json();
+        let row = view["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == format!("n{peer}"))
+            .unwrap()
+            .clone();
+        let max = row["path_mtu"].as_u64().unwrap();
+        assert!(
+            max <= expected && expected - max <= 16,
+            "n{me}: found {max}, the limit is {expected} (within 16)\n{view}"
+        );
+        assert_eq!(row["state"], format!("mtu-blackhole (max {max})"), "{view}");
+        let hint = row["hint"].as_str().unwrap();
+        assert!(hint.contains(&format!("--mtu {max}")), "{hint}");
+        let (_, table) = c.node(me).status(&[]);
+        assert!(table.contains(&format!("set the MTU to {max}")), "{table}");
+    }
+    for i in [1, 2] {
+        heal(&c, i);
+    }
+    until(&c, "healed: every pair ok", NAMED_WITHIN, |_, s| {
+        s.values().all(|v| v == "ok")
+    });
+
+    // 30 % of n3's outgoing underlay UDP lost: n3's pairs lossy on both ends, n1-n2 ok.
+    inject(
+        &c,
+        3,
+        &["oifname \"eth0\" meta l4proto udp numgen random mod 100 < 30 drop".into()],
+    );
+    until(&c, "n3's pairs lossy, n1-n2 ok", NAMED_WITHIN, |me, s| {
+        s.iter().all(|(peer, state)| {
+            if me == "n3" || peer == "n3" {
+                state.starts_with("lossy (")
+            } else {
+                state == "ok"
+            }
+        })
+    });
+    heal(&c, 3);
+}
+
+#[test]
+fn health_names_unreachable_never_and_stale_embedded() {
+    if !root_or_skip("health_names_unreachable_never_and_stale_embedded") {
+        return;
+    }
+    let mut c = Cluster::new(4, Backend::Embedded);
+    // n3 is published with a key that is not its own.
+    let all: Vec<usize> = (1..=4).collect();
+    let text = c.peers_text(&all, "");
+    let wrong = crate::harness::new_key(&c.work.path().join("not-n3.key"));
+    crate::harness::write_atomically(&c.peers, &text.replace(&c.node(3).public_key, &wrong));
+    // n3 itself reads the truth.
+    let own = c.work.path().join("n3-peers.toml");
+    crate::harness::write_atomically(&own, &text);
+    c.node_mut(3).peers = own;
+    for node in &mut c.nodes {
+        node.start(&["--probe-interval", "1s"]);
+    }
+    for i in [1, 2, 4] {
+        c.node_mut(i).wait_ready();
+    }
+    let never = |me: &str, s: &BTreeMap<String, String>| {
+        s.iter().all(|(peer, state)| match (me, peer.as_str()) {
+            ("n3", _) | (_, "n3") => state == "never",
+            _ => state == "ok",
+        })
+    };
+    until(&c, "n3 never, every other pair ok", NAMED_WITHIN, never);
+    let (_, table) = c.node(1).status(&[]);
+    assert!(
+        table.contains("n3: no handshake yet: the public key published for this peer"),
+        "{table}"
+    );
+
+    // Data packets (WireGuard type 4) between n1 and n2 dropped, handshakes (types 1-3) pass.
+    for (from, to) in [(1, 2), (2, 1)] {
+        inject(
+            &c,
+            from,
+            &[format!(
+                "ip daddr {} udp dport 51820 @th,64,8 4 drop",
+                underlay_ip(to)
+            )],
+        );
+    }
+    until(
+        &c,
+        "n1-n2 unreachable, n3 never, others ok",
+        NAMED_WITHIN,
+        |me, s| {
+            s.iter().all(|(peer, state)| match (me, peer.as_str()) {
+                ("n3", _) | (_, "n3") => state == "never",
+                ("n1", "n2") | ("n2", "n1") => state == "unreachable",
+                _ => state == "ok",
+            })
+        },
+    );
+    for i in [1, 2] {
+        heal(&c, i);
+    }
+    until(&c, "healed", NAMED_WITHIN, never);
+
+    // n4's agent stops, and its device with it: stale once the latest handshake is older than
+    // WireGuard's 180 s (unreachable before that).
+    let stopped = c.node_mut(4).daemon.take().unwrap().terminate();
+    assert!(stopped.success(), "{stopped:?}");
+    let views_of_live = |c: &Cluster, want: &dyn Fn(&str) -> bool| {
+        [1, 2].iter().all(|&i| {
+            states(c.node(i))
+                .get("n4")
+                .is_some_and(|s| want(s.as_str()))
+        })
+    };
+    assert!(
+        poll(scaled(NAMED_WITHIN), || views_of_live(&c, &|s| s
+            == "unreachable")
+        .then_some(()))
+        .is_some(),
+        "n4 stopped: not unreachable\n{}",
+        views(&c)
+    );
+    assert!(
+        poll(scaled(Duration::from_secs(180) + NAMED_WITHIN), || {
+            views_of_live(&c, &|s| s == "stale").then_some(())
+        })
+        .is_some(),
+        "n4 stopped: not stale\n{}",
+        views(&c)
+    );
+    let (_, table) = c.node(1).status(&[]);
+    assert!(table.contains("n4: no handshake for over 3 min"), "{table}");
+}
