@@ -105,10 +105,28 @@ fn among(pairs: &[(&str, &str)], a: &str, b: &str) -> bool {
 
 #[test]
 fn health_names_mtu_black_holes_and_loss_embedded() {
-    if !root_or_skip("health_names_mtu_black_holes_and_loss_embedded") {
-        return;
+    if root_or_skip("health_names_mtu_black_holes_and_loss_embedded") {
+        mtu_black_holes_and_loss(Backend::Embedded);
     }
-    let mut c = Cluster::new(3, Backend::Embedded);
+}
+
+#[test]
+fn health_names_mtu_black_holes_and_loss_userspace() {
+    if root_or_skip("health_names_mtu_black_holes_and_loss_userspace") {
+        mtu_black_holes_and_loss(Backend::Userspace);
+    }
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn health_names_mtu_black_holes_and_loss_kernel() {
+    if root_or_skip("health_names_mtu_black_holes_and_loss_kernel") {
+        mtu_black_holes_and_loss(Backend::Kernel);
+    }
+}
+
+fn mtu_black_holes_and_loss(backend: Backend) {
+    let mut c = Cluster::new(3, backend);
     c.start_all(&["--probe-interval", "1s"]);
     until(&c, "every pair ok", NAMED_WITHIN, |_, s| {
         s.len() == 2 && s.values().all(|v| v == "ok")
