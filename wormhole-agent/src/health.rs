@@ -4,7 +4,7 @@
 //! black holes, whose limit a binary search then measures (packetization-layer PMTU discovery
 //! in the style of RFC 8899). The results go into each peer's [`ProbeReport`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +33,7 @@ impl ProbeSettings {
 }
 
 /// Small probes in the loss window.
-const WINDOW: usize = 20;
+const WINDOW: u32 = 20;
 /// A full-size probe every this many rounds (every round while one is missing).
 const BIG_EVERY: u64 = 3;
 /// Full-size probes lost in a row, while small ones pass, before the size is searched.
@@ -43,13 +43,20 @@ const SEARCH_STEP: u32 = 16;
 /// A black hole's limit is searched again every this many rounds (the path may change).
 const RESEARCH_EVERY: u64 = 30;
 
-/// One peer's probe results, and what to probe next: pure, so it is tested without sockets.
-#[derive(Debug, Clone)]
+/// Round-trip times and loss reach the status at least this often (state changes within a
+/// second).
+const REFRESH: Duration = Duration::from_secs(10);
+
+/// One peer's probe results, and what to probe next: pure, so it is tested without sockets, and
+/// small (about 80 bytes), so that 5,000 peers cost little.
+#[derive(Debug, Clone, Copy)]
 struct PeerProbe {
     mtu: u32,
     /// The size of small probes.
     small: u32,
-    window: VecDeque<bool>,
+    /// The latest small probes' outcomes, newest in bit 0 (1: lost), `sent` of them.
+    lost_bits: u32,
+    sent: u32,
     lost_in_a_row: u32,
     last_rtt: Option<Duration>,
     smoothed_rtt: Option<Duration>,
@@ -67,7 +74,8 @@ impl PeerProbe {
         PeerProbe {
             mtu,
             small,
-            window: VecDeque::with_capacity(WINDOW),
+            lost_bits: 0,
+            sent: 0,
             lost_in_a_row: 0,
             last_rtt: None,
             smoothed_rtt: None,
@@ -79,10 +87,8 @@ impl PeerProbe {
     }
 
     fn small_result(&mut self, rtt: Option<Duration>) {
-        if self.window.len() == WINDOW {
-            self.window.pop_front();
-        }
-        self.window.push_back(rtt.is_some());
+        self.lost_bits = ((self.lost_bits << 1) | u32::from(rtt.is_none())) & ((1 << WINDOW) - 1);
+        self.sent = (self.sent + 1).min(WINDOW);
         match rtt {
             Some(rtt) => {
                 self.lost_in_a_row = 0;
@@ -127,8 +133,8 @@ impl PeerProbe {
 
     fn report(&self) -> ProbeReport {
         let mut r = ProbeReport::default();
-        r.sent = self.window.len() as u32;
-        r.lost = self.window.iter().filter(|ok| !**ok).count() as u32;
+        r.sent = self.sent;
+        r.lost = self.lost_bits.count_ones();
         r.lost_in_a_row = self.lost_in_a_row;
         r.last_rtt = self.last_rtt;
         r.smoothed_rtt = self.smoothed_rtt;
@@ -192,55 +198,83 @@ fn random_fraction() -> f64 {
     f64::from(u32::from_ne_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
 }
 
-type Reports = Arc<Mutex<BTreeMap<PublicKey, ProbeReport>>>;
-
-/// Probes one peer forever, writing its report after every round.
-async fn probe_peer(
-    key: PublicKey,
+/// What the scheduler keeps per peer.
+#[derive(Debug)]
+struct Entry {
     target: IpAddr,
+    probe: PeerProbe,
+    round: u64,
+}
+
+type Entries = Arc<Mutex<BTreeMap<PublicKey, Entry>>>;
+
+/// What a round needs besides its peer.
+#[derive(Debug, Clone)]
+struct Rounds {
     pinger: Arc<Pinger>,
-    settings: ProbeSettings,
     budget: Arc<Budget>,
-    reports: Reports,
-) {
-    let small = Pinger::min_size(target.is_ipv6()).max(64);
-    let mut state = PeerProbe::new(settings.mtu, small);
-    let timeout = settings.timeout();
-    let ping = |size: u32| {
-        let (pinger, budget) = (pinger.clone(), budget.clone());
-        async move {
-            budget.slot().await;
-            match pinger.ping(target, size, timeout).await {
-                Ok(rtt) => rtt,
-                Err(e) => {
-                    tracing::debug!(%target, size, error = %e, "probe not sent");
-                    None
-                }
+    settings: ProbeSettings,
+    entries: Entries,
+    done: tokio::sync::mpsc::UnboundedSender<PublicKey>,
+    /// Set when a round changed its peer's state: published within a second.
+    state_changed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Rounds {
+    /// One probe of `size` to `target`, within the budget: its round-trip time, or `None`.
+    async fn ping(&self, target: IpAddr, size: u32) -> Option<Duration> {
+        self.budget.slot().await;
+        match self
+            .pinger
+            .ping(target, size, self.settings.timeout())
+            .await
+        {
+            Ok(rtt) => rtt,
+            Err(e) => {
+                tracing::debug!(%target, size, error = %e, "probe not sent");
+                None
             }
         }
-    };
-    // Spread the peers over the interval.
-    tokio::time::sleep(settings.interval.mul_f64(random_fraction())).await;
-    for round in 0u64.. {
-        let rtt = ping(small).await;
+    }
+
+    /// One round for `key`: a small probe, a full-size one when due, a search when one is
+    /// missing; then the results are stored and the scheduler told.
+    async fn run(self, key: PublicKey, target: IpAddr) {
+        let Some((mut state, round)) = self
+            .entries
+            .lock()
+            .expect("not poisoned")
+            .get(&key)
+            .map(|e| (e.probe, e.round))
+        else {
+            let _ = self.done.send(key);
+            return;
+        };
+        let rtt = self.ping(target, state.small).await;
         state.small_result(rtt);
         if state.wants_big(round, rtt.is_some()) {
-            let passed = ping(settings.mtu).await.is_some();
+            let passed = self.ping(target, state.mtu).await.is_some();
             if state.big_result(round, passed) {
-                let max = search(small, settings.mtu, |size| {
-                    let probe = ping(size);
-                    async move { probe.await.is_some() }
+                let max = search(state.small, state.mtu, |size| {
+                    let this = self.clone();
+                    async move { this.ping(target, size).await.is_some() }
                 })
                 .await;
-                tracing::info!(%target, max, mtu = settings.mtu, "path-MTU black hole: larger packets vanish");
+                tracing::info!(%target, max, mtu = state.mtu, "path-MTU black hole: larger packets vanish");
                 state.searched(round, max);
             }
         }
-        reports
-            .lock()
-            .expect("not poisoned")
-            .insert(key, state.report());
-        tokio::time::sleep(settings.interval.mul_f64(0.8 + 0.4 * random_fraction())).await;
+        if let Some(e) = self.entries.lock().expect("not poisoned").get_mut(&key)
+            && e.target == target
+        {
+            if e.probe.sent == 0 || e.probe.report().state() != state.report().state() {
+                self.state_changed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            e.probe = state;
+            e.round = round + 1;
+        }
+        let _ = self.done.send(key);
     }
 }
 
@@ -254,9 +288,18 @@ fn target(allowed_ips: &[ipnet::IpNet]) -> Option<IpAddr> {
         .map(|c| overlay_address(c).addr())
 }
 
-/// Keeps `out` equal to the reconciler's status with each peer's probe report in it: probes
-/// the peers of `status` (starting and stopping per-peer tasks as peers come and go), or, with
-/// `settings` `None` or no raw socket, passes the status through.
+/// `interval` ± 20 %.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.8 + 0.4 * random_fraction())
+}
+
+/// Keeps `out` equal to the reconciler's status with each peer's probe report in it (within a
+/// second of a state change, and every [`REFRESH`] otherwise): probes the peers of `status`, or, with `settings` `None` or no raw
+/// socket, passes the status through.
+///
+/// One task schedules every peer's rounds (the next round of each peer in one ordered set);
+/// a round runs as a task of its own only while its probes are in flight, so 5,000 peers cost
+/// 5,000 small entries, not 5,000 tasks.
 pub(crate) async fn run(
     mut status: watch::Receiver<Status>,
     settings: Option<ProbeSettings>,
@@ -279,58 +322,120 @@ pub(crate) async fn run(
             }
         }
     };
-    let budget = Arc::new(Budget::new(settings.rate));
-    let reports: Reports = Arc::default();
-    let mut tasks: BTreeMap<PublicKey, (IpAddr, tokio::task::JoinHandle<()>)> = BTreeMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    let rounds = Rounds {
+        pinger,
+        budget: Arc::new(Budget::new(settings.rate)),
+        settings,
+        entries: Arc::default(),
+        done,
+        state_changed: Arc::default(),
+    };
+    // Each peer is either idle, by the time of its next round, or has a round in flight.
+    let mut due: BTreeSet<(Instant, PublicKey)> = BTreeSet::new();
+    let mut in_flight: BTreeSet<PublicKey> = BTreeSet::new();
+    let mut running = tokio::task::JoinSet::new();
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peers_changed = true;
+    let mut publish_now = true;
+    let mut published = Instant::now();
     loop {
-        let mut merged = status.borrow_and_update().clone();
-        // Start, restart (new address) and stop per-peer tasks.
-        let wanted: BTreeMap<PublicKey, IpAddr> = merged
-            .peers
-            .iter()
-            .filter_map(|p| Some((p.public_key, target(&p.allowed_ips)?)))
-            .collect();
-        tasks.retain(|key, (addr, task)| {
-            let keep = wanted.get(key) == Some(addr);
-            if !keep {
-                task.abort();
-                reports.lock().expect("not poisoned").remove(key);
+        if publish_now {
+            publish_now = false;
+            published = Instant::now();
+            let mut merged = status.borrow().clone();
+            {
+                let entries = rounds.entries.lock().expect("not poisoned");
+                for p in &mut merged.peers {
+                    p.probe = entries
+                        .get(&p.public_key)
+                        .filter(|e| e.probe.sent > 0)
+                        .map(|e| e.probe.report());
+                }
             }
-            keep
-        });
-        for (key, addr) in &wanted {
-            tasks.entry(*key).or_insert_with(|| {
-                let task = tokio::spawn(probe_peer(
-                    *key,
-                    *addr,
-                    pinger.clone(),
-                    settings,
-                    budget.clone(),
-                    reports.clone(),
-                ));
-                (*addr, task)
+            out.send_if_modified(|current| {
+                let changed = *current != merged;
+                *current = merged;
+                changed
             });
         }
-        {
-            let reports = reports.lock().expect("not poisoned");
-            for p in &mut merged.peers {
-                p.probe = reports.get(&p.public_key).copied();
+        if peers_changed {
+            peers_changed = false;
+            let wanted: BTreeMap<PublicKey, IpAddr> = status
+                .borrow_and_update()
+                .peers
+                .iter()
+                .filter_map(|p| Some((p.public_key, target(&p.allowed_ips)?)))
+                .collect();
+            let mut entries = rounds.entries.lock().expect("not poisoned");
+            entries.retain(|key, e| wanted.get(key) == Some(&e.target));
+            due.retain(|(_, key)| entries.contains_key(key));
+            for (key, addr) in wanted {
+                entries.entry(key).or_insert_with(|| {
+                    // Spread over the interval.
+                    let first = Instant::now() + settings.interval.mul_f64(random_fraction());
+                    if !in_flight.contains(&key) {
+                        due.insert((first, key));
+                    }
+                    let small = Pinger::min_size(addr.is_ipv6()).max(64);
+                    Entry {
+                        target: addr,
+                        probe: PeerProbe::new(settings.mtu, small),
+                        round: 0,
+                    }
+                });
             }
         }
-        out.send_if_modified(|current| {
-            let changed = *current != merged;
-            *current = merged;
-            changed
-        });
+        let now = Instant::now();
+        while let Some(&(at, key)) = due.first()
+            && at <= now
+        {
+            due.pop_first();
+            let target = rounds
+                .entries
+                .lock()
+                .expect("not poisoned")
+                .get(&key)
+                .map(|e| e.target);
+            if let Some(target) = target {
+                in_flight.insert(key);
+                running.spawn(rounds.clone().run(key, target));
+            }
+        }
+        let next = due.first().map(|(at, _)| *at);
         tokio::select! {
-            changed = status.changed() => if changed.is_err() { break },
-            _ = tick.tick() => {}
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                peers_changed = true;
+                publish_now = true;
+            }
+            Some(key) = finished.recv() => {
+                in_flight.remove(&key);
+                if rounds.entries.lock().expect("not poisoned").contains_key(&key) {
+                    due.insert((Instant::now() + jittered(settings.interval), key));
+                }
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            () = sleep_until_some(next) => {}
+            // A state change within a second; round-trip times and loss every REFRESH (merging
+            // thousands of peers every second would cost more than probing them).
+            _ = publish.tick() => {
+                publish_now = rounds.state_changed.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    || published.elapsed() >= REFRESH;
+            }
         }
     }
-    for (_, (_, task)) in tasks {
-        task.abort();
+    running.abort_all();
+}
+
+/// Sleeps until `at`, or forever with none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -358,7 +463,7 @@ mod tests {
         for _ in 0..WINDOW {
             p.small_result(Some(Duration::from_millis(8)));
         }
-        assert_eq!((p.report().sent, p.report().lost), (WINDOW as u32, 0));
+        assert_eq!((p.report().sent, p.report().lost), (WINDOW, 0));
     }
 
     #[test]

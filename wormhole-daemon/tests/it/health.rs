@@ -345,16 +345,20 @@ fn probes_sent(node: &Node) -> u64 {
         .unwrap_or_else(|| panic!("no counter in {text}"))
 }
 
+/// The prober's own cost at 1,000 peers: packets counted on the WireGuard interface, the agent's
+/// CPU with probing off, at the default interval, and at its budget. The userspace backend keeps
+/// the data plane (which here tries handshakes with peers that have no endpoint) in another
+/// process, so the agent's CPU is the prober's.
 #[test]
-fn probing_a_thousand_peers_stays_within_its_budget_embedded() {
-    if !root_or_skip("probing_a_thousand_peers_stays_within_its_budget_embedded") {
+fn probing_a_thousand_peers_stays_within_its_budget_userspace() {
+    if !root_or_skip("probing_a_thousand_peers_stays_within_its_budget_userspace") {
         return;
     }
     const PEERS: usize = 1000;
     const WINDOW: Duration = Duration::from_secs(15);
     // A release build for BENCHMARKS.md: WORMHOLE_BENCH_BIN=target/release/wormhole.
     let bin = std::env::var("WORMHOLE_BENCH_BIN").unwrap_or_else(|_| crate::harness::BIN.into());
-    let mut c = Cluster::with_daemon(1, Backend::Embedded, &bin);
+    let mut c = Cluster::with_daemon(1, Backend::Userspace, &bin);
     let text = c.peers_text(&[1], &silent_peers(PEERS));
     crate::harness::write_atomically(&c.peers, &text);
     let iface = c.node(1).iface.clone();
@@ -421,12 +425,13 @@ fn probing_a_thousand_peers_stays_within_its_budget_embedded() {
         (150.0..=210.0).contains(&capped),
         "interval 1s, rate 200: {capped:.0} probes/s, expected the budget (200)"
     );
-    // The CPU budget: probing at the full 200 probes/s costs under 15 % of a core over idle in
-    // a debug build, the data plane's work on each probe included (measured 10.9 %; release
-    // figures in BENCHMARKS.md; `WORMHOLE_TIME_FACTOR` scales it on slow machines).
+    // The CPU budget: probing at the full 200 probes/s costs under 12 % of a core over idle in a
+    // debug build, the kernel's work of sending into the tunnel included (measured 6.5-7.1 % on
+    // a loaded 2-core machine; BENCHMARKS.md; `WORMHOLE_TIME_FACTOR` scales it on slow
+    // machines).
     let factor = scaled(Duration::from_secs(1)).as_secs_f64();
     assert!(
-        cpu_capped - cpu_off < 0.15 * factor,
+        cpu_capped - cpu_off < 0.12 * factor,
         "probing at 200/s costs {:.1} % of a core (idle {:.1} %, at 10 s {:.1} %)",
         (cpu_capped - cpu_off) * 100.0,
         cpu_off * 100.0,
