@@ -16,7 +16,6 @@
 //! [`listen_and_serve`] binds in the background and keeps retrying: a busy or squatted admin
 //! port never keeps the mesh from being applied.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,8 +29,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
-use wormhole_core::PeerStats;
-use wormhole_core::{ErrorChain, PublicKey, Status, WireGuardDevice};
+use wormhole_core::ObservedDevice;
+use wormhole_core::{ErrorChain, Status, WireGuardDevice};
 
 use crate::metrics::Metrics;
 use crate::view::StatusView;
@@ -92,8 +91,8 @@ enum Body {
 struct Cache {
     /// Our own handle on the reconciler's status, to notice its changes.
     status: watch::Receiver<Status>,
-    /// The device's counters as last read, and when.
-    counters: Option<(Instant, BTreeMap<PublicKey, PeerStats>)>,
+    /// The device as last read (counters, learned endpoints), and when.
+    counters: Option<(Instant, ObservedDevice)>,
     status_body: Option<(Instant, Bytes)>,
     metrics_body: Option<(Instant, Bytes)>,
 }
@@ -103,10 +102,19 @@ struct Server {
     cache: Mutex<Cache>,
 }
 
-/// The status with the newer of its counters and the device's (they move between passes).
-fn with_counters(mut status: Status, counters: &BTreeMap<PublicKey, PeerStats>) -> Status {
+/// The status with the newer of its counters and the device's (they move between passes), and
+/// the endpoint the device learned for a peer that has none configured (a peer behind NAT is
+/// known by its handshakes).
+fn with_counters(mut status: Status, device: &ObservedDevice) -> Status {
     for peer in &mut status.peers {
-        if let Some(stats) = counters.get(&peer.public_key) {
+        if peer.endpoint.is_none() {
+            peer.endpoint = device
+                .config
+                .peers
+                .get(&peer.public_key)
+                .and_then(|c| c.endpoint);
+        }
+        if let Some(stats) = device.stats.get(&peer.public_key) {
             peer.latest_handshake = peer.latest_handshake.max(stats.latest_handshake);
             peer.rx_bytes = peer.rx_bytes.max(stats.rx_bytes);
             peer.tx_bytes = peer.tx_bytes.max(stats.tx_bytes);
@@ -137,19 +145,19 @@ impl Server {
             .is_none_or(|(at, _)| at.elapsed() >= FRESH_FOR)
         {
             let read = tokio::time::timeout(DEVICE_READ_TIMEOUT, self.admin.device.read()).await;
-            let stats = match read {
-                Ok(Ok(Some(device))) => device.stats,
-                Ok(Ok(None)) => BTreeMap::new(),
+            let device = match read {
+                Ok(Ok(Some(device))) => device,
+                Ok(Ok(None)) => ObservedDevice::default(),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %ErrorChain(&e), "admin: cannot read the device's counters");
-                    BTreeMap::new()
+                    ObservedDevice::default()
                 }
                 Err(_) => {
                     tracing::debug!("admin: reading the device's counters timed out");
-                    BTreeMap::new()
+                    ObservedDevice::default()
                 }
             };
-            cache.counters = Some((Instant::now(), stats));
+            cache.counters = Some((Instant::now(), device));
         }
         let status = cache.status.borrow_and_update().clone();
         let status = match &cache.counters {
@@ -353,8 +361,8 @@ mod tests {
     use tokio::net::TcpStream;
     use wormhole_core::DeviceState;
     use wormhole_core::MemoryDevice;
-    use wormhole_core::PeerStatus;
     use wormhole_core::PrivateKey;
+    use wormhole_core::{PeerStats, PeerStatus, PublicKey};
 
     /// An agent's admin state with one peer, over an in-memory device that counts its reads.
     fn admin() -> (

@@ -688,7 +688,8 @@ impl Mesh {
                 .as_deref()
                 .and_then(|e| parse_endpoint(e).ok()),
             pod_cidrs: local_cidrs.clone(),
-            persistent_keepalive: None,
+            // This node's own keepalive (behind NAT): applied toward every peer.
+            persistent_keepalive: local_entry.persistent_keepalive.filter(|&k| k != 0),
         };
         let finish = |accepted: Vec<(NodeSpec, usize)>, mut rejected: Vec<Rejection>| {
             rejected.sort_by(|a, b| (&a.name, &a.origin).cmp(&(&b.name, &b.origin)));

@@ -196,6 +196,10 @@ impl HostState {
     ///
     /// With a cluster secret, each peer gets the pair key derived from it (see
     /// [`PresharedKey::derive_pair`]).
+    ///
+    /// Persistent keepalive: a peer's own setting, and this node's toward every peer (a node
+    /// that declares one is typically behind NAT, and only its own keepalives keep its mapping
+    /// open so that peers can reach it); the shorter of the two when both are set.
     pub fn desired(
         mesh: &Mesh,
         private_key: &PrivateKey,
@@ -211,7 +215,13 @@ impl HostState {
                 let config = PeerConfig {
                     endpoint: p.endpoint,
                     allowed_ips: p.pod_cidrs.clone(),
-                    persistent_keepalive: p.persistent_keepalive,
+                    persistent_keepalive: match (
+                        p.persistent_keepalive,
+                        mesh.local.persistent_keepalive,
+                    ) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    },
                     preshared_key: deriver
                         .as_ref()
                         .map(|d| d.derive(&local_key, &p.public_key)),

@@ -456,6 +456,31 @@ async fn a_handshake_the_device_forgets_stays_seen() {
 }
 
 #[tokio::test]
+async fn a_node_that_declares_keepalive_keeps_every_tunnel_alive() {
+    // Behind NAT, only this node's own keepalives keep its mapping open for its peers.
+    let node = Node::new();
+    let me = node.key.public_key();
+    let (a, b) = (
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+    );
+    let mut r = node.reconciler(None);
+    let mut snap = snapshot(&me, &[("a", &a, "10.99.2.0/24"), ("b", &b, "10.99.3.0/24")]);
+    snap.nodes[0].persistent_keepalive = Some(25);
+    snap.nodes[0].endpoint = None;
+    snap.nodes[2].persistent_keepalive = Some(10);
+    r.update(Ok(snap));
+    r.reconcile().await.unwrap();
+    let device = node.backends.device.state().unwrap();
+    assert_eq!(device.peers[&a].persistent_keepalive, Some(25));
+    assert_eq!(
+        device.peers[&b].persistent_keepalive,
+        Some(10),
+        "the shorter wins"
+    );
+}
+
+#[tokio::test]
 async fn the_pass_hook_sees_every_pass_and_its_plan() {
     let node = Node::new();
     let me = node.key.public_key();

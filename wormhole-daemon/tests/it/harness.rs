@@ -179,6 +179,9 @@ pub(crate) struct Node {
     pub(crate) peers: PathBuf,
     /// The daemon binary it runs.
     pub(crate) bin: String,
+    /// Behind a NAT router (its namespace; dropped after the node): no endpoint in the peers
+    /// file, and a persistent keepalive.
+    pub(crate) router: Option<Netns>,
 }
 
 impl Node {
@@ -193,6 +196,13 @@ impl Node {
     /// This node's entry in a peers file.
     pub(crate) fn entry(&self) -> String {
         let [v4, v6] = pod_cidrs(self.index);
+        if self.router.is_some() {
+            return format!(
+                "\n[[node]]\nname = \"{}\"\npublic_key = \"{}\"\npersistent_keepalive = 25\n\
+                 pod_cidrs = [\"{v4}\", \"{v6}\"]\n",
+                self.name, self.public_key
+            );
+        }
         format!(
             "\n[[node]]\nname = \"{}\"\npublic_key = \"{}\"\nendpoint = \"{}:51820\"\n\
              pod_cidrs = [\"{v4}\", \"{v6}\"]\n",
@@ -438,6 +448,84 @@ impl Cluster {
             public_key,
             peers: self.peers.clone(),
             bin: self.bin.clone(),
+            router: None,
+        });
+        i
+    }
+
+    /// Node `len + 1` behind a NAT router: the router sits on the underlay at
+    /// `192.168.77.(200 + i)` and masquerades the node's private network `172.16.i.0/24`, with
+    /// no inbound port forward (only replies to what the node sent get in). The node's entry
+    /// has no endpoint and a persistent keepalive of 25 s. Returns its index.
+    pub(crate) fn add_node_behind_nat(&mut self, backend: Backend) -> usize {
+        let i = self.nodes.len() + 1;
+        let prefix = self.prefix.clone();
+        let router = Netns::new(format!("{prefix}r{i}"));
+        router.plug(
+            &self.underlay,
+            &format!("{prefix}x{i}"),
+            &format!("192.168.77.{}/24", 200 + i),
+        );
+        let ns = Netns::new(format!("{prefix}n{i}"));
+        router.sh(&[
+            "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        router.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("172.16.{i}.1/24"),
+            "dev",
+            "lan0",
+        ]);
+        router.sh(&["ip", "link", "set", "lan0", "up"]);
+        router.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let nat = "table ip nat {\n chain post {\n  type nat hook postrouting priority srcnat;\n  \
+                   oifname \"eth0\" masquerade\n }\n chain filter_forward {\n  type filter hook forward \
+                   priority filter; policy drop;\n  ct state established,related accept\n  \
+                   iifname \"lan0\" accept\n }\n}\n";
+        let mut nft = router
+            .command(&["nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        nft.stdin.take().unwrap().write_all(nat.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success(), "router nft: {nat}");
+        ns.sh(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]);
+        ns.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("172.16.{i}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        ns.sh(&["ip", "link", "set", "eth0", "up"]);
+        ns.sh(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("172.16.{i}.1"),
+        ]);
+        let dir = self.work.path().join(format!("n{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        let key_file = dir.join("private.key");
+        let public_key = new_key(&key_file);
+        self.nodes.push(Node {
+            daemon: None,
+            ns,
+            index: i,
+            name: format!("n{i}"),
+            iface: format!("{prefix}w{i}"),
+            backend,
+            dir,
+            key_file,
+            public_key,
+            peers: self.peers.clone(),
+            bin: self.bin.clone(),
+            router: Some(router),
         });
         i
     }

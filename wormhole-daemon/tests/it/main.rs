@@ -15,5 +15,6 @@ mod hostile;
 mod kubernetes;
 mod measure;
 mod mesh;
+mod nat;
 mod restart;
 mod services;
