@@ -366,6 +366,7 @@ pub(crate) async fn run(
                 .borrow_and_update()
                 .peers
                 .iter()
+                .filter(|p| !p.external)
                 .filter_map(|p| Some((p.public_key, target(&p.allowed_ips)?)))
                 .collect();
             let mut entries = rounds.entries.lock().expect("not poisoned");

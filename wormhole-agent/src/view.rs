@@ -23,6 +23,9 @@ pub struct PeerView {
     /// What to check, for a state other than `ok`.
     #[serde(default)]
     pub hint: Option<String>,
+    /// A peer outside the cluster (`[[external]]`), not probed.
+    #[serde(default)]
+    pub external: bool,
     /// Smoothed round-trip time of the probes through the tunnel, in milliseconds.
     #[serde(default)]
     pub rtt_ms: Option<f64>,
@@ -91,6 +94,7 @@ impl StatusView {
                     .get(&p.public_key)
                     .cloned()
                     .unwrap_or_else(|| p.state(now).to_string()),
+                external: p.external,
                 hint: match status.peer_problems.contains_key(&p.public_key) {
                     true => None,
                     false => p.state(now).hint(),
@@ -115,6 +119,7 @@ impl StatusView {
             tx_bytes: 0,
             state: format!("rejected: {}", r.reason),
             hint: None,
+            external: false,
             rtt_ms: None,
             last_rtt_ms: None,
             probe_loss: None,

@@ -12,6 +12,7 @@ use crate::mesh::{NodeEntry, RejectReason, Rejection, Snapshot, parse_cidr};
 use crate::source::PeerSource;
 
 const NODE_FIELDS: &str = "name, public_key, endpoint, pod_cidrs, persistent_keepalive";
+const EXTERNAL_FIELDS: &str = "name, public_key, endpoint, allowed_ips, persistent_keepalive";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +21,10 @@ struct FileDoc {
     cluster_cidrs: Vec<String>,
     #[serde(default)]
     node: Vec<toml::Spanned<toml::Table>>,
+    #[serde(default)]
+    external_cidrs: Vec<String>,
+    #[serde(default)]
+    external: Vec<toml::Spanned<toml::Table>>,
 }
 
 /// The offsets of `text`'s line ends, so [`line_of`] finds a line in O(log n) (counting from the
@@ -33,8 +38,14 @@ fn line_of(ends: &[usize], offset: usize) -> usize {
     ends.partition_point(|&end| end < offset) + 1
 }
 
-/// Reads one `[[node]]` table; an error names the field.
-fn node_entry(table: &toml::Table, origin: String) -> Result<NodeEntry, Rejection> {
+/// Reads one `[[node]]` table (or, with `external`, one `[[external]]` table, whose
+/// `allowed_ips` take the place of `pod_cidrs`); an error names the field.
+fn node_entry(table: &toml::Table, origin: String, external: bool) -> Result<NodeEntry, Rejection> {
+    let (fields, cidrs) = if external {
+        (EXTERNAL_FIELDS, "allowed_ips")
+    } else {
+        (NODE_FIELDS, "pod_cidrs")
+    };
     let name = table
         .get("name")
         .and_then(|v| v.as_str())
@@ -61,31 +72,31 @@ fn node_entry(table: &toml::Table, origin: String) -> Result<NodeEntry, Rejectio
     };
     if let Some(unknown) = table
         .keys()
-        .find(|k| !NODE_FIELDS.split(", ").any(|f| f == k.as_str()))
+        .find(|k| !fields.split(", ").any(|f| f == k.as_str()))
     {
         return Err(reject(
             unknown,
-            format!("unknown field (expected one of {NODE_FIELDS})"),
+            format!("unknown field (expected one of {fields})"),
         ));
     }
     string("name", true)?;
     let public_key = string("public_key", true)?.unwrap_or_default();
     let endpoint = string("endpoint", false)?;
-    let pod_cidrs = match table.get("pod_cidrs") {
+    let pod_cidrs = match table.get(cidrs) {
         None => Vec::new(),
         Some(toml::Value::Array(items)) => items
             .iter()
             .map(|v| match v {
                 toml::Value::String(s) => Ok(s.clone()),
                 v => Err(reject(
-                    "pod_cidrs",
+                    cidrs,
                     format!("expected strings, found {}", v.type_str()),
                 )),
             })
             .collect::<Result<_, _>>()?,
         Some(v) => {
             return Err(reject(
-                "pod_cidrs",
+                cidrs,
                 format!("expected an array, found {}", v.type_str()),
             ));
         }
@@ -142,8 +153,22 @@ pub fn parse_peers_file(text: &str, origin: &str) -> Result<Snapshot, String> {
     }
     for (i, node) in doc.node.iter().enumerate() {
         let origin = format!("{origin}:{} node[{i}]", line_of(&ends, node.span().start));
-        match node_entry(node.get_ref(), origin) {
+        match node_entry(node.get_ref(), origin, false) {
             Ok(entry) => snapshot.nodes.push(entry),
+            Err(rejection) => snapshot.rejected.push(rejection),
+        }
+    }
+    for (i, text_cidr) in doc.external_cidrs.iter().enumerate() {
+        let cidr: IpNet = parse_cidr(text_cidr).map_err(|r| format!("external_cidrs[{i}]: {r}"))?;
+        snapshot.external_cidrs.push(cidr);
+    }
+    for (i, peer) in doc.external.iter().enumerate() {
+        let origin = format!(
+            "{origin}:{} external[{i}]",
+            line_of(&ends, peer.span().start)
+        );
+        match node_entry(peer.get_ref(), origin, true) {
+            Ok(entry) => snapshot.external.push(entry),
             Err(rejection) => snapshot.rejected.push(rejection),
         }
     }
@@ -238,6 +263,8 @@ pub fn load_peers_file(path: &Path) -> Result<Snapshot, Error> {
             }
         }
         snapshot.nodes.extend(part.nodes);
+        snapshot.external.extend(part.external);
+        snapshot.external_cidrs.extend(part.external_cidrs);
         snapshot.rejected.extend(part.rejected);
     }
     Ok(snapshot)

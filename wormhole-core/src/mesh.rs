@@ -97,6 +97,12 @@ pub struct Snapshot {
     /// earlier entry then wins; when `false`, the one whose name sorts first. See
     /// [`Mesh::build`].
     pub oldest_first: bool,
+    /// Peers outside the cluster (a CI runner, a laptop): their `pod_cidrs` are the allowed IPs
+    /// they may send from, which must lie in `external_cidrs` (see [`Mesh::external`]).
+    pub external: Vec<NodeEntry>,
+    /// The ranges external peers' allowed IPs must lie in; none means no external peer is
+    /// accepted.
+    pub external_cidrs: Vec<IpNet>,
 }
 
 /// A validated node.
@@ -231,6 +237,26 @@ pub enum RejectReason {
         /// The local CIDR it overlaps.
         local: IpNet,
     },
+    /// An external peer's allowed IP outside the configured external CIDRs.
+    #[error(
+        "allowed IP {cidr} is outside the external CIDRs (external_cidrs, or --external-cidr): \
+         external peers may only hold addresses set aside for them"
+    )]
+    OutsideExternal {
+        /// The allowed IP.
+        cidr: IpNet,
+    },
+    /// An external peer's allowed IP overlapping the cluster CIDRs.
+    #[error(
+        "allowed IP {cidr} overlaps the cluster CIDR {cluster}: an external peer must never \
+         claim pod addresses"
+    )]
+    ExternalOverlapsCluster {
+        /// The allowed IP.
+        cidr: IpNet,
+        /// The cluster CIDR.
+        cluster: IpNet,
+    },
     /// The entry for this node lists a public key other than ours. Its pod CIDRs are still used,
     /// but other nodes cannot reach this one until the entry is updated.
     #[error("this node's entry lists a public key other than ours ({ours}): peers cannot reach us")]
@@ -257,6 +283,8 @@ impl RejectReason {
             RejectReason::OverlapsPeer { .. } => "overlaps_peer",
             RejectReason::OverlapsLocal { .. } => "overlaps_local",
             RejectReason::StaleLocalKey { .. } => "stale_local_key",
+            RejectReason::OutsideExternal { .. } => "outside_external",
+            RejectReason::ExternalOverlapsCluster { .. } => "external_overlaps_cluster",
         }
     }
 }
@@ -273,6 +301,12 @@ pub struct Mesh {
     pub cluster_cidrs: Vec<IpNet>,
     /// Refused entries, sorted by name.
     pub rejected: Vec<Rejection>,
+    /// Accepted external peers (machines outside the cluster), sorted by name: their
+    /// `pod_cidrs` are their allowed IPs, inside `external_cidrs` and outside the cluster CIDRs.
+    /// Every node adds them; they get no pair PSK (they do not hold the cluster secret).
+    pub external: Vec<NodeSpec>,
+    /// The ranges external peers' allowed IPs lie in.
+    pub external_cidrs: Vec<IpNet>,
     /// The snapshot this mesh was built from.
     snapshot: Snapshot,
     /// For each peer, the position of its entry in `snapshot` (to reuse unchanged entries).
@@ -584,8 +618,111 @@ impl Mesh {
         previous: Option<&Mesh>,
     ) -> Result<Mesh, Error> {
         let mut mesh = Self::validate(local_name, local_key, cluster_cidrs, &snapshot, previous)?;
+        mesh.validate_external(&snapshot);
         mesh.snapshot = snapshot;
         Ok(mesh)
+    }
+
+    /// Checks the snapshot's external peers against the accepted nodes: each is accepted unless
+    /// its name or key is taken (by a node, or by an external peer before it by name), or an
+    /// allowed IP is outside the external CIDRs, overlaps the cluster CIDRs or another external
+    /// peer's.
+    fn validate_external(&mut self, snapshot: &Snapshot) {
+        self.external_cidrs = snapshot.external_cidrs.clone();
+        let overlaps = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+        let mut names: HashMap<String, String> = std::iter::once(&self.local)
+            .chain(&self.peers)
+            .map(|n| (n.name.clone(), format!("node {}", n.name)))
+            .collect();
+        let mut keys: HashMap<PublicKey, String> = std::iter::once(&self.local)
+            .chain(&self.peers)
+            .map(|n| (n.public_key, n.name.clone()))
+            .collect();
+        let mut taken: Vec<(IpNet, String)> = Vec::new();
+        let mut entries: Vec<&NodeEntry> = snapshot.external.iter().collect();
+        entries.sort_by(|a, b| (&a.name, &a.public_key).cmp(&(&b.name, &b.public_key)));
+        for entry in entries {
+            let checked = (|| {
+                check_name(&entry.name)?;
+                if let Some(other) = names.get(&entry.name) {
+                    return Err(RejectReason::DuplicateName {
+                        other: other.clone(),
+                    });
+                }
+                let public_key: PublicKey = entry
+                    .public_key
+                    .parse()
+                    .map_err(RejectReason::MalformedKey)?;
+                if public_key == self.local.public_key {
+                    return Err(RejectReason::LocalKey);
+                }
+                if let Some(other) = keys.get(&public_key) {
+                    return Err(RejectReason::DuplicateKey {
+                        other: other.clone(),
+                    });
+                }
+                let endpoint = entry.endpoint.as_deref().map(parse_endpoint).transpose()?;
+                if entry.pod_cidrs.len() > MAX_POD_CIDRS {
+                    return Err(RejectReason::TooManyCidrs {
+                        count: entry.pod_cidrs.len(),
+                        max: MAX_POD_CIDRS,
+                    });
+                }
+                let mut allowed = Vec::with_capacity(entry.pod_cidrs.len());
+                for text in &entry.pod_cidrs {
+                    let cidr = parse_cidr(text)?;
+                    if !self.external_cidrs.iter().any(|r| holds(r, &cidr)) {
+                        return Err(RejectReason::OutsideExternal { cidr });
+                    }
+                    if let Some(cluster) = self.cluster_cidrs.iter().find(|c| overlaps(c, &cidr)) {
+                        return Err(RejectReason::ExternalOverlapsCluster {
+                            cidr,
+                            cluster: *cluster,
+                        });
+                    }
+                    if let Some((other_cidr, other)) =
+                        taken.iter().find(|(c, _)| overlaps(c, &cidr))
+                    {
+                        return Err(RejectReason::OverlapsPeer {
+                            cidr,
+                            other_cidr: *other_cidr,
+                            other: other.clone(),
+                        });
+                    }
+                    allowed.push(cidr);
+                }
+                if let Some((first, second)) = own_overlap(&allowed) {
+                    return Err(RejectReason::BadCidr {
+                        cidr: second.to_string(),
+                        reason: format!("overlaps {first}, another allowed IP of the same peer"),
+                    });
+                }
+                allowed.sort();
+                Ok(NodeSpec {
+                    name: entry.name.clone(),
+                    public_key,
+                    endpoint,
+                    pod_cidrs: allowed,
+                    persistent_keepalive: entry.persistent_keepalive.filter(|&k| k != 0),
+                })
+            })();
+            match checked {
+                Ok(spec) => {
+                    names.insert(spec.name.clone(), entry.origin.clone());
+                    keys.insert(spec.public_key, spec.name.clone());
+                    taken.extend(spec.pod_cidrs.iter().map(|c| (*c, spec.name.clone())));
+                    self.external.push(spec);
+                }
+                Err(reason) => self.rejected.push(Rejection {
+                    name: entry.name.clone(),
+                    origin: entry.origin.clone(),
+                    reason,
+                }),
+            }
+        }
+        self.external.sort_by(|a, b| a.name.cmp(&b.name));
+        self.rejected
+            .sort_by(|a, b| (&a.name, &a.origin).cmp(&(&b.name, &b.origin)));
     }
 
     /// The snapshot this mesh was built from.
@@ -706,6 +843,8 @@ impl Mesh {
                 peers,
                 cluster_cidrs,
                 rejected,
+                external: Vec::new(),
+                external_cidrs: Vec::new(),
                 snapshot,
                 entry_of,
                 peer_at,

@@ -529,6 +529,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 fn underlay_outside_overlay(mesh: &Mesh, underlay: &[IpAddr]) -> Result<(), Error> {
     let endpoints = std::iter::once(&mesh.local)
         .chain(&mesh.peers)
+        .chain(&mesh.external)
         .filter_map(|n| {
             n.endpoint
                 .map(|e| (e.ip(), format!("the endpoint of node {}", n.name)))
@@ -544,7 +545,13 @@ fn underlay_outside_overlay(mesh: &Mesh, underlay: &[IpAddr]) -> Result<(), Erro
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
             v4 => v4,
         };
-        if let Some(cidr) = mesh.cluster_cidrs.iter().find(|c| c.contains(&address)) {
+        // External CIDRs are overlay too: the firewall keeps them to the tunnel.
+        if let Some(cidr) = mesh
+            .cluster_cidrs
+            .iter()
+            .chain(&mesh.external_cidrs)
+            .find(|c| c.contains(&address))
+        {
             return Err(Error::ClusterCidrConflict {
                 cidr: *cidr,
                 address,
@@ -601,7 +608,9 @@ fn peer_statuses(
         .collect();
     mesh.peers
         .iter()
-        .map(|p| {
+        .map(|p| (p, false))
+        .chain(mesh.external.iter().map(|p| (p, true)))
+        .map(|(p, external)| {
             let stats = device
                 .and_then(|d| d.stats.get(&p.public_key))
                 .copied()
@@ -618,6 +627,7 @@ fn peer_statuses(
                 rx_bytes: stats.rx_bytes,
                 tx_bytes: stats.tx_bytes,
                 probe: None,
+                external,
             }
         })
         .collect()

@@ -208,7 +208,7 @@ impl HostState {
     ) -> HostState {
         let local_key = private_key.public_key();
         let deriver = cluster_secret.map(PresharedKey::pair_deriver);
-        let peers = mesh
+        let mut peers: BTreeMap<PublicKey, PeerConfig> = mesh
             .peers
             .iter()
             .map(|p| {
@@ -229,9 +229,20 @@ impl HostState {
                 (p.public_key, config)
             })
             .collect();
+        // External peers: their allowed IPs, no pair PSK (they do not hold the cluster secret).
+        peers.extend(mesh.external.iter().map(|p| {
+            let config = PeerConfig {
+                endpoint: p.endpoint,
+                allowed_ips: p.pod_cidrs.clone(),
+                persistent_keepalive: p.persistent_keepalive.or(mesh.local.persistent_keepalive),
+                preshared_key: None,
+            };
+            (p.public_key, config)
+        }));
         let routes: BTreeSet<IpNet> = mesh
             .peers
             .iter()
+            .chain(&mesh.external)
             .flat_map(|p| p.pod_cidrs.iter().copied())
             .collect();
         HostState {
@@ -248,7 +259,14 @@ impl HostState {
             firewall: Some(FirewallPolicy {
                 interface: host.interface.clone(),
                 bridge: host.bridge.clone(),
-                cluster_cidrs: mesh.cluster_cidrs.clone(),
+                // The overlay as the firewall sees it: external peers' ranges too (never in
+                // cleartext, never masqueraded, never from the underlay or a pod).
+                cluster_cidrs: mesh
+                    .cluster_cidrs
+                    .iter()
+                    .chain(&mesh.external_cidrs)
+                    .copied()
+                    .collect(),
                 local_pod_cidrs: mesh.local.pod_cidrs.clone(),
                 mtu: host.mtu,
             }),

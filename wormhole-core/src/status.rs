@@ -176,6 +176,9 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Probing through the tunnel, when the agent probes (`None`: not probed, or no result yet).
     pub probe: Option<ProbeReport>,
+    /// A peer outside the cluster ([`Mesh::external`](crate::Mesh::external)): not probed (it
+    /// has no overlay address of ours to answer at).
+    pub external: bool,
 }
 
 impl PeerStatus {
@@ -191,6 +194,7 @@ impl PeerStatus {
             rx_bytes: 0,
             tx_bytes: 0,
             probe: None,
+            external: false,
         }
     }
 

@@ -39,6 +39,9 @@ pub enum Command {
     Pubkey,
     /// Replace the node's private key with a new one and print the new public key.
     RotateKey(RotateKeyArgs),
+    /// Print a wg-quick configuration for an external peer of the peers file (`[[external]]`):
+    /// every node as a [Peer] with its endpoint and pod CIDRs.
+    PeerConfig(PeerConfigArgs),
 }
 
 /// A WireGuard implementation to use.
@@ -159,6 +162,19 @@ pub enum Output {
     Table,
     /// The JSON behind the table.
     Json,
+}
+
+/// `wormhole peer-config`.
+#[derive(Debug, Args)]
+pub struct PeerConfigArgs {
+    /// The external peer's name in the peers file.
+    pub name: String,
+    /// The peers file or directory.
+    #[arg(long, env = "WORMHOLE_PEERS", value_name = "FILE|DIR")]
+    pub peers: PathBuf,
+    /// Also route this Service CIDR through the first node (e.g. 10.96.0.0/12).
+    #[arg(long)]
+    pub service_cidr: Option<IpNet>,
 }
 
 /// `wormhole rotate-key`.

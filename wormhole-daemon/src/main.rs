@@ -9,6 +9,7 @@
 #![allow(unreachable_pub)]
 
 mod cli;
+mod peer_config;
 mod run;
 mod status;
 
@@ -94,6 +95,13 @@ fn main() -> anyhow::Result<ExitCode> {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("stdin: invalid private key: {e}"))?;
             println!("{}", key.public_key());
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::PeerConfig(args) => {
+            let snapshot = wormhole_core::load_peers_file(&args.peers)?;
+            let text = peer_config::render(snapshot, &args.name, args.service_cidr)
+                .map_err(anyhow::Error::msg)?;
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         cli::Command::RotateKey(args) => {

@@ -92,7 +92,11 @@ pub fn table(view: &StatusView) -> String {
         .iter()
         .map(|p| {
             [
-                escape(&p.name).into_owned(),
+                if p.external {
+                    format!("{} (external)", escape(&p.name))
+                } else {
+                    escape(&p.name).into_owned()
+                },
                 escape(p.endpoint.as_deref().unwrap_or("-")).into_owned(),
                 list(&p.allowed_ips),
                 p.latest_handshake_age_seconds
@@ -330,6 +334,7 @@ mod tests {
                 tx_bytes: 0,
                 state: hostile.into(),
                 hint: Some(hostile.into()),
+                external: false,
                 rtt_ms: None,
                 last_rtt_ms: None,
                 probe_loss: None,

@@ -169,6 +169,7 @@ pub(crate) fn snapshot(
         nodes: entries.into_iter().map(|(_, e)| e).collect(),
         rejected: Vec::new(),
         oldest_first: true,
+        ..Snapshot::default()
     })
 }
 

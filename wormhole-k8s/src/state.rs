@@ -91,6 +91,7 @@ impl SavedState {
             nodes,
             rejected: Vec::new(),
             oldest_first: true,
+            ..Snapshot::default()
         })
     }
 

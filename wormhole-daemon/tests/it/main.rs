@@ -9,6 +9,7 @@
 mod admin;
 mod churn;
 mod cli;
+mod external;
 mod harness;
 mod health;
 mod hostile;

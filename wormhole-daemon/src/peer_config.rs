@@ -1,0 +1,149 @@
+//! `wormhole peer-config NAME`: a ready wg-quick configuration for an external peer (a machine
+//! outside the cluster listed in the peers file's `[[external]]`), with every node as a
+//! `[Peer]`: its endpoint and pod CIDRs.
+//!
+//! The peers file is validated as an agent validates it (from the first node's point of view:
+//! every agent accepts the same nodes and external peers), so a configuration is printed only for
+//! an external peer the nodes accept, and only accepted nodes appear in it.
+
+use ipnet::IpNet;
+use wormhole_core::{Mesh, NodeSpec, PublicKey, Snapshot, escape};
+
+/// The configuration of external peer `name` from `snapshot`; `service_cidr`, if given, is
+/// routed through the first node (kube-proxy there forwards to the Service's endpoints).
+pub fn render(
+    snapshot: Snapshot,
+    name: &str,
+    service_cidr: Option<IpNet>,
+) -> Result<String, String> {
+    // Any node's point of view: validation gives every agent the same nodes and externals.
+    let (first_name, first_key) = snapshot
+        .nodes
+        .iter()
+        .find_map(|n| Some((n.name.clone(), n.public_key.parse::<PublicKey>().ok()?)))
+        .ok_or("the peers file lists no node with a valid public key")?;
+    let mesh = Mesh::build(&first_name, &first_key, &[], snapshot, None)
+        .map_err(|e| format!("the peers file is not usable: {e}"))?;
+    let Some(peer) = mesh.external.iter().find(|p| p.name == name) else {
+        return Err(match mesh.rejected.iter().find(|r| r.name == name) {
+            Some(r) => format!("external peer refused by the nodes: {r}"),
+            None => format!(
+                "no external peer named \"{}\" in the peers file ([[external]] entries: {})",
+                escape(name),
+                mesh.external
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    };
+    let list = |nets: &[IpNet]| {
+        nets.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = format!(
+        "# wg-quick configuration of the external peer {name}, made by `wormhole peer-config`.\n\
+         # Put its private key below (the one whose public key is {key}), then:\n\
+         #   wg-quick up ./wormhole.conf\n\
+         [Interface]\n\
+         PrivateKey = <the private key of {name}>\n\
+         Address = {address}\n",
+        name = peer.name,
+        key = peer.public_key,
+        address = list(&peer.pod_cidrs),
+    );
+    if let Some(endpoint) = peer.endpoint {
+        out += &format!("ListenPort = {}\n", endpoint.port());
+    }
+    let mut nodes: Vec<&NodeSpec> = std::iter::once(&mesh.local).chain(&mesh.peers).collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    for (i, node) in nodes.iter().enumerate() {
+        let mut allowed = node.pod_cidrs.clone();
+        if i == 0 {
+            allowed.extend(service_cidr);
+        }
+        out += &format!(
+            "\n# node {}\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
+            node.name,
+            node.public_key,
+            list(&allowed)
+        );
+        if let Some(endpoint) = node.endpoint {
+            out += &format!("Endpoint = {endpoint}\n");
+        }
+        if let Some(seconds) = peer.persistent_keepalive {
+            out += &format!("PersistentKeepalive = {seconds}\n");
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wormhole_core::{PrivateKey, parse_peers_file};
+
+    fn file(extra: &str) -> (String, PublicKey) {
+        let (a, b, laptop) = (
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+        );
+        let text = format!(
+            "cluster_cidrs = [\"10.99.0.0/16\"]\nexternal_cidrs = [\"10.98.0.0/24\"]\n\
+             [[node]]\nname = \"b\"\npublic_key = \"{b}\"\nendpoint = \"192.168.77.2:51820\"\npod_cidrs = [\"10.99.2.0/24\"]\n\
+             [[node]]\nname = \"a\"\npublic_key = \"{a}\"\nendpoint = \"192.168.77.1:51820\"\npod_cidrs = [\"10.99.1.0/24\"]\n\
+             [[external]]\nname = \"laptop\"\npublic_key = \"{laptop}\"\nallowed_ips = [\"10.98.0.2/32\"]\n\
+             persistent_keepalive = 25\n{extra}"
+        );
+        (text, laptop)
+    }
+
+    #[test]
+    fn a_config_with_every_node() {
+        let (text, laptop) = file("");
+        let snapshot = parse_peers_file(&text, "peers.toml").unwrap();
+        let conf = render(snapshot, "laptop", Some("10.96.0.0/12".parse().unwrap())).unwrap();
+        assert!(conf.contains(&format!("public key is {laptop}")), "{conf}");
+        assert!(
+            conf.contains(
+                "[Interface]\nPrivateKey = <the private key of laptop>\nAddress = 10.98.0.2/32\n"
+            ),
+            "{conf}"
+        );
+        // Nodes by name; the service CIDR through the first.
+        let a = conf.find("# node a").unwrap();
+        let b = conf.find("# node b").unwrap();
+        assert!(a < b, "{conf}");
+        assert!(conf.contains("AllowedIPs = 10.99.1.0/24, 10.96.0.0/12\nEndpoint = 192.168.77.1:51820\nPersistentKeepalive = 25\n"), "{conf}");
+        assert!(
+            conf.contains("AllowedIPs = 10.99.2.0/24\nEndpoint = 192.168.77.2:51820\n"),
+            "{conf}"
+        );
+        assert!(
+            !conf.contains("ListenPort"),
+            "no endpoint, no fixed port: {conf}"
+        );
+    }
+
+    #[test]
+    fn refused_and_unknown_peers_say_why() {
+        let thief = PrivateKey::generate().public_key();
+        let (text, _) = file(&format!(
+            "[[external]]\nname = \"thief\"\npublic_key = \"{thief}\"\nallowed_ips = [\"10.99.1.7/32\"]\n"
+        ));
+        let snapshot = parse_peers_file(&text, "peers.toml").unwrap();
+        let err = render(snapshot.clone(), "thief", None).unwrap_err();
+        assert!(err.contains("external peer refused by the nodes"), "{err}");
+        assert!(err.contains("outside the external CIDRs"), "{err}");
+        let err = render(snapshot, "nobody\u{1b}[2J", None).unwrap_err();
+        assert!(
+            err.contains("no external peer named \"nobody\\u{1b}[2J\""),
+            "{err}"
+        );
+        assert!(err.contains("entries: laptop"), "{err}");
+    }
+}
