@@ -270,6 +270,7 @@ mod tests {
             ],
             rejected: vec![],
             oldest_first: true,
+            ..Snapshot::default()
         }
     }
 
