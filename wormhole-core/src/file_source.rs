@@ -284,6 +284,10 @@ pub fn load_peers_file(path: &Path) -> Result<Snapshot, Error> {
 /// persistent_keepalive = 25                       # optional, seconds
 /// ```
 ///
+/// Machines outside the cluster are `[[external]]` entries (fields `name`, `public_key`,
+/// optional `endpoint`, `allowed_ips`, optional `persistent_keepalive`), accepted only with
+/// allowed IPs inside the top-level `external_cidrs` (see [`Snapshot::external`]).
+///
 /// Every node, this one included, is listed. A bad entry is rejected on its own, with its file,
 /// line and field; a file that does not parse as a whole (or a directory with such a file) is an
 /// error, and the reconciler keeps the last good mesh. In a directory, files whose names start
