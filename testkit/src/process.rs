@@ -65,10 +65,12 @@ pub(crate) fn next() -> u32 {
     NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
-/// A unique short prefix for one test's namespaces and interfaces: `{tag}{pid % 1000}{n}`.
-/// Each suite has its own tag, so that suites running at the same time never meet.
+/// A unique short prefix for one test's namespaces and interfaces: `{tag}{pid % 1000}q{n}`.
+/// Each suite has its own tag, so that suites running at the same time never meet; the `q`
+/// keeps two test processes of one suite apart (without it, pid 79's 4th test and pid 7's 94th
+/// were both `…794`, and one's clean-up killed the other's daemons).
 pub fn prefix(tag: &str) -> String {
-    format!("{tag}{}{}", std::process::id() % 1000, next())
+    format!("{tag}{}q{}", std::process::id() % 1000, next())
 }
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
