@@ -17,6 +17,14 @@ fn a_node_behind_nat_joins_the_mesh_embedded() {
     }
 }
 
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn a_node_behind_nat_joins_the_mesh_kernel() {
+    if root_or_skip("a_node_behind_nat_joins_the_mesh_kernel") {
+        behind_nat(Backend::Kernel);
+    }
+}
+
 fn behind_nat(backend: Backend) {
     let mut c = Cluster::new(2, backend);
     let hidden = c.add_node_behind_nat(backend);
