@@ -31,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent on this node.
     Run(Box<RunArgs>),
-    /// Ask the running agent how its peers are doing (exit code 1 when any peer is not ok).
+    /// Ask the running agent how its peers are doing (exit code 1 when any node peer is not ok; external peers do not count).
     Status(StatusArgs),
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,

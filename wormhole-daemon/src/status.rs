@@ -429,6 +429,17 @@ mod tests {
             ..view
         };
         assert!(!ok.all_ok(), "every peer ok, but not ready: not ok");
+        let mut offline = view.peers[2].clone();
+        offline.external = true;
+        let with_laptop = StatusView {
+            ready: true,
+            peers: vec![view.peers[0].clone(), offline],
+            ..ok.clone()
+        };
+        assert!(
+            with_laptop.all_ok(),
+            "an external peer that is off does not count"
+        );
         let ready = StatusView { ready: true, ..ok };
         assert!(ready.all_ok());
         assert!(!table(&ready).contains("NOT READY"));
