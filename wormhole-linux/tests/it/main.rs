@@ -12,4 +12,5 @@ mod firewall;
 mod harness;
 mod kernel;
 mod mesh;
+mod ping;
 mod sessions;
