@@ -5,9 +5,10 @@
 //! ```
 //!
 //! It prints a Markdown report: machine, stripped binary size, daemon RSS with 3 and 1,000
-//! peers and idle CPU over 60 s (embedded and userspace backends), pod-to-pod TCP throughput
-//! through the mesh next to wireguard-go configured by hand with `wg` between the same
-//! namespaces, and node-join convergence. It takes about four minutes.
+//! peers and idle CPU over 60 s at each (embedded and userspace backends), pod-to-pod TCP
+//! throughput through the mesh next to wireguard-go configured by hand with `wg` between the
+//! same namespaces, and node-join convergence. It takes about five minutes. `measure_memory`
+//! and `measure_throughput` (below) measure one part each, on a release build of the daemon.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -650,6 +651,16 @@ fn measure_join() {
     println!("{r}");
 }
 
+/// What the path of the daemon at `bin` says of its build (copies of release builds keep
+/// "release" in their directory name).
+fn build_label(bin: &str) -> &'static str {
+    if bin.contains("release") {
+        " (release)"
+    } else {
+        " (DEBUG build)"
+    }
+}
+
 /// One backend's mesh for [`measure_throughput`]: two nodes with a pod each, iperf3 servers
 /// running, and the processes that carry its data plane (the agents for embedded, wireguard-go
 /// for userspace).
@@ -746,20 +757,13 @@ fn measure_throughput() {
     let n = lanes.len();
     std::thread::sleep(Duration::from_millis(500));
     let mut r = String::new();
-    let release = |b: &str| {
-        if b.contains("release") {
-            " (release)"
-        } else {
-            " (DEBUG build)"
-        }
-    };
     let _ = writeln!(
         r,
         "- daemon `{bin}`{}{}; {} CPUs; load average at start: {}",
-        release(&bin),
+        build_label(&bin),
         before
             .as_ref()
-            .map(|b| format!("; before: `{b}`{}", release(b)))
+            .map(|b| format!("; before: `{b}`{}", build_label(b)))
             .unwrap_or_default(),
         sh(&["nproc"]).trim(),
         std::fs::read_to_string("/proc/loadavg").unwrap().trim()
@@ -863,11 +867,7 @@ fn measure_memory() {
     let _ = writeln!(
         r,
         "- daemon `{bin}`{}; {} CPUs; {}; load average at start: {}",
-        if bin.contains("/release/") {
-            " (release)"
-        } else {
-            " (DEBUG build)"
-        },
+        build_label(&bin),
         sh(&["nproc"]).trim(),
         first_line(&["wireguard-go", "--version"]),
         load()
