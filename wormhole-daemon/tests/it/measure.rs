@@ -136,11 +136,13 @@ fn idle(pid: u32, wg_go: Option<u32>, sync: (&std::sync::atomic::AtomicUsize, us
 }
 
 /// One backend's resource run: node n1 of a 3-node mesh with 3 peers, then 1,000 (997 fake):
-/// memory after each and CPU over an idle window at each. `sync` is shared with the runs of the
-/// other backends (and how many there are), so that the idle windows overlap.
+/// memory after each and CPU over an idle window at each. The daemons get `extra` arguments.
+/// `sync` is shared with the runs of the other backends (and how many there are), so that the
+/// idle windows overlap.
 fn resources(
     backend: Backend,
     bin: &str,
+    extra: &[&str],
     keys: &[String],
     sync: (&std::sync::atomic::AtomicUsize, usize),
 ) -> Resources {
@@ -149,7 +151,7 @@ fn resources(
     let own = c.work.path().join("peers-n1.toml");
     write_atomically(&own, &c.peers_text(&[1, 2, 3], &fake_peers(0, 1, keys)));
     c.node_mut(1).peers = own.clone();
-    c.start_all(&[]);
+    c.start_all(extra);
     for i in 1..=3 {
         c.add_pods(i, &["a"]);
     }
@@ -198,14 +200,19 @@ fn resources(
 }
 
 /// Runs [`resources`] for `backends` side by side (one thread each, idle windows together).
-fn resources_side_by_side(backends: &[Backend], bin: &str, keys: &[String]) -> Vec<Resources> {
+fn resources_side_by_side(
+    backends: &[Backend],
+    bin: &str,
+    extra: &[&str],
+    keys: &[String],
+) -> Vec<Resources> {
     let count = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         let handles: Vec<_> = backends
             .iter()
             .map(|&b| {
                 let count = &count;
-                s.spawn(move || resources(b, bin, keys, (count, backends.len())))
+                s.spawn(move || resources(b, bin, extra, keys, (count, backends.len())))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -510,7 +517,7 @@ fn measure() {
         .collect();
 
     // Resources, both backends side by side (idle windows together; CPU is per process).
-    let res = resources_side_by_side(&[Backend::Embedded, Backend::Userspace], BIN, &keys);
+    let res = resources_side_by_side(&[Backend::Embedded, Backend::Userspace], BIN, &[], &keys);
     resources_report(&mut r, &res);
     load(&mut r, "after the resource runs");
 
@@ -850,6 +857,8 @@ fn measure_throughput() {
 /// WORMHOLE_BENCH_BIN=$CARGO_TARGET_DIR/release/wormhole \
 ///   cargo test -p wormhole-daemon --test it -- --ignored --nocapture measure_memory
 /// ```
+///
+/// `WORMHOLE_DAEMON_ARGS` adds arguments to every daemon (e.g. `--probe-interval off`).
 #[test]
 #[ignore = "takes three minutes; run with --ignored --nocapture measure_memory (as root)"]
 fn measure_memory() {
@@ -857,6 +866,8 @@ fn measure_memory() {
         return;
     }
     let bin = std::env::var("WORMHOLE_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+    let args = std::env::var("WORMHOLE_DAEMON_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = args.split_whitespace().collect();
     let load = || {
         std::fs::read_to_string("/proc/loadavg")
             .unwrap()
@@ -866,7 +877,7 @@ fn measure_memory() {
     let mut r = String::new();
     let _ = writeln!(
         r,
-        "- daemon `{bin}`{}; {} CPUs; {}; load average at start: {}",
+        "- daemon `{bin}`{} {args}; {} CPUs; {}; load average at start: {}",
         build_label(&bin),
         sh(&["nproc"]).trim(),
         first_line(&["wireguard-go", "--version"]),
@@ -875,7 +886,12 @@ fn measure_memory() {
     let keys: Vec<String> = (0..=EXTRA_PEERS)
         .map(|_| pubkey(&sh(&[&bin, "genkey"])))
         .collect();
-    let res = resources_side_by_side(&[Backend::Embedded, Backend::Userspace], &bin, &keys);
+    let res = resources_side_by_side(
+        &[Backend::Embedded, Backend::Userspace],
+        &bin,
+        &extra,
+        &keys,
+    );
     resources_report(&mut r, &res);
     let total = |x: &Resources| x.rss1000.rss + x.rss1000_wg_go.map_or(0, |w| w.rss);
     if let [embedded, userspace] = &res[..] {
