@@ -5,9 +5,10 @@
 //! ```
 //!
 //! It prints a Markdown report: machine, stripped binary size, daemon RSS with 3 and 1,000
-//! peers and idle CPU over 60 s (embedded and userspace backends), pod-to-pod TCP throughput
-//! through the mesh next to wireguard-go configured by hand with `wg` between the same
-//! namespaces, and node-join convergence. It takes about four minutes.
+//! peers and idle CPU over 60 s at each (embedded and userspace backends), pod-to-pod TCP
+//! throughput through the mesh next to wireguard-go configured by hand with `wg` between the
+//! same namespaces, and node-join convergence. It takes about five minutes. `measure_memory`
+//! and `measure_throughput` (below) measure one part each, on a release build of the daemon.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -60,25 +61,97 @@ fn fake_peers(first: usize, n: usize, keys: &[String]) -> String {
     text
 }
 
+/// CPU time over one idle window, in clock ticks: the agent, and wireguard-go (userspace).
+#[derive(Clone, Copy)]
+struct Idle {
+    agent: u64,
+    wg_go: Option<u64>,
+}
+
+/// Memory of one process (`/proc/PID/status`, KiB).
+#[derive(Clone, Copy)]
+struct Memory {
+    rss: u64,
+    hwm: u64,
+    /// `RssAnon`: the heap and stacks, without the mapped binary and libraries.
+    anon: u64,
+    threads: u64,
+}
+
+fn memory(pid: u32) -> Memory {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    let (rss, hwm) = rss_kib(pid);
+    Memory {
+        rss,
+        hwm,
+        anon: field("RssAnon:"),
+        threads: field("Threads:"),
+    }
+}
+
 struct Resources {
     backend: Backend,
-    idle_cpu_ticks: u64,
-    idle_cpu_ticks_wg_go: Option<u64>,
-    rss3: (u64, u64),
-    rss3_wg_go: Option<(u64, u64)>,
-    rss1000: (u64, u64),
-    rss1000_wg_go: Option<(u64, u64)>,
+    idle3: Idle,
+    idle1000: Idle,
+    rss3: Memory,
+    rss3_wg_go: Option<Memory>,
+    rss1000: Memory,
+    rss1000_wg_go: Option<Memory>,
     apply1000: Duration,
     pass1000_ms: f64,
 }
 
-fn resources(backend: Backend, keys: &[String]) -> Resources {
-    let mut c = Cluster::new(3, backend);
+/// A rendezvous of the `n` threads that share `count`: each waits (bounded) until all have
+/// come, so that their idle windows are the same stretch of time.
+fn meet(count: &std::sync::atomic::AtomicUsize, n: usize) {
+    use std::sync::atomic::Ordering;
+    let mine = count.fetch_add(1, Ordering::SeqCst) + 1;
+    let target = mine.div_ceil(n) * n;
+    let met = poll(Duration::from_secs(600), || {
+        (count.load(Ordering::SeqCst) >= target).then_some(())
+    });
+    assert!(
+        met.is_some(),
+        "the other resource runs did not come within 600 s"
+    );
+}
+
+/// CPU ticks of `pid` (and of `wg_go`) over [`IDLE`], started together with the other runs.
+fn idle(pid: u32, wg_go: Option<u32>, sync: (&std::sync::atomic::AtomicUsize, usize)) -> Idle {
+    meet(sync.0, sync.1);
+    let (t0, w0) = (cpu_ticks(pid), wg_go.map(cpu_ticks));
+    std::thread::sleep(IDLE);
+    let (t1, w1) = (cpu_ticks(pid), wg_go.map(cpu_ticks));
+    Idle {
+        agent: t1 - t0,
+        wg_go: w0.zip(w1).map(|(a, b)| b - a),
+    }
+}
+
+/// One backend's resource run: node n1 of a 3-node mesh with 3 peers, then 1,000 (997 fake):
+/// memory after each and CPU over an idle window at each. The daemons get `extra` arguments.
+/// `sync` is shared with the runs of the other backends (and how many there are), so that the
+/// idle windows overlap.
+fn resources(
+    backend: Backend,
+    bin: &str,
+    extra: &[&str],
+    keys: &[String],
+    sync: (&std::sync::atomic::AtomicUsize, usize),
+) -> Resources {
+    let mut c = Cluster::with_daemon(3, backend, bin);
     // n1 reads its own file: the three nodes plus one more peer (3 peers); later 1,000 peers.
     let own = c.work.path().join("peers-n1.toml");
     write_atomically(&own, &c.peers_text(&[1, 2, 3], &fake_peers(0, 1, keys)));
     c.node_mut(1).peers = own.clone();
-    c.start_all(&[]);
+    c.start_all(extra);
     for i in 1..=3 {
         c.add_pods(i, &["a"]);
     }
@@ -90,11 +163,9 @@ fn resources(backend: Backend, keys: &[String]) -> Resources {
     let wg_go = (backend == Backend::Userspace).then(|| wireguard_go_pid(&n1.iface).unwrap());
     std::thread::sleep(Duration::from_secs(2));
 
-    let (t0, w0) = (cpu_ticks(pid), wg_go.map(cpu_ticks));
-    std::thread::sleep(IDLE);
-    let (t1, w1) = (cpu_ticks(pid), wg_go.map(cpu_ticks));
-    let rss3 = rss_kib(pid);
-    let rss3_wg_go = wg_go.map(rss_kib);
+    let idle3 = idle(pid, wg_go, sync);
+    let rss3 = memory(pid);
+    let rss3_wg_go = wg_go.map(memory);
     assert_eq!(n1.wg_peers().len(), 3);
 
     let text = c.peers_text(&[1, 2, 3], &fake_peers(0, EXTRA_PEERS + 1, keys));
@@ -113,16 +184,120 @@ fn resources(backend: Backend, keys: &[String]) -> Resources {
     let routes = n1.ns.wormhole_routes().lines().count();
     assert_eq!(routes, 2000, "1,000 peers, one v4 and one v6 route each");
     std::thread::sleep(Duration::from_secs(2));
+    let idle1000 = idle(pid, wg_go, sync);
+    assert_eq!(n1.wg_peers().len(), 1000);
     Resources {
         backend,
-        idle_cpu_ticks: t1 - t0,
-        idle_cpu_ticks_wg_go: w0.zip(w1).map(|(a, b)| b - a),
+        idle3,
+        idle1000,
         rss3,
         rss3_wg_go,
-        rss1000: rss_kib(pid),
-        rss1000_wg_go: wg_go.map(rss_kib),
+        rss1000: memory(pid),
+        rss1000_wg_go: wg_go.map(memory),
         apply1000,
         pass1000_ms,
+    }
+}
+
+/// Runs [`resources`] for `backends` side by side (one thread each, idle windows together).
+fn resources_side_by_side(
+    backends: &[Backend],
+    bin: &str,
+    extra: &[&str],
+    keys: &[String],
+) -> Vec<Resources> {
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = backends
+            .iter()
+            .map(|&b| {
+                let count = &count;
+                s.spawn(move || resources(b, bin, extra, keys, (count, backends.len())))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// The Markdown table and lines for [`resources_side_by_side`]'s results.
+fn resources_report(r: &mut String, res: &[Resources]) {
+    let tck: f64 = sh(&["getconf", "CLK_TCK"]).trim().parse().unwrap();
+    let secs = IDLE.as_secs();
+    let cpu = |ticks: u64| {
+        let s = ticks as f64 / tck;
+        format!("{s:.2} s ({:.2}%)", s / IDLE.as_secs_f64() * 100.0)
+    };
+    let _ = writeln!(
+        r,
+        "\n| backend | process | VmRSS 3 peers | VmRSS 1,000 peers | VmHWM 1,000 peers | RssAnon 3 -> 1,000 peers | threads (1,000 peers) | CPU over {secs} s idle, 3 peers | CPU over {secs} s idle, 1,000 peers |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|---|---|---|---|");
+    let row = |r: &mut String, backend: &str, process: &str, m3: Memory, m: Memory, i3, i| {
+        let _ = writeln!(
+            r,
+            "| {backend} | {process} | {} | {} | {} | {} -> {} | {} | {} | {} |",
+            mib(m3.rss),
+            mib(m.rss),
+            mib(m.hwm),
+            mib(m3.anon),
+            mib(m.anon),
+            m.threads,
+            cpu(i3),
+            cpu(i)
+        );
+    };
+    for x in res {
+        let b = x.backend.as_str();
+        row(
+            r,
+            b,
+            "`wormhole run`",
+            x.rss3,
+            x.rss1000,
+            x.idle3.agent,
+            x.idle1000.agent,
+        );
+        if let (Some(m3), Some(m), Some(i3), Some(i)) = (
+            x.rss3_wg_go,
+            x.rss1000_wg_go,
+            x.idle3.wg_go,
+            x.idle1000.wg_go,
+        ) {
+            row(r, b, "`wireguard-go` (data plane)", m3, m, i3, i);
+            let sum = |a: Memory, b: Memory| Memory {
+                rss: a.rss + b.rss,
+                hwm: a.hwm + b.hwm,
+                anon: a.anon + b.anon,
+                threads: a.threads + b.threads,
+            };
+            row(
+                r,
+                b,
+                "**both**",
+                sum(x.rss3, m3),
+                sum(x.rss1000, m),
+                x.idle3.agent + i3,
+                x.idle1000.agent + i,
+            );
+        }
+    }
+    let _ = writeln!(r);
+    for x in res {
+        let total = |m: Memory, w: Option<Memory>| m.rss + w.map_or(0, |w| w.rss);
+        let (t3, t1000) = (
+            total(x.rss3, x.rss3_wg_go),
+            total(x.rss1000, x.rss1000_wg_go),
+        );
+        let _ = writeln!(
+            r,
+            "- {}: 3 -> 1,000 peers: file change to 1,000 peers on the device {:.2} s; that pass took {:.0} ms; VmRSS of the data plane's processes {} -> {}: {:.1} KiB per added peer",
+            x.backend.as_str(),
+            x.apply1000.as_secs_f64(),
+            x.pass1000_ms,
+            mib(t3),
+            mib(t1000),
+            (t1000 as f64 - t3 as f64) / EXTRA_PEERS as f64
+        );
     }
 }
 
@@ -341,57 +516,9 @@ fn measure() {
         .map(|_| pubkey(&sh(&[BIN, "genkey"])))
         .collect();
 
-    // Resources, both backends side by side (idle windows overlap; CPU is per process).
-    let res: Vec<Resources> = std::thread::scope(|s| {
-        let handles: Vec<_> = [Backend::Embedded, Backend::Userspace]
-            .into_iter()
-            .map(|b| {
-                let keys = &keys;
-                s.spawn(move || resources(b, keys))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let tck: f64 = sh(&["getconf", "CLK_TCK"]).trim().parse().unwrap();
-    let _ = writeln!(
-        r,
-        "\n| backend | process | VmRSS 3 peers | VmRSS 1,000 peers | VmHWM 1,000 peers | CPU over {} s idle, 3 peers |",
-        IDLE.as_secs()
-    );
-    let _ = writeln!(r, "|---|---|---|---|---|---|");
-    for x in &res {
-        let _ = writeln!(
-            r,
-            "| {} | `wormhole run` | {} | {} | {} | {:.2} s ({:.3}%) |",
-            x.backend.as_str(),
-            mib(x.rss3.0),
-            mib(x.rss1000.0),
-            mib(x.rss1000.1),
-            x.idle_cpu_ticks as f64 / tck,
-            x.idle_cpu_ticks as f64 / tck / IDLE.as_secs_f64() * 100.0
-        );
-        if let (Some(a), Some(b), Some(t)) = (x.rss3_wg_go, x.rss1000_wg_go, x.idle_cpu_ticks_wg_go)
-        {
-            let _ = writeln!(
-                r,
-                "| {} | `wireguard-go` (data plane) | {} | {} | {} | {:.2} s |",
-                x.backend.as_str(),
-                mib(a.0),
-                mib(b.0),
-                mib(b.1),
-                t as f64 / tck
-            );
-        }
-    }
-    for x in &res {
-        let _ = writeln!(
-            r,
-            "- {}: 3 -> 1,000 peers: file change to 1,000 peers on the device {:.2} s; that pass took {:.0} ms",
-            x.backend.as_str(),
-            x.apply1000.as_secs_f64(),
-            x.pass1000_ms
-        );
-    }
+    // Resources, both backends side by side (idle windows together; CPU is per process).
+    let res = resources_side_by_side(&[Backend::Embedded, Backend::Userspace], BIN, &[], &keys);
+    resources_report(&mut r, &res);
     load(&mut r, "after the resource runs");
 
     // Throughput.
@@ -531,6 +658,16 @@ fn measure_join() {
     println!("{r}");
 }
 
+/// What the path of the daemon at `bin` says of its build (copies of release builds keep
+/// "release" in their directory name).
+fn build_label(bin: &str) -> &'static str {
+    if bin.contains("release") {
+        " (release)"
+    } else {
+        " (DEBUG build)"
+    }
+}
+
 /// One backend's mesh for [`measure_throughput`]: two nodes with a pod each, iperf3 servers
 /// running, and the processes that carry its data plane (the agents for embedded, wireguard-go
 /// for userspace).
@@ -601,6 +738,9 @@ impl Lane {
 /// WORMHOLE_BENCH_BIN=$CARGO_TARGET_DIR/release/wormhole WORMHOLE_THROUGHPUT_RUNS=5 \
 ///   cargo test -p wormhole-daemon --test it -- --ignored --nocapture measure_throughput
 /// ```
+///
+/// With `WORMHOLE_BEFORE_BIN` naming another build of the daemon, a third mesh runs the embedded
+/// backend of that build, in the same rounds (a change to the data plane, before and after).
 #[test]
 #[ignore = "takes a minute or two; run with --ignored --nocapture measure_throughput (as root)"]
 fn measure_throughput() {
@@ -608,57 +748,68 @@ fn measure_throughput() {
         return;
     }
     let bin = std::env::var("WORMHOLE_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+    let before = std::env::var("WORMHOLE_BEFORE_BIN").ok();
     let runs: usize = std::env::var("WORMHOLE_THROUGHPUT_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(THROUGHPUT_RUNS);
     let tck: f64 = sh(&["getconf", "CLK_TCK"]).trim().parse().unwrap();
-    let lanes = [
-        Lane::new(Backend::Embedded, &bin),
-        Lane::new(Backend::Userspace, &bin),
-    ];
+    // The last lane is wireguard-go, the one the others are divided by.
+    let mut lanes: Vec<(&str, Lane)> = Vec::new();
+    if let Some(before) = &before {
+        lanes.push(("embedded (before)", Lane::new(Backend::Embedded, before)));
+    }
+    lanes.push(("embedded", Lane::new(Backend::Embedded, &bin)));
+    lanes.push(("wireguard-go", Lane::new(Backend::Userspace, &bin)));
+    let n = lanes.len();
     std::thread::sleep(Duration::from_millis(500));
     let mut r = String::new();
     let _ = writeln!(
         r,
-        "- daemon `{bin}`{}; {} CPUs; load average at start: {}",
-        if bin.contains("/release/") {
-            " (release)"
-        } else {
-            " (DEBUG build)"
-        },
+        "- daemon `{bin}`{}{}; {} CPUs; load average at start: {}",
+        build_label(&bin),
+        before
+            .as_ref()
+            .map(|b| format!("; before: `{b}`{}", build_label(b)))
+            .unwrap_or_default(),
         sh(&["nproc"]).trim(),
         std::fs::read_to_string("/proc/loadavg").unwrap().trim()
     );
-    let _ = writeln!(
-        r,
-        "\n| round | path | embedded Mbit/s (cores) | wireguard-go Mbit/s (cores) | ratio |"
-    );
-    let _ = writeln!(r, "|---|---|---|---|---|");
-    // (backend, pods) -> (Mbit/s, cores) per round.
+    let names: Vec<String> = lanes
+        .iter()
+        .map(|(name, _)| format!(" {name} Mbit/s (cores) |"))
+        .collect();
+    let ratios: Vec<String> = lanes[..n - 1]
+        .iter()
+        .map(|(name, _)| format!(" {name} ÷ wireguard-go |"))
+        .collect();
+    let _ = writeln!(r, "\n| round | path |{}{}", names.concat(), ratios.concat());
+    let _ = writeln!(r, "|---|---|{}", "---|".repeat(2 * n - 1));
+    // (lane, pods) -> (Mbit/s, cores) per round.
     let mut got: std::collections::BTreeMap<(usize, bool), Vec<(f64, f64)>> = Default::default();
     for round in 1..=runs {
         for pods in [true, false] {
-            // Alternate which backend goes first, too.
-            let order: Vec<usize> = if round % 2 == 1 {
-                vec![0, 1]
-            } else {
-                vec![1, 0]
-            };
-            let mut this = [(0.0, 0.0); 2];
+            // Rotate which lane goes first, too.
+            let order = (0..n).map(|i| (i + round - 1) % n);
+            let mut this = vec![(0.0, 0.0); n];
             for i in order {
-                this[i] = lanes[i].run(pods, tck);
+                this[i] = lanes[i].1.run(pods, tck);
                 got.entry((i, pods)).or_default().push(this[i]);
             }
+            let cells: Vec<String> = this
+                .iter()
+                .map(|(m, c)| format!(" {m:.0} ({c:.2}) |"))
+                .collect();
+            let ratios: Vec<String> = this[..n - 1]
+                .iter()
+                .map(|(m, _)| format!(" {:.2} |", m / this[n - 1].0))
+                .collect();
             let _ = writeln!(
                 r,
-                "| {round} | {} | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.2} |",
+                "| {round} | {} |{}{}",
                 if pods { "pod->pod" } else { "node->node" },
-                this[0].0,
-                this[0].1,
-                this[1].0,
-                this[1].1,
-                this[0].0 / this[1].0
+                cells.concat(),
+                ratios.concat()
             );
         }
     }
@@ -669,15 +820,24 @@ fn measure_throughput() {
     for pods in [true, false] {
         let m = |i: usize| median(got[&(i, pods)].iter().map(|x| x.0).collect());
         let per_core = |i: usize| median(got[&(i, pods)].iter().map(|x| x.0 / x.1).collect());
+        let lines: Vec<String> = (0..n - 1)
+            .map(|i| {
+                format!(
+                    "{} {:.0} Mbit/s (**ratio {:.2}**, per core {:.0})",
+                    lanes[i].0,
+                    m(i),
+                    m(i) / m(n - 1),
+                    per_core(i)
+                )
+            })
+            .collect();
         let _ = writeln!(
             r,
-            "- {}: median embedded {:.0} Mbit/s, wireguard-go {:.0} Mbit/s, **ratio {:.2}**; per core: embedded {:.0}, wireguard-go {:.0} Mbit/s",
+            "- {}: medians: {}; wireguard-go {:.0} Mbit/s (per core {:.0})",
             if pods { "pod->pod" } else { "node->node" },
-            m(0),
-            m(1),
-            m(0) / m(1),
-            per_core(0),
-            per_core(1)
+            lines.join("; "),
+            m(n - 1),
+            per_core(n - 1)
         );
     }
     let _ = writeln!(
@@ -686,4 +846,63 @@ fn measure_throughput() {
         std::fs::read_to_string("/proc/loadavg").unwrap().trim()
     );
     println!("\n===== throughput report =====\n{r}");
+}
+
+/// Memory and idle CPU at 3 and 1,000 peers, the embedded backend next to the userspace one
+/// (the agent plus wireguard-go), both meshes up at once and their idle windows together
+/// (BENCHMARKS.md, "Embedded data plane: gotatun"):
+///
+/// ```sh
+/// cargo build --release -p wormhole-daemon
+/// WORMHOLE_BENCH_BIN=$CARGO_TARGET_DIR/release/wormhole \
+///   cargo test -p wormhole-daemon --test it -- --ignored --nocapture measure_memory
+/// ```
+///
+/// `WORMHOLE_DAEMON_ARGS` adds arguments to every daemon (e.g. `--probe-interval off`).
+#[test]
+#[ignore = "takes three minutes; run with --ignored --nocapture measure_memory (as root)"]
+fn measure_memory() {
+    if !root_or_skip("measure_memory") {
+        return;
+    }
+    let bin = std::env::var("WORMHOLE_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+    let args = std::env::var("WORMHOLE_DAEMON_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = args.split_whitespace().collect();
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "- daemon `{bin}`{} {args}; {} CPUs; {}; load average at start: {}",
+        build_label(&bin),
+        sh(&["nproc"]).trim(),
+        first_line(&["wireguard-go", "--version"]),
+        load()
+    );
+    let keys: Vec<String> = (0..=EXTRA_PEERS)
+        .map(|_| pubkey(&sh(&[&bin, "genkey"])))
+        .collect();
+    let res = resources_side_by_side(
+        &[Backend::Embedded, Backend::Userspace],
+        &bin,
+        &extra,
+        &keys,
+    );
+    resources_report(&mut r, &res);
+    let total = |x: &Resources| x.rss1000.rss + x.rss1000_wg_go.map_or(0, |w| w.rss);
+    if let [embedded, userspace] = &res[..] {
+        let _ = writeln!(
+            r,
+            "- 1,000 peers: embedded {} vs userspace agent + wireguard-go {}: **ratio {:.2}** (goal ≤ 1)",
+            mib(total(embedded)),
+            mib(total(userspace)),
+            total(embedded) as f64 / total(userspace) as f64
+        );
+    }
+    let _ = writeln!(r, "- load average at the end: {}", load());
+    println!("\n===== memory report =====\n{r}");
 }

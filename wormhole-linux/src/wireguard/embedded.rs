@@ -41,6 +41,13 @@ type Gotatun = Device<DefaultDeviceTransports>;
 /// Threads of the data plane's own runtime.
 const DATA_PLANE_THREADS: usize = 2;
 
+/// `SO_RCVBUF` and `SO_SNDBUF` of the device's UDP socket (what recent wireguard-go asks for;
+/// the kernel caps it at `net.core.rmem_max` / `wmem_max`). gotatun leaves the kernel's default
+/// (`rmem_default`, 208 KiB here), which one TCP stream through the tunnel overruns: measured,
+/// 259,003 datagrams dropped at the receiver's socket (`RcvbufErrors`) in ten 5 s streams, and
+/// none with this (BENCHMARKS.md, "Embedded data plane: gotatun").
+const UDP_BUFFER_BYTES: usize = 7 << 20;
+
 /// What the reconciler, the UAPI server and the runtime share.
 struct Shared {
     iface: String,
@@ -383,6 +390,8 @@ impl EmbeddedDevice {
                 // No key and no peers here (bug 1): the first write sets the key, which binds.
                 DeviceBuilder::new()
                     .with_default_udp()
+                    .udp_recv_buffer_size(UDP_BUFFER_BYTES)
+                    .udp_send_buffer_size(UDP_BUFFER_BYTES)
                     .with_listen_port(port.unwrap_or(0))
                     .create_tun(&iface)
                     .map_err(|e| e.to_string())?
