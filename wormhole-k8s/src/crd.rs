@@ -21,6 +21,16 @@ pub const MAX_PUBLIC_KEY: usize = 44;
 pub const MAX_ENDPOINT: usize = 64;
 /// `maxLength` of `status.lastError`; the publisher truncates longer errors.
 pub const MAX_ERROR: usize = 1024;
+/// `maxItems` of `status.problems`: a node lists at most this many peers that are not ok
+/// (sorted by name) and counts the rest in `status.problemsOmitted`. A worst-case list (every
+/// name 253 bytes) stays near 300 KB, well under the API server's object size limit, in a
+/// broken 5,000-node cluster.
+pub const MAX_PROBLEMS: usize = 1000;
+/// `maxLength` of `status.problems[].peer`: a Node name (DNS-1123 subdomain).
+pub const MAX_PEER_NAME: usize = 253;
+/// `maxLength` of `status.problems[].state`: the longest stable state text
+/// (`mtu-blackhole (max 4294967295)` is 30 bytes).
+pub const MAX_STATE: usize = 64;
 /// The message of the rule that makes `spec.publicKey` immutable.
 pub(crate) const PUBLIC_KEY_IMMUTABLE: &str =
     "publicKey is immutable: delete the WormholeNode and create it again to change keys";
@@ -101,10 +111,35 @@ pub struct WormholeNodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_ERROR))]
     pub last_error: Option<String>,
+    /// Peers that are not `ok` from this node, by name (at most 1,000, `MAX_PROBLEMS`): their state
+    /// label with its stable details only (`mtu-blackhole (max 1344)`, but `lossy` without the
+    /// percent, which moves with every probe), so the object changes only when a state does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_PROBLEMS))]
+    pub problems: Vec<PeerProblem>,
+    /// Peers that are not `ok` beyond the first 1,000 (not listed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub problems_omitted: u32,
     /// When this status last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub last_reconcile: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A peer that is not `ok`, as one node sees it (an entry of `status.problems`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerProblem {
+    /// The peer's node name.
+    #[schemars(length(max = MAX_PEER_NAME))]
+    pub peer: String,
+    /// `stale`, `never`, `unreachable`, `lossy`, `mtu-blackhole (max N)` or `rejected`.
+    #[schemars(length(max = MAX_STATE))]
+    pub state: String,
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Events on the local Node for rejected peers and persistent reconcile failures, rate-limited
+//! Events on the local Node for rejected peers, degraded pairs (`PeerDegraded`: a peer turned
+//! stale, unreachable, lossy or an MTU black hole) and persistent reconcile failures, rate-limited
 //! (each distinct problem at most once per [`EventSink::with_interval`], 10 minutes by default).
 //!
 //! A node that publishes this node's public key (a cloned key file, or a compromised node copying
@@ -8,17 +9,23 @@
 //! conflict costs two Events per agent involved, not two per node of the cluster.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use wormhole_core::ErrorChain;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use wormhole_core::Escaped;
+use wormhole_core::PeerState;
 use wormhole_core::RejectReason;
 use wormhole_core::Status;
 
 use crate::EVENT_REPORTER;
+
+/// At most this many `PeerDegraded` Events name a peer each; more degraded peers at once (one
+/// broken node seen by this one, or this node's own underlay failing) make one
+/// `PeersDegraded` Event counting them, so a bad moment costs a bounded number of Events.
+pub(crate) const MAX_PEER_EVENTS: usize = 5;
 
 /// A failing pass becomes an Event after this many in a row.
 pub(crate) const PERSISTENT_FAILURES: u32 = 3;
@@ -48,7 +55,7 @@ pub(crate) struct Due {
 }
 
 /// What to say, before rate limiting.
-pub(crate) fn pending(status: &Status, failures_in_a_row: u32) -> Vec<Due> {
+pub(crate) fn pending(status: &Status, failures_in_a_row: u32, now: SystemTime) -> Vec<Due> {
     let mut out = Vec::new();
     for r in &status.rejected {
         if r.reason == RejectReason::LocalKey {
@@ -96,6 +103,7 @@ pub(crate) fn pending(status: &Status, failures_in_a_row: u32) -> Vec<Due> {
             ),
         });
     }
+    out.extend(degraded(status, now));
     if failures_in_a_row >= PERSISTENT_FAILURES
         && let Some(error) = status.last_pass.as_ref().and_then(|p| p.error.as_ref())
     {
@@ -110,6 +118,52 @@ pub(crate) fn pending(status: &Status, failures_in_a_row: u32) -> Vec<Due> {
         });
     }
     out
+}
+
+/// Peers that worked and no longer do: stale (handshakes stopped), unreachable, an MTU black
+/// hole, lossy. `never` is not a degradation (every peer starts there). Keyed by peer and label
+/// (not the loss percentage), so a pair that stays broken, or flaps, is told once per interval.
+fn degraded(status: &Status, now: SystemTime) -> Vec<Due> {
+    let mut bad: Vec<(&str, PeerState)> = status
+        .peers
+        .iter()
+        .map(|p| (p.name.as_str(), p.state(now)))
+        .filter(|(_, s)| !matches!(s, PeerState::Ok | PeerState::Never))
+        .collect();
+    bad.sort();
+    let local = Escaped(&status.node_name);
+    if bad.len() > MAX_PEER_EVENTS {
+        let mut labels: Vec<&str> = bad.iter().map(|(_, s)| s.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        let first: Vec<String> = bad[..3]
+            .iter()
+            .map(|(name, state)| format!("{} ({state})", Escaped(name)))
+            .collect();
+        return vec![Due {
+            key: "peers-degraded".into(),
+            regarding: None,
+            reason: "PeersDegraded",
+            note: format!(
+                "{} peers of this node ({local}) are degraded ({}), among them {}: run `wormhole                  status` on this node and `wormhole status --cluster` to see which pairs",
+                bad.len(),
+                labels.join(", "),
+                first.join(", ")
+            ),
+        }];
+    }
+    bad.into_iter()
+        .map(|(name, state)| Due {
+            key: format!("degraded/{name}/{}", state.as_str()),
+            regarding: None,
+            reason: "PeerDegraded",
+            note: format!(
+                "the path from this node ({local}) to peer {} is {state}: {}",
+                Escaped(name),
+                state.hint().unwrap_or_default()
+            ),
+        })
+        .collect()
 }
 
 impl EventSink {
@@ -159,7 +213,7 @@ impl EventSink {
             self.passes_seen = status.passes;
         }
         let now = Instant::now();
-        for due in pending(status, self.failures_in_a_row) {
+        for due in pending(status, self.failures_in_a_row, SystemTime::now()) {
             if self
                 .sent
                 .get(&due.key)
@@ -207,6 +261,7 @@ mod tests {
     use super::*;
     use wormhole_core::KeyError;
     use wormhole_core::PassInfo;
+    use wormhole_core::{PeerStatus, ProbeReport};
     use wormhole_core::{RejectReason, Rejection};
 
     #[test]
@@ -223,22 +278,22 @@ mod tests {
             0,
             Some("wireguard backend: boom".into()),
         ));
-        let due = pending(&status, 1);
+        let due = pending(&status, 1, SystemTime::now());
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].reason, "PeerRejected");
         assert_eq!(due[0].regarding, None);
         assert!(due[0].note.contains("malformed public key"));
-        let due = pending(&status, PERSISTENT_FAILURES);
+        let due = pending(&status, PERSISTENT_FAILURES, SystemTime::now());
         assert_eq!(due[1].reason, "ReconcileFailing");
         status.rejected.clear();
-        assert!(pending(&status, 0).is_empty());
+        assert!(pending(&status, 0, SystemTime::now()).is_empty());
     }
 
     #[test]
     fn a_refused_mesh_is_an_event_naming_why() {
         let mut status = Status::default();
         status.source_error = Some("cluster CIDR 10.0.0.0/8 contains this host's underlay address or default gateway (10.1.0.5): ...".into());
-        let due = pending(&status, 0);
+        let due = pending(&status, 0, SystemTime::now());
         assert_eq!(due.len(), 1, "{due:?}");
         assert_eq!(due[0].reason, "MeshNotApplied");
         assert!(
@@ -251,5 +306,79 @@ mod tests {
             "{}",
             due[0].note
         );
+    }
+
+    fn peer(name: &str, handshake_ago: Option<u64>, probe: Option<ProbeReport>) -> PeerStatus {
+        let mut p = PeerStatus::new(name, wormhole_core::PrivateKey::generate().public_key());
+        p.latest_handshake =
+            handshake_ago.map(|s| std::time::SystemTime::now() - Duration::from_secs(s));
+        p.probe = probe;
+        p
+    }
+
+    fn lossy(lost: u32) -> ProbeReport {
+        let mut r = ProbeReport::default();
+        r.sent = 10;
+        r.lost = lost;
+        r
+    }
+
+    #[test]
+    fn a_degraded_pair_is_an_event_naming_the_peer_and_the_cause() {
+        let mut status = Status::default();
+        status.node_name = "n1".into();
+        status.peers = vec![
+            peer("fine", Some(5), None),
+            peer("new\u{1b}[2J", None, None),
+            peer("holed", Some(5), {
+                let mut r = ProbeReport::default();
+                r.sent = 10;
+                r.path_mtu = Some(1344);
+                r.mtu_blackhole = true;
+                Some(r)
+            }),
+            peer("lossy", Some(5), Some(lossy(3))),
+        ];
+        let due = pending(&status, 0, SystemTime::now());
+        let keys: Vec<&str> = due.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["degraded/holed/mtu-blackhole", "degraded/lossy/lossy"],
+            "never is not a degradation"
+        );
+        assert_eq!(due[0].reason, "PeerDegraded");
+        assert!(
+            due[0]
+                .note
+                .contains("to peer holed is mtu-blackhole (max 1344): packets above 1344"),
+            "{}",
+            due[0].note
+        );
+        // The loss percentage is not in the key: a moving percentage is one problem.
+        status.peers[3] = peer("lossy", Some(5), Some(lossy(5)));
+        assert_eq!(
+            pending(&status, 0, SystemTime::now())[1].key,
+            "degraded/lossy/lossy"
+        );
+    }
+
+    #[test]
+    fn many_degraded_peers_make_one_event() {
+        let mut status = Status::default();
+        status.node_name = "n1".into();
+        status.peers = (0..100)
+            .map(|i| peer(&format!("n{i:03}\u{1b}"), Some(600), None))
+            .collect();
+        let due = pending(&status, 0, SystemTime::now());
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].reason, "PeersDegraded");
+        assert!(
+            due[0].note.starts_with(
+                "100 peers of this node (n1) are degraded (stale), among them n000\\u{1b} (stale)"
+            ),
+            "{}",
+            due[0].note
+        );
+        assert!(!due[0].note.contains('\u{1b}'));
     }
 }

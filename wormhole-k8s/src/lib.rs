@@ -37,11 +37,12 @@ pub mod testing;
 
 // The public API, one path per item (module paths are private).
 pub use crd::{
-    MAX_ENDPOINT, MAX_ERROR, MAX_PUBLIC_KEY, WormholeNode, WormholeNodeSpec, WormholeNodeStatus,
+    MAX_ENDPOINT, MAX_ERROR, MAX_PEER_NAME, MAX_PROBLEMS, MAX_PUBLIC_KEY, MAX_STATE, PeerProblem,
+    WormholeNode, WormholeNodeSpec, WormholeNodeStatus,
 };
 pub use events::EventSink;
 pub use keys::{PSK_FILE, PskError, SecretKeyStore, parse_psk};
-pub use publisher::{Publisher, internal_ip};
+pub use publisher::{Publisher, internal_ip, published_state};
 pub use source::{KubePeerSource, detect_cluster_cidrs, pod_subnets};
 pub use state::{STATE_FILE, SavedNode, SavedState, StateStore};
 

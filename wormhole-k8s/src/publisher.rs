@@ -1,7 +1,9 @@
 //! Publishes this node's WormholeNode by server-side apply (field manager
 //! [`FIELD_MANAGER`](crate::FIELD_MANAGER)): its public key and endpoint, owned by its Node so
-//! that deleting the Node garbage-collects it; and a status summary. Writes happen only when
-//! something changed: no heartbeats.
+//! that deleting the Node garbage-collects it; and a status summary: peer counts and the peers
+//! that are not `ok` with their state ([`published_state`]: stable details only). Writes happen
+//! only when something changed: no heartbeats, and no write for round-trip times or loss
+//! percentages that move with every probe.
 //!
 //! `spec.publicKey` is immutable (see [`crate::crd`]): after a key rotation the publisher deletes
 //! its WormholeNode (only that object, by uid) and creates it again with the new key.
@@ -16,7 +18,10 @@ use serde_json::json;
 use wormhole_core::PeerState;
 use wormhole_core::{PublicKey, Status};
 
-use crate::crd::{MAX_ERROR, WormholeNode, WormholeNodeSpec, WormholeNodeStatus};
+use crate::crd::{
+    MAX_ERROR, MAX_PEER_NAME, MAX_PROBLEMS, PeerProblem, WormholeNode, WormholeNodeSpec,
+    WormholeNodeStatus,
+};
 use crate::{API_TIMEOUT, Error, FIELD_MANAGER, call};
 
 /// The node's first InternalIP (IPv4 preferred) from its status.
@@ -44,16 +49,44 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
     format!("{}{MARK}", &text[..end])
 }
 
+/// A peer state as published in `status.problems`: the label with its stable details only.
+/// `mtu-blackhole (max 1344)` stays while the path does; a loss percentage moves with every
+/// probe, so `lossy` is published without it (else every probe could be an API write).
+pub fn published_state(state: PeerState) -> String {
+    match state {
+        PeerState::Lossy { .. } => state.as_str().to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// The status summary of `status` at `now` (without the time, which changes every pass).
 pub(crate) fn summary(status: &Status, now: SystemTime) -> WormholeNodeStatus {
-    let count = |state| {
-        status
-            .peers
-            .iter()
-            .filter(|p| p.state(now) == state)
-            .count() as u32
-    };
+    let states: Vec<PeerState> = status.peers.iter().map(|p| p.state(now)).collect();
+    let count = |state| states.iter().filter(|s| **s == state).count() as u32;
     let ok = count(PeerState::Ok);
+    let mut problems: Vec<PeerProblem> = status
+        .peers
+        .iter()
+        .zip(&states)
+        .filter(|(_, state)| **state != PeerState::Ok)
+        .map(|(p, state)| PeerProblem {
+            peer: truncate(&p.name, MAX_PEER_NAME),
+            state: published_state(*state),
+        })
+        .chain(
+            status
+                .rejected
+                .iter()
+                .filter(|r| !r.name.is_empty())
+                .map(|r| PeerProblem {
+                    peer: truncate(&r.name, MAX_PEER_NAME),
+                    state: "rejected".into(),
+                }),
+        )
+        .collect();
+    problems.sort();
+    let omitted = problems.len().saturating_sub(MAX_PROBLEMS) as u32;
+    problems.truncate(MAX_PROBLEMS);
     WormholeNodeStatus {
         key_prefix: status
             .public_key
@@ -69,6 +102,8 @@ pub(crate) fn summary(status: &Status, now: SystemTime) -> WormholeNodeStatus {
             .as_ref()
             .and_then(|p| p.error.as_deref())
             .map(|e| truncate(e, MAX_ERROR)),
+        problems,
+        problems_omitted: omitted,
         last_reconcile: None,
     }
 }

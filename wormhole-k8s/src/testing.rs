@@ -96,8 +96,9 @@ fn crd_schema() -> Value {
     .unwrap()
 }
 
-/// The first string in `value` longer than its `maxLength` in `schema`, as the API server words
-/// it (`spec.endpoint: Too long: may not be more than 64 bytes`).
+/// The first string in `value` longer than its `maxLength` in `schema`, or array longer than its
+/// `maxItems`, as the API server words it (`spec.endpoint: Too long: may not be more than 64
+/// bytes`).
 fn too_long(schema: &Value, value: &Value, path: &str) -> Option<String> {
     match value {
         Value::String(text) => {
@@ -114,6 +115,20 @@ fn too_long(schema: &Value, value: &Value, path: &str) -> Option<String> {
             };
             too_long(inner, field, &path)
         }),
+        Value::Array(items) => {
+            if let Some(max) = schema["maxItems"].as_u64()
+                && items.len() as u64 > max
+            {
+                return Some(format!(
+                    "{path}: Too many: {}: must have at most {max} items",
+                    items.len()
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| too_long(&schema["items"], item, &format!("{path}[{i}]")))
+        }
         _ => None,
     }
 }

@@ -229,3 +229,139 @@ async fn a_rotated_key_recreates_the_wormholenode() {
     again.publish_spec(&third).await.unwrap();
     assert_eq!(uid(&api), uid_third);
 }
+
+/// Probing moves round-trip times and loss percentages every few seconds: none of that is an
+/// API write. A state change is exactly one, and the problems list names the peer with the
+/// stable part of its state.
+#[tokio::test]
+async fn rtt_and_loss_jitter_are_no_write_a_state_change_is_one() {
+    use wormhole_core::ProbeReport;
+    let api = FakeApi::start().await;
+    api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
+    let key = PrivateKey::generate().public_key();
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    publisher.publish_spec(&key).await.unwrap();
+    let probe = |rtt_us: u64, lost: u32| {
+        let mut r = ProbeReport::default();
+        r.sent = 10;
+        r.lost = lost;
+        r.last_rtt = Some(Duration::from_micros(rtt_us));
+        r.smoothed_rtt = Some(Duration::from_micros(rtt_us + 40));
+        r.path_mtu = Some(1420);
+        r
+    };
+    let mut status = {
+        let mut v = Status::default();
+        v.public_key = Some(key);
+        v.peers = ["n2", "n3"]
+            .iter()
+            .map(|name| {
+                let mut p = PeerStatus::new(*name, PrivateKey::generate().public_key());
+                p.latest_handshake = Some(SystemTime::now() - Duration::from_secs(5));
+                p.probe = Some(probe(900, 0));
+                p
+            })
+            .collect();
+        v
+    };
+    let writes = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.target.contains("/n1/status?"))
+            .count()
+    };
+    assert!(publisher.publish_status(&status).await.unwrap());
+    assert_eq!(writes(&api), 1);
+
+    // 100 probe rounds: RTTs, one lost probe now and then, counters: no write.
+    for round in 0..100u64 {
+        for p in &mut status.peers {
+            p.probe = Some(probe(500 + round * 37 % 900, (round % 7 == 0) as u32));
+            p.rx_bytes += 1000;
+            p.latest_handshake = Some(SystemTime::now() - Duration::from_secs(round % 100));
+        }
+        assert!(
+            !publisher.publish_status(&status).await.unwrap(),
+            "round {round}"
+        );
+    }
+    assert_eq!(writes(&api), 1);
+
+    // n3 turns lossy: one write, naming it as `lossy` (no percentage).
+    status.peers[1].probe = Some(probe(800, 3));
+    assert!(publisher.publish_status(&status).await.unwrap());
+    assert_eq!(writes(&api), 2);
+    let stored = api.get(Kind::Wormhole, "n1").unwrap();
+    assert_eq!(stored["status"]["peersOk"], 1);
+    assert_eq!(
+        stored["status"]["problems"],
+        serde_json::json!([{ "peer": "n3", "state": "lossy" }])
+    );
+    // Its loss moves (30 %, 50 %, 40 %) and its RTT too: still lossy, no write.
+    for lost in [5, 4, 3, 5] {
+        status.peers[1].probe = Some(probe(700 + u64::from(lost), lost));
+        assert!(!publisher.publish_status(&status).await.unwrap());
+    }
+    assert_eq!(writes(&api), 2);
+    // n2 gets an MTU black hole: one write, with the size that gets through.
+    let mut holed = probe(900, 0);
+    holed.path_mtu = Some(1344);
+    holed.mtu_blackhole = true;
+    status.peers[0].probe = Some(holed);
+    assert!(publisher.publish_status(&status).await.unwrap());
+    assert!(!publisher.publish_status(&status).await.unwrap());
+    assert_eq!(writes(&api), 3);
+    let stored = api.get(Kind::Wormhole, "n1").unwrap();
+    assert_eq!(
+        stored["status"]["problems"][0],
+        serde_json::json!({ "peer": "n2", "state": "mtu-blackhole (max 1344)" })
+    );
+    // Both recover: one write, and the list is gone.
+    status.peers[0].probe = Some(probe(900, 0));
+    status.peers[1].probe = Some(probe(900, 0));
+    assert!(publisher.publish_status(&status).await.unwrap());
+    assert_eq!(writes(&api), 4);
+    let stored = api.get(Kind::Wormhole, "n1").unwrap();
+    assert_eq!(stored["status"]["peersOk"], 2);
+    assert!(
+        stored["status"]
+            .get("problems")
+            .is_none_or(|p| p.as_array().unwrap().is_empty())
+    );
+}
+
+/// A broken 5,000-node cluster: each node lists at most `MAX_PROBLEMS` peers and counts the
+/// rest, and the API server accepts the object.
+#[tokio::test]
+async fn the_problems_list_is_bounded() {
+    let api = FakeApi::start().await;
+    api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
+    let key = PrivateKey::generate().public_key();
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    publisher.publish_spec(&key).await.unwrap();
+    let status = {
+        let mut v = Status::default();
+        v.public_key = Some(key);
+        v.peers = (0..4999)
+            .map(|i| {
+                PeerStatus::new(
+                    format!("{}-{i:04}", "x".repeat(240)),
+                    PrivateKey::generate().public_key(),
+                )
+            })
+            .collect();
+        v
+    };
+    assert!(publisher.publish_status(&status).await.unwrap());
+    let stored = api.get(Kind::Wormhole, "n1").unwrap();
+    let problems = stored["status"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), wormhole_k8s::MAX_PROBLEMS);
+    assert_eq!(stored["status"]["problemsOmitted"], 4999 - 1000);
+    assert_eq!(problems[0]["state"], "never");
+    assert!(
+        problems[0]["peer"].as_str().unwrap().ends_with("-0000"),
+        "sorted by name"
+    );
+    let size = serde_json::to_string(&stored).unwrap().len();
+    assert!(size < 512 * 1024, "{size} bytes");
+}
