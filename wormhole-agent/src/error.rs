@@ -140,6 +140,16 @@ pub enum EnvironmentError {
         #[source]
         source: Cause,
     },
+    /// No kubeconfig given, and none found where kubectl looks (`KUBECONFIG`,
+    /// `~/.kube/config`), nor an in-cluster service account.
+    #[error(
+        "no Kubernetes configuration ({source}): set KUBECONFIG or give a kubeconfig (--kubeconfig)"
+    )]
+    NoKubeconfig {
+        /// Why none was found.
+        #[source]
+        source: Cause,
+    },
     /// The Kubernetes client cannot be built from the configuration.
     #[error("Kubernetes client: {source}")]
     KubeClient {

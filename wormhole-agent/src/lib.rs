@@ -28,12 +28,17 @@
 //! 3. **Stop**: when the shutdown future resolves. The network is left in place (a restart drops
 //!    no traffic) unless [`AgentBuilder::cleanup_on_exit`] was asked for.
 //!
+//! [`ClusterView`] is the cluster as its nodes see it (every pair's state), read from the
+//! WormholeNodes or from each node's `/status`: what `wormhole status --cluster` and `wormhole
+//! graph` show.
+//!
 //! Signals are the host process's business: the agent never installs a handler (the `wormhole`
 //! binary turns SIGTERM and SIGINT into the shutdown future).
 
 mod admin;
 mod agent;
 mod builder;
+mod cluster;
 mod cni;
 mod error;
 mod health;
@@ -45,6 +50,7 @@ pub use builder::{
     AgentBuilder, Backend, KubernetesOptions, NODE_NAME_RULE, PROBE_INTERVAL_RANGE,
     PROBE_RATE_RANGE, Peers, RESYNC_RANGE,
 };
+pub use cluster::{Cell, ClusterNode, ClusterView, Health, NodeReport, Summary};
 pub use error::{EnvironmentError, Error, InvalidOption};
 pub use view::{PassView, PeerView, StatusView};
 

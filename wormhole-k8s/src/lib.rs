@@ -7,8 +7,10 @@
 //!   controller manager's IPAM): a WormholeNode cannot add CIDRs.
 //! - [`Publisher`]: server-side applies this node's WormholeNode (on change only).
 //! - [`SecretKeyStore`]: the cluster secret for pre-shared keys from a Kubernetes Secret.
-//! - [`EventSink`]: rate-limited Events on the local Node for rejected peers and
-//!   persistent reconcile failures.
+//! - [`EventSink`]: rate-limited Events on the local Node for rejected peers, degraded pairs
+//!   and persistent reconcile failures.
+//! - [`read_cluster`]: every WormholeNode and Node, for the cluster-wide views
+//!   (`wormhole status --cluster`, `wormhole graph`).
 //! - [`StateStore`]: what the agent last learned from the API (its mesh, the cluster
 //!   CIDRs, its Node's address), saved `0600` beside the private key, so an agent started while
 //!   the API server is down applies its last known mesh instead of waiting for it.
@@ -24,6 +26,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+mod cluster;
 mod crd;
 mod events;
 mod keys;
@@ -36,6 +39,7 @@ mod state;
 pub mod testing;
 
 // The public API, one path per item (module paths are private).
+pub use cluster::{ClusterObjects, read_cluster};
 pub use crd::{
     MAX_ENDPOINT, MAX_ERROR, MAX_PEER_NAME, MAX_PROBLEMS, MAX_PUBLIC_KEY, MAX_STATE, PeerProblem,
     WormholeNode, WormholeNodeSpec, WormholeNodeStatus,
