@@ -58,6 +58,9 @@ pub struct ClusterView {
     pub unreadable: Vec<String>,
     #[serde(skip)]
     index: HashMap<String, usize>,
+    /// How many nodes are members (asked for every pair).
+    #[serde(skip)]
+    members: usize,
 }
 
 /// The class of a pair's state, worst last (the order colours and sorting use).
@@ -187,20 +190,18 @@ impl ClusterView {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
+        let members = nodes.iter().filter(|n| n.member).count();
         ClusterView {
             nodes,
             unreadable,
             index,
+            members,
         }
     }
 
     /// The position of node `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
-    }
-
-    fn members(&self) -> usize {
-        self.nodes.iter().filter(|n| n.member).count()
     }
 
     /// The pair (from, to) as node `from` sees it (indices into [`nodes`](Self::nodes)).
@@ -222,7 +223,7 @@ impl ClusterView {
             Some(ok) if ok.contains(&peer.name) => Cell::Ok,
             Some(_) => Cell::Unknown("not among this node's peers"),
             None if report.omitted > 0 => Cell::Unknown("not listed (too many problems)"),
-            None if report.ok as usize + report.problems.len() + 1 >= self.members() => Cell::Ok,
+            None if report.ok as usize + report.problems.len() + 1 >= self.members => Cell::Ok,
             None => Cell::Unknown("this node does not know every peer yet"),
         }
     }

@@ -31,8 +31,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent on this node.
     Run(Box<RunArgs>),
-    /// Ask the running agent how its peers are doing (exit code 1 when any node peer is not ok; external peers do not count).
+    /// Ask the running agent how its peers are doing (exit code 1 when any node peer is not ok;
+    /// external peers do not count); with --cluster, every pair of nodes.
     Status(StatusArgs),
+    /// Draw the mesh as SVG (or DOT): nodes with their pod CIDRs, pairs coloured by state.
+    Graph(GraphArgs),
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
@@ -153,6 +156,47 @@ pub struct StatusArgs {
     /// The agent's admin address.
     #[arg(long, env = "WORMHOLE_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
     pub admin_addr: SocketAddr,
+    /// Every pair of nodes: an N×N matrix (rows = from, columns = to), from the cluster's
+    /// WormholeNodes, or with --admin from the nodes' admin endpoints (exit code 1 when any pair
+    /// is not ok).
+    #[arg(long)]
+    pub cluster: bool,
+    /// Where the cluster's view comes from.
+    #[command(flatten)]
+    pub source: ClusterSource,
+}
+
+/// Where `status --cluster` and `graph` read the cluster from.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClusterSource {
+    /// A node's admin endpoint (HOST:PORT, its `--admin-addr`); repeat for every node (peers
+    /// file mode). Without it, the cluster's WormholeNodes are read from Kubernetes.
+    #[arg(long = "admin", value_name = "HOST:PORT")]
+    pub admin: Vec<String>,
+    /// Kubeconfig for reading WormholeNodes [default: KUBECONFIG, ~/.kube/config, in a Pod
+    /// its service account].
+    #[arg(long, value_name = "FILE", conflicts_with = "admin")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `wormhole graph`.
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "svg")]
+    pub output: GraphFormat,
+    /// Where the cluster's view comes from.
+    #[command(flatten)]
+    pub source: ClusterSource,
+}
+
+/// `wormhole graph -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    /// SVG: a circle up to 50 nodes, a heat map of the matrix beyond.
+    Svg,
+    /// Graphviz DOT (for `dot`, `circo`, `neato`).
+    Dot,
 }
 
 /// `wormhole status -o`.

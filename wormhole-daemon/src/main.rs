@@ -1,7 +1,8 @@
 //! `wormhole`: the agent of the Wormhole encrypted pod network.
 //!
 //! `wormhole run` keeps this node's WireGuard interface, routes, nftables table and CNI conflist
-//! equal to the mesh its peers file describes; `wormhole status` asks it how its peers are doing;
+//! equal to the mesh its peers file describes; `wormhole status` asks it how its peers are doing
+//! (`--cluster`: every pair of nodes, [`matrix`]); `wormhole graph` draws the mesh ([`graph`]);
 //! `genkey`, `pubkey` and `rotate-key` manage keys. The agent itself is the `wormhole-agent`
 //! library; this binary parses options ([`cli`]), hands them to it ([`run::run`]) and prints.
 
@@ -9,6 +10,9 @@
 #![allow(unreachable_pub)]
 
 mod cli;
+mod cluster;
+mod graph;
+mod matrix;
 mod peer_config;
 mod run;
 mod status;
@@ -72,7 +76,23 @@ fn main() -> anyhow::Result<ExitCode> {
             runtime.block_on(run::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        cli::Command::Status(args) if args.cluster => {
+            let cluster = cluster::read(&args.source).map_err(anyhow::Error::msg)?;
+            match args.output {
+                cli::Output::Json => println!("{}", serde_json::to_string_pretty(&cluster)?),
+                cli::Output::Table => print!("{}", matrix::render(&cluster)),
+            }
+            let s = cluster.summary();
+            Ok(if s.ok == s.pairs && cluster.unreadable.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         cli::Command::Status(args) => {
+            if !args.source.admin.is_empty() || args.source.kubeconfig.is_some() {
+                anyhow::bail!("--admin and --kubeconfig go with --cluster");
+            }
             let view = status::fetch(args.admin_addr).map_err(anyhow::Error::msg)?;
             match args.output {
                 cli::Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
@@ -83,6 +103,14 @@ fn main() -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        cli::Command::Graph(args) => {
+            let cluster = cluster::read(&args.source).map_err(anyhow::Error::msg)?;
+            match args.output {
+                cli::GraphFormat::Svg => print!("{}", graph::svg::render(&cluster)),
+                cli::GraphFormat::Dot => print!("{}", graph::dot::render(&cluster)),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         cli::Command::Genkey => {
             println!("{}", *PrivateKey::generate().to_base64_secret());
