@@ -165,6 +165,28 @@ impl Cell<'_> {
     }
 }
 
+/// A node in broken pairs (see [`ClusterView::most_broken`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trouble {
+    /// The node (an index into the view's nodes).
+    pub node: usize,
+    /// Broken pairs it is an end of (both directions counted).
+    pub pairs: usize,
+    /// Those pairs by class, most first.
+    pub classes: Vec<(Health, usize)>,
+}
+
+impl Trouble {
+    /// `10 lossy, 2 never`.
+    pub fn classes_text(&self) -> String {
+        self.classes
+            .iter()
+            .map(|(h, c)| format!("{c} {}", h.label()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Pair counts over the whole cluster (ordered pairs, from != to).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -266,20 +288,31 @@ impl ClusterView {
         out
     }
 
-    /// The nodes in the most broken pairs (either end), most first: `(node, pairs)`; nodes in
-    /// none are left out. A node that every other one reports is usually the one to look at.
-    pub fn most_broken(&self) -> Vec<(usize, usize)> {
-        let mut count = vec![0usize; self.nodes.len()];
-        for (from, to, _) in self.broken() {
-            count[from] += 1;
-            count[to] += 1;
+    /// The nodes in the most broken pairs (either end), most first, with the pairs by class;
+    /// nodes in none are left out. A node that every other one reports is usually the one to
+    /// look at.
+    pub fn most_broken(&self) -> Vec<Trouble> {
+        let mut by_node: Vec<BTreeMap<Health, usize>> = vec![BTreeMap::new(); self.nodes.len()];
+        for (from, to, state) in self.broken() {
+            let health = Health::of(state);
+            *by_node[from].entry(health).or_default() += 1;
+            *by_node[to].entry(health).or_default() += 1;
         }
-        let mut out: Vec<(usize, usize)> = count
+        let mut out: Vec<Trouble> = by_node
             .into_iter()
             .enumerate()
-            .filter(|(_, c)| *c > 0)
+            .filter(|(_, classes)| !classes.is_empty())
+            .map(|(node, classes)| {
+                let mut classes: Vec<(Health, usize)> = classes.into_iter().collect();
+                classes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                Trouble {
+                    node,
+                    pairs: classes.iter().map(|(_, c)| c).sum(),
+                    classes,
+                }
+            })
             .collect();
-        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.sort_by(|a, b| b.pairs.cmp(&a.pairs).then(a.node.cmp(&b.node)));
         out
     }
 
@@ -555,7 +588,13 @@ mod tests {
             cluster.broken(),
             [(0, 2, "mtu-blackhole (max 1344)"), (1, 2, "lossy (30 %)")]
         );
-        assert_eq!(cluster.most_broken(), [(2, 2), (0, 1), (1, 1)]);
+        let worst = cluster.most_broken();
+        let worst: Vec<(usize, usize)> = worst.iter().map(|t| (t.node, t.pairs)).collect();
+        assert_eq!(worst, [(2, 2), (0, 1), (1, 1)]);
+        assert_eq!(
+            cluster.most_broken()[0].classes_text(),
+            "1 lossy, 1 mtu-blackhole"
+        );
     }
 
     #[test]
@@ -660,7 +699,13 @@ mod tests {
             Cell::Unknown("this node does not know every peer yet")
         );
         assert_eq!(cluster.broken().len(), 3);
-        assert_eq!(cluster.most_broken()[0], (d, 3));
+        assert_eq!(
+            (
+                cluster.most_broken()[0].node,
+                cluster.most_broken()[0].pairs
+            ),
+            (d, 3)
+        );
     }
 
     #[test]
@@ -691,6 +736,8 @@ mod tests {
         assert_eq!(s.broken, 2 * 299);
         assert_eq!(s.unknown, 0);
         assert_eq!(s.ok, s.pairs - s.broken);
-        assert_eq!(cluster.most_broken()[0], (7, 2 * 299));
+        let worst = &cluster.most_broken()[0];
+        assert_eq!((worst.node, worst.pairs), (7, 2 * 299));
+        assert_eq!(worst.classes, [(Health::MtuBlackhole, 598)]);
     }
 }

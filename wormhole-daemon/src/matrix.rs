@@ -62,34 +62,31 @@ pub fn render(cluster: &ClusterView) -> String {
     }
     let broken = cluster.broken();
     if !broken.is_empty() {
-        out += "\nbroken pairs (from -> to: state):\n";
-        for (from, to, state) in broken.iter().take(MAX_PAIRS_LISTED) {
-            let _ = writeln!(
-                out,
-                "  {} -> {}: {}",
-                escape(&cluster.nodes[*from].name),
-                escape(&cluster.nodes[*to].name),
-                escape(state)
-            );
+        let worst = cluster.most_broken();
+        if cluster.nodes.len() > 2 {
+            out += "\nnodes in the most broken pairs (look at these first):\n";
+            for trouble in worst.iter().take(MAX_WORST_NODES) {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} of {} pairs ({})",
+                    escape(&cluster.nodes[trouble.node].name),
+                    trouble.pairs,
+                    2 * (cluster.nodes.len() - 1),
+                    trouble.classes_text()
+                );
+            }
         }
-        if broken.len() > MAX_PAIRS_LISTED {
+        out += "\nbroken pairs (from -> to: state):\n";
+        let lines = pair_lines(cluster, &broken);
+        for line in lines.iter().take(MAX_PAIRS_LISTED) {
+            let _ = writeln!(out, "  {line}");
+        }
+        if lines.len() > MAX_PAIRS_LISTED {
             let _ = writeln!(
                 out,
                 "  ... and {} more (-o json lists them all)",
-                broken.len() - MAX_PAIRS_LISTED
+                lines.len() - MAX_PAIRS_LISTED
             );
-        }
-        let worst = cluster.most_broken();
-        if worst.len() > 1 || cluster.nodes.len() > 2 {
-            out += "\nnodes in the most broken pairs (look at these first):\n";
-            for (node, pairs) in worst.iter().take(MAX_WORST_NODES) {
-                let _ = writeln!(
-                    out,
-                    "  {}: {pairs} of {}",
-                    escape(&cluster.nodes[*node].name),
-                    2 * (cluster.nodes.len() - 1)
-                );
-            }
         }
     }
     let notes: Vec<String> = cluster
@@ -108,6 +105,68 @@ pub fn render(cluster: &ClusterView) -> String {
         }
         if notes.len() > MAX_NOTES {
             let _ = writeln!(out, "  ... and {} more", notes.len() - MAX_NOTES);
+        }
+    }
+    out
+}
+
+/// A pair state group of at least this many pairs is one line.
+const GROUP: usize = 3;
+
+/// The broken pairs as lines, one per pair, except that pairs sharing an end and a class (a
+/// node every other one finds unreachable) are one line: `node-a -> 5 nodes: lossy`,
+/// `every node -> node-c: never`. Biggest groups first, then single pairs in order.
+fn pair_lines(cluster: &ClusterView, broken: &[(usize, usize, &str)]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    // (end, is the `to` end, class) -> pairs.
+    let mut groups: BTreeMap<(usize, bool, Health), Vec<usize>> = BTreeMap::new();
+    for (i, (from, to, state)) in broken.iter().enumerate() {
+        let health = Health::of(state);
+        groups.entry((*from, false, health)).or_default().push(i);
+        groups.entry((*to, true, health)).or_default().push(i);
+    }
+    let mut order: Vec<_> = groups
+        .into_iter()
+        .filter(|(_, v)| v.len() >= GROUP)
+        .collect();
+    order.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    let mut done = vec![false; broken.len()];
+    let mut out = Vec::new();
+    let others = cluster.nodes.len() - 1;
+    for ((end, is_to, health), pairs) in order {
+        let pairs: Vec<usize> = pairs.into_iter().filter(|&i| !done[i]).collect();
+        if pairs.len() < GROUP {
+            continue;
+        }
+        let first = broken[pairs[0]].2;
+        let state = if pairs.iter().all(|&i| broken[i].2 == first) {
+            escape(first).into_owned()
+        } else {
+            health.label().to_owned()
+        };
+        let name = escape(&cluster.nodes[end].name).into_owned();
+        let many = if pairs.len() == others {
+            "every node".to_owned()
+        } else {
+            format!("{} nodes", pairs.len())
+        };
+        out.push(if is_to {
+            format!("{many} -> {name}: {state}")
+        } else {
+            format!("{name} -> {many}: {state}")
+        });
+        for i in pairs {
+            done[i] = true;
+        }
+    }
+    for (i, (from, to, state)) in broken.iter().enumerate() {
+        if !done[i] {
+            out.push(format!(
+                "{} -> {}: {}",
+                escape(&cluster.nodes[*from].name),
+                escape(&cluster.nodes[*to].name),
+                escape(state)
+            ));
         }
     }
     out
@@ -246,7 +305,9 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(
-            text.contains("look at these first):\n  node-c: 3 of 4\n"),
+            text.contains(
+                "look at these first):\n  node-c: 3 of 4 pairs (2 mtu-blackhole, 1 lossy)\n"
+            ),
             "{text}"
         );
         assert!(
@@ -276,24 +337,43 @@ pub(crate) mod tests {
         let names: Vec<String> = (0..150).map(|i| format!("node-{i:03}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut problems = Vec::new();
+        // node-000 is unreachable both ways, from and to everyone: two lines.
         for other in &refs[1..] {
             problems.push(("node-000", *other, "unreachable"));
             problems.push((*other, "node-000", "unreachable"));
         }
+        // 140 pairs that share nothing: a line each, 100 at most.
+        for i in 1..141 {
+            problems.push((refs[i], refs[(i + 1) % 149 + 1], "lossy"));
+        }
         let text = render(&cluster(&refs, &problems));
         assert!(
             text.starts_with(
-                "150 nodes, 22350 pairs (from -> to): 22052 ok, 298 broken, 0 unknown\n\
-                 broken by cause: 298 unreachable"
+                "150 nodes, 22350 pairs (from -> to): 21912 ok, 438 broken, 0 unknown\n\
+                 broken by cause: 140 lossy, 298 unreachable"
             ),
             "{text}"
         );
         assert!(!text.contains("FROM"), "no matrix");
-        assert!(text.contains("  ... and 198 more (-o json lists them all)\n"));
         assert!(
-            text.contains("look at these first):\n  node-000: 298 of 298\n  node-001: 2 of 298\n")
+            text.contains(
+                "look at these first):\n  node-000: 298 of 298 pairs (298 unreachable)\n  \
+                 node-003: 4 of 298 pairs (2 lossy, 2 unreachable)\n"
+            ),
+            "{text}"
         );
-        assert!(text.lines().count() < 140, "{}", text.lines().count());
+        assert!(
+            text.contains(
+                "broken pairs (from -> to: state):\n  node-000 -> every node: unreachable\n  \
+                 every node -> node-000: unreachable\n  node-001 -> node-003: lossy\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  ... and 42 more (-o json lists them all)\n"),
+            "{text}"
+        );
+        assert!(text.lines().count() < 130, "{}", text.lines().count());
     }
 
     #[test]

@@ -20,13 +20,17 @@ pub const CIRCLE_MAX_NODES: usize = 50;
 /// Broken edges labelled on the circle; with more, the panel lists them (labels would pile up).
 const MAX_EDGE_LABELS: usize = 16;
 /// Broken pairs listed in the panel.
-const MAX_PANEL_PAIRS: usize = 30;
+const MAX_PANEL_PAIRS: usize = 12;
+/// Nodes listed in the panel's "where to look".
+const MAX_PANEL_NODES: usize = 8;
 /// The heat map's largest grid: beyond, each square covers several pairs (the worst shown).
 const MAX_GRID: usize = 400;
 /// Names longer than this are cut in labels.
 const MAX_LABEL: usize = 32;
 const FONT: &str = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\"";
-const PANEL_WIDTH: f64 = 360.0;
+const PANEL_WIDTH: f64 = 440.0;
+/// The heat map's `ok` background is its colour at this opacity (the problems stand out).
+const OK_OPACITY: f64 = 0.35;
 
 /// `text` for an XML attribute or text node: [`escape`]d, then `& < > " '` as entities.
 pub fn xml(text: &str) -> String {
@@ -101,8 +105,9 @@ fn title(cluster: &ClusterView, x: f64, y: f64) -> String {
     )
 }
 
-/// The panel at `x`: legend, broken pairs, the nodes in most of them. Returns its height.
-fn panel(cluster: &ClusterView, x: f64, y: f64, out: &mut String) -> f64 {
+/// The panel at `x`: legend (`squares` for the heat map's swatches), the nodes in the most
+/// broken pairs with their causes, the first broken pairs. Returns its bottom.
+fn panel(cluster: &ClusterView, x: f64, y: f64, squares: bool, out: &mut String) -> f64 {
     let mut y = y;
     out.push_str("<g class=\"panel\">\n");
     let _ = writeln!(
@@ -112,18 +117,72 @@ fn panel(cluster: &ClusterView, x: f64, y: f64, out: &mut String) -> f64 {
     y += 8.0;
     for health in Health::ALL {
         y += 18.0;
+        let swatch = if squares {
+            // `ok` is the map's background, drawn lighter.
+            let opacity = if health == Health::Ok {
+                OK_OPACITY
+            } else {
+                1.0
+            };
+            format!(
+                "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\" fill-opacity=\"{opacity}\"/>",
+                x + 12.0,
+                y - 10.0,
+                colour(health)
+            )
+        } else {
+            format!(
+                "<line x1=\"{x}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"4\"{}/>",
+                y - 4.0,
+                x + 36.0,
+                y - 4.0,
+                colour(health),
+                dash(health)
+            )
+        };
         let _ = writeln!(
             out,
-            "<line x1=\"{x}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"4\"{}/>\
-             <text x=\"{}\" y=\"{y}\">{}</text>",
-            y - 4.0,
-            x + 36.0,
-            y - 4.0,
-            colour(health),
-            dash(health),
+            "{swatch}<text x=\"{}\" y=\"{y}\">{}</text>",
             x + 46.0,
             health.label()
         );
+    }
+    let worst = cluster.most_broken();
+    if !worst.is_empty() {
+        y += 30.0;
+        let _ = writeln!(
+            out,
+            "<text x=\"{x}\" y=\"{y}\" font-weight=\"bold\">Where to look (broken pairs per node)</text>"
+        );
+        y += 2.0;
+        for trouble in worst.iter().take(MAX_PANEL_NODES) {
+            y += 17.0;
+            let _ = write!(
+                out,
+                "<text x=\"{x}\" y=\"{y}\"><tspan font-weight=\"bold\">{}</tspan>: {} of {}",
+                label(&cluster.nodes[trouble.node].name, 20),
+                trouble.pairs,
+                2 * (cluster.nodes.len() - 1)
+            );
+            for (i, (health, count)) in trouble.classes.iter().enumerate() {
+                let _ = write!(
+                    out,
+                    "{}<tspan fill=\"{}\">{count} {}</tspan>",
+                    if i == 0 { " — " } else { ", " },
+                    colour(*health),
+                    health.label()
+                );
+            }
+            out.push_str("</text>\n");
+        }
+        if worst.len() > MAX_PANEL_NODES {
+            y += 17.0;
+            let _ = writeln!(
+                out,
+                "<text x=\"{x}\" y=\"{y}\" fill=\"#455a64\">… and {} more nodes</text>",
+                worst.len() - MAX_PANEL_NODES
+            );
+        }
     }
     let broken = cluster.broken();
     if !broken.is_empty() {
@@ -132,7 +191,7 @@ fn panel(cluster: &ClusterView, x: f64, y: f64, out: &mut String) -> f64 {
             out,
             "<text x=\"{x}\" y=\"{y}\" font-weight=\"bold\">Broken pairs (from -&gt; to)</text>"
         );
-        y += 4.0;
+        y += 2.0;
         for (from, to, state) in broken.iter().take(MAX_PANEL_PAIRS) {
             y += 16.0;
             let _ = writeln!(
@@ -148,23 +207,8 @@ fn panel(cluster: &ClusterView, x: f64, y: f64, out: &mut String) -> f64 {
             y += 16.0;
             let _ = writeln!(
                 out,
-                "<text x=\"{x}\" y=\"{y}\" fill=\"#455a64\">… and {} more (wormhole status --cluster -o json)</text>",
+                "<text x=\"{x}\" y=\"{y}\" fill=\"#455a64\">… and {} more (wormhole status --cluster)</text>",
                 broken.len() - MAX_PANEL_PAIRS
-            );
-        }
-        y += 30.0;
-        let _ = writeln!(
-            out,
-            "<text x=\"{x}\" y=\"{y}\" font-weight=\"bold\">In the most broken pairs</text>"
-        );
-        y += 4.0;
-        for (node, pairs) in cluster.most_broken().iter().take(5) {
-            y += 16.0;
-            let _ = writeln!(
-                out,
-                "<text x=\"{x}\" y=\"{y}\">{}: {pairs} of {}</text>",
-                label(&cluster.nodes[*node].name, 30),
-                2 * (cluster.nodes.len() - 1)
             );
         }
     }
@@ -172,11 +216,61 @@ fn panel(cluster: &ClusterView, x: f64, y: f64, out: &mut String) -> f64 {
     y + 20.0
 }
 
+/// Which node explains which broken edges: a node with at least [`EXPLAINS`] broken edges of
+/// one class (a node whose underlay drops packets, one with a wrong key) is labelled once with
+/// the cause, instead of each of its edges. Returns, per node, its explanations (class, how
+/// many, the state if they all share it), and per edge whether a node explains it.
+fn explain(
+    cluster: &ClusterView,
+    edges: &[Edge],
+) -> (Vec<Vec<(Health, usize, Option<String>)>>, Vec<bool>) {
+    const EXPLAINS: usize = 3;
+    let n = cluster.nodes.len();
+    let mut candidates: Vec<(usize, usize, Health)> = Vec::new();
+    for node in 0..n {
+        for health in Health::ALL.into_iter().filter(|h| h.is_broken()) {
+            let count = edges
+                .iter()
+                .filter(|e| e.health == health && (e.a == node || e.b == node))
+                .count();
+            if count >= EXPLAINS {
+                candidates.push((count, node, health));
+            }
+        }
+    }
+    candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut explained = vec![false; edges.len()];
+    let mut notes = vec![Vec::new(); n];
+    for (_, node, health) in candidates {
+        let mine: Vec<usize> = (0..edges.len())
+            .filter(|&i| {
+                let e = &edges[i];
+                !explained[i] && e.health == health && (e.a == node || e.b == node)
+            })
+            .collect();
+        if mine.len() < EXPLAINS {
+            continue;
+        }
+        let first = edges[mine[0]].label.clone();
+        let same = mine
+            .iter()
+            .all(|&i| edges[i].label == first)
+            .then_some(first)
+            .flatten()
+            .filter(|l| !l.contains("->"));
+        for &i in &mine {
+            explained[i] = true;
+        }
+        notes[node].push((health, mine.len(), same));
+    }
+    (notes, explained)
+}
+
 /// ≤ 50 nodes on a circle, their names and pod CIDRs outside it.
 fn circle(cluster: &ClusterView) -> String {
     let n = cluster.nodes.len();
-    let radius = (n as f64 * 18.0).clamp(150.0, 480.0);
-    let margin = 190.0;
+    let radius = (n as f64 * 18.0).clamp(200.0, 480.0);
+    let margin = 170.0;
     let top = 60.0;
     let (cx, cy) = (margin + radius, top + margin + radius);
     let at = |i: usize| {
@@ -186,6 +280,7 @@ fn circle(cluster: &ClusterView) -> String {
     let mut body = title(cluster, 20.0, 28.0);
     let all = edges(cluster);
     let broken: Vec<&Edge> = all.iter().filter(|e| e.health.is_broken()).collect();
+    let (notes, explained) = explain(cluster, &all);
     // Healthy and unknown pairs under the broken ones.
     for e in all.iter().filter(|e| !e.health.is_broken()) {
         let ((_, x1, y1), (_, x2, y2)) = (at(e.a), at(e.b));
@@ -231,7 +326,7 @@ fn circle(cluster: &ClusterView) -> String {
         } else {
             "end"
         };
-        let lines = 1 + node.pod_cidrs.len().min(2);
+        let lines = 1 + node.pod_cidrs.len().min(2) + notes[i].len();
         // Above the top nodes, below the bottom ones, centred on the others.
         let first = if angle.sin() < -0.9 {
             ly - 4.0 - 13.0 * (lines - 1) as f64
@@ -252,13 +347,28 @@ fn circle(cluster: &ClusterView) -> String {
                 label(cidr, 43)
             );
         }
+        for (health, count, state) in &notes[i] {
+            let cause = state.as_deref().unwrap_or(health.label());
+            let _ = write!(
+                body,
+                "<tspan x=\"{lx:.1}\" dy=\"14\" font-size=\"11\" font-weight=\"bold\" fill=\"{}\">{} with {count} peers</tspan>",
+                colour(*health),
+                label(cause, 40)
+            );
+        }
         if let Some(note) = &node.note {
             let _ = write!(body, "<title>{}</title>", xml(note));
         }
         body += "</text>\n";
     }
-    if broken.len() <= MAX_EDGE_LABELS {
-        for e in &broken {
+    let unexplained: Vec<&Edge> = all
+        .iter()
+        .zip(&explained)
+        .filter(|(e, done)| e.health.is_broken() && !**done)
+        .map(|(e, _)| e)
+        .collect();
+    if unexplained.len() <= MAX_EDGE_LABELS {
+        for e in unexplained {
             let ((_, x1, y1), (_, x2, y2)) = (at(e.a), at(e.b));
             let (mx, my) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
             let text = e.label.as_deref().unwrap_or_default();
@@ -279,7 +389,7 @@ fn circle(cluster: &ClusterView) -> String {
         }
     }
     let width = 2.0 * (margin + radius);
-    let panel_height = panel(cluster, width, top + 20.0, &mut body);
+    let panel_height = panel(cluster, width, top + 20.0, false, &mut body);
     let height = (top + 2.0 * (margin + radius)).max(panel_height);
     if n == 0 {
         let _ = writeln!(body, "<text x=\"{cx}\" y=\"{cy}\">(no nodes)</text>");
@@ -325,7 +435,7 @@ fn heat_map(cluster: &ClusterView) -> String {
     );
     let _ = writeln!(
         body,
-        "<rect x=\"{left}\" y=\"{top}\" width=\"{side:.1}\" height=\"{side:.1}\" fill=\"{}\" fill-opacity=\"0.35\"/>",
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{side:.1}\" height=\"{side:.1}\" fill=\"{}\" fill-opacity=\"{OK_OPACITY}\"/>",
         colour(Health::Ok)
     );
     for (i, health) in worst.iter().enumerate() {
@@ -372,7 +482,7 @@ fn heat_map(cluster: &ClusterView) -> String {
         );
     }
     let width = left + side + 40.0;
-    let panel_height = panel(cluster, width, 100.0, &mut body);
+    let panel_height = panel(cluster, width, 100.0, true, &mut body);
     let height = (top + side + 40.0).max(panel_height);
     document(width + PANEL_WIDTH, height, &body)
 }
