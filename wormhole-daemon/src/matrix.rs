@@ -78,8 +78,8 @@ pub fn render(cluster: &ClusterView) -> String {
         }
         out += "\nbroken pairs (from -> to: state):\n";
         let lines = pair_lines(cluster, &broken);
-        for line in lines.iter().take(MAX_PAIRS_LISTED) {
-            let _ = writeln!(out, "  {line}");
+        for (_, line) in lines.iter().take(MAX_PAIRS_LISTED) {
+            let _ = writeln!(out, "  {}", escape(line));
         }
         if lines.len() > MAX_PAIRS_LISTED {
             let _ = writeln!(
@@ -115,8 +115,12 @@ const GROUP: usize = 3;
 
 /// The broken pairs as lines, one per pair, except that pairs sharing an end and a class (a
 /// node every other one finds unreachable) are one line: `node-a -> 5 nodes: lossy`,
-/// `every node -> node-c: never`. Biggest groups first, then single pairs in order.
-fn pair_lines(cluster: &ClusterView, broken: &[(usize, usize, &str)]) -> Vec<String> {
+/// `every node -> node-c: never`. Biggest groups first, then single pairs in order; each with
+/// its class. Not escaped: each line is, where it is shown.
+pub(crate) fn pair_lines(
+    cluster: &ClusterView,
+    broken: &[(usize, usize, &str)],
+) -> Vec<(Health, String)> {
     use std::collections::BTreeMap;
     // (end, is the `to` end, class) -> pairs.
     let mut groups: BTreeMap<(usize, bool, Health), Vec<usize>> = BTreeMap::new();
@@ -140,32 +144,36 @@ fn pair_lines(cluster: &ClusterView, broken: &[(usize, usize, &str)]) -> Vec<Str
         }
         let first = broken[pairs[0]].2;
         let state = if pairs.iter().all(|&i| broken[i].2 == first) {
-            escape(first).into_owned()
+            first.to_owned()
         } else {
             health.label().to_owned()
         };
-        let name = escape(&cluster.nodes[end].name).into_owned();
+        let name = &cluster.nodes[end].name;
         let many = if pairs.len() == others {
             "every node".to_owned()
         } else {
             format!("{} nodes", pairs.len())
         };
-        out.push(if is_to {
-            format!("{many} -> {name}: {state}")
-        } else {
-            format!("{name} -> {many}: {state}")
-        });
+        out.push((
+            health,
+            if is_to {
+                format!("{many} -> {name}: {state}")
+            } else {
+                format!("{name} -> {many}: {state}")
+            },
+        ));
         for i in pairs {
             done[i] = true;
         }
     }
     for (i, (from, to, state)) in broken.iter().enumerate() {
         if !done[i] {
-            out.push(format!(
-                "{} -> {}: {}",
-                escape(&cluster.nodes[*from].name),
-                escape(&cluster.nodes[*to].name),
-                escape(state)
+            out.push((
+                Health::of(state),
+                format!(
+                    "{} -> {}: {state}",
+                    cluster.nodes[*from].name, cluster.nodes[*to].name
+                ),
             ));
         }
     }

@@ -19,6 +19,9 @@ use super::{Edge, colour, edges};
 pub const CIRCLE_MAX_NODES: usize = 50;
 /// Broken edges labelled on the circle; with more, the panel lists them (labels would pile up).
 const MAX_EDGE_LABELS: usize = 16;
+/// A node with this many broken edges of one class is labelled with the cause (see
+/// [`explain`]).
+const EXPLAINS: usize = 3;
 /// Broken pairs listed in the panel.
 const MAX_PANEL_PAIRS: usize = 12;
 /// Nodes listed in the panel's "where to look".
@@ -192,29 +195,32 @@ fn panel(cluster: &ClusterView, x: f64, y: f64, squares: bool, out: &mut String)
             "<text x=\"{x}\" y=\"{y}\" font-weight=\"bold\">Broken pairs (from -&gt; to)</text>"
         );
         y += 2.0;
-        for (from, to, state) in broken.iter().take(MAX_PANEL_PAIRS) {
+        let lines = crate::matrix::pair_lines(cluster, &broken);
+        for (health, line) in lines.iter().take(MAX_PANEL_PAIRS) {
             y += 16.0;
             let _ = writeln!(
                 out,
-                "<text x=\"{x}\" y=\"{y}\"><tspan fill=\"{}\">\u{25a0}</tspan> {} -&gt; {}: {}</text>",
-                colour(Health::of(state)),
-                label(&cluster.nodes[*from].name, 18),
-                label(&cluster.nodes[*to].name, 18),
-                label(state, 28)
+                "<text x=\"{x}\" y=\"{y}\"><tspan fill=\"{}\">\u{25a0}</tspan> {}</text>",
+                colour(*health),
+                label(line, 60)
             );
         }
-        if broken.len() > MAX_PANEL_PAIRS {
+        if lines.len() > MAX_PANEL_PAIRS {
             y += 16.0;
             let _ = writeln!(
                 out,
                 "<text x=\"{x}\" y=\"{y}\" fill=\"#455a64\">… and {} more (wormhole status --cluster)</text>",
-                broken.len() - MAX_PANEL_PAIRS
+                lines.len() - MAX_PANEL_PAIRS
             );
         }
     }
     out.push_str("</g>\n");
     y + 20.0
 }
+
+/// A node's label for broken edges it explains: their class, how many, and their state when
+/// they all share it.
+type Explanation = (Health, usize, Option<String>);
 
 /// Which node explains which broken edges: a node with at least [`EXPLAINS`] broken edges of
 /// one class (a node whose underlay drops packets, one with a wrong key) is labelled once with
@@ -223,8 +229,7 @@ fn panel(cluster: &ClusterView, x: f64, y: f64, squares: bool, out: &mut String)
 fn explain(
     cluster: &ClusterView,
     edges: &[Edge],
-) -> (Vec<Vec<(Health, usize, Option<String>)>>, Vec<bool>) {
-    const EXPLAINS: usize = 3;
+) -> (Vec<Vec<Explanation>>, Vec<bool>) {
     let n = cluster.nodes.len();
     let mut candidates: Vec<(usize, usize, Health)> = Vec::new();
     for node in 0..n {
