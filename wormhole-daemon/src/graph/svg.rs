@@ -226,10 +226,7 @@ type Explanation = (Health, usize, Option<String>);
 /// one class (a node whose underlay drops packets, one with a wrong key) is labelled once with
 /// the cause, instead of each of its edges. Returns, per node, its explanations (class, how
 /// many, the state if they all share it), and per edge whether a node explains it.
-fn explain(
-    cluster: &ClusterView,
-    edges: &[Edge],
-) -> (Vec<Vec<Explanation>>, Vec<bool>) {
+fn explain(cluster: &ClusterView, edges: &[Edge]) -> (Vec<Vec<Explanation>>, Vec<bool>) {
     let n = cluster.nodes.len();
     let mut candidates: Vec<(usize, usize, Health)> = Vec::new();
     for node in 0..n {

@@ -9,6 +9,7 @@
 mod admin;
 mod churn;
 mod cli;
+mod cluster;
 mod external;
 mod harness;
 mod health;

@@ -1,0 +1,238 @@
+//! `wormhole status --cluster` and `wormhole graph` as a user runs them: from the WormholeNodes
+//! that real publishers wrote to an API server (the fake one, over HTTP, with a kubeconfig), and
+//! from admin endpoints given with `--admin`.
+
+use std::io::{BufRead as _, Write as _};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+use wormhole_agent::{PeerView, StatusView};
+use wormhole_core::{PeerStatus, PrivateKey, ProbeReport, Status};
+use wormhole_k8s::Publisher;
+use wormhole_k8s::testing::FakeApi;
+
+use crate::harness::BIN;
+
+/// Runs the binary without our own `WORMHOLE_*` and `KUBE*` variables.
+fn wormhole(args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WORMHOLE_") || k.starts_with("KUBE") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wormhole")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A peer with a fresh handshake and, if given, a probe report.
+fn peer(name: &str, probe: Option<ProbeReport>) -> PeerStatus {
+    let mut p = PeerStatus::new(name, PrivateKey::generate().public_key());
+    p.latest_handshake = Some(SystemTime::now() - Duration::from_secs(5));
+    p.probe = probe;
+    p
+}
+
+fn holed() -> ProbeReport {
+    let mut r = ProbeReport::default();
+    r.sent = 10;
+    r.path_mtu = Some(1344);
+    r.mtu_blackhole = true;
+    r
+}
+
+#[test]
+fn the_cluster_from_its_wormholenodes() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = rt.block_on(FakeApi::start());
+    for (i, name) in ["n1", "n2", "n3", "n4"].iter().enumerate() {
+        api.put_node(
+            name,
+            &[&format!("10.99.{}.0/24", i + 1)],
+            &format!("192.168.77.{}", i + 1),
+        );
+    }
+    // n1 and n3 lose large packets between them; n4 runs no agent (no WormholeNode).
+    let views = [
+        ("n1", vec![peer("n2", None), peer("n3", Some(holed()))]),
+        ("n2", vec![peer("n1", None), peer("n3", None)]),
+        ("n3", vec![peer("n1", Some(holed())), peer("n2", None)]),
+    ];
+    rt.block_on(async {
+        for (name, peers) in views {
+            let key = PrivateKey::generate().public_key();
+            let mut publisher = Publisher::new(api.client(), name, 51820, None);
+            publisher.publish_spec(&key).await.unwrap();
+            let mut status = Status::default();
+            status.public_key = Some(key);
+            status.peers = peers;
+            assert!(publisher.publish_status(&status).await.unwrap());
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+
+    let out = wormhole(&["status", "--cluster", "--kubeconfig", kubeconfig]);
+    let matrix = text(&out);
+    assert_eq!(out.status.code(), Some(1), "a broken pair: exit code 1");
+    assert!(
+        matrix.starts_with("4 nodes, 12 pairs (from -> to): 4 ok, 2 broken, 6 unknown\n"),
+        "{matrix}"
+    );
+    assert!(
+        matrix.contains(
+            "FROM \\ TO  1 2 3 4\n\
+             1 n1       - . M ?\n\
+             2 n2       . - . ?\n\
+             3 n3       M . - ?\n\
+             4 n4       ? ? ? -\n"
+        ),
+        "{matrix}"
+    );
+    assert!(
+        matrix.contains("  n1 -> n3: mtu-blackhole (max 1344)\n"),
+        "{matrix}"
+    );
+    assert!(
+        matrix.contains("  n4: no WormholeNode: is the wormhole agent running there?\n"),
+        "{matrix}"
+    );
+
+    let out = wormhole(&[
+        "status",
+        "--cluster",
+        "-o",
+        "json",
+        "--kubeconfig",
+        kubeconfig,
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["nodes"][0]["report"]["problems"]["n3"],
+        "mtu-blackhole (max 1344)"
+    );
+    assert_eq!(json["nodes"][0]["pod_cidrs"][0], "10.99.1.0/24");
+
+    let out = wormhole(&["graph", "--kubeconfig", kubeconfig]);
+    assert!(out.status.success(), "{out:?}");
+    let svg = text(&out);
+    let doc = roxmltree::Document::parse(&svg).expect("the SVG is XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert!(svg.contains(">mtu-blackhole (max 1344)</text>"), "{svg}");
+    assert!(svg.contains(">10.99.3.0/24</tspan>"), "{svg}");
+
+    let out = wormhole(&["graph", "-o", "dot", "--kubeconfig", kubeconfig]);
+    let dot = text(&out);
+    assert!(
+        dot.contains(
+            "\"n1\" -- \"n3\" [color=\"#8e24aa\", penwidth=2.5, label=\"mtu-blackhole (max 1344)\""
+        ),
+        "{dot}"
+    );
+}
+
+/// Serves `GET /status` with `view` on a fresh loopback port, for any number of connections.
+fn serve(view: &StatusView) -> String {
+    let body = serde_json::to_vec(view).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = (&stream).write_all(head.as_bytes());
+            let _ = (&stream).write_all(&body);
+        }
+    });
+    addr.to_string()
+}
+
+fn view(node: &str, peers: &[(&str, &str)]) -> StatusView {
+    let mut view = StatusView::new(&Status::default(), SystemTime::now());
+    view.node = node.into();
+    view.ready = true;
+    view.pod_cidrs = vec![format!("10.99.{}.0/24", &node[1..])];
+    view.peers = peers
+        .iter()
+        .map(|(name, state)| PeerView {
+            name: (*name).into(),
+            public_key: None,
+            endpoint: None,
+            allowed_ips: vec![format!("10.99.{}.0/24", &name[1..])],
+            latest_handshake_age_seconds: Some(3),
+            rx_bytes: 0,
+            tx_bytes: 0,
+            state: (*state).into(),
+            hint: None,
+            rtt_ms: Some(0.3),
+            last_rtt_ms: Some(0.3),
+            probe_loss: Some(0.0),
+            path_mtu: Some(1420),
+        })
+        .collect();
+    view
+}
+
+#[test]
+fn the_cluster_from_admin_endpoints() {
+    let a = serve(&view("n1", &[("n2", "ok"), ("n3", "lossy (30 %)")]));
+    let b = serve(&view("n2", &[("n1", "ok"), ("n3", "ok")]));
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = wormhole(&[
+        "status",
+        "--cluster",
+        "--admin",
+        &a,
+        "--admin",
+        &b,
+        "--admin",
+        &silent,
+    ]);
+    let matrix = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        matrix.starts_with("3 nodes, 6 pairs (from -> to): 3 ok, 1 broken, 2 unknown\n"),
+        "{matrix}"
+    );
+    assert!(matrix.contains("  n1 -> n3: lossy (30 %)\n"), "{matrix}");
+    assert!(
+        matrix.contains(&format!(
+            "  not read: cannot reach the wormhole agent at {silent}: "
+        )),
+        "{matrix}"
+    );
+
+    let out = wormhole(&["graph", "--admin", &a, "--admin", &b]);
+    assert!(out.status.success());
+    roxmltree::Document::parse(&text(&out)).expect("the SVG is XML");
+
+    // --admin is for --cluster.
+    let out = wormhole(&["status", "--admin", &a]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--admin and --kubeconfig go with --cluster")
+    );
+}
