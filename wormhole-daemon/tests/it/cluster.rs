@@ -236,3 +236,121 @@ fn the_cluster_from_admin_endpoints() {
         String::from_utf8_lossy(&out.stderr).contains("--admin and --kubeconfig go with --cluster")
     );
 }
+
+/// A real mesh of six agents probing each other, with a fault per kind injected as in the
+/// health tests: `wormhole status --cluster` and `wormhole graph`, run in one node against
+/// every node's admin endpoint, name each broken pair with its cause. With
+/// `WORMHOLE_EXAMPLE_DIR` set, the outputs are written there (the README's example).
+#[test]
+fn the_matrix_of_a_real_mesh_names_every_fault() {
+    use crate::harness::{Backend, Cluster, root_or_skip, write_atomically};
+    use crate::health::{NAMED_WITHIN, inject, until};
+    use wormhole_testkit::underlay_ip;
+    if !root_or_skip("the_matrix_of_a_real_mesh_names_every_fault") {
+        return;
+    }
+    let mut c = Cluster::new(6, Backend::Embedded);
+    // n3 is published with a key that is not its own (it reads the truth).
+    let all: Vec<usize> = (1..=6).collect();
+    let text = c.peers_text(&all, "");
+    let wrong = crate::harness::new_key(&c.work.path().join("not-n3.key"));
+    write_atomically(&c.peers, &text.replace(&c.node(3).public_key, &wrong));
+    let own = c.work.path().join("n3-peers.toml");
+    write_atomically(&own, &text);
+    c.node_mut(3).peers = own;
+    // Admin endpoints on the underlay, for `--admin` from another node.
+    for node in &mut c.nodes {
+        node.start(&["--probe-interval", "1s", "--admin-addr", "0.0.0.0:9473"]);
+    }
+    until(
+        &c,
+        "n3 never, every other pair ok",
+        NAMED_WITHIN,
+        |me, s| {
+            s.len() == 5
+                && s.iter().all(|(peer, state)| match (me, peer.as_str()) {
+                    ("n3", _) | (_, "n3") => state == "never",
+                    _ => state == "ok",
+                })
+        },
+    );
+    // An MTU black hole between n1 and n2, 30 % of n4's underlay UDP lost, n6's agent stopped.
+    for (from, to) in [(1, 2), (2, 1)] {
+        inject(
+            &c,
+            from,
+            &[format!(
+                "ip daddr {} udp dport 51820 ip length > 1200 drop",
+                underlay_ip(to)
+            )],
+        );
+    }
+    inject(
+        &c,
+        4,
+        &["oifname \"eth0\" meta l4proto udp numgen random mod 100 < 30 drop".into()],
+    );
+    let stopped = c.node_mut(6).daemon.take().unwrap().terminate();
+    assert!(stopped.success(), "{stopped:?}");
+    until(&c, "every fault named", NAMED_WITHIN, |me, s| {
+        s.iter().all(|(peer, state)| match (me, peer.as_str()) {
+            ("n3", _) | (_, "n3") => state == "never",
+            (_, "n6") => state == "unreachable",
+            ("n1", "n2") | ("n2", "n1") => state.starts_with("mtu-blackhole (max "),
+            ("n4", _) | (_, "n4") => state.starts_with("lossy ("),
+            _ => state == "ok",
+        })
+    });
+    let mut args = vec![BIN];
+    let admins: Vec<String> = (1..=6)
+        .map(|i| format!("{}:9473", underlay_ip(i)))
+        .collect();
+    for a in &admins {
+        args.extend(["--admin", a.as_str()]);
+    }
+    let run = |command: &[&str]| {
+        let mut full = vec![BIN];
+        full.extend_from_slice(command);
+        full.extend_from_slice(&args[1..]);
+        c.node(1).ns.run(&full)
+    };
+    let out = run(&["status", "--cluster"]);
+    let matrix = text_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{matrix}");
+    for line in [
+        "6 nodes, 30 pairs (from -> to): ",
+        "FROM \\ TO  1 2 3 4 5 6\n1 n1       - M N L . U\n",
+        "5 n5       . . N L - U\n6 n6       ? ? ? ? ? -\n",
+        "n3: 9 of 10 pairs (9 never)",
+        "  n3 -> every node: never\n",
+        "  n1 -> n2: mtu-blackhole (max ",
+        &format!(
+            "  not read: cannot reach the wormhole agent at {}",
+            admins[5]
+        ),
+    ] {
+        assert!(matrix.contains(line), "{line:?} not in\n{matrix}");
+    }
+    let svg_out = run(&["graph"]);
+    let svg = text_of(&svg_out);
+    roxmltree::Document::parse(&svg).expect("the SVG is XML");
+    assert!(svg.contains(">never with 5 peers</tspan>"), "{svg}");
+    let dot = text_of(&run(&["graph", "-o", "dot"]));
+    assert!(dot.contains("\"n1\" -- \"n2\" [color=\"#8e24aa\""), "{dot}");
+    if let Some(dir) = std::env::var_os("WORMHOLE_EXAMPLE_DIR") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("status-cluster.txt"), &matrix).unwrap();
+        std::fs::write(dir.join("mesh.svg"), &svg).unwrap();
+        std::fs::write(dir.join("mesh.dot"), &dot).unwrap();
+    }
+    for i in [1, 2, 4] {
+        c.node(i)
+            .ns
+            .sh(&["nft", "delete", "table", "inet", "fault"]);
+    }
+}
+
+fn text_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

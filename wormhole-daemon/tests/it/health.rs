@@ -14,10 +14,10 @@ use wormhole_testkit::underlay_ip;
 use crate::harness::{Backend, Cluster, Node, poll, root_or_skip, scaled};
 
 /// Time for a fault to be named (the 30 s; scaled on slow machines).
-const NAMED_WITHIN: Duration = Duration::from_secs(30);
+pub(crate) const NAMED_WITHIN: Duration = Duration::from_secs(30);
 
 /// Every peer's state as node `node` reports it.
-fn states(node: &Node) -> BTreeMap<String, String> {
+pub(crate) fn states(node: &Node) -> BTreeMap<String, String> {
     node.status_json()["peers"]
         .as_array()
         .expect("peers")
@@ -42,7 +42,7 @@ fn views(c: &Cluster) -> String {
 }
 
 /// Waits until `check` holds for every node's states (bounded); panics with every view.
-fn until(
+pub(crate) fn until(
     c: &Cluster,
     what: &str,
     limit: Duration,
@@ -67,7 +67,7 @@ fn until(
 }
 
 /// An nft table `fault` in node `i`'s namespace with `rules` on the output hook.
-fn inject(c: &Cluster, i: usize, rules: &[String]) {
+pub(crate) fn inject(c: &Cluster, i: usize, rules: &[String]) {
     let mut text = String::from(
         "table inet fault {\n  chain out {\n    type filter hook output priority filter; policy accept;\n",
     );
