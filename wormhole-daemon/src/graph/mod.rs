@@ -102,3 +102,46 @@ pub(crate) mod tests {
         assert_eq!((e[2].health, e[2].label.as_deref()), (Health::Ok, None));
     }
 }
+
+/// What the cluster views cost at 5,000 nodes (one node unreachable from every other, a few
+/// MTU black holes): `cargo test -p wormhole-daemon --bin wormhole -- --ignored --nocapture
+/// five_thousand`. Prints each renderer's time and output size.
+#[cfg(test)]
+mod scale {
+    use super::tests::cluster;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore = "a measurement"]
+    fn five_thousand_nodes() {
+        let names: Vec<String> = (0..5000).map(|i| format!("node-{i:04}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut problems: Vec<(&str, &str, &str)> = Vec::new();
+        for other in &refs[1..] {
+            problems.push(("node-0000", *other, "unreachable"));
+            problems.push((*other, "node-0000", "unreachable"));
+        }
+        for i in 1..20 {
+            problems.push((refs[i], refs[i + 100], "mtu-blackhole (max 1380)"));
+        }
+        let c = cluster(&refs, &problems);
+        let time = |what: &str, f: &dyn Fn() -> usize| {
+            let start = Instant::now();
+            let size = f();
+            eprintln!(
+                "{what}: {:.2} s, {size} bytes",
+                start.elapsed().as_secs_f64()
+            );
+        };
+        time("summary", &|| {
+            let s = c.summary();
+            assert_eq!(s.broken, 2 * 4999 + 19);
+            0
+        });
+        time("status --cluster (text)", &|| {
+            crate::matrix::render(&c).len()
+        });
+        time("graph (SVG heat map)", &|| super::svg::render(&c).len());
+        time("graph -o dot", &|| super::dot::render(&c).len());
+    }
+}

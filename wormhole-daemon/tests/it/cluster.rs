@@ -262,6 +262,9 @@ fn the_matrix_of_a_real_mesh_names_every_fault() {
     for node in &mut c.nodes {
         node.start(&["--probe-interval", "1s", "--admin-addr", "0.0.0.0:9473"]);
     }
+    for i in [1, 2, 4, 5, 6] {
+        c.node_mut(i).wait_ready();
+    }
     until(
         &c,
         "n3 never, every other pair ok",
