@@ -145,7 +145,7 @@ fn degraded(status: &Status, now: SystemTime) -> Vec<Due> {
             regarding: None,
             reason: "PeersDegraded",
             note: format!(
-                "{} peers of this node ({local}) are degraded ({}), among them {}: run `wormhole                  status` on this node and `wormhole status --cluster` to see which pairs",
+                "{} peers of this node ({local}) are degraded ({}), among them {}: run `wormhole status` on this node and `wormhole status --cluster` to see which pairs",
                 bad.len(),
                 labels.join(", "),
                 first.join(", ")
@@ -380,5 +380,12 @@ mod tests {
             due[0].note
         );
         assert!(!due[0].note.contains('\u{1b}'));
+        assert!(
+            due[0]
+                .note
+                .ends_with("run `wormhole status` on this node and `wormhole status --cluster` to see which pairs"),
+            "{}",
+            due[0].note
+        );
     }
 }
