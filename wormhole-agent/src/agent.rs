@@ -272,7 +272,8 @@ async fn follow_kubernetes(
     listen_port: u16,
     endpoint: Option<std::net::SocketAddr>,
 ) {
-    let mut publisher = Publisher::new(client.clone(), &node_name, listen_port, endpoint);
+    let mut publisher = Publisher::new(client.clone(), &node_name, listen_port, endpoint)
+        .with_status_interval(STATUS_INTERVAL);
     let mut events = EventSink::new(client, &node_name);
     loop {
         let current = status.borrow_and_update().clone();
@@ -287,11 +288,20 @@ async fn follow_kubernetes(
             }
         }
         events.observe(&current).await;
-        if status.changed().await.is_err() {
-            return;
+        // The next status change, or a changed status held back by the interval.
+        let due = publisher.status_due();
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await },
+                if due.is_some() => {}
         }
     }
 }
+
+/// The least time between two writes of this node's WormholeNode status: a state change is
+/// written at once, further ones within this time once at its end (pairs flapping between `ok`
+/// and `lossy` cost each node at most one write per 10 s, and no state change waits longer).
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// `--cleanup-on-exit`: removes the interface, the firewall table and the conflist (absent is
 /// fine: also what an earlier agent left).

@@ -118,6 +118,12 @@ pub struct Publisher {
     /// The spec last applied, and the uid of the object it was applied to.
     last_spec: Option<(WormholeNodeSpec, Option<String>)>,
     last_status: Option<WormholeNodeStatus>,
+    /// The least time between two status writes (see [`Publisher::with_status_interval`]).
+    status_interval: Duration,
+    /// When the status was last written.
+    status_written: Option<tokio::time::Instant>,
+    /// A changed status waits for the interval to pass.
+    status_pending: bool,
     /// The Node's uid and our endpoint, read once: the agent publishes on every status change,
     /// and the Node need not be fetched each time. Forgotten when an apply fails.
     node: Option<(String, Option<SocketAddr>)>,
@@ -136,6 +142,9 @@ impl Publisher {
             endpoint,
             last_spec: None,
             last_status: None,
+            status_interval: Duration::ZERO,
+            status_written: None,
+            status_pending: false,
             node: None,
             timeout: API_TIMEOUT,
         }
@@ -145,6 +154,22 @@ impl Publisher {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// The least time between two status writes (default none). A state that changes again
+    /// within it (a pair flapping between `ok` and `lossy`) is written once, when the interval
+    /// ends (call [`publish_status`](Self::publish_status) again at
+    /// [`status_due`](Self::status_due)), with the latest summary: a cluster of flapping pairs
+    /// costs each node at most one write per interval.
+    pub fn with_status_interval(mut self, interval: Duration) -> Self {
+        self.status_interval = interval;
+        self
+    }
+
+    /// When a changed status that waits for the interval is due; `None` if none waits.
+    pub fn status_due(&self) -> Option<tokio::time::Instant> {
+        let written = self.status_written?;
+        self.status_pending.then(|| written + self.status_interval)
     }
 
     /// Applies the spec (key and endpoint) if it changed since the last apply. Returns whether
@@ -259,11 +284,20 @@ impl Publisher {
         }
     }
 
-    /// Applies the status summary if it changed. Returns whether it wrote.
+    /// Applies the status summary if it changed (and the status interval has passed since the
+    /// last write; else it is due at [`status_due`](Self::status_due)). Returns whether it wrote.
     pub async fn publish_status(&mut self, status: &Status) -> Result<bool, Error> {
         let now = SystemTime::now();
         let summary = summary(status, now);
         if self.last_status.as_ref() == Some(&summary) || self.last_spec.is_none() {
+            self.status_pending = false;
+            return Ok(false);
+        }
+        if let Some(written) = self.status_written
+            && written.elapsed() < self.status_interval
+            && self.last_status.is_some()
+        {
+            self.status_pending = true;
             return Ok(false);
         }
         let mut with_time = summary.clone();
@@ -283,6 +317,8 @@ impl Publisher {
         )
         .await?;
         self.last_status = Some(summary);
+        self.status_written = Some(tokio::time::Instant::now());
+        self.status_pending = false;
         Ok(true)
     }
 }

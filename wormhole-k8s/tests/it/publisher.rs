@@ -365,3 +365,69 @@ async fn the_problems_list_is_bounded() {
     let size = serde_json::to_string(&stored).unwrap().len();
     assert!(size < 512 * 1024, "{size} bytes");
 }
+
+/// A pair that flaps between `ok` and `lossy`: with a status interval, the first change is
+/// written at once and the flapping within the interval once, at its end, with the latest state.
+#[tokio::test]
+async fn a_flapping_state_is_written_once_per_interval() {
+    use wormhole_core::ProbeReport;
+    let api = FakeApi::start().await;
+    api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
+    let key = PrivateKey::generate().public_key();
+    let interval = Duration::from_millis(500);
+    let mut publisher =
+        Publisher::new(api.client(), "n1", 51820, None).with_status_interval(interval);
+    publisher.publish_spec(&key).await.unwrap();
+    let mut status = {
+        let mut v = Status::default();
+        v.public_key = Some(key);
+        let mut p = PeerStatus::new("n2", PrivateKey::generate().public_key());
+        p.latest_handshake = Some(SystemTime::now());
+        v.peers = vec![p];
+        v
+    };
+    let set_lost = |status: &mut Status, lost: u32| {
+        let mut r = ProbeReport::default();
+        r.sent = 10;
+        r.lost = lost;
+        status.peers[0].probe = Some(r);
+    };
+    let writes = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.target.contains("/n1/status?"))
+            .count()
+    };
+    assert!(
+        publisher.publish_status(&status).await.unwrap(),
+        "the first at once"
+    );
+    assert_eq!(publisher.status_due(), None);
+    // Flapping within the interval: held back, due when it ends.
+    for round in 0..6 {
+        set_lost(&mut status, if round % 2 == 0 { 3 } else { 0 });
+        assert!(!publisher.publish_status(&status).await.unwrap());
+    }
+    set_lost(&mut status, 3);
+    assert!(!publisher.publish_status(&status).await.unwrap());
+    let due = publisher.status_due().expect("a change waits");
+    assert_eq!(writes(&api), 1);
+    tokio::time::sleep_until(due).await;
+    assert!(
+        publisher.publish_status(&status).await.unwrap(),
+        "due: written"
+    );
+    assert_eq!(writes(&api), 2);
+    assert_eq!(
+        api.get(Kind::Wormhole, "n1").unwrap()["status"]["problems"][0]["state"],
+        "lossy",
+        "the latest state"
+    );
+    // Back to the written state within the interval: nothing waits, nothing is written.
+    set_lost(&mut status, 0);
+    assert!(!publisher.publish_status(&status).await.unwrap());
+    set_lost(&mut status, 3);
+    assert!(!publisher.publish_status(&status).await.unwrap());
+    assert_eq!(publisher.status_due(), None);
+    assert_eq!(writes(&api), 2);
+}
