@@ -336,8 +336,9 @@ impl ClusterView {
                 ..NodeReport::default()
             };
             for peer in &view.peers {
-                // A rejected entry without a name is shown as `(origin)`: not a node.
-                if peer.name.starts_with('(') {
+                // A rejected entry without a name is shown as `(origin)`, an external peer (a
+                // laptop, a VM) is no node of the mesh and is not probed: neither is drawn.
+                if peer.name.starts_with('(') || peer.external {
                     continue;
                 }
                 if !peer.allowed_ips.is_empty() {
@@ -511,6 +512,7 @@ mod tests {
             last_rtt_ms: None,
             probe_loss: None,
             path_mtu: None,
+            external: false,
         }
     }
 
@@ -608,7 +610,11 @@ mod tests {
             )),
         ];
         let cluster = ClusterView::from_status_views(views);
-        assert_eq!(cluster.nodes.len(), 3, "no node for an unnamed entry");
+        assert_eq!(
+            cluster.nodes.len(),
+            3,
+            "no node for an unnamed entry or an external peer"
+        );
         assert_eq!(
             cluster.cell(0, 2),
             Cell::Unknown("not among this node's peers")

@@ -43,7 +43,7 @@ pub enum Command {
     /// Replace the node's private key with a new one and print the new public key.
     RotateKey(RotateKeyArgs),
     /// Print a wg-quick configuration for an external peer of the peers file (`[[external]]`):
-    /// every node as a [Peer] with its endpoint and pod CIDRs.
+    /// every node as a `[Peer]` with its endpoint and pod CIDRs.
     PeerConfig(PeerConfigArgs),
 }
 

@@ -127,6 +127,8 @@ fn degraded(status: &Status, now: SystemTime) -> Vec<Due> {
     let mut bad: Vec<(&str, PeerState)> = status
         .peers
         .iter()
+        // An external peer (a laptop) comes and goes: not a pair of the mesh degrading.
+        .filter(|p| !p.external)
         .map(|p| (p.name.as_str(), p.state(now)))
         .filter(|(_, s)| !matches!(s, PeerState::Ok | PeerState::Never))
         .collect();

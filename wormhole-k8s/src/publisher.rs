@@ -68,7 +68,8 @@ pub(crate) fn summary(status: &Status, now: SystemTime) -> WormholeNodeStatus {
         .peers
         .iter()
         .zip(&states)
-        .filter(|(_, state)| **state != PeerState::Ok)
+        // An external peer (a laptop) is no pair of the mesh: not a problem of the matrix.
+        .filter(|(p, state)| **state != PeerState::Ok && !p.external)
         .map(|(p, state)| PeerProblem {
             peer: truncate(&p.name, MAX_PEER_NAME),
             state: published_state(*state),
@@ -327,6 +328,33 @@ impl Publisher {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+
+    #[test]
+    fn the_summary_lists_the_mesh_peers_that_are_not_ok_but_no_external_peer() {
+        use wormhole_core::{PeerStatus, PrivateKey};
+        let now = SystemTime::now();
+        let mut status = Status::default();
+        let peer = |name: &str, handshake: Option<u64>, external: bool| {
+            let mut p = PeerStatus::new(name, PrivateKey::generate().public_key());
+            p.latest_handshake = handshake.map(|s| now - Duration::from_secs(s));
+            p.external = external;
+            p
+        };
+        status.peers = vec![
+            peer("b", Some(600), false),
+            peer("a", None, false),
+            peer("c", Some(5), false),
+            peer("laptop", None, true),
+        ];
+        let s = summary(&status, now);
+        let listed: Vec<(&str, &str)> = s
+            .problems
+            .iter()
+            .map(|p| (p.peer.as_str(), p.state.as_str()))
+            .collect();
+        assert_eq!(listed, [("a", "never"), ("b", "stale")]);
+        assert_eq!((s.peers_ok, s.problems_omitted), (1, 0));
+    }
 
     #[test]
     fn truncate_keeps_a_character_boundary_and_the_limit() {

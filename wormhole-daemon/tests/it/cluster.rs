@@ -187,6 +187,7 @@ fn view(node: &str, peers: &[(&str, &str)]) -> StatusView {
             last_rtt_ms: Some(0.3),
             probe_loss: Some(0.0),
             path_mtu: Some(1420),
+            external: false,
         })
         .collect();
     view
