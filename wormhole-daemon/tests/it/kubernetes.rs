@@ -255,6 +255,10 @@ fn scale(backend: Backend) {
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
     let mut args = kube_args(&cluster, 1, &kubeconfig);
     args.extend(["--cluster-cidr".to_owned(), "10.0.0.0/8".to_owned()]);
+    // WORMHOLE_SCALE_ARGS: more arguments for the daemon (e.g. `--probe-interval off`, to compare).
+    if let Ok(extra) = std::env::var("WORMHOLE_SCALE_ARGS") {
+        args.extend(extra.split_whitespace().map(str::to_owned));
+    }
     let start = Instant::now();
     cluster.node_mut(1).start_with(args);
     let node = cluster.node(1);
