@@ -22,6 +22,8 @@ pub use addresses::{CLUSTER_CIDRS, overlay_ips, pod_cidrs, underlay_ip};
 pub use capture::{Capture, assert_only_wireguard, underlay_offenders};
 pub use netns::{Netns, in_netns};
 pub use pod::{CNI_PATH, Pod};
-pub use process::{chain, cpu_ticks, prefix, root_or_skip, rss_kib, run, sh, wireguard_go_pid};
+pub use process::{
+    chain, cpu_ticks, prefix, proc_status, root_or_skip, rss_kib, run, sh, wireguard_go_pid,
+};
 pub use time::{poll, scaled, wait_timeout};
 pub use traffic::{TcpEcho, cross_node_pairs, icmp_matrix, tcp_matrix, tcp_send};

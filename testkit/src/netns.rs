@@ -72,6 +72,28 @@ impl Netns {
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
+    /// `nft -f -` with `ruleset` on its stdin, in this namespace; checked.
+    pub fn nft(&self, ruleset: &str) {
+        use std::io::Write as _;
+        let mut child = self
+            .command(&["nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("nft: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(ruleset.as_bytes())
+            .expect("write the ruleset to nft");
+        let status = child.wait().expect("wait for nft");
+        assert!(
+            status.success(),
+            "in {}: nft -f - failed: {ruleset}",
+            self.name
+        );
+    }
+
     /// `ip netns exec NAME args...`, checked; returns stdout.
     pub fn sh(&self, args: &[&str]) -> String {
         let out = self.run(args);

@@ -73,17 +73,22 @@ pub fn prefix(tag: &str) -> String {
     format!("{tag}{}q{}", std::process::id() % 1000, next())
 }
 
-/// `VmRSS` and `VmHWM` of a process, in KiB.
-pub fn rss_kib(pid: u32) -> (u64, u64) {
+/// The numeric fields `names` (e.g. `VmRSS:`) of `/proc/PID/status`, read once, in order.
+pub fn proc_status<const N: usize>(pid: u32, names: [&str; N]) -> [u64; N] {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let field = |name: &str| {
+    names.map(|name| {
         text.lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    })
+}
+
+/// `VmRSS` and `VmHWM` of a process, in KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let [rss, hwm] = proc_status(pid, ["VmRSS:", "VmHWM:"]);
+    (rss, hwm)
 }
 
 /// utime + stime of a process (all its threads), in clock ticks.

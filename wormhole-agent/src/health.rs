@@ -189,13 +189,10 @@ impl Budget {
     }
 }
 
-/// A fraction in [0, 1) from the OS's randomness (jitter needs no cryptographic quality, but
-/// this avoids a dependency).
+/// A fraction in [0, 1), for jitter.
 fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 4];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    f64::from(u32::from_ne_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+    use rand_core::RngCore as _;
+    f64::from(rand_core::OsRng.next_u32()) / (f64::from(u32::MAX) + 1.0)
 }
 
 /// What the scheduler keeps per peer.

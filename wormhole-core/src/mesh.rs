@@ -514,6 +514,26 @@ fn check_alone(
     cluster_cidrs: &[IpNet],
     local_cidrs: &[IpNet],
 ) -> Result<NodeSpec, RejectReason> {
+    check_entry(entry, local_key, "pod CIDR of the same node", |cidr| {
+        if !cluster_cidrs.iter().any(|c| holds(c, &cidr)) {
+            return Err(RejectReason::OutsideCluster { cidr });
+        }
+        if let Some(local) = overlap_in_sorted(local_cidrs, &cidr) {
+            return Err(RejectReason::OverlapsLocal { cidr, local });
+        }
+        Ok(())
+    })
+}
+
+/// The checks every entry (node or external peer) passes on its own: name, key (not ours),
+/// endpoint, and its CIDRs, each parsed and passed to `check_cidr`, none overlapping another of
+/// the entry (`what` names them in that message).
+fn check_entry(
+    entry: &NodeEntry,
+    local_key: &PublicKey,
+    what: &str,
+    mut check_cidr: impl FnMut(IpNet) -> Result<(), RejectReason>,
+) -> Result<NodeSpec, RejectReason> {
     check_name(&entry.name)?;
     let public_key: PublicKey = entry
         .public_key
@@ -532,18 +552,13 @@ fn check_alone(
     let mut pod_cidrs: Vec<IpNet> = Vec::with_capacity(entry.pod_cidrs.len());
     for text in &entry.pod_cidrs {
         let cidr = parse_cidr(text)?;
-        if !cluster_cidrs.iter().any(|c| holds(c, &cidr)) {
-            return Err(RejectReason::OutsideCluster { cidr });
-        }
-        if let Some(local) = overlap_in_sorted(local_cidrs, &cidr) {
-            return Err(RejectReason::OverlapsLocal { cidr, local });
-        }
+        check_cidr(cidr)?;
         pod_cidrs.push(cidr);
     }
     if let Some((first, second)) = own_overlap(&pod_cidrs) {
         return Err(RejectReason::BadCidr {
             cidr: second.to_string(),
-            reason: format!("overlaps {first}, another pod CIDR of the same node"),
+            reason: format!("overlaps {first}, another {what}"),
         });
     }
     pod_cidrs.sort();
@@ -642,70 +657,44 @@ impl Mesh {
         let mut entries: Vec<&NodeEntry> = snapshot.external.iter().collect();
         entries.sort_by(|a, b| (&a.name, &a.public_key).cmp(&(&b.name, &b.public_key)));
         for entry in entries {
-            let checked = (|| {
-                check_name(&entry.name)?;
-                if let Some(other) = names.get(&entry.name) {
-                    return Err(RejectReason::DuplicateName {
-                        other: other.clone(),
-                    });
-                }
-                let public_key: PublicKey = entry
-                    .public_key
-                    .parse()
-                    .map_err(RejectReason::MalformedKey)?;
-                if public_key == self.local.public_key {
-                    return Err(RejectReason::LocalKey);
-                }
-                if let Some(other) = keys.get(&public_key) {
-                    return Err(RejectReason::DuplicateKey {
-                        other: other.clone(),
-                    });
-                }
-                let endpoint = entry.endpoint.as_deref().map(parse_endpoint).transpose()?;
-                if entry.pod_cidrs.len() > MAX_POD_CIDRS {
-                    return Err(RejectReason::TooManyCidrs {
-                        count: entry.pod_cidrs.len(),
-                        max: MAX_POD_CIDRS,
-                    });
-                }
-                let mut allowed = Vec::with_capacity(entry.pod_cidrs.len());
-                for text in &entry.pod_cidrs {
-                    let cidr = parse_cidr(text)?;
-                    if !self.external_cidrs.iter().any(|r| holds(r, &cidr)) {
-                        return Err(RejectReason::OutsideExternal { cidr });
-                    }
-                    if let Some(cluster) = self.cluster_cidrs.iter().find(|c| overlaps(c, &cidr)) {
-                        return Err(RejectReason::ExternalOverlapsCluster {
-                            cidr,
-                            cluster: *cluster,
-                        });
-                    }
-                    if let Some((other_cidr, other)) =
-                        taken.iter().find(|(c, _)| overlaps(c, &cidr))
-                    {
-                        return Err(RejectReason::OverlapsPeer {
-                            cidr,
-                            other_cidr: *other_cidr,
-                            other: other.clone(),
-                        });
-                    }
-                    allowed.push(cidr);
-                }
-                if let Some((first, second)) = own_overlap(&allowed) {
-                    return Err(RejectReason::BadCidr {
-                        cidr: second.to_string(),
-                        reason: format!("overlaps {first}, another allowed IP of the same peer"),
-                    });
-                }
-                allowed.sort();
-                Ok(NodeSpec {
-                    name: entry.name.clone(),
-                    public_key,
-                    endpoint,
-                    pod_cidrs: allowed,
-                    persistent_keepalive: entry.persistent_keepalive.filter(|&k| k != 0),
+            let checked = if let Some(other) = names.get(&entry.name) {
+                Err(RejectReason::DuplicateName {
+                    other: other.clone(),
                 })
-            })();
+            } else {
+                check_entry(
+                    entry,
+                    &self.local.public_key,
+                    "allowed IP of the same peer",
+                    |cidr| {
+                        if !self.external_cidrs.iter().any(|r| holds(r, &cidr)) {
+                            return Err(RejectReason::OutsideExternal { cidr });
+                        }
+                        if let Some(cluster) =
+                            self.cluster_cidrs.iter().find(|c| overlaps(c, &cidr))
+                        {
+                            return Err(RejectReason::ExternalOverlapsCluster {
+                                cidr,
+                                cluster: *cluster,
+                            });
+                        }
+                        match taken.iter().find(|(c, _)| overlaps(c, &cidr)) {
+                            Some((other_cidr, other)) => Err(RejectReason::OverlapsPeer {
+                                cidr,
+                                other_cidr: *other_cidr,
+                                other: other.clone(),
+                            }),
+                            None => Ok(()),
+                        }
+                    },
+                )
+                .and_then(|spec| match keys.get(&spec.public_key) {
+                    Some(other) => Err(RejectReason::DuplicateKey {
+                        other: other.clone(),
+                    }),
+                    None => Ok(spec),
+                })
+            };
             match checked {
                 Ok(spec) => {
                     names.insert(spec.name.clone(), entry.origin.clone());
@@ -1374,5 +1363,43 @@ mod tests {
             let err = parse_endpoint(bad).expect_err(bad).to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn external_peers_are_checked_against_nodes_ranges_and_each_other() {
+        let local = PrivateKey::generate().public_key();
+        let node_b = PrivateKey::generate().public_key();
+        let [laptop, ci, thief, copycat, twin] =
+            std::array::from_fn(|_| PrivateKey::generate().public_key());
+        let text = format!(
+            "cluster_cidrs = [\"10.99.0.0/16\"]\nexternal_cidrs = [\"10.98.0.0/24\", \"10.99.200.0/24\"]\n\
+             [[node]]\nname = \"a\"\npublic_key = \"{local}\"\npod_cidrs = [\"10.99.1.0/24\"]\n\
+             [[node]]\nname = \"b\"\npublic_key = \"{node_b}\"\npod_cidrs = [\"10.99.2.0/24\"]\n\
+             [[external]]\nname = \"laptop\"\npublic_key = \"{laptop}\"\nallowed_ips = [\"10.98.0.2/32\"]\n\
+             [[external]]\nname = \"ci\"\npublic_key = \"{ci}\"\nallowed_ips = [\"10.98.0.0/30\"]\n\
+             [[external]]\nname = \"thief\"\npublic_key = \"{thief}\"\nallowed_ips = [\"10.99.200.1/32\"]\n\
+             [[external]]\nname = \"outside\"\npublic_key = \"{copycat}\"\nallowed_ips = [\"10.97.0.1/32\"]\n\
+             [[external]]\nname = \"b\"\npublic_key = \"{twin}\"\nallowed_ips = [\"10.98.0.9/32\"]\n\
+             [[external]]\nname = \"copy\"\npublic_key = \"{node_b}\"\nallowed_ips = [\"10.98.0.10/32\"]\n"
+        );
+        let snapshot = crate::parse_peers_file(&text, "peers.toml").unwrap();
+        let mesh = Mesh::build("a", &local, &[], snapshot, None).unwrap();
+        let accepted: Vec<&str> = mesh.external.iter().map(|p| p.name.as_str()).collect();
+        // By name: "ci" (10.98.0.0/30) comes first and holds 10.98.0.2, so "laptop" overlaps it.
+        assert_eq!(accepted, ["ci"]);
+        let reason = |name: &str| {
+            mesh.rejected
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("{name} not rejected: {:?}", mesh.rejected))
+                .reason
+                .kind()
+        };
+        assert_eq!(reason("laptop"), "overlaps_peer");
+        assert_eq!(reason("thief"), "external_overlaps_cluster");
+        assert_eq!(reason("outside"), "outside_external");
+        assert_eq!(reason("b"), "duplicate_name");
+        assert_eq!(reason("copy"), "duplicate_key");
+        assert_eq!(mesh.peers.len(), 1, "the nodes are untouched");
     }
 }

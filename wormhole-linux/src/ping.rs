@@ -77,7 +77,7 @@ impl Pinger {
             .ok()
             .map(Arc::new);
         let mut random = [0u8; 2 + COOKIE_LEN];
-        getrandom(&mut random)?;
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
         let shared = Arc::new(Shared {
             ident: u16::from_be_bytes([random[0], random[1]]),
             cookie: random[2..].try_into().expect("cookie length"),
@@ -232,11 +232,6 @@ fn checksum(data: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
-}
-
-fn getrandom(buf: &mut [u8]) -> io::Result<()> {
-    use std::io::Read as _;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 #[cfg(test)]

@@ -428,9 +428,14 @@ impl Cluster {
     /// Plugs node `len + 1` into the underlay (no daemon yet; it reads the shared peers file
     /// unless its `peers` is changed). Returns its index.
     pub(crate) fn add_node(&mut self, backend: Backend) -> usize {
+        let ns = self.underlay.node(&self.prefix, self.nodes.len() + 1);
+        self.push_node(backend, ns, None)
+    }
+
+    /// Node `len + 1` in namespace `ns` (behind `router`, if any): its work directory, a key,
+    /// the shared peers file. Returns its index.
+    fn push_node(&mut self, backend: Backend, ns: Netns, router: Option<Netns>) -> usize {
         let i = self.nodes.len() + 1;
-        let prefix = &self.prefix;
-        let ns = self.underlay.node(prefix, i);
         let dir = self.work.path().join(format!("n{i}"));
         std::fs::create_dir(&dir).unwrap();
         let key_file = dir.join("private.key");
@@ -441,14 +446,14 @@ impl Cluster {
             index: i,
             name: format!("n{i}"),
             // Userspace UAPI sockets share /var/run/wireguard: names must be unique host-wide.
-            iface: format!("{prefix}w{i}"),
+            iface: format!("{}w{i}", self.prefix),
             backend,
             dir,
             key_file,
             public_key,
             peers: self.peers.clone(),
             bin: self.bin.clone(),
-            router: None,
+            router,
         });
         i
     }
@@ -484,13 +489,7 @@ impl Cluster {
                    oifname \"eth0\" masquerade\n }\n chain filter_forward {\n  type filter hook forward \
                    priority filter; policy drop;\n  ct state established,related accept\n  \
                    iifname \"lan0\" accept\n }\n}\n";
-        let mut nft = router
-            .command(&["nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        nft.stdin.take().unwrap().write_all(nat.as_bytes()).unwrap();
-        assert!(nft.wait().unwrap().success(), "router nft: {nat}");
+        router.nft(nat);
         ns.sh(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]);
         ns.sh(&[
             "ip",
@@ -509,25 +508,7 @@ impl Cluster {
             "via",
             &format!("172.16.{i}.1"),
         ]);
-        let dir = self.work.path().join(format!("n{i}"));
-        std::fs::create_dir(&dir).unwrap();
-        let key_file = dir.join("private.key");
-        let public_key = new_key(&key_file);
-        self.nodes.push(Node {
-            daemon: None,
-            ns,
-            index: i,
-            name: format!("n{i}"),
-            iface: format!("{prefix}w{i}"),
-            backend,
-            dir,
-            key_file,
-            public_key,
-            peers: self.peers.clone(),
-            bin: self.bin.clone(),
-            router: Some(router),
-        });
-        i
+        self.push_node(backend, ns, Some(router))
     }
 
     /// Node `i` (1-based).

@@ -75,19 +75,7 @@ pub(crate) fn inject(c: &Cluster, i: usize, rules: &[String]) {
         text += &format!("    {r}\n");
     }
     text += "  }\n}\n";
-    nft(c.node(i), &text);
-}
-
-/// `nft -f -` with `text` in the node's namespace.
-fn nft(node: &Node, text: &str) {
-    let mut child = node
-        .ns
-        .command(&["nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "nft -f: {text}");
+    c.node(i).ns.nft(&text);
 }
 
 fn heal(c: &Cluster, i: usize) {
@@ -362,13 +350,10 @@ fn probing_a_thousand_peers_stays_within_its_budget_userspace() {
     let text = c.peers_text(&[1], &silent_peers(PEERS));
     crate::harness::write_atomically(&c.peers, &text);
     let iface = c.node(1).iface.clone();
-    nft(
-        c.node(1),
-        &format!(
-            "table inet count {{\n chain out {{\n type filter hook output priority filter;\n \
+    c.node(1).ns.nft(&format!(
+        "table inet count {{\n chain out {{\n type filter hook output priority filter;\n \
              oifname \"{iface}\" icmp type echo-request counter\n }}\n}}\n"
-        ),
-    );
+    ));
     let tck = 100.0; // USER_HZ
     let mut report = Vec::new();
     for (interval, rate) in [("off", "200"), ("10s", "200"), ("1s", "200")] {

@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use crate::churn::{add_fourth, join, leave};
 use crate::harness::{
-    BIN, Backend, Cluster, cpu_ticks, poll, pubkey, root_or_skip, rss_kib, run, sh,
-    wireguard_go_pid, write_atomically,
+    BIN, Backend, Cluster, cpu_ticks, poll, pubkey, root_or_skip, run, sh, wireguard_go_pid,
+    write_atomically,
 };
 
 const IDLE: Duration = Duration::from_secs(60);
@@ -79,20 +79,13 @@ struct Memory {
 }
 
 fn memory(pid: u32) -> Memory {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    let (rss, hwm) = rss_kib(pid);
+    let [rss, hwm, anon, threads] =
+        wormhole_testkit::proc_status(pid, ["VmRSS:", "VmHWM:", "RssAnon:", "Threads:"]);
     Memory {
         rss,
         hwm,
-        anon: field("RssAnon:"),
-        threads: field("Threads:"),
+        anon,
+        threads,
     }
 }
 
