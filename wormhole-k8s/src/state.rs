@@ -148,7 +148,6 @@ pub(crate) fn saved_nodes(snapshot: &Snapshot) -> Vec<SavedNode> {
         .collect()
 }
 
-impl SavedState {}
 
 /// The state file and what it holds, shared by the parts of the agent that save to it.
 #[derive(Clone)]
