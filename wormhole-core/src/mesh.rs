@@ -246,6 +246,13 @@ pub enum RejectReason {
         /// The allowed IP.
         cidr: IpNet,
     },
+    /// An external peer, while no external CIDR is configured: every external peer is refused
+    /// until a range is set aside for them.
+    #[error(
+        "no external CIDRs are configured: set aside a range for external peers \
+         (--external-cidr on every agent, or external_cidrs in the peers file)"
+    )]
+    NoExternalCidrs,
     /// An external peer's allowed IP overlapping the cluster CIDRs.
     #[error(
         "allowed IP {cidr} overlaps the cluster CIDR {cluster}: an external peer must never \
@@ -284,6 +291,7 @@ impl RejectReason {
             RejectReason::OverlapsLocal { .. } => "overlaps_local",
             RejectReason::StaleLocalKey { .. } => "stale_local_key",
             RejectReason::OutsideExternal { .. } => "outside_external",
+            RejectReason::NoExternalCidrs => "no_external_cidrs",
             RejectReason::ExternalOverlapsCluster { .. } => "external_overlaps_cluster",
         }
     }
@@ -661,6 +669,8 @@ impl Mesh {
                 Err(RejectReason::DuplicateName {
                     other: other.clone(),
                 })
+            } else if self.external_cidrs.is_empty() {
+                Err(RejectReason::NoExternalCidrs)
             } else {
                 check_entry(
                     entry,
@@ -1401,5 +1411,23 @@ mod tests {
         assert_eq!(reason("b"), "duplicate_name");
         assert_eq!(reason("copy"), "duplicate_key");
         assert_eq!(mesh.peers.len(), 1, "the nodes are untouched");
+    }
+
+    #[test]
+    fn without_external_cidrs_every_external_peer_is_refused_naming_the_fix() {
+        let local = PrivateKey::generate().public_key();
+        let laptop = PrivateKey::generate().public_key();
+        let text = format!(
+            "cluster_cidrs = [\"10.99.0.0/16\"]\n\
+             [[node]]\nname = \"a\"\npublic_key = \"{local}\"\npod_cidrs = [\"10.99.1.0/24\"]\n\
+             [[external]]\nname = \"laptop\"\npublic_key = \"{laptop}\"\nallowed_ips = [\"10.98.0.2/32\"]\n"
+        );
+        let snapshot = crate::parse_peers_file(&text, "peers.toml").unwrap();
+        let mesh = Mesh::build("a", &local, &[], snapshot, None).unwrap();
+        assert!(mesh.external.is_empty());
+        assert_eq!(mesh.rejected.len(), 1, "{:?}", mesh.rejected);
+        let r = &mesh.rejected[0];
+        assert_eq!(r.reason.kind(), "no_external_cidrs");
+        assert!(r.to_string().contains("--external-cidr"), "{r}");
     }
 }
