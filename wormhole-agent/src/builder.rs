@@ -76,6 +76,8 @@ pub struct KubernetesOptions {
     pub psk_secret: Option<(String, String)>,
     /// The endpoint this node publishes (default: its Node's InternalIP and the listen port).
     pub endpoint: Option<SocketAddr>,
+    /// The ranges WormholePeers' allowed IPs must lie in; none: every WormholePeer is refused.
+    pub external_cidrs: Vec<IpNet>,
 }
 
 impl KubernetesOptions {
@@ -99,6 +101,13 @@ impl KubernetesOptions {
     /// Publishes this endpoint.
     pub fn endpoint(mut self, endpoint: SocketAddr) -> Self {
         self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Accepts WormholePeers (machines outside the cluster) whose allowed IPs lie in these
+    /// ranges (`--external-cidr`); without any, every WormholePeer is refused.
+    pub fn external_cidrs(mut self, cidrs: impl IntoIterator<Item = IpNet>) -> Self {
+        self.external_cidrs = cidrs.into_iter().collect();
         self
     }
 }
