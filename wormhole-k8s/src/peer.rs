@@ -180,6 +180,15 @@ pub async fn read_external(
         ));
     };
     let mut snapshot = crate::source::snapshot(&nodes, &wormholes, &first, &key, &cluster_cidrs)?;
+    // The snapshot is the first node's, which leaves out its own endpoint: an external peer
+    // needs it.
+    let endpoint = published
+        .iter()
+        .find(|(wh, _)| wh.name_any() == first)
+        .and_then(|(wh, _)| wh.spec.endpoint.clone());
+    if let Some(entry) = snapshot.nodes.iter_mut().find(|n| n.name == first) {
+        entry.endpoint = endpoint;
+    }
     snapshot.external = external_entries(&peers);
     snapshot.external_cidrs = external_cidrs;
     Ok(snapshot)

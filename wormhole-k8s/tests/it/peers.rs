@@ -222,6 +222,13 @@ async fn read_external_gives_the_agents_picture() {
     let mut want = vec![a.to_base64(), local.to_base64()];
     want.sort();
     assert_eq!(keys, want, "every node with its published key");
+    let mut endpoints: Vec<Option<&str>> = s.nodes.iter().map(|n| n.endpoint.as_deref()).collect();
+    endpoints.sort();
+    assert_eq!(
+        endpoints,
+        [Some("192.168.77.1:51820"), Some("192.168.77.2:51820")],
+        "every node with its endpoint, the one whose point of view it is included"
+    );
     assert_eq!(s.external.len(), 1);
     assert_eq!(s.external_cidrs, external());
     // No cluster CIDR given and no kubeadm-config: says what to pass.
