@@ -56,7 +56,7 @@ pub use peer::{
 };
 pub use publisher::{Publisher, internal_ip, published_state};
 pub use source::{KubePeerSource, detect_cluster_cidrs, pod_subnets};
-pub use state::{STATE_FILE, SavedNode, SavedState, StateStore};
+pub use state::{STATE_FILE, SavedExternal, SavedNode, SavedState, StateStore};
 
 /// The API group of our custom resource.
 pub const GROUP: &str = "wormhole.dev";

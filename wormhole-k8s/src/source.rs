@@ -415,7 +415,8 @@ impl KubePeerSource {
 
     /// Yields the saved snapshot (once), saying why.
     fn use_saved(&mut self, why: &str) -> Option<Snapshot> {
-        let saved = self.saved.take()?;
+        let mut saved = self.saved.take()?;
+        saved.external_cidrs = self.external_cidrs.clone();
         let path = self.state.as_ref().map(|s| s.path().display().to_string());
         tracing::warn!(nodes = saved.nodes.len(), path = ?path,
             "{why}: applying the mesh saved at the last change until it answers");
@@ -458,8 +459,13 @@ impl KubePeerSource {
         };
         // One copy of the nodes, moved into the state (a snapshot clone would be two).
         let nodes = crate::state::saved_nodes(snapshot);
+        let external = crate::state::saved_external(snapshot);
         tokio::spawn(async move {
-            if let Err(e) = state.save(move |s| s.set_nodes(nodes)).await {
+            let save = move |s: &mut crate::state::SavedState| {
+                s.set_nodes(nodes);
+                s.external = external;
+            };
+            if let Err(e) = state.save(save).await {
                 tracing::warn!(error = %ErrorChain(&e), "cannot save the mesh for restarts without the API server");
             }
         });
@@ -507,6 +513,7 @@ fn watch_peers(
     let (store, writer) = reflector::store();
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = failed.clone();
+    let listed = store.clone();
     let changes = watcher(
         Api::<WormholePeer>::all(client.clone()),
         watcher::Config::default(),
@@ -529,8 +536,14 @@ fn watch_peers(
                     None
                 } else {
                     tracing::warn!(error = %ErrorChain(&e), "cannot watch WormholePeers (is the WormholePeer CRD of deploy/crd.yaml applied?): going on without external peers, retrying every 0.25-2 s");
-                    // The first failure wakes the source: the mesh is yielded without the peers.
-                    Some(Ok(()))
+                    // A first failure before the first listing wakes the source: the mesh is
+                    // yielded without the peers. Later (an outage), the node watches report it.
+                    use futures::FutureExt as _;
+                    let ready = listed
+                        .wait_until_ready()
+                        .now_or_never()
+                        .is_some_and(|r| r.is_ok());
+                    (!ready).then_some(Ok(()))
                 }
             }
         })
