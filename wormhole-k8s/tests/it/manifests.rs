@@ -159,23 +159,24 @@ fn rbac_has_no_unused_verbs_and_events_only_in_default() {
         .iter()
         .chain(m.roles.iter().flat_map(|r| r.rules.iter().flatten()))
     {
-        assert!(
-            !rule
-                .resources
-                .iter()
-                .flatten()
-                .any(|r| r.starts_with("wormholepeers") && r != "wormholepeers")
-                && !(rule
-                    .resources
+        if rule
+            .resources
+            .iter()
+            .flatten()
+            .any(|r| r.starts_with("wormholepeers"))
+        {
+            assert_eq!(
+                rule.resources.as_deref(),
+                Some(&["wormholepeers".to_owned()][..]),
+                "no WormholePeer subresource for agents: {rule:?}"
+            );
+            assert!(
+                rule.verbs
                     .iter()
-                    .flatten()
-                    .any(|r| r == "wormholepeers")
-                    && rule
-                        .verbs
-                        .iter()
-                        .any(|v| !["get", "list", "watch"].contains(&v.as_str()))),
-            "an agent may only read WormholePeers: {rule:?}"
-        );
+                    .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                "an agent may only read WormholePeers: {rule:?}"
+            );
+        }
         if rule.verbs.iter().any(|v| v == "delete") {
             assert_eq!(
                 rule.resources.as_deref(),
