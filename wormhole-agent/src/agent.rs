@@ -18,9 +18,9 @@ use wormhole_core::{
     FileKeyStore, FilePeerSource, KeyStore, PeerStream, PrivateKey, Reconciler, Settings, Status,
 };
 use wormhole_k8s::EventSink;
-use wormhole_k8s::Publisher;
 use wormhole_k8s::SecretKeyStore;
 use wormhole_k8s::{KubePeerSource, detect_cluster_cidrs};
+use wormhole_k8s::{PublishedEndpoint, Publisher};
 use wormhole_k8s::{STATE_FILE, StateStore};
 use wormhole_linux::{Network, Nftables};
 
@@ -49,10 +49,11 @@ async fn detect_mtu(
                 .map(|e| e.ip())
         }),
         Peers::Kubernetes(k) => match (k.endpoint, client) {
-            (Some(e), _) => Some(e.ip()),
-            // The address other nodes reach us at: this Node's InternalIP.
-            (None, Some(client)) => node_ip(config, client, state).await?,
-            (None, None) => None,
+            (PublishedEndpoint::Fixed(e), _) => Some(e.ip()),
+            // The address other nodes reach us at (behind NAT: the one the NAT translates):
+            // this Node's InternalIP.
+            (_, Some(client)) => node_ip(config, client, state).await?,
+            (_, None) => None,
         },
         // Your own source: the interface of the default route.
         Peers::Custom(_) => None,
@@ -268,14 +269,9 @@ async fn source_and_keys(
 /// Kubernetes mode: publishes this node's WormholeNode and Events as the status changes.
 async fn follow_kubernetes(
     mut status: watch::Receiver<Status>,
-    client: kube::Client,
-    node_name: String,
-    listen_port: u16,
-    endpoint: Option<std::net::SocketAddr>,
+    mut publisher: Publisher,
+    mut events: EventSink,
 ) {
-    let mut publisher = Publisher::new(client.clone(), &node_name, listen_port, endpoint)
-        .with_status_interval(STATUS_INTERVAL);
-    let mut events = EventSink::new(client, &node_name);
     loop {
         let current = status.borrow_and_update().clone();
         if let Some(key) = current.public_key {
@@ -397,7 +393,14 @@ impl Agent {
             .is_some()
             .then(|| StateStore::open(state_dir(&options.key_file).join(STATE_FILE)));
         let publish = match &peers {
-            Peers::Kubernetes(k) => client.clone().map(|c| (c, k.endpoint)),
+            Peers::Kubernetes(k) => {
+                if k.endpoint == PublishedEndpoint::BehindNat && k.persistent_keepalive.is_none() {
+                    tracing::warn!(
+                        "this node publishes no endpoint (behind NAT) and no persistent keepalive: its NAT may close the mapping and peers then cannot reach it until it sends again; set one (--persistent-keepalive 25)"
+                    );
+                }
+                client.clone().map(|c| (c, k.clone()))
+            }
             _ => None,
         };
         let network = Arc::new(Network::new(options.interface.as_str())?);
@@ -476,8 +479,8 @@ pub struct Running {
     options: Options,
     reconciler: Reconciler,
     source: PeerStream,
-    /// Kubernetes mode: the client and the endpoint to publish.
-    publish: Option<(kube::Client, Option<std::net::SocketAddr>)>,
+    /// Kubernetes mode: the client and what to publish.
+    publish: Option<(kube::Client, KubernetesOptions)>,
     network: Arc<Network>,
     firewall: Arc<Nftables>,
     device: Arc<dyn WireGuardDevice>,
@@ -554,14 +557,17 @@ impl Running {
                 mtu,
             ))
         });
-        let kube_task = publish.map(|(client, endpoint)| {
-            tokio::spawn(follow_kubernetes(
-                status,
-                client,
-                options.node_name.clone(),
+        let kube_task = publish.map(|(client, kubernetes)| {
+            let publisher = Publisher::new(
+                client.clone(),
+                &options.node_name,
                 options.listen_port,
-                endpoint,
-            ))
+                kubernetes.endpoint,
+            )
+            .with_keepalive(kubernetes.persistent_keepalive)
+            .with_status_interval(STATUS_INTERVAL);
+            let events = EventSink::new(client, &options.node_name);
+            tokio::spawn(follow_kubernetes(status, publisher, events))
         });
 
         reconciler.run(source, shutdown).await;

@@ -75,7 +75,10 @@ pub struct KubernetesOptions {
     /// `(namespace, name)` of the Secret holding the cluster's PSK.
     pub psk_secret: Option<(String, String)>,
     /// The endpoint this node publishes (default: its Node's InternalIP and the listen port).
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: wormhole_k8s::PublishedEndpoint,
+    /// The persistent keepalive this node publishes (seconds; for a node behind NAT): it and
+    /// every peer use it toward each other.
+    pub persistent_keepalive: Option<u16>,
     /// The ranges WormholePeers' allowed IPs must lie in; none: every WormholePeer is refused.
     pub external_cidrs: Vec<IpNet>,
 }
@@ -100,7 +103,20 @@ impl KubernetesOptions {
 
     /// Publishes this endpoint.
     pub fn endpoint(mut self, endpoint: SocketAddr) -> Self {
-        self.endpoint = Some(endpoint);
+        self.endpoint = wormhole_k8s::PublishedEndpoint::Fixed(endpoint);
+        self
+    }
+
+    /// Publishes no endpoint: this node is behind NAT, and its peers learn its address from
+    /// its handshakes (give it a [`persistent_keepalive`](Self::persistent_keepalive)).
+    pub fn behind_nat(mut self) -> Self {
+        self.endpoint = wormhole_k8s::PublishedEndpoint::BehindNat;
+        self
+    }
+
+    /// Publishes a persistent keepalive of `seconds` (0: off).
+    pub fn persistent_keepalive(mut self, seconds: u16) -> Self {
+        self.persistent_keepalive = Some(seconds).filter(|&s| s != 0);
         self
     }
 

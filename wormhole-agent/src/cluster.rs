@@ -659,6 +659,7 @@ mod tests {
                 public_key: String::new(),
                 endpoint: None,
                 listen_port: 51820,
+                persistent_keepalive: None,
             },
         );
         wh.status = Some(wormhole_k8s::WormholeNodeStatus {

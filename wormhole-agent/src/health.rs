@@ -87,6 +87,14 @@ impl PeerProbe {
     }
 
     fn small_result(&mut self, rtt: Option<Duration>) {
+        // The loss window starts at the first answer: probes lost before a peer ever answered
+        // (its tunnel not up yet: a node behind NAT waiting for its first handshake, a node
+        // starting) say nothing about the path's loss. They still count in a row, so a peer
+        // whose handshakes pass and whose data never does is `unreachable`.
+        if rtt.is_some() && self.last_rtt.is_none() {
+            self.lost_bits = 0;
+            self.sent = 0;
+        }
         self.lost_bits = ((self.lost_bits << 1) | u32::from(rtt.is_none())) & ((1 << WINDOW) - 1);
         self.sent = (self.sent + 1).min(WINDOW);
         match rtt {
@@ -462,6 +470,30 @@ mod tests {
             p.small_result(Some(Duration::from_millis(8)));
         }
         assert_eq!((p.report().sent, p.report().lost), (WINDOW, 0));
+    }
+
+    #[test]
+    fn probes_lost_before_the_first_answer_are_no_loss() {
+        let mut p = PeerProbe::new(1420, 64);
+        for _ in 0..4 {
+            p.small_result(None);
+        }
+        assert_eq!(p.report().lost_in_a_row, 4);
+        p.small_result(Some(Duration::from_millis(3)));
+        let r = p.report();
+        assert_eq!((r.sent, r.lost), (1, 0));
+        assert_eq!(r.state(), wormhole_core::PeerState::Ok);
+        // From then on, every loss counts.
+        p.small_result(None);
+        p.small_result(None);
+        p.small_result(Some(Duration::from_millis(3)));
+        let r = p.report();
+        assert_eq!((r.sent, r.lost), (4, 2));
+        assert!(
+            matches!(r.state(), wormhole_core::PeerState::Lossy { .. }),
+            "{:?}",
+            r.state()
+        );
     }
 
     #[test]

@@ -103,6 +103,12 @@ pub struct Snapshot {
     /// The ranges external peers' allowed IPs must lie in; none means no external peer is
     /// accepted.
     pub external_cidrs: Vec<IpNet>,
+    /// For nodes that publish no endpoint (behind NAT), by node name: the `ip:port` other nodes
+    /// see it at (from its handshakes with them). A hint only: used for a peer that has no
+    /// endpoint of its own while the device knows no working one (see
+    /// [`NodeSpec::observed_endpoint`]); an unusable one is ignored, and it never changes a
+    /// peer's allowed IPs or routes.
+    pub observed_endpoints: BTreeMap<String, String>,
 }
 
 /// A validated node.
@@ -119,6 +125,11 @@ pub struct NodeSpec {
     pub pod_cidrs: Vec<IpNet>,
     /// Persistent keepalive in seconds; never `Some(0)`.
     pub persistent_keepalive: Option<u16>,
+    /// For a peer without `endpoint`: where other nodes see it ([`Snapshot::observed_endpoints`]).
+    /// The device is pointed there only while it knows no working endpoint of its own for the
+    /// peer (none, or none with a handshake in the last 3 minutes): WireGuard's roaming, which
+    /// follows the peer's authenticated packets, wins.
+    pub observed_endpoint: Option<SocketAddr>,
 }
 
 /// An entry validation (or the source) refused, and why.
@@ -576,6 +587,7 @@ fn check_entry(
         endpoint,
         pod_cidrs,
         persistent_keepalive: entry.persistent_keepalive.filter(|&k| k != 0),
+        observed_endpoint: None,
     })
 }
 
@@ -642,8 +654,27 @@ impl Mesh {
     ) -> Result<Mesh, Error> {
         let mut mesh = Self::validate(local_name, local_key, cluster_cidrs, &snapshot, previous)?;
         mesh.validate_external(&snapshot);
+        mesh.use_observations(&snapshot.observed_endpoints);
         mesh.snapshot = snapshot;
         Ok(mesh)
+    }
+
+    /// Sets each peer's [`NodeSpec::observed_endpoint`]: only for a peer with no endpoint of its
+    /// own, and only a usable `ip:port` (an observer's bad text is ignored, not held against
+    /// the peer).
+    fn use_observations(&mut self, observed: &BTreeMap<String, String>) {
+        for peer in &mut self.peers {
+            peer.observed_endpoint = match (&peer.endpoint, observed.get(&peer.name)) {
+                (None, Some(text)) => match parse_endpoint(text) {
+                    Ok(endpoint) => Some(endpoint),
+                    Err(reason) => {
+                        tracing::debug!(peer = %peer.name, %reason, "observed endpoint ignored");
+                        None
+                    }
+                },
+                _ => None,
+            };
+        }
     }
 
     /// Checks the snapshot's external peers against the accepted nodes: each is accepted unless
@@ -829,6 +860,7 @@ impl Mesh {
             pod_cidrs: local_cidrs.clone(),
             // This node's own keepalive (behind NAT): applied toward every peer.
             persistent_keepalive: local_entry.persistent_keepalive.filter(|&k| k != 0),
+            observed_endpoint: None,
         };
         let finish = |accepted: Vec<(NodeSpec, usize)>, mut rejected: Vec<Rejection>| {
             rejected.sort_by(|a, b| (&a.name, &a.origin).cmp(&(&b.name, &b.origin)));

@@ -1,6 +1,6 @@
 //! The reconciler: see [`Reconciler`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use crate::keystore::KeyStore;
 use crate::mesh::{Mesh, Snapshot};
 use crate::plan::{Plan, plan};
 use crate::state::{HostSettings, HostState, ObservedDevice};
-use crate::status::{PassInfo, PeerStatus, Status};
+use crate::status::{PassInfo, PeerStatus, STALE_AFTER, Status};
 use crate::text::Escaped;
 use crate::{Error, PrivateKey, PublicKey};
 
@@ -341,7 +341,30 @@ impl Reconciler {
             // Nothing desired yet: adopt what is there, change nothing.
             None => Plan::default(),
             Some(mesh) => {
-                let desired = HostState::desired(mesh, &key, secret.as_ref(), &self.settings.host);
+                let mut desired =
+                    HostState::desired(mesh, &key, secret.as_ref(), &self.settings.host);
+                // Peers with a handshake in the last 3 minutes, as the device reports them or
+                // as the status remembers them (a device may forget one).
+                let now = SystemTime::now();
+                let fresh = |at: &Option<SystemTime>| {
+                    at.is_some_and(|t| now.duration_since(t).unwrap_or_default() <= STALE_AFTER)
+                };
+                let handshaken: HashSet<PublicKey> = {
+                    let status = self.status.borrow();
+                    let by_status = status
+                        .peers
+                        .iter()
+                        .filter(|p| fresh(&p.latest_handshake))
+                        .map(|p| p.public_key);
+                    let by_device = device.iter().flat_map(|d| {
+                        d.stats
+                            .iter()
+                            .filter(|(_, s)| fresh(&s.latest_handshake))
+                            .map(|(k, _)| *k)
+                    });
+                    by_status.chain(by_device).collect()
+                };
+                desired.use_observed_endpoints(mesh, &observed, |peer| handshaken.contains(peer));
                 let plan = plan(&desired, &observed);
                 if !plan.is_empty() {
                     // A retry of the same plan is one line, not the whole plan again.
@@ -622,6 +645,7 @@ fn peer_statuses(
                 name: p.name.clone(),
                 public_key: p.public_key,
                 endpoint: p.endpoint.or(learned),
+                endpoint_learned: p.endpoint.is_none() && learned.is_some(),
                 allowed_ips: p.pod_cidrs.clone(),
                 latest_handshake: stats.latest_handshake.max(seen.get(&p.public_key).copied()),
                 rx_bytes: stats.rx_bytes,

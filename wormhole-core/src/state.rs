@@ -273,6 +273,39 @@ impl HostState {
             routes,
         }
     }
+
+    /// Points each peer that has no endpoint of its own at the one other nodes observe for it
+    /// ([`NodeSpec::observed_endpoint`](crate::NodeSpec::observed_endpoint), a node behind NAT)
+    /// where the device (`observed`) knows no working one: none at all, or another one without
+    /// a fresh handshake (`fresh` says whether a peer had one in the last 3 minutes). An
+    /// endpoint WireGuard learned from the peer's own packets, and that works, is kept.
+    pub fn use_observed_endpoints(
+        &mut self,
+        mesh: &Mesh,
+        observed: &HostState,
+        fresh: impl Fn(&PublicKey) -> bool,
+    ) {
+        let Some(device) = self.device.as_mut() else {
+            return;
+        };
+        for peer in &mesh.peers {
+            let Some(seen) = peer.observed_endpoint.filter(|_| peer.endpoint.is_none()) else {
+                continue;
+            };
+            let Some(config) = device.peers.get_mut(&peer.public_key) else {
+                continue;
+            };
+            let current = observed
+                .device
+                .as_ref()
+                .and_then(|d| d.peers.get(&peer.public_key))
+                .and_then(|c| c.endpoint);
+            let working = current.is_some_and(|c| c != seen && fresh(&peer.public_key));
+            if !working {
+                config.endpoint = Some(seen);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

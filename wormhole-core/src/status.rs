@@ -166,6 +166,10 @@ pub struct PeerStatus {
     pub public_key: PublicKey,
     /// Endpoint as configured, else as WireGuard learned it.
     pub endpoint: Option<SocketAddr>,
+    /// `endpoint` is not configured: the device learned it (from the peer's packets, or from
+    /// where other nodes observe the peer). What a node publishes as its observation of a peer
+    /// behind NAT.
+    pub endpoint_learned: bool,
     /// Allowed IPs (the node's pod CIDRs).
     pub allowed_ips: Vec<IpNet>,
     /// Latest handshake, as the device reported it.
@@ -189,6 +193,7 @@ impl PeerStatus {
             name: name.into(),
             public_key,
             endpoint: None,
+            endpoint_learned: false,
             allowed_ips: Vec::new(),
             latest_handshake: None,
             rx_bytes: 0,

@@ -96,9 +96,15 @@ pub struct RunArgs {
     /// The namespace of --psk-secret [default: wormhole].
     #[arg(long, env = "WORMHOLE_PSK_SECRET_NAMESPACE", value_name = "NAMESPACE")]
     pub psk_secret_namespace: Option<String>,
-    /// With --kubernetes: the endpoint to publish [default: the Node's InternalIP, --listen-port].
-    #[arg(long, env = "WORMHOLE_ENDPOINT", value_name = "IP:PORT")]
-    pub endpoint: Option<SocketAddr>,
+    /// With --kubernetes: the endpoint to publish, or `none` behind NAT (peers learn it from
+    /// this node's handshakes) [default: the Node's InternalIP, --listen-port].
+    #[arg(long, env = "WORMHOLE_ENDPOINT", value_name = "IP:PORT|none")]
+    pub endpoint: Option<String>,
+    /// With --kubernetes: a persistent keepalive in seconds, published for this node (behind
+    /// NAT: it keeps the mapping open), used by it toward every peer and by every peer toward it.
+    /// 0: off. (In a peers file: `persistent_keepalive` on the node's entry.)
+    #[arg(long, env = "WORMHOLE_PERSISTENT_KEEPALIVE", value_name = "SECONDS")]
+    pub persistent_keepalive: Option<u16>,
     /// With --kubernetes: a range set aside for WormholePeers (machines outside the cluster);
     /// repeat for more. Their allowed IPs must lie in one; without any, every WormholePeer is
     /// refused. (With --peers: `external_cidrs` in the peers file.)
@@ -278,7 +284,8 @@ struct FileConfig {
     kubeconfig: Option<PathBuf>,
     psk_secret: Option<String>,
     psk_secret_namespace: Option<String>,
-    endpoint: Option<SocketAddr>,
+    endpoint: Option<String>,
+    persistent_keepalive: Option<u16>,
     #[serde(default)]
     external_cidr: Vec<IpNet>,
     interface: Option<String>,
@@ -438,6 +445,19 @@ impl RunArgs {
             (Some(_), true) => {
                 return Err("--peers and --kubernetes exclude each other: pick one".into());
             }
+            (Some(_), false)
+                if self.endpoint.is_some()
+                    || file.endpoint.is_some()
+                    || self.persistent_keepalive.is_some()
+                    || file.persistent_keepalive.is_some() =>
+            {
+                return Err(
+                    "--endpoint and --persistent-keepalive are for --kubernetes: with \
+                            --peers, set endpoint and persistent_keepalive on the node's \
+                            [[node]] entry in the peers file"
+                        .into(),
+                );
+            }
             (Some(path), false) => PeerSourceKind::File(path),
             (None, true) => {
                 let mut options = KubernetesOptions::in_cluster();
@@ -448,8 +468,21 @@ impl RunArgs {
                     let ns = self.psk_secret_namespace.or(file.psk_secret_namespace);
                     options = options.psk_secret(ns.as_deref().unwrap_or("wormhole"), name);
                 }
-                if let Some(endpoint) = self.endpoint.or(file.endpoint) {
-                    options = options.endpoint(endpoint);
+                match self.endpoint.or(file.endpoint).as_deref().map(str::trim) {
+                    None => {}
+                    Some("none") => options = options.behind_nat(),
+                    Some(text) => {
+                        let endpoint: SocketAddr = text.parse().map_err(|_| {
+                            format!(
+                                "invalid --endpoint \"{}\": IP:PORT ([IPv6]:PORT), or none for a node behind NAT",
+                                Escaped(text)
+                            )
+                        })?;
+                        options = options.endpoint(endpoint);
+                    }
+                }
+                if let Some(seconds) = self.persistent_keepalive.or(file.persistent_keepalive) {
+                    options = options.persistent_keepalive(seconds);
                 }
                 options = options.external_cidrs(external_cidrs);
                 PeerSourceKind::Kubernetes(options)
@@ -798,6 +831,47 @@ mod tests {
         std::fs::write(&path, "node_nam = \"typo\"\n").unwrap();
         let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
         assert!(err.contains("unknown field `node_nam`"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_options_behind_nat() {
+        use wormhole_k8s::PublishedEndpoint;
+        let kube = |extra: &[&str]| {
+            let mut args = vec!["--kubernetes", "--node-name", "a"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|c| match c.source {
+                PeerSourceKind::Kubernetes(k) => (k.endpoint, k.persistent_keepalive),
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(kube(&[]).unwrap(), (PublishedEndpoint::InternalIp, None));
+        assert_eq!(
+            kube(&["--endpoint", "none", "--persistent-keepalive", "25"]).unwrap(),
+            (PublishedEndpoint::BehindNat, Some(25))
+        );
+        assert_eq!(
+            kube(&["--endpoint", "[fd00::1]:4000"]).unwrap(),
+            (
+                PublishedEndpoint::Fixed("[fd00::1]:4000".parse().unwrap()),
+                None
+            )
+        );
+        assert_eq!(
+            kube(&["--persistent-keepalive", "0"]).unwrap(),
+            (PublishedEndpoint::InternalIp, None),
+            "0 is off"
+        );
+        let err = kube(&["--endpoint", "nat.example:1"]).unwrap_err();
+        assert!(
+            err.contains("invalid --endpoint \"nat.example:1\"") && err.contains("none"),
+            "{err}"
+        );
+        let err = kube(&["--persistent-keepalive", "70000"]).unwrap_err();
+        assert!(err.contains("--persistent-keepalive"), "{err}");
+        for flag in [["--endpoint", "none"], ["--persistent-keepalive", "25"]] {
+            let err = parse(&["--peers", "p", "--node-name", "a", flag[0], flag[1]]).unwrap_err();
+            assert!(err.contains("[[node]] entry in the peers file"), "{err}");
+        }
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub const MAX_ERROR: usize = 1024;
 /// name 253 bytes) stays near 300 KB, well under the API server's object size limit, in a
 /// broken 5,000-node cluster.
 pub const MAX_PROBLEMS: usize = 1000;
+/// `maxItems` of `status.observedEndpoints`: a node reports where it sees at most this many
+/// peers behind NAT (by name).
+pub const MAX_OBSERVED: usize = 1000;
 /// `maxLength` of `status.problems[].peer`: a Node name (DNS-1123 subdomain).
 pub const MAX_PEER_NAME: usize = 253;
 /// `maxLength` of `status.problems[].state`: the longest stable state text
@@ -81,6 +84,10 @@ pub struct WormholeNodeSpec {
     pub endpoint: Option<String>,
     /// WireGuard UDP port.
     pub listen_port: u16,
+    /// Persistent keepalive in seconds, for a node behind NAT: it sends one to every peer this
+    /// often, and its peers to it, so that its NAT keeps the mapping open. Absent or 0: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_keepalive: Option<u16>,
 }
 
 /// How the node sees its peers (written on change only: no heartbeats).
@@ -120,6 +127,12 @@ pub struct WormholeNodeStatus {
     /// Peers that are not `ok` beyond the first 1,000 (not listed).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub problems_omitted: u32,
+    /// For peers that publish no endpoint (behind NAT): where this node sees them, from a
+    /// handshake in the last 3 minutes (at most 1,000, `MAX_OBSERVED`; sorted by peer). Nodes
+    /// that cannot reach such a peer otherwise (both behind NAT) send their handshakes there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_OBSERVED))]
+    pub observed_endpoints: Vec<ObservedEndpoint>,
     /// When this status last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
@@ -140,6 +153,19 @@ pub struct PeerProblem {
     /// `stale`, `never`, `unreachable`, `lossy`, `mtu-blackhole (max N)` or `rejected`.
     #[schemars(length(max = MAX_STATE))]
     pub state: String,
+}
+
+/// Where a node sees a peer that publishes no endpoint (an entry of
+/// `status.observedEndpoints`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedEndpoint {
+    /// The peer's node name.
+    #[schemars(length(max = MAX_PEER_NAME))]
+    pub peer: String,
+    /// `ip:port` or `[ipv6]:port` its packets come from.
+    #[schemars(length(max = MAX_ENDPOINT))]
+    pub endpoint: String,
 }
 
 #[cfg(test)]

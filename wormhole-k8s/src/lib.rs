@@ -46,15 +46,15 @@ pub mod testing;
 // The public API, one path per item (module paths are private).
 pub use cluster::{ClusterObjects, read_cluster};
 pub use crd::{
-    MAX_ENDPOINT, MAX_ERROR, MAX_PEER_NAME, MAX_PROBLEMS, MAX_PUBLIC_KEY, MAX_STATE, PeerProblem,
-    WormholeNode, WormholeNodeSpec, WormholeNodeStatus,
+    MAX_ENDPOINT, MAX_ERROR, MAX_OBSERVED, MAX_PEER_NAME, MAX_PROBLEMS, MAX_PUBLIC_KEY, MAX_STATE,
+    ObservedEndpoint, PeerProblem, WormholeNode, WormholeNodeSpec, WormholeNodeStatus,
 };
 pub use events::EventSink;
 pub use keys::{PSK_FILE, PskError, SecretKeyStore, parse_psk};
 pub use peer::{
     MAX_ALLOWED_IPS, MAX_CIDR, PEER_PLURAL, WormholePeer, WormholePeerSpec, read_external,
 };
-pub use publisher::{Publisher, internal_ip, published_state};
+pub use publisher::{PublishedEndpoint, Publisher, internal_ip, published_state};
 pub use source::{KubePeerSource, detect_cluster_cidrs, pod_subnets};
 pub use state::{STATE_FILE, SavedExternal, SavedNode, SavedState, StateStore};
 

@@ -15,12 +15,12 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use serde_json::json;
-use wormhole_core::PeerState;
+use wormhole_core::{PeerState, STALE_AFTER};
 use wormhole_core::{PublicKey, Status};
 
 use crate::crd::{
-    MAX_ERROR, MAX_PEER_NAME, MAX_PROBLEMS, PeerProblem, WormholeNode, WormholeNodeSpec,
-    WormholeNodeStatus,
+    MAX_ERROR, MAX_OBSERVED, MAX_PEER_NAME, MAX_PROBLEMS, ObservedEndpoint, PeerProblem,
+    WormholeNode, WormholeNodeSpec, WormholeNodeStatus,
 };
 use crate::{API_TIMEOUT, Error, FIELD_MANAGER, call};
 
@@ -57,6 +57,43 @@ pub fn published_state(state: PeerState) -> String {
         PeerState::Lossy { .. } => state.as_str().to_owned(),
         other => other.to_string(),
     }
+}
+
+/// The endpoint a node publishes in its WormholeNode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PublishedEndpoint {
+    /// Its Node's InternalIP (IPv4 preferred) and the listen port.
+    #[default]
+    InternalIp,
+    /// This address (a public address, or a port forward on the node's NAT).
+    Fixed(SocketAddr),
+    /// None: the node is behind NAT and cannot be reached first. Its peers learn its address
+    /// from its handshakes (it should set a persistent keepalive), and nodes it cannot reach
+    /// either from where other nodes observe it.
+    BehindNat,
+}
+
+/// The peers without an endpoint of their own that this node saw in the last 3 minutes, and
+/// where: what it publishes in `status.observedEndpoints`.
+fn observed_endpoints(status: &Status, now: SystemTime) -> Vec<ObservedEndpoint> {
+    let mut seen: Vec<ObservedEndpoint> = status
+        .peers
+        .iter()
+        .filter(|p| p.endpoint_learned && !p.external && p.name.len() <= MAX_PEER_NAME)
+        .filter(|p| {
+            p.latest_handshake
+                .is_some_and(|t| now.duration_since(t).unwrap_or_default() <= STALE_AFTER)
+        })
+        .filter_map(|p| {
+            Some(ObservedEndpoint {
+                peer: p.name.clone(),
+                endpoint: p.endpoint?.to_string(),
+            })
+        })
+        .collect();
+    seen.sort();
+    seen.truncate(MAX_OBSERVED);
+    seen
 }
 
 /// The status summary of `status` at `now` (without the time, which changes every pass).
@@ -105,6 +142,7 @@ pub(crate) fn summary(status: &Status, now: SystemTime) -> WormholeNodeStatus {
             .map(|e| truncate(e, MAX_ERROR)),
         problems,
         problems_omitted: omitted,
+        observed_endpoints: observed_endpoints(status, now),
         last_reconcile: None,
     }
 }
@@ -115,7 +153,8 @@ pub struct Publisher {
     nodes: Api<Node>,
     name: String,
     listen_port: u16,
-    endpoint: Option<SocketAddr>,
+    endpoint: PublishedEndpoint,
+    persistent_keepalive: Option<u16>,
     /// The spec last applied, and the uid of the object it was applied to.
     last_spec: Option<(WormholeNodeSpec, Option<String>)>,
     last_status: Option<WormholeNodeStatus>,
@@ -133,14 +172,15 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes for node `name`; `endpoint` overrides the Node's InternalIP with `listen_port`.
-    pub fn new(client: Client, name: &str, listen_port: u16, endpoint: Option<SocketAddr>) -> Self {
+    /// Publishes for node `name`, listening on `listen_port`, reached at `endpoint`.
+    pub fn new(client: Client, name: &str, listen_port: u16, endpoint: PublishedEndpoint) -> Self {
         Publisher {
             api: Api::all(client.clone()),
             nodes: Api::all(client),
             name: name.to_owned(),
             listen_port,
             endpoint,
+            persistent_keepalive: None,
             last_spec: None,
             last_status: None,
             status_interval: Duration::ZERO,
@@ -149,6 +189,13 @@ impl Publisher {
             node: None,
             timeout: API_TIMEOUT,
         }
+    }
+
+    /// Publishes a persistent keepalive of `seconds` (a node behind NAT): every peer then uses
+    /// it toward this node, and this node toward every peer.
+    pub fn with_keepalive(mut self, seconds: Option<u16>) -> Self {
+        self.persistent_keepalive = seconds.filter(|&s| s != 0);
+        self
     }
 
     /// The deadline of each request (default [`API_TIMEOUT`]).
@@ -193,8 +240,11 @@ impl Publisher {
                         node: self.name.clone(),
                     })?;
                 let endpoint = match self.endpoint {
-                    Some(e) => Some(e),
-                    None => internal_ip(&node).map(|ip| SocketAddr::new(ip, self.listen_port)),
+                    PublishedEndpoint::Fixed(e) => Some(e),
+                    PublishedEndpoint::BehindNat => None,
+                    PublishedEndpoint::InternalIp => {
+                        internal_ip(&node).map(|ip| SocketAddr::new(ip, self.listen_port))
+                    }
                 };
                 self.node = Some((uid.clone(), endpoint));
                 (uid, endpoint)
@@ -204,6 +254,7 @@ impl Publisher {
             public_key: key.to_base64(),
             endpoint: endpoint.map(|e| e.to_string()),
             listen_port: self.listen_port,
+            persistent_keepalive: self.persistent_keepalive,
         };
         if self.last_spec.as_ref().map(|(s, _)| s) == Some(&spec) {
             return Ok(false);
@@ -354,6 +405,44 @@ mod tests {
             .collect();
         assert_eq!(listed, [("a", "never"), ("b", "stale")]);
         assert_eq!((s.peers_ok, s.problems_omitted), (1, 0));
+    }
+
+    #[test]
+    fn a_node_reports_where_it_sees_the_peers_without_an_endpoint_while_they_answer() {
+        use wormhole_core::{PeerStatus, PrivateKey};
+        let now = SystemTime::now();
+        let peer = |name: &str, endpoint: &str, learned: bool, handshake: Option<u64>| {
+            let mut p = PeerStatus::new(name, PrivateKey::generate().public_key());
+            p.endpoint = Some(endpoint.parse().unwrap());
+            p.endpoint_learned = learned;
+            p.latest_handshake = handshake.map(|s| now - Duration::from_secs(s));
+            p
+        };
+        let mut laptop = peer("laptop", "198.51.100.9:1", true, Some(5));
+        laptop.external = true;
+        let mut status = Status::default();
+        status.peers = vec![
+            peer("nat2", "203.0.113.2:4000", true, Some(5)),
+            peer("nat1", "203.0.113.1:51820", true, Some(170)),
+            // Configured: nothing to observe.
+            peer("public", "192.168.77.1:51820", false, Some(5)),
+            // Not heard from in 3 minutes: its NAT may have moved it.
+            peer("gone", "203.0.113.3:51820", true, Some(200)),
+            peer("silent", "203.0.113.4:51820", true, None),
+            laptop,
+        ];
+        let seen: Vec<(String, String)> = summary(&status, now)
+            .observed_endpoints
+            .into_iter()
+            .map(|o| (o.peer, o.endpoint))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("nat1".to_owned(), "203.0.113.1:51820".to_owned()),
+                ("nat2".to_owned(), "203.0.113.2:4000".to_owned())
+            ]
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! within a few seconds) yields the saved snapshot first: its node's pod network comes up with
 //! the last known mesh and converges when the API server answers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +39,7 @@ use wormhole_core::{NodeEntry, Snapshot};
 use wormhole_core::{PeerSource, PublicKey};
 
 use crate::KubeadmConfigError;
-use crate::crd::WormholeNode;
+use crate::crd::{WormholeNode, WormholeNodeStatus};
 use crate::peer::{WormholePeer, external_entries, slim_peer};
 use crate::state::StateStore;
 use crate::{API_TIMEOUT, Error, call};
@@ -108,6 +109,8 @@ pub(crate) fn snapshot(
         wormholes.iter().map(|w| (w.name_any(), &**w)).collect();
     // Each entry with its claim: when and as what its WormholeNode was created.
     let mut entries: Vec<(Claim, NodeEntry)> = Vec::with_capacity(nodes.len());
+    // The WormholeNodes of the mesh (owned by their Node): the observers of peers behind NAT.
+    let mut observers: HashMap<String, &WormholeNode> = HashMap::new();
     let mut local_seen = false;
     for node in nodes {
         let name = node.name_any();
@@ -122,6 +125,9 @@ pub(crate) fn snapshot(
             // The key as published (other nodes use it), else ours (not yet published).
             let published = published.get(&name).filter(|wh| owned_by(wh, node));
             let published_key = published.map(|wh| wh.spec.public_key.clone());
+            if let Some(wh) = published {
+                observers.insert(name.clone(), wh);
+            }
             entries.push((
                 published.map_or_else(Claim::default, |wh| claim(wh)),
                 NodeEntry {
@@ -129,7 +135,8 @@ pub(crate) fn snapshot(
                     public_key: published_key.unwrap_or_else(|| local_key.to_base64()),
                     endpoint: None,
                     pod_cidrs: cidrs,
-                    persistent_keepalive: None,
+                    // Our own keepalive as published (behind NAT): toward every peer.
+                    persistent_keepalive: published.and_then(|wh| wh.spec.persistent_keepalive),
                     origin: format!("Node/{local}"),
                 },
             ));
@@ -143,13 +150,14 @@ pub(crate) fn snapshot(
             tracing::debug!(node = %name, "no WormholeNode (owned by this Node) yet: left out");
             continue;
         };
+        observers.insert(name.clone(), wh);
         entries.push((
             claim(wh),
             NodeEntry {
                 public_key: wh.spec.public_key.clone(),
                 endpoint: wh.spec.endpoint.clone(),
                 pod_cidrs: cidrs,
-                persistent_keepalive: None,
+                persistent_keepalive: wh.spec.persistent_keepalive,
                 origin: format!("WormholeNode/{name}"),
                 name,
             },
@@ -165,11 +173,18 @@ pub(crate) fn snapshot(
     // order too: equal pictures compare equal, validation reuses unchanged entries, and a new
     // node comes last without moving the others.
     entries.sort_by(|(a, ea), (b, eb)| (a, &ea.name).cmp(&(b, &eb.name)));
+    let behind_nat: Vec<&str> = entries
+        .iter()
+        .filter(|(_, e)| e.endpoint.is_none() && e.name != local)
+        .map(|(_, e)| e.name.as_str())
+        .collect();
+    let observed_endpoints = observed_endpoints(&observers, &behind_nat);
     Ok(Snapshot {
         cluster_cidrs: cluster_cidrs.to_vec(),
         nodes: entries.into_iter().map(|(_, e)| e).collect(),
         rejected: Vec::new(),
         oldest_first: true,
+        observed_endpoints,
         ..Snapshot::default()
     })
 }
@@ -239,10 +254,58 @@ fn slim_node(node: &mut Node) {
     node.metadata.labels = None;
 }
 
+/// Keeps the spec and, of the status, only where the node observes peers behind NAT.
 fn slim_wormhole(wh: &mut WormholeNode) {
     wh.metadata.managed_fields = None;
     wh.metadata.annotations = None;
-    wh.status = None;
+    wh.status = wh
+        .status
+        .take()
+        .filter(|s| !s.observed_endpoints.is_empty())
+        .map(|s| WormholeNodeStatus {
+            observed_endpoints: s.observed_endpoints,
+            ..WormholeNodeStatus::default()
+        });
+}
+
+/// For each node that publishes no endpoint, the endpoint its observers report (in their
+/// WormholeNode status), the one most of them report (ties: the lowest address), so that one
+/// lying observer is outvoted once two others see the node. The node's own report about
+/// itself is not counted; unparsable ones are ignored.
+fn observed_endpoints(
+    published: &HashMap<String, &WormholeNode>,
+    behind_nat: &[&str],
+) -> BTreeMap<String, String> {
+    let wanted: HashSet<&str> = behind_nat.iter().copied().collect();
+    let mut votes: HashMap<&str, BTreeMap<SocketAddr, usize>> = HashMap::new();
+    for (observer, wh) in published {
+        let Some(status) = &wh.status else { continue };
+        for seen in &status.observed_endpoints {
+            if seen.peer == *observer || !wanted.contains(seen.peer.as_str()) {
+                continue;
+            }
+            let Ok(endpoint) = seen.endpoint.parse::<SocketAddr>() else {
+                continue;
+            };
+            *votes
+                .entry(wanted.get(seen.peer.as_str()).copied().unwrap_or_default())
+                .or_default()
+                .entry(endpoint)
+                .or_default() += 1;
+        }
+    }
+    votes
+        .into_iter()
+        .filter_map(|(peer, counts)| {
+            // The most votes; among equals, the first (lowest) address.
+            let (endpoint, _) = counts
+                .iter()
+                .rev()
+                .max_by_key(|(_, n)| **n)
+                .map(|(e, n)| (*e, *n))?;
+            Some((peer.to_owned(), endpoint.to_string()))
+        })
+        .collect()
 }
 
 type Changes = Pin<Box<dyn Stream<Item = Result<(), watcher::Error>> + Send>>;
@@ -802,6 +865,7 @@ mod tests {
                 public_key: key.to_base64(),
                 endpoint: Some("192.168.77.9:51820".into()),
                 listen_port: 51820,
+                persistent_keepalive: None,
             },
         );
         wh.metadata.owner_references = Some(vec![OwnerReference {
@@ -812,6 +876,112 @@ mod tests {
             ..Default::default()
         }]);
         Arc::new(wh)
+    }
+
+    /// `wh` with no endpoint and a keepalive (behind NAT), or reporting `seen` (peer, endpoint).
+    fn behind_nat(wh: Arc<WormholeNode>, keepalive: Option<u16>) -> Arc<WormholeNode> {
+        let mut wh = Arc::unwrap_or_clone(wh);
+        wh.spec.endpoint = None;
+        wh.spec.persistent_keepalive = keepalive;
+        Arc::new(wh)
+    }
+
+    fn observing(wh: Arc<WormholeNode>, seen: &[(&str, &str)]) -> Arc<WormholeNode> {
+        let mut wh = Arc::unwrap_or_clone(wh);
+        wh.status = Some(WormholeNodeStatus {
+            observed_endpoints: seen
+                .iter()
+                .map(|(peer, endpoint)| crate::crd::ObservedEndpoint {
+                    peer: peer.to_string(),
+                    endpoint: endpoint.to_string(),
+                })
+                .collect(),
+            ..WormholeNodeStatus::default()
+        });
+        slim_wormhole(&mut wh);
+        Arc::new(wh)
+    }
+
+    #[test]
+    fn nodes_behind_nat_get_the_endpoint_most_observers_report() {
+        let me = PrivateKey::generate().public_key();
+        let k = |_: ()| PrivateKey::generate().public_key();
+        let names = ["local", "a", "b", "c", "nat1", "nat2", "nat3", "orphan"];
+        let nodes: Vec<Arc<Node>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| node(n, &[&format!("10.99.{}.0/24", i + 1)]))
+            .collect();
+        let nat1 = "203.0.113.1:51820";
+        let liar = "198.51.100.66:51820";
+        let whs = vec![
+            // a and b see nat1 at the same address, c lies: two observers win over one.
+            observing(
+                wormhole("a", "uid-a", &k(())),
+                &[("nat1", nat1), ("nat2", "203.0.113.2:4000")],
+            ),
+            observing(
+                wormhole("b", "uid-b", &k(())),
+                &[("nat1", nat1), ("c", liar)],
+            ),
+            observing(
+                wormhole("c", "uid-c", &k(())),
+                &[("nat1", liar), ("nat3", "bad")],
+            ),
+            // A node's report about itself does not count; nat3's only report is unusable.
+            behind_nat(
+                observing(
+                    wormhole("nat1", "uid-nat1", &k(())),
+                    &[("nat1", liar), ("nat2", "203.0.113.2:4000")],
+                ),
+                Some(25),
+            ),
+            behind_nat(wormhole("nat2", "uid-nat2", &k(())), Some(25)),
+            behind_nat(wormhole("nat3", "uid-nat3", &k(())), None),
+            // Not owned by its Node: not an observer.
+            observing(
+                wormhole("orphan", "uid-someone-else", &k(())),
+                &[("nat1", liar), ("nat1", liar)],
+            ),
+        ];
+        let snap = snapshot(&nodes, &whs, "local", &me, &cidrs(&["10.99.0.0/16"])).unwrap();
+        let observed: Vec<(&str, &str)> = snap
+            .observed_endpoints
+            .iter()
+            .map(|(n, e)| (n.as_str(), e.as_str()))
+            .collect();
+        // c has an endpoint of its own: a report about it is not used.
+        assert_eq!(observed, [("nat1", nat1), ("nat2", "203.0.113.2:4000")]);
+        let keepalive = |name: &str| {
+            snap.nodes
+                .iter()
+                .find(|n| n.name == name)
+                .unwrap()
+                .persistent_keepalive
+        };
+        assert_eq!(keepalive("nat1"), Some(25));
+        assert_eq!(keepalive("a"), None);
+
+        // A tie (one observer each): the lowest address, whatever the order of the reports.
+        let whs2 = vec![
+            observing(wormhole("a", "uid-a", &k(())), &[("nat1", "203.0.113.9:1")]),
+            observing(wormhole("b", "uid-b", &k(())), &[("nat1", "203.0.113.1:1")]),
+            behind_nat(wormhole("nat1", "uid-nat1", &k(())), None),
+        ];
+        for list in [whs2.clone(), whs2.into_iter().rev().collect()] {
+            let snap = snapshot(&nodes, &list, "local", &me, &cidrs(&["10.99.0.0/16"])).unwrap();
+            assert_eq!(snap.observed_endpoints["nat1"], "203.0.113.1:1");
+        }
+    }
+
+    #[test]
+    fn our_own_published_keepalive_applies_to_the_local_entry() {
+        let key = PrivateKey::generate().public_key();
+        let nodes = vec![node("local", &["10.99.1.0/24"])];
+        let whs = vec![behind_nat(wormhole("local", "uid-local", &key), Some(20))];
+        let snap = snapshot(&nodes, &whs, "local", &key, &cidrs(&["10.99.0.0/16"])).unwrap();
+        assert_eq!(snap.nodes[0].persistent_keepalive, Some(20));
+        assert!(snap.observed_endpoints.is_empty());
     }
 
     #[test]

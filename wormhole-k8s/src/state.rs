@@ -91,6 +91,12 @@ pub struct SavedNode {
     /// Where the entry came from (`WormholeNode/NAME`), for messages.
     #[serde(default)]
     pub origin: String,
+    /// Persistent keepalive as published (a node behind NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_keepalive: Option<u16>,
+    /// Where other nodes saw it (a node behind NAT; see [`Snapshot::observed_endpoints`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_endpoint: Option<String>,
 }
 
 impl SavedState {
@@ -108,7 +114,7 @@ impl SavedState {
                 public_key: n.public_key.clone(),
                 endpoint: n.endpoint.clone(),
                 pod_cidrs: n.pod_cidrs.clone(),
-                persistent_keepalive: None,
+                persistent_keepalive: n.persistent_keepalive,
                 origin: n.origin.clone(),
             })
             .collect();
@@ -124,12 +130,18 @@ impl SavedState {
                 origin: p.origin.clone(),
             })
             .collect();
+        let observed_endpoints = self
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), n.observed_endpoint.clone()?)))
+            .collect();
         Some(Snapshot {
             cluster_cidrs: cluster_cidrs.to_vec(),
             nodes,
             rejected: Vec::new(),
             oldest_first: true,
             external,
+            observed_endpoints,
             ..Snapshot::default()
         })
     }
@@ -176,6 +188,8 @@ pub(crate) fn saved_nodes(snapshot: &Snapshot) -> Vec<SavedNode> {
             endpoint: n.endpoint.clone(),
             pod_cidrs: n.pod_cidrs.clone(),
             origin: n.origin.clone(),
+            persistent_keepalive: n.persistent_keepalive,
+            observed_endpoint: snapshot.observed_endpoints.get(&n.name).cloned(),
         })
         .collect()
 }
@@ -308,6 +322,37 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_saved_mesh_keeps_keepalives_and_observed_endpoints() {
+        let entry = |name: &str, endpoint: Option<&str>, keepalive: Option<u16>| NodeEntry {
+            name: name.into(),
+            public_key: format!("key-of-{name}"),
+            endpoint: endpoint.map(Into::into),
+            pod_cidrs: vec!["10.99.1.0/24".into()],
+            persistent_keepalive: keepalive,
+            origin: format!("WormholeNode/{name}"),
+        };
+        let snapshot = Snapshot {
+            cluster_cidrs: vec!["10.99.0.0/16".parse().unwrap()],
+            nodes: vec![
+                entry("a", Some("192.168.77.1:51820"), None),
+                entry("edge", None, Some(25)),
+            ],
+            oldest_first: true,
+            observed_endpoints: [("edge".to_owned(), "203.0.113.7:51820".to_owned())].into(),
+            ..Snapshot::default()
+        };
+        let mut state = SavedState::default();
+        state.set_snapshot(&snapshot);
+        let text = serde_json::to_string(&state).unwrap();
+        let read: SavedState = serde_json::from_str(&text).unwrap();
+        assert_eq!(read.snapshot(&snapshot.cluster_cidrs), Some(snapshot));
+        // A file written before these fields reads as before.
+        let old = r#"{"version":1,"nodes":[{"name":"a","publicKey":"k","podCidrs":[]}]}"#;
+        let read: SavedState = serde_json::from_str(old).unwrap();
+        assert_eq!(read.nodes[0].persistent_keepalive, None);
+    }
 
     fn snapshot() -> Snapshot {
         Snapshot {

@@ -481,6 +481,112 @@ async fn a_node_that_declares_keepalive_keeps_every_tunnel_alive() {
 }
 
 #[tokio::test]
+async fn an_observed_endpoint_is_used_only_while_the_device_knows_no_working_one() {
+    // Peers behind NAT publish no endpoint; other nodes report where they see them.
+    let node = Node::new();
+    let me = node.key.public_key();
+    let (a, b, c) = (
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+    );
+    let mut r = node.reconciler(None);
+    let mut snap = snapshot(
+        &me,
+        &[
+            ("a", &a, "10.99.2.0/24"),
+            ("b", &b, "10.99.3.0/24"),
+            ("c", &c, "10.99.4.0/24"),
+        ],
+    );
+    snap.nodes[1].endpoint = None;
+    snap.nodes[2].endpoint = None;
+    let observed = |s: &mut Snapshot, list: &[(&str, &str)]| {
+        s.observed_endpoints = list
+            .iter()
+            .map(|(n, e)| (n.to_string(), e.to_string()))
+            .collect();
+    };
+    // c has an endpoint of its own: an observation never overrides it. b's is not an endpoint.
+    observed(
+        &mut snap,
+        &[
+            ("a", "203.0.113.7:4500"),
+            ("b", "example.com:51820"),
+            ("c", "203.0.113.9:1"),
+        ],
+    );
+    r.update(Ok(snap.clone()));
+    r.reconcile().await.unwrap();
+    let device = node.backends.device.state().unwrap();
+    let endpoint = |d: &wormhole_core::DeviceState, k: &PublicKey| d.peers[k].endpoint;
+    assert_eq!(
+        endpoint(&device, &a),
+        Some("203.0.113.7:4500".parse().unwrap())
+    );
+    assert_eq!(endpoint(&device, &b), None, "a bad observation is ignored");
+    assert_eq!(
+        endpoint(&device, &c),
+        Some("192.168.77.1:51820".parse().unwrap())
+    );
+    // The status shows the device as the pass read it: the next one.
+    assert!(r.reconcile().await.unwrap().is_empty());
+    let status = r.status().borrow().clone();
+    let row = status.peers.iter().find(|p| p.name == "a").unwrap();
+    assert!(row.endpoint_learned, "{row:?}");
+    let row = status.peers.iter().find(|p| p.name == "c").unwrap();
+    assert!(!row.endpoint_learned, "configured: {row:?}");
+
+    // a roams (WireGuard follows its authenticated packets) and handshakes: that endpoint works
+    // and stays, whatever the observers still say.
+    let mut state = node.backends.device.state().unwrap();
+    state.peers.get_mut(&a).unwrap().endpoint = Some("198.51.100.1:6000".parse().unwrap());
+    node.backends.device.set_state(Some(state));
+    node.backends.device.set_stats(
+        a,
+        PeerStats {
+            latest_handshake: Some(SystemTime::now()),
+            ..PeerStats::default()
+        },
+    );
+    assert!(r.reconcile().await.unwrap().is_empty());
+    let device = node.backends.device.state().unwrap();
+    assert_eq!(
+        endpoint(&device, &a),
+        Some("198.51.100.1:6000".parse().unwrap())
+    );
+
+    // Without a handshake for 3 minutes, the endpoint the observers report wins again.
+    node.backends.device.set_stats(
+        a,
+        PeerStats {
+            latest_handshake: Some(SystemTime::now() - Duration::from_secs(200)),
+            ..PeerStats::default()
+        },
+    );
+    // (A new reconciler: this one remembers the handshake it saw, as an agent would for 3
+    // minutes.)
+    let mut r2 = node.reconciler(None);
+    r2.update(Ok(snap.clone()));
+    r2.reconcile().await.unwrap();
+    let device = node.backends.device.state().unwrap();
+    assert_eq!(
+        endpoint(&device, &a),
+        Some("203.0.113.7:4500".parse().unwrap())
+    );
+
+    // When the observers no longer report it, the learned endpoint is left alone.
+    observed(&mut snap, &[]);
+    r2.update(Ok(snap));
+    r2.reconcile().await.unwrap();
+    let device = node.backends.device.state().unwrap();
+    assert_eq!(
+        endpoint(&device, &a),
+        Some("203.0.113.7:4500".parse().unwrap())
+    );
+}
+
+#[tokio::test]
 async fn the_pass_hook_sees_every_pass_and_its_plan() {
     let node = Node::new();
     let me = node.key.public_key();

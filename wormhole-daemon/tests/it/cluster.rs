@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use wormhole_agent::{PeerView, StatusView};
 use wormhole_core::{PeerStatus, PrivateKey, ProbeReport, Status};
-use wormhole_k8s::Publisher;
 use wormhole_k8s::testing::FakeApi;
+use wormhole_k8s::{PublishedEndpoint, Publisher};
 
 use crate::harness::BIN;
 
@@ -71,7 +71,8 @@ fn the_cluster_from_its_wormholenodes() {
     rt.block_on(async {
         for (name, peers) in views {
             let key = PrivateKey::generate().public_key();
-            let mut publisher = Publisher::new(api.client(), name, 51820, None);
+            let mut publisher =
+                Publisher::new(api.client(), name, 51820, PublishedEndpoint::InternalIp);
             publisher.publish_spec(&key).await.unwrap();
             let mut status = Status::default();
             status.public_key = Some(key);

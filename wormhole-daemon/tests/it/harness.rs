@@ -460,8 +460,9 @@ impl Cluster {
 
     /// Node `len + 1` behind a NAT router: the router sits on the underlay at
     /// `192.168.77.(200 + i)` and masquerades the node's private network `172.16.i.0/24`, with
-    /// no inbound port forward (only replies to what the node sent get in). The node's entry
-    /// has no endpoint and a persistent keepalive of 25 s. Returns its index.
+    /// no inbound port forward (only replies to what the node sent get in) and, like a home
+    /// router, drops whatever else arrives for itself. The node's entry has no endpoint and a
+    /// persistent keepalive of 25 s. Returns its index.
     pub(crate) fn add_node_behind_nat(&mut self, backend: Backend) -> usize {
         let i = self.nodes.len() + 1;
         let prefix = self.prefix.clone();
@@ -487,6 +488,8 @@ impl Cluster {
         router.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let nat = "table ip nat {\n chain post {\n  type nat hook postrouting priority srcnat;\n  \
                    oifname \"eth0\" masquerade\n }\n chain filter_forward {\n  type filter hook forward \
+                   priority filter; policy drop;\n  ct state established,related accept\n  \
+                   iifname \"lan0\" accept\n }\n chain filter_input {\n  type filter hook input \
                    priority filter; policy drop;\n  ct state established,related accept\n  \
                    iifname \"lan0\" accept\n }\n}\n";
         router.nft(nat);

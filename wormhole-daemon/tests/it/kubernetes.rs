@@ -30,10 +30,15 @@ pub(crate) fn api_for(cluster: &Cluster) -> (Netns, tokio::runtime::Runtime, Arc
         .unwrap();
     for node in &cluster.nodes {
         let i = node.index;
+        // A node behind NAT has its private address as InternalIP.
+        let internal = match node.router {
+            Some(_) => format!("172.16.{i}.2"),
+            None => format!("192.168.77.{i}"),
+        };
         api.put_node(
             &node.name,
             &[&format!("10.99.{i}.0/24"), &format!("fd99:0:0:{i}::/64")],
-            &format!("192.168.77.{i}"),
+            &internal,
         );
     }
     (ns, rt, api)
@@ -202,6 +207,119 @@ fn kubernetes_mode_mesh_is_encrypted_and_follows_node_deletion_on(backend: Backe
         cluster.pod("n1a").ping(&cluster.pod("n2a").ip4, 3),
         "n1 and n2 still talk"
     );
+}
+
+#[test]
+fn kubernetes_nodes_behind_two_nats_reach_each_other_through_observed_endpoints() {
+    if root_or_skip("kubernetes_nodes_behind_two_nats_reach_each_other_through_observed_endpoints")
+    {
+        behind_two_nats(Backend::Embedded);
+    }
+}
+
+#[test]
+#[ignore = "needs the WireGuard kernel module: runs in the VM lane (scripts/vm-lane.sh)"]
+fn kubernetes_nodes_behind_two_nats_reach_each_other_through_observed_endpoints_kernel() {
+    if root_or_skip(
+        "kubernetes_nodes_behind_two_nats_reach_each_other_through_observed_endpoints_kernel",
+    ) {
+        behind_two_nats(Backend::Kernel);
+    }
+}
+
+/// n1 and n2 on the underlay; n3 and n4 each behind a NAT router of its own (masquerade, no
+/// port forward), started with `--endpoint none --persistent-keepalive 5`. n1 and n2 learn n3's
+/// and n4's addresses from their handshakes and report them in their WormholeNode status; n3
+/// and n4, which cannot reach each other first, send their handshakes there, and the NATs let
+/// them through once both have sent (UDP hole punching). Every pod reaches every other, and the
+/// underlay carries only WireGuard.
+fn behind_two_nats(backend: Backend) {
+    let mut c = Cluster::new(2, backend);
+    let (n3, n4) = (
+        c.add_node_behind_nat(backend),
+        c.add_node_behind_nat(backend),
+    );
+    let (_api_ns, _rt, api) = api_for(&c);
+    let kubeconfig = c.work.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    // The public nodes first (a handshake to a port nobody listens on yet draws an ICMP error).
+    for i in [1, 2, n3, n4] {
+        let mut args = kube_args(&c, i, &kubeconfig);
+        if i >= n3 {
+            args.extend(["--endpoint", "none", "--persistent-keepalive", "5"].map(str::to_owned));
+        }
+        c.node_mut(i).start_with(args);
+        c.node_mut(i).wait_ready();
+    }
+    for i in [n3, n4] {
+        let name = format!("n{i}");
+        let spec = poll(scaled(Duration::from_secs(20)), || {
+            api.get(Kind::Wormhole, &name).map(|w| w["spec"].clone())
+        })
+        .unwrap_or_else(|| panic!("{name} published nothing\n{}", c.logs()));
+        assert!(spec.get("endpoint").is_none(), "behind NAT: {spec}");
+        assert_eq!(spec["persistentKeepalive"], 5, "{spec}");
+    }
+    let capture = c.capture();
+    let router = |i: usize| format!("192.168.77.{}:51820", 200 + i);
+    // n1 and n2 report where they see n3 and n4: their routers.
+    for observer in ["n1", "n2"] {
+        let reported = poll(scaled(Duration::from_secs(45)), || {
+            let status = api.get(Kind::Wormhole, observer)?["status"].clone();
+            let seen = status["observedEndpoints"].as_array()?.clone();
+            (seen.len() == 2).then_some(seen)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{observer} reports no endpoints for n3 and n4: {}\n{}",
+                api.get(Kind::Wormhole, observer).unwrap()["status"],
+                c.logs()
+            )
+        });
+        assert_eq!(reported[0]["peer"], "n3");
+        assert_eq!(reported[0]["endpoint"], router(n3).as_str());
+        assert_eq!(reported[1]["peer"], "n4");
+        assert_eq!(reported[1]["endpoint"], router(n4).as_str());
+    }
+    // n3 and n4 reach each other at the observed endpoints.
+    for (i, j) in [(n3, n4), (n4, n3)] {
+        let node = c.node(i);
+        let row = poll(scaled(Duration::from_secs(60)), || {
+            let view = node.status_json();
+            let row = view["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == format!("n{j}"))?
+                .clone();
+            (row["state"] == "ok").then_some(row)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "n{i} never reached n{j} (both behind NAT)\n{}\n{}",
+                node.status(&[]).1,
+                c.logs()
+            )
+        });
+        assert_eq!(row["endpoint"], router(j).as_str(), "{row}");
+    }
+    for i in [1, 2, n3, n4] {
+        c.add_pods(i, &["a"]);
+    }
+    let (pings, failures) = icmp_matrix(&c.pods);
+    assert!(
+        failures.is_empty(),
+        "{} of {pings} pod pairs failed (n3 and n4 behind two NATs):\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        c.logs()
+    );
+    let lines = capture.stop();
+    let data_plane: Vec<String> = lines
+        .into_iter()
+        .filter(|l| !l.contains("192.168.77.254.6443"))
+        .collect();
+    let wireguard = assert_only_wireguard(&data_plane);
+    assert!(wireguard > 0, "no WireGuard packets seen");
 }
 
 /// Scale: 5,000 Nodes with WormholeNodes in the API server, one real daemon. Measures its

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wormhole_core::{KeyStore as _, PeerSource, PresharedKey, PrivateKey, PublicKey, Snapshot};
 use wormhole_k8s::EventSink;
-use wormhole_k8s::Publisher;
 use wormhole_k8s::SecretKeyStore;
 use wormhole_k8s::testing::FakeApi;
 use wormhole_k8s::{KubePeerSource, detect_cluster_cidrs};
+use wormhole_k8s::{PublishedEndpoint, Publisher};
 use wormhole_k8s::{STATE_FILE, StateStore};
 
 fn cluster() -> Vec<ipnet::IpNet> {
@@ -55,7 +55,7 @@ async fn no_request_waits_forever_on_a_hanging_api_server() {
         "wormhole",
         "wormhole-psk",
     );
-    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp);
     let mut events = EventSink::new(api.client(), "n1");
     let status = {
         let mut v = wormhole_core::Status::default();

@@ -5,15 +5,15 @@ use std::time::{Duration, SystemTime};
 
 use wormhole_core::PeerStatus;
 use wormhole_core::{PrivateKey, Status};
-use wormhole_k8s::Publisher;
 use wormhole_k8s::testing::{FakeApi, Kind};
+use wormhole_k8s::{PublishedEndpoint, Publisher};
 
 #[tokio::test]
 async fn applies_its_own_wormholenode_on_change_only() {
     let api = FakeApi::start().await;
     let uid = api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
     let key = PrivateKey::generate().public_key();
-    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp);
     assert!(publisher.publish_spec(&key).await.unwrap());
 
     let applies: Vec<_> = api
@@ -96,7 +96,7 @@ async fn the_endpoint_flag_wins_and_ipv6_is_bracketed() {
     let api = FakeApi::start().await;
     api.put_node("n1", &["10.99.1.0/24"], "fd00::1");
     let key = PrivateKey::generate().public_key();
-    let mut publisher = Publisher::new(api.client(), "n1", 51821, None);
+    let mut publisher = Publisher::new(api.client(), "n1", 51821, PublishedEndpoint::InternalIp);
     publisher.publish_spec(&key).await.unwrap();
     assert_eq!(
         api.get(Kind::Wormhole, "n1").unwrap()["spec"]["endpoint"],
@@ -106,7 +106,7 @@ async fn the_endpoint_flag_wins_and_ipv6_is_bracketed() {
         api.client(),
         "n1",
         51821,
-        Some("203.0.113.7:4000".parse().unwrap()),
+        PublishedEndpoint::Fixed("203.0.113.7:4000".parse().unwrap()),
     );
     publisher.publish_spec(&key).await.unwrap();
     assert_eq!(
@@ -121,7 +121,7 @@ async fn an_overlong_error_is_cut_to_what_the_crd_accepts() {
     let api = FakeApi::start().await;
     api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
     let key = PrivateKey::generate().public_key();
-    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp);
     publisher.publish_spec(&key).await.unwrap();
     // A pass that failed for 500 peers: an error far longer than status.lastError's maxLength.
     let error = (0..500)
@@ -159,7 +159,7 @@ async fn a_rotated_key_recreates_the_wormholenode() {
     let api = FakeApi::start().await;
     api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
     let first = PrivateKey::generate().public_key();
-    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp);
     assert!(publisher.publish_spec(&first).await.unwrap());
     let status = {
         let mut v = Status::default();
@@ -216,7 +216,7 @@ async fn a_rotated_key_recreates_the_wormholenode() {
 
     // A restarted agent (a new publisher) with a key rotated while it was down.
     let third = PrivateKey::generate().public_key();
-    let mut restarted = Publisher::new(api.client(), "n1", 51820, None);
+    let mut restarted = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp);
     assert!(restarted.publish_spec(&third).await.unwrap());
     assert_eq!(
         api.get(Kind::Wormhole, "n1").unwrap()["spec"]["publicKey"],
@@ -225,7 +225,7 @@ async fn a_rotated_key_recreates_the_wormholenode() {
     assert_ne!(uid(&api), uid_second);
     // Same key after a restart: applied in place, not re-created.
     let uid_third = uid(&api);
-    let mut again = Publisher::new(api.client(), "n1", 51820, None);
+    let mut again = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp);
     again.publish_spec(&third).await.unwrap();
     assert_eq!(uid(&api), uid_third);
 }
@@ -239,7 +239,7 @@ async fn rtt_and_loss_jitter_are_no_write_a_state_change_is_one() {
     let api = FakeApi::start().await;
     api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
     let key = PrivateKey::generate().public_key();
-    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp);
     publisher.publish_spec(&key).await.unwrap();
     let probe = |rtt_us: u64, lost: u32| {
         let mut r = ProbeReport::default();
@@ -337,7 +337,7 @@ async fn the_problems_list_is_bounded() {
     let api = FakeApi::start().await;
     api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
     let key = PrivateKey::generate().public_key();
-    let mut publisher = Publisher::new(api.client(), "n1", 51820, None);
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp);
     publisher.publish_spec(&key).await.unwrap();
     let status = {
         let mut v = Status::default();
@@ -375,8 +375,8 @@ async fn a_flapping_state_is_written_once_per_interval() {
     api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
     let key = PrivateKey::generate().public_key();
     let interval = Duration::from_millis(500);
-    let mut publisher =
-        Publisher::new(api.client(), "n1", 51820, None).with_status_interval(interval);
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp)
+        .with_status_interval(interval);
     publisher.publish_spec(&key).await.unwrap();
     let mut status = {
         let mut v = Status::default();

@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::json;
 use wormhole_core::{MemoryBackends, MemoryKeyStore};
 use wormhole_core::{PeerSource, PrivateKey, PublicKey, Reconciler, Settings, Snapshot};
-use wormhole_k8s::EventSink;
 use wormhole_k8s::SecretKeyStore;
 use wormhole_k8s::testing::FakeApi;
+use wormhole_k8s::{EventSink, PublishedEndpoint};
 use wormhole_k8s::{KubePeerSource, detect_cluster_cidrs};
 
 fn key() -> PublicKey {
@@ -406,11 +406,11 @@ async fn an_older_node_cannot_switch_to_a_victims_key() {
     api.put_node("victim", &["10.99.3.0/24"], "192.168.77.3");
     let (old_key, victim_key) = (key(), key());
     // "old" published first, the victim later.
-    Publisher::new(api.client(), "old", 51820, None)
+    Publisher::new(api.client(), "old", 51820, PublishedEndpoint::InternalIp)
         .publish_spec(&old_key)
         .await
         .unwrap();
-    Publisher::new(api.client(), "victim", 51820, None)
+    Publisher::new(api.client(), "victim", 51820, PublishedEndpoint::InternalIp)
         .publish_spec(&victim_key)
         .await
         .unwrap();
@@ -448,7 +448,7 @@ async fn an_older_node_cannot_switch_to_a_victims_key() {
     );
 
     // Deleted and created again with the victim's key: a newer claim, which loses.
-    Publisher::new(api.client(), "old", 51820, None)
+    Publisher::new(api.client(), "old", 51820, PublishedEndpoint::InternalIp)
         .publish_spec(&victim_key)
         .await
         .unwrap();
