@@ -198,6 +198,67 @@ pub async fn read_external(
 mod tests {
     use super::*;
 
+    fn peer(name: &str, created: &str, uid: &str, ips: &[&str]) -> Arc<WormholePeer> {
+        let mut p = WormholePeer::new(
+            name,
+            WormholePeerSpec {
+                public_key: wormhole_core::PrivateKey::generate()
+                    .public_key()
+                    .to_base64(),
+                allowed_ips: ips.iter().map(|c| c.to_string()).collect(),
+                endpoint: None,
+                persistent_keepalive: Some(25),
+            },
+        );
+        p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            created.parse().unwrap(),
+        ));
+        p.metadata.uid = Some(uid.into());
+        Arc::new(p)
+    }
+
+    #[test]
+    fn entries_are_oldest_claim_first_and_the_older_keeps_its_addresses() {
+        // "zz" was created first; "aa" (sorting first) overlaps it a day later; "mm" in the
+        // same second as "zz", with a larger uid.
+        let peers = [
+            peer("aa", "2026-01-02T00:00:00Z", "1", &["10.98.0.0/24"]),
+            peer("mm", "2026-01-01T00:00:00Z", "9", &["10.98.1.1/32"]),
+            peer("zz", "2026-01-01T00:00:00Z", "5", &["10.98.0.2/32"]),
+        ];
+        let entries = external_entries(&peers);
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["zz", "mm", "aa"]);
+        assert_eq!(entries[0].origin, "WormholePeer/zz");
+        assert_eq!(entries[0].pod_cidrs, ["10.98.0.2/32"]);
+        assert_eq!(entries[0].persistent_keepalive, Some(25));
+
+        let local = wormhole_core::PrivateKey::generate().public_key();
+        let snapshot = Snapshot {
+            cluster_cidrs: vec!["10.99.0.0/16".parse().unwrap()],
+            nodes: vec![NodeEntry::new(
+                "n1",
+                local,
+                None,
+                vec!["10.99.1.0/24".parse().unwrap()],
+            )],
+            oldest_first: true,
+            external: entries,
+            external_cidrs: vec!["10.98.0.0/16".parse().unwrap()],
+            ..Snapshot::default()
+        };
+        let mesh = wormhole_core::Mesh::build("n1", &local, &[], snapshot, None).unwrap();
+        let accepted: Vec<&str> = mesh.external.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            accepted,
+            ["mm", "zz"],
+            "the later, overlapping one is refused"
+        );
+        assert_eq!(mesh.rejected.len(), 1);
+        assert_eq!(mesh.rejected[0].name, "aa");
+        assert_eq!(mesh.rejected[0].reason.kind(), "overlaps_peer");
+    }
+
     #[test]
     fn every_field_is_bounded_and_named_as_documented() {
         use kube::CustomResourceExt as _;
