@@ -259,6 +259,7 @@ async fn source_and_keys(
                 key.public_key(),
                 cidrs.clone(),
             )
+            .with_external_cidrs(options.external_cidrs.clone())
             .with_state(state.clone());
             (from_peer_source(source), keys, cidrs)
         }

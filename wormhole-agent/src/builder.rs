@@ -79,6 +79,8 @@ pub struct KubernetesOptions {
     /// The persistent keepalive this node publishes (seconds; for a node behind NAT): it and
     /// every peer use it toward each other.
     pub persistent_keepalive: Option<u16>,
+    /// The ranges WormholePeers' allowed IPs must lie in; none: every WormholePeer is refused.
+    pub external_cidrs: Vec<IpNet>,
 }
 
 impl KubernetesOptions {
@@ -115,6 +117,13 @@ impl KubernetesOptions {
     /// Publishes a persistent keepalive of `seconds` (0: off).
     pub fn persistent_keepalive(mut self, seconds: u16) -> Self {
         self.persistent_keepalive = Some(seconds).filter(|&s| s != 0);
+        self
+    }
+
+    /// Accepts WormholePeers (machines outside the cluster) whose allowed IPs lie in these
+    /// ranges (`--external-cidr`); without any, every WormholePeer is refused.
+    pub fn external_cidrs(mut self, cidrs: impl IntoIterator<Item = IpNet>) -> Self {
+        self.external_cidrs = cidrs.into_iter().collect();
         self
     }
 }

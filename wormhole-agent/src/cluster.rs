@@ -461,35 +461,60 @@ impl ClusterView {
     /// Reads the cluster's WormholeNodes and Nodes with the kubeconfig at `kubeconfig`, else
     /// the usual one (`KUBECONFIG`, `~/.kube/config`, or in a Pod its service account).
     pub async fn read_kubernetes(kubeconfig: Option<&Path>) -> Result<Self, Error> {
-        let mut config = match kubeconfig {
-            Some(path) => {
-                let unusable = |e: kube::config::KubeconfigError| EnvironmentError::Kubeconfig {
-                    path: path.to_owned(),
-                    source: Box::new(e),
-                };
-                let file = kube::config::Kubeconfig::read_from(path).map_err(unusable)?;
-                kube::Config::from_custom_kubeconfig(
-                    file,
-                    &kube::config::KubeConfigOptions::default(),
-                )
-                .await
-                .map_err(unusable)?
-            }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| EnvironmentError::NoKubeconfig {
-                    source: Box::new(e),
-                })?,
-        };
-        wormhole_k8s::configure_client(&mut config);
-        let client = kube::Client::try_from(config).map_err(|e| EnvironmentError::KubeClient {
-            source: Box::new(e),
-        })?;
+        let client = client_for(kubeconfig).await?;
         let objects = wormhole_k8s::read_cluster(client, wormhole_k8s::API_TIMEOUT)
             .await
             .map_err(wormhole_core::Error::from)?;
         Ok(ClusterView::from_kubernetes(&objects))
     }
+}
+
+/// A client with the kubeconfig at `kubeconfig`, else the usual one (`KUBECONFIG`,
+/// `~/.kube/config`, or in a Pod its service account).
+async fn client_for(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let unusable = |e: kube::config::KubeconfigError| EnvironmentError::Kubeconfig {
+                path: path.to_owned(),
+                source: Box::new(e),
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(unusable)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(unusable)?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| EnvironmentError::NoKubeconfig {
+                source: Box::new(e),
+            })?,
+    };
+    wormhole_k8s::configure_client(&mut config);
+    Ok(
+        kube::Client::try_from(config).map_err(|e| EnvironmentError::KubeClient {
+            source: Box::new(e),
+        })?,
+    )
+}
+
+/// The mesh as every agent sees it, WormholePeers included (what `wormhole peer-config`
+/// needs in Kubernetes mode), read with the kubeconfig at `kubeconfig` (else the usual one):
+/// every Node, WormholeNode and WormholePeer. `cluster_cidrs` empty: from kubeadm-config, as
+/// the agents read them; `external_cidrs`: the agents' `--external-cidr`.
+pub async fn read_external_peers(
+    kubeconfig: Option<&Path>,
+    cluster_cidrs: Vec<ipnet::IpNet>,
+    external_cidrs: Vec<ipnet::IpNet>,
+) -> Result<wormhole_core::Snapshot, Error> {
+    let client = client_for(kubeconfig).await?;
+    Ok(wormhole_k8s::read_external(
+        client,
+        cluster_cidrs,
+        external_cidrs,
+        wormhole_k8s::API_TIMEOUT,
+    )
+    .await
+    .map_err(wormhole_core::Error::from)?)
 }
 
 #[cfg(test)]

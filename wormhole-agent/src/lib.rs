@@ -50,7 +50,9 @@ pub use builder::{
     AgentBuilder, Backend, KubernetesOptions, NODE_NAME_RULE, PROBE_INTERVAL_RANGE,
     PROBE_RATE_RANGE, Peers, RESYNC_RANGE,
 };
-pub use cluster::{Cell, ClusterNode, ClusterView, Health, NodeReport, Summary, Trouble};
+pub use cluster::{
+    Cell, ClusterNode, ClusterView, Health, NodeReport, Summary, Trouble, read_external_peers,
+};
 pub use error::{EnvironmentError, Error, InvalidOption};
 pub use view::{PassView, PeerView, StatusView};
 

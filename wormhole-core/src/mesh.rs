@@ -92,10 +92,10 @@ pub struct Snapshot {
     pub nodes: Vec<NodeEntry>,
     /// Entries the source itself could not read (wrong field types, unknown fields, ...).
     pub rejected: Vec<Rejection>,
-    /// `nodes` are listed in the order their claims were made, oldest first (the Kubernetes
-    /// source: by WormholeNode creation time, then uid). Between conflicting newcomers the
-    /// earlier entry then wins; when `false`, the one whose name sorts first. See
-    /// [`Mesh::build`].
+    /// `nodes` (and `external`) are listed in the order their claims were made, oldest first
+    /// (the Kubernetes source: by WormholeNode or WormholePeer creation time, then uid). Between
+    /// conflicting newcomers the earlier entry then wins; when `false`, the one whose name sorts
+    /// first. See [`Mesh::build`].
     pub oldest_first: bool,
     /// Peers outside the cluster (a CI runner, a laptop): their `pod_cidrs` are the allowed IPs
     /// they may send from, which must lie in `external_cidrs` (see [`Mesh::external`]).
@@ -257,6 +257,13 @@ pub enum RejectReason {
         /// The allowed IP.
         cidr: IpNet,
     },
+    /// An external peer, while no external CIDR is configured: every external peer is refused
+    /// until a range is set aside for them.
+    #[error(
+        "no external CIDRs are configured: set aside a range for external peers \
+         (--external-cidr on every agent, or external_cidrs in the peers file)"
+    )]
+    NoExternalCidrs,
     /// An external peer's allowed IP overlapping the cluster CIDRs.
     #[error(
         "allowed IP {cidr} overlaps the cluster CIDR {cluster}: an external peer must never \
@@ -295,6 +302,7 @@ impl RejectReason {
             RejectReason::OverlapsLocal { .. } => "overlaps_local",
             RejectReason::StaleLocalKey { .. } => "stale_local_key",
             RejectReason::OutsideExternal { .. } => "outside_external",
+            RejectReason::NoExternalCidrs => "no_external_cidrs",
             RejectReason::ExternalOverlapsCluster { .. } => "external_overlaps_cluster",
         }
     }
@@ -670,9 +678,10 @@ impl Mesh {
     }
 
     /// Checks the snapshot's external peers against the accepted nodes: each is accepted unless
-    /// its name or key is taken (by a node, or by an external peer before it by name), or an
-    /// allowed IP is outside the external CIDRs, overlaps the cluster CIDRs or another external
-    /// peer's.
+    /// its name or key is taken (by a node, or by an external peer before it), or an allowed IP
+    /// is outside the external CIDRs, overlaps the cluster CIDRs or another external peer's.
+    /// "Before it": in the snapshot's order when it lists claims oldest first (so a new external
+    /// peer never evicts an established one), else by name.
     fn validate_external(&mut self, snapshot: &Snapshot) {
         self.external_cidrs = snapshot.external_cidrs.clone();
         let overlaps = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
@@ -686,12 +695,16 @@ impl Mesh {
             .collect();
         let mut taken: Vec<(IpNet, String)> = Vec::new();
         let mut entries: Vec<&NodeEntry> = snapshot.external.iter().collect();
-        entries.sort_by(|a, b| (&a.name, &a.public_key).cmp(&(&b.name, &b.public_key)));
+        if !snapshot.oldest_first {
+            entries.sort_by(|a, b| (&a.name, &a.public_key).cmp(&(&b.name, &b.public_key)));
+        }
         for entry in entries {
             let checked = if let Some(other) = names.get(&entry.name) {
                 Err(RejectReason::DuplicateName {
                     other: other.clone(),
                 })
+            } else if self.external_cidrs.is_empty() {
+                Err(RejectReason::NoExternalCidrs)
             } else {
                 check_entry(
                     entry,
@@ -1433,5 +1446,65 @@ mod tests {
         assert_eq!(reason("b"), "duplicate_name");
         assert_eq!(reason("copy"), "duplicate_key");
         assert_eq!(mesh.peers.len(), 1, "the nodes are untouched");
+    }
+
+    #[test]
+    fn listed_oldest_first_the_earlier_external_peer_keeps_its_addresses() {
+        let local = PrivateKey::generate().public_key();
+        let [old, new] = std::array::from_fn(|_| PrivateKey::generate().public_key());
+        let snapshot = |oldest_first| Snapshot {
+            cluster_cidrs: vec!["10.99.0.0/16".parse().unwrap()],
+            nodes: vec![NodeEntry::new(
+                "a",
+                local,
+                None,
+                vec!["10.99.1.0/24".parse().unwrap()],
+            )],
+            // "zz-laptop" was made first; "aa-greedy" (sorting first) overlaps it later.
+            external: vec![
+                NodeEntry::new(
+                    "zz-laptop",
+                    old,
+                    None,
+                    vec!["10.98.0.2/32".parse().unwrap()],
+                ),
+                NodeEntry::new(
+                    "aa-greedy",
+                    new,
+                    None,
+                    vec!["10.98.0.0/24".parse().unwrap()],
+                ),
+            ],
+            external_cidrs: vec!["10.98.0.0/16".parse().unwrap()],
+            oldest_first,
+            ..Snapshot::default()
+        };
+        let accepted = |oldest_first| {
+            let mesh = Mesh::build("a", &local, &[], snapshot(oldest_first), None).unwrap();
+            mesh.external
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(accepted(true), ["zz-laptop"]);
+        assert_eq!(accepted(false), ["aa-greedy"], "by name otherwise");
+    }
+
+    #[test]
+    fn without_external_cidrs_every_external_peer_is_refused_naming_the_fix() {
+        let local = PrivateKey::generate().public_key();
+        let laptop = PrivateKey::generate().public_key();
+        let text = format!(
+            "cluster_cidrs = [\"10.99.0.0/16\"]\n\
+             [[node]]\nname = \"a\"\npublic_key = \"{local}\"\npod_cidrs = [\"10.99.1.0/24\"]\n\
+             [[external]]\nname = \"laptop\"\npublic_key = \"{laptop}\"\nallowed_ips = [\"10.98.0.2/32\"]\n"
+        );
+        let snapshot = crate::parse_peers_file(&text, "peers.toml").unwrap();
+        let mesh = Mesh::build("a", &local, &[], snapshot, None).unwrap();
+        assert!(mesh.external.is_empty());
+        assert_eq!(mesh.rejected.len(), 1, "{:?}", mesh.rejected);
+        let r = &mesh.rejected[0];
+        assert_eq!(r.reason.kind(), "no_external_cidrs");
+        assert!(r.to_string().contains("--external-cidr"), "{r}");
     }
 }

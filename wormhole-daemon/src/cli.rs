@@ -42,8 +42,9 @@ pub enum Command {
     Pubkey,
     /// Replace the node's private key with a new one and print the new public key.
     RotateKey(RotateKeyArgs),
-    /// Print a wg-quick configuration for an external peer of the peers file (`[[external]]`):
-    /// every node as a `[Peer]` with its endpoint and pod CIDRs.
+    /// Print a wg-quick configuration for an external peer (a peers file's `[[external]]` entry
+    /// with --peers, else a WormholePeer): every node as a `[Peer]` with its endpoint and pod
+    /// CIDRs.
     PeerConfig(PeerConfigArgs),
 }
 
@@ -104,6 +105,16 @@ pub struct RunArgs {
     /// 0: off. (In a peers file: `persistent_keepalive` on the node's entry.)
     #[arg(long, env = "WORMHOLE_PERSISTENT_KEEPALIVE", value_name = "SECONDS")]
     pub persistent_keepalive: Option<u16>,
+    /// With --kubernetes: a range set aside for WormholePeers (machines outside the cluster);
+    /// repeat for more. Their allowed IPs must lie in one; without any, every WormholePeer is
+    /// refused. (With --peers: `external_cidrs` in the peers file.)
+    #[arg(
+        long,
+        env = "WORMHOLE_EXTERNAL_CIDR",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub external_cidr: Vec<IpNet>,
     /// WireGuard interface name [default: wormhole0].
     #[arg(long, env = "WORMHOLE_INTERFACE")]
     pub interface: Option<String>,
@@ -217,11 +228,34 @@ pub enum Output {
 /// `wormhole peer-config`.
 #[derive(Debug, Args)]
 pub struct PeerConfigArgs {
-    /// The external peer's name in the peers file.
+    /// The external peer's name: an `[[external]]` entry of the peers file, or a WormholePeer.
     pub name: String,
-    /// The peers file or directory.
+    /// The peers file or directory. Without it, the cluster's WormholePeers, WormholeNodes and
+    /// Nodes are read from Kubernetes.
     #[arg(long, env = "WORMHOLE_PEERS", value_name = "FILE|DIR")]
-    pub peers: PathBuf,
+    pub peers: Option<PathBuf>,
+    /// Kubeconfig for reading the cluster [default: KUBECONFIG, ~/.kube/config, in a Pod its
+    /// service account].
+    #[arg(long, value_name = "FILE", conflicts_with = "peers")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: the agents' --external-cidr (repeat for more); the WormholePeer is
+    /// checked against them as the agents check it.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR",
+        conflicts_with = "peers"
+    )]
+    pub external_cidr: Vec<IpNet>,
+    /// Kubernetes mode: the agents' --cluster-cidr, if they are given one [default: from
+    /// kubeadm-config, as the agents read it].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR",
+        conflicts_with = "peers"
+    )]
+    pub cluster_cidr: Vec<IpNet>,
     /// Also route this Service CIDR through the first node (e.g. 10.96.0.0/12).
     #[arg(long)]
     pub service_cidr: Option<IpNet>,
@@ -252,6 +286,8 @@ struct FileConfig {
     psk_secret_namespace: Option<String>,
     endpoint: Option<String>,
     persistent_keepalive: Option<u16>,
+    #[serde(default)]
+    external_cidr: Vec<IpNet>,
     interface: Option<String>,
     listen_port: Option<u16>,
     backend: Option<BackendArg>,
@@ -387,6 +423,23 @@ impl RunArgs {
         if psk_secret_given && (self.psk_file.is_some() || file.psk_file.is_some()) {
             return Err("--psk-secret and --psk-file exclude each other: pick one".into());
         }
+        let external_cidrs = if self.external_cidr.is_empty() {
+            file.external_cidr
+        } else {
+            self.external_cidr
+        };
+        if !external_cidrs.is_empty() && !kubernetes {
+            return Err(
+                "--external-cidr goes with --kubernetes (with --peers, list external_cidrs in the peers file)"
+                    .into(),
+            );
+        }
+        if let Some(bad) = external_cidrs.iter().find(|c| c.trunc() != **c) {
+            return Err(format!(
+                "invalid --external-cidr {bad}: host bits set (did you mean {}?)",
+                bad.trunc()
+            ));
+        }
         let peers = self.peers.or(file.peers);
         let source = match (peers, kubernetes) {
             (Some(_), true) => {
@@ -431,6 +484,7 @@ impl RunArgs {
                 if let Some(seconds) = self.persistent_keepalive.or(file.persistent_keepalive) {
                     options = options.persistent_keepalive(seconds);
                 }
+                options = options.external_cidrs(external_cidrs);
                 PeerSourceKind::Kubernetes(options)
             }
             (None, false) => {
@@ -637,6 +691,49 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("--interface"), "{err}");
+    }
+
+    #[test]
+    fn external_cidrs_go_to_the_kubernetes_source_only() {
+        let c = parse(&[
+            "--kubernetes",
+            "--node-name",
+            "a",
+            "--external-cidr",
+            "10.98.0.0/24",
+            "--external-cidr",
+            "fd98::/64",
+        ])
+        .unwrap();
+        let PeerSourceKind::Kubernetes(options) = c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(
+            options.external_cidrs,
+            [
+                "10.98.0.0/24".parse().unwrap(),
+                "fd98::/64".parse().unwrap()
+            ] as [IpNet; 2]
+        );
+        let err = parse(&[
+            "--peers",
+            "p",
+            "--node-name",
+            "a",
+            "--external-cidr",
+            "10.98.0.0/24",
+        ])
+        .unwrap_err();
+        assert!(err.contains("external_cidrs in the peers file"), "{err}");
+        let err = parse(&[
+            "--kubernetes",
+            "--node-name",
+            "a",
+            "--external-cidr",
+            "10.98.0.1/24",
+        ])
+        .unwrap_err();
+        assert!(err.contains("did you mean 10.98.0.0/24"), "{err}");
     }
 
     #[test]

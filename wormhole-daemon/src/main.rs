@@ -126,8 +126,31 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         cli::Command::PeerConfig(args) => {
-            let snapshot = wormhole_core::load_peers_file(&args.peers)?;
-            let text = peer_config::render(snapshot, &args.name, args.service_cidr)
+            let (snapshot, origin) = match &args.peers {
+                Some(path) => (
+                    wormhole_core::load_peers_file(path)?,
+                    peer_config::Origin::File,
+                ),
+                None => {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    let snapshot = runtime
+                        .block_on(wormhole_agent::read_external_peers(
+                            args.kubeconfig.as_deref(),
+                            args.cluster_cidr.clone(),
+                            args.external_cidr.clone(),
+                        ))
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "cannot read the cluster's WormholePeers (or pass --peers FILE): {}",
+                                wormhole_core::ErrorChain(&e)
+                            )
+                        })?;
+                    (snapshot, peer_config::Origin::Kubernetes)
+                }
+            };
+            let text = peer_config::render(snapshot, &args.name, args.service_cidr, origin)
                 .map_err(anyhow::Error::msg)?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)

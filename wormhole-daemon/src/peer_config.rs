@@ -1,35 +1,65 @@
 //! `wormhole peer-config NAME`: a ready wg-quick configuration for an external peer (a machine
-//! outside the cluster listed in the peers file's `[[external]]`), with every node as a
-//! `[Peer]`: its endpoint and pod CIDRs.
+//! outside the cluster: an `[[external]]` entry of the peers file, or in Kubernetes mode a
+//! WormholePeer), with every node as a `[Peer]`: its endpoint and pod CIDRs.
 //!
-//! The peers file is validated as an agent validates it (from the first node's point of view:
-//! every agent accepts the same nodes and external peers), so a configuration is printed only for
-//! an external peer the nodes accept, and only accepted nodes appear in it.
+//! The peers file, or the cluster's Nodes, WormholeNodes and WormholePeers, are validated as an
+//! agent validates them (from the first node's point of view: every agent accepts the same nodes
+//! and external peers), so a configuration is printed only for an external peer the nodes
+//! accept, and only accepted nodes appear in it.
 
 use ipnet::IpNet;
 use wormhole_core::{Mesh, NodeSpec, PublicKey, Snapshot, escape};
 
-/// The configuration of external peer `name` from `snapshot`; `service_cidr`, if given, is
-/// routed through the first node (kube-proxy there forwards to the Service's endpoints).
+/// Where the snapshot came from, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A peers file (`--peers`).
+    File,
+    /// The cluster's Nodes, WormholeNodes and WormholePeers.
+    Kubernetes,
+}
+
+impl Origin {
+    fn what(self) -> &'static str {
+        match self {
+            Origin::File => "the peers file",
+            Origin::Kubernetes => "the cluster",
+        }
+    }
+
+    fn entries(self) -> &'static str {
+        match self {
+            Origin::File => "[[external]] entries",
+            Origin::Kubernetes => "WormholePeers the nodes accept",
+        }
+    }
+}
+
+/// The configuration of external peer `name` from `snapshot` (read from `origin`);
+/// `service_cidr`, if given, is routed through the first node (kube-proxy there forwards to the
+/// Service's endpoints).
 pub fn render(
     snapshot: Snapshot,
     name: &str,
     service_cidr: Option<IpNet>,
+    origin: Origin,
 ) -> Result<String, String> {
+    let what = origin.what();
     // Any node's point of view: validation gives every agent the same nodes and externals.
     let (first_name, first_key) = snapshot
         .nodes
         .iter()
         .find_map(|n| Some((n.name.clone(), n.public_key.parse::<PublicKey>().ok()?)))
-        .ok_or("the peers file lists no node with a valid public key")?;
+        .ok_or_else(|| format!("{what} lists no node with a valid public key"))?;
     let mesh = Mesh::build(&first_name, &first_key, &[], snapshot, None)
-        .map_err(|e| format!("the peers file is not usable: {e}"))?;
+        .map_err(|e| format!("{what} is not usable: {e}"))?;
     let Some(peer) = mesh.external.iter().find(|p| p.name == name) else {
         return Err(match mesh.rejected.iter().find(|r| r.name == name) {
             Some(r) => format!("external peer refused by the nodes: {r}"),
             None => format!(
-                "no external peer named \"{}\" in the peers file ([[external]] entries: {})",
+                "no external peer named \"{}\" in {what} ({}: {})",
                 escape(name),
+                origin.entries(),
                 mesh.external
                     .iter()
                     .map(|p| p.name.as_str())
@@ -106,7 +136,13 @@ mod tests {
     fn a_config_with_every_node() {
         let (text, laptop) = file("");
         let snapshot = parse_peers_file(&text, "peers.toml").unwrap();
-        let conf = render(snapshot, "laptop", Some("10.96.0.0/12".parse().unwrap())).unwrap();
+        let conf = render(
+            snapshot,
+            "laptop",
+            Some("10.96.0.0/12".parse().unwrap()),
+            Origin::File,
+        )
+        .unwrap();
         assert!(conf.contains(&format!("public key is {laptop}")), "{conf}");
         assert!(
             conf.contains(
@@ -136,10 +172,10 @@ mod tests {
             "[[external]]\nname = \"thief\"\npublic_key = \"{thief}\"\nallowed_ips = [\"10.99.1.7/32\"]\n"
         ));
         let snapshot = parse_peers_file(&text, "peers.toml").unwrap();
-        let err = render(snapshot.clone(), "thief", None).unwrap_err();
+        let err = render(snapshot.clone(), "thief", None, Origin::File).unwrap_err();
         assert!(err.contains("external peer refused by the nodes"), "{err}");
         assert!(err.contains("outside the external CIDRs"), "{err}");
-        let err = render(snapshot, "nobody\u{1b}[2J", None).unwrap_err();
+        let err = render(snapshot, "nobody\u{1b}[2J", None, Origin::File).unwrap_err();
         assert!(
             err.contains("no external peer named \"nobody\\u{1b}[2J\""),
             "{err}"

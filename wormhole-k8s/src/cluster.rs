@@ -25,7 +25,11 @@ pub struct ClusterObjects {
     pub nodes: Vec<Node>,
 }
 
-async fn list_all<K>(api: &Api<K>, what: &str, timeout: Duration) -> Result<Vec<K>, Error>
+pub(crate) async fn list_all<K>(
+    api: &Api<K>,
+    what: &str,
+    timeout: Duration,
+) -> Result<Vec<K>, Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {

@@ -174,17 +174,12 @@ mod tests {
 
     #[test]
     fn the_crd_in_deploy_is_generated_from_the_type() {
-        use kube::CustomResourceExt as _;
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crd.yaml");
         let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        let generated = format!(
-            "{}{}",
-            crate::CRD_HEADER,
-            yaml_serde::to_string(&WormholeNode::crd()).unwrap()
-        );
+        let generated = crate::crd_yaml();
         assert!(
             on_disk == generated,
-            "deploy/crd.yaml differs from the WormholeNode type: run\n  cargo run -p wormhole-k8s --example crd > deploy/crd.yaml"
+            "deploy/crd.yaml differs from the WormholeNode and WormholePeer types: run\n  cargo run -p wormhole-k8s --example crd > deploy/crd.yaml"
         );
     }
 

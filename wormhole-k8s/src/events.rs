@@ -46,18 +46,43 @@ pub struct EventSink {
 pub(crate) struct Due {
     /// Identifies the problem for rate limiting.
     pub key: String,
-    /// The Node it is about (`None`: this node).
-    pub regarding: Option<String>,
+    /// The object it is about.
+    pub regarding: Regarding,
     /// The Event's reason (`PeerRejected`, `PublicKeyConflict`, `ReconcileFailing`).
     pub reason: &'static str,
     /// The Event's note; user-controlled text in it is escaped.
     pub note: String,
 }
 
+/// The object an Event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Regarding {
+    /// This node's Node.
+    Local,
+    /// Another Node.
+    Node(String),
+    /// A WormholePeer (an external peer refused by this node).
+    Peer(String),
+}
+
 /// What to say, before rate limiting.
 pub(crate) fn pending(status: &Status, failures_in_a_row: u32, now: SystemTime) -> Vec<Due> {
     let mut out = Vec::new();
     for r in &status.rejected {
+        // A refused WormholePeer: the Event is about it, where its admin looks (`kubectl
+        // describe wormholepeer NAME`). Its name is the object's (the origin is set by the
+        // source, not by the object).
+        if let Some(peer) = r.origin.strip_prefix(crate::peer::ORIGIN_PREFIX)
+            && peer == r.name
+        {
+            out.push(Due {
+                key: format!("peer-rejected/{}/{}", r.name, r.reason.kind()),
+                regarding: Regarding::Peer(r.name.clone()),
+                reason: "PeerRejected",
+                note: format!("{r} (seen by the agent on {})", Escaped(&status.node_name)),
+            });
+            continue;
+        }
         if r.reason == RejectReason::LocalKey {
             // The node is named in our snapshot, so its name is the Node's (validated).
             let (other, local) = (Escaped(&r.name), Escaped(&status.node_name));
@@ -66,7 +91,7 @@ pub(crate) fn pending(status: &Status, failures_in_a_row: u32, now: SystemTime) 
                         copied key file or is compromised";
             out.push(Due {
                 key: format!("key-conflict/{}/here", r.name),
-                regarding: None,
+                regarding: Regarding::Local,
                 reason: "PublicKeyConflict",
                 note: format!(
                     "node {other} publishes the public key of this node ({local}): {rule}"
@@ -74,7 +99,7 @@ pub(crate) fn pending(status: &Status, failures_in_a_row: u32, now: SystemTime) 
             });
             out.push(Due {
                 key: format!("key-conflict/{}/there", r.name),
-                regarding: Some(r.name.clone()),
+                regarding: Regarding::Node(r.name.clone()),
                 reason: "PublicKeyConflict",
                 note: format!(
                     "this node ({other}) publishes the public key of node {local} (seen by the \
@@ -85,7 +110,7 @@ pub(crate) fn pending(status: &Status, failures_in_a_row: u32, now: SystemTime) 
         }
         out.push(Due {
             key: format!("rejected/{}/{}", r.name, r.reason.kind()),
-            regarding: None,
+            regarding: Regarding::Local,
             reason: "PeerRejected",
             note: r.to_string(),
         });
@@ -95,7 +120,7 @@ pub(crate) fn pending(status: &Status, failures_in_a_row: u32, now: SystemTime) 
         // fails): the last good mesh stays in force, and the operator is told why.
         out.push(Due {
             key: format!("mesh-not-applied/{error}"),
-            regarding: None,
+            regarding: Regarding::Local,
             reason: "MeshNotApplied",
             note: format!(
                 "the new mesh was not applied (the last good one stays in force): {}",
@@ -109,7 +134,7 @@ pub(crate) fn pending(status: &Status, failures_in_a_row: u32, now: SystemTime) 
     {
         out.push(Due {
             key: "reconcile".into(),
-            regarding: None,
+            regarding: Regarding::Local,
             reason: "ReconcileFailing",
             note: format!(
                 "{failures_in_a_row} reconcile passes in a row failed: {}",
@@ -144,7 +169,7 @@ fn degraded(status: &Status, now: SystemTime) -> Vec<Due> {
             .collect();
         return vec![Due {
             key: "peers-degraded".into(),
-            regarding: None,
+            regarding: Regarding::Local,
             reason: "PeersDegraded",
             note: format!(
                 "{} peers of this node ({local}) are degraded ({}), among them {}: run `wormhole status` on this node and `wormhole status --cluster` to see which pairs",
@@ -157,7 +182,7 @@ fn degraded(status: &Status, now: SystemTime) -> Vec<Due> {
     bad.into_iter()
         .map(|(name, state)| Due {
             key: format!("degraded/{name}/{}", state.as_str()),
-            regarding: None,
+            regarding: Regarding::Local,
             reason: "PeerDegraded",
             note: format!(
                 "the path from this node ({local}) to peer {} is {state}: {}",
@@ -232,11 +257,20 @@ impl EventSink {
             };
             let other;
             let regarding = match &due.regarding {
-                None => &self.node,
-                Some(name) => {
+                Regarding::Local => &self.node,
+                Regarding::Node(name) => {
                     other = ObjectReference {
                         name: Some(name.clone()),
                         ..self.node.clone()
+                    };
+                    &other
+                }
+                Regarding::Peer(name) => {
+                    other = ObjectReference {
+                        api_version: Some(format!("{}/v1alpha1", crate::GROUP)),
+                        kind: Some("WormholePeer".into()),
+                        name: Some(name.clone()),
+                        ..Default::default()
                     };
                     &other
                 }
@@ -283,12 +317,43 @@ mod tests {
         let due = pending(&status, 1, SystemTime::now());
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].reason, "PeerRejected");
-        assert_eq!(due[0].regarding, None);
+        assert_eq!(due[0].regarding, Regarding::Local);
         assert!(due[0].note.contains("malformed public key"));
         let due = pending(&status, PERSISTENT_FAILURES, SystemTime::now());
         assert_eq!(due[1].reason, "ReconcileFailing");
         status.rejected.clear();
         assert!(pending(&status, 0, SystemTime::now()).is_empty());
+    }
+
+    #[test]
+    fn a_refused_wormhole_peer_is_an_event_about_it() {
+        let mut status = Status::default();
+        status.node_name = "n1".into();
+        status.rejected = vec![
+            Rejection {
+                name: "laptop".into(),
+                origin: "WormholePeer/laptop".into(),
+                reason: RejectReason::NoExternalCidrs,
+            },
+            // A node's entry is still about this Node.
+            Rejection {
+                name: "n2".into(),
+                origin: "WormholeNode/n2".into(),
+                reason: RejectReason::MalformedKey(KeyError::Base64),
+            },
+        ];
+        let due = pending(&status, 0, SystemTime::now());
+        assert_eq!(due.len(), 2, "{due:?}");
+        assert_eq!(due[0].regarding, Regarding::Peer("laptop".into()));
+        assert_eq!(due[0].reason, "PeerRejected");
+        assert_eq!(due[0].key, "peer-rejected/laptop/no_external_cidrs");
+        assert!(due[0].note.contains("--external-cidr"), "{}", due[0].note);
+        assert!(
+            due[0].note.contains("seen by the agent on n1"),
+            "{}",
+            due[0].note
+        );
+        assert_eq!(due[1].regarding, Regarding::Local);
     }
 
     #[test]

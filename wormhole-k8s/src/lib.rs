@@ -2,8 +2,11 @@
 //!
 //! - [`WormholeNode`]: a cluster-scoped object per node, named after it and owned by it,
 //!   holding only what the agent may claim: its public key and endpoint.
+//! - [`WormholePeer`]: a cluster-scoped object per machine outside the cluster (a laptop, a CI
+//!   runner), created by admins only: its key, allowed IPs (inside the agents'
+//!   `--external-cidr`) and optional endpoint. Every agent adds it as an external peer.
 //! - [`KubePeerSource`]: a [`PeerSource`](wormhole_core::PeerSource) over reflectors of
-//!   Nodes and WormholeNodes. **Allowed IPs come only from `Node.spec.podCIDRs`** (written by the
+//!   Nodes, WormholeNodes and WormholePeers. **Allowed IPs come only from `Node.spec.podCIDRs`** (written by the
 //!   controller manager's IPAM): a WormholeNode cannot add CIDRs.
 //! - [`Publisher`]: server-side applies this node's WormholeNode (on change only).
 //! - [`SecretKeyStore`]: the cluster secret for pre-shared keys from a Kubernetes Secret.
@@ -20,8 +23,9 @@
 //! waits on the API once the PSK is known, and nothing the agent needs to start comes only from
 //! the API: the PSK, cluster CIDRs and the last mesh are saved under `/var/lib/wormhole`.
 //!
-//! Manifests live in `deploy/`; `deploy/crd.yaml` is generated from [`WormholeNode`]
-//! (`cargo run -p wormhole-k8s --example crd > deploy/crd.yaml`) and a test fails when it differs.
+//! Manifests live in `deploy/`; `deploy/crd.yaml` is generated from [`WormholeNode`] and
+//! [`WormholePeer`] ([`crd_yaml`]: `cargo run -p wormhole-k8s --example crd > deploy/crd.yaml`)
+//! and a test fails when it differs.
 
 use std::future::Future;
 use std::time::Duration;
@@ -30,6 +34,7 @@ mod cluster;
 mod crd;
 mod events;
 mod keys;
+mod peer;
 mod publisher;
 mod source;
 mod state;
@@ -46,9 +51,12 @@ pub use crd::{
 };
 pub use events::EventSink;
 pub use keys::{PSK_FILE, PskError, SecretKeyStore, parse_psk};
+pub use peer::{
+    MAX_ALLOWED_IPS, MAX_CIDR, PEER_PLURAL, WormholePeer, WormholePeerSpec, read_external,
+};
 pub use publisher::{PublishedEndpoint, Publisher, internal_ip, published_state};
 pub use source::{KubePeerSource, detect_cluster_cidrs, pod_subnets};
-pub use state::{STATE_FILE, SavedNode, SavedState, StateStore};
+pub use state::{STATE_FILE, SavedExternal, SavedNode, SavedState, StateStore};
 
 /// The API group of our custom resource.
 pub const GROUP: &str = "wormhole.dev";
@@ -57,7 +65,19 @@ pub const FIELD_MANAGER: &str = "wormhole-agent";
 /// The key of the cluster secret in the PSK Secret's data.
 pub const PSK_SECRET_KEY: &str = "psk";
 /// The first line of `deploy/crd.yaml`.
-pub const CRD_HEADER: &str = "# Generated from wormhole-k8s/src/crd.rs: cargo run -p wormhole-k8s --example crd > deploy/crd.yaml\n";
+pub const CRD_HEADER: &str = "# Generated from wormhole-k8s/src/crd.rs and peer.rs: cargo run -p wormhole-k8s --example crd > deploy/crd.yaml\n";
+/// `deploy/crd.yaml`: [`CRD_HEADER`], then the WormholeNode and WormholePeer CRDs as YAML
+/// documents.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt as _;
+    let yaml = |crd| yaml_serde::to_string(&crd).expect("a CRD serializes");
+    format!(
+        "{CRD_HEADER}{}---\n{}",
+        yaml(WormholeNode::crd()),
+        yaml(WormholePeer::crd())
+    )
+}
+
 /// The controller name on Events.
 pub const EVENT_REPORTER: &str = "wormhole";
 /// The deadline of every single request to the API server (get, apply, delete, Event).

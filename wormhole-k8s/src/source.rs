@@ -40,6 +40,7 @@ use wormhole_core::{PeerSource, PublicKey};
 
 use crate::KubeadmConfigError;
 use crate::crd::{WormholeNode, WormholeNodeStatus};
+use crate::peer::{WormholePeer, external_entries, slim_peer};
 use crate::state::StateStore;
 use crate::{API_TIMEOUT, Error, call};
 
@@ -56,7 +57,7 @@ pub(crate) fn pod_cidrs(node: &Node) -> Vec<String> {
 
 /// Whether `wh` is owned by `node` (same UID): a leftover of a deleted Node with the same name
 /// is not.
-fn owned_by(wh: &WormholeNode, node: &Node) -> bool {
+pub(crate) fn owned_by(wh: &WormholeNode, node: &Node) -> bool {
     let uid = node.metadata.uid.as_deref();
     wh.owner_references()
         .iter()
@@ -67,7 +68,7 @@ fn owned_by(wh: &WormholeNode, node: &Node) -> bool {
 /// second resolution), both set by the API server. Objects without them (never the case on a
 /// real server) come last.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Claim {
+pub(crate) struct Claim {
     unknown: bool,
     created: Option<Time>,
     uid: String,
@@ -83,7 +84,7 @@ impl Default for Claim {
     }
 }
 
-fn claim(wh: &WormholeNode) -> Claim {
+pub(crate) fn claim(wh: &WormholeNode) -> Claim {
     match &wh.metadata.creation_timestamp {
         Some(created) => Claim {
             unknown: false,
@@ -367,6 +368,12 @@ pub struct KubePeerSource {
     client: Client,
     nodes: Store<Node>,
     wormholes: Store<WormholeNode>,
+    /// WormholePeers: external peers, see [`crate::peer`].
+    peers: Store<WormholePeer>,
+    /// The WormholePeer watch failed before its first listing (say, the CRD is not installed):
+    /// the mesh goes on without external peers rather than waiting for them.
+    peers_failed: Arc<std::sync::atomic::AtomicBool>,
+    external_cidrs: Vec<IpNet>,
     changes: Changes,
     local: String,
     local_key: PublicKey,
@@ -413,11 +420,18 @@ impl KubePeerSource {
         .modify(slim_wormhole)
         .reflect(wh_writer)
         .map(|e| e.map(drop));
+        let (peers, peer_changes, peers_failed) = watch_peers(&client);
         KubePeerSource {
             client,
             nodes,
             wormholes,
-            changes: Box::pin(futures::stream::select(node_changes, wh_changes)),
+            peers,
+            peers_failed,
+            external_cidrs: Vec::new(),
+            changes: Box::pin(futures::stream::select(
+                futures::stream::select(node_changes, wh_changes),
+                peer_changes,
+            )),
             local: local.to_owned(),
             local_key,
             cluster_cidrs,
@@ -432,6 +446,13 @@ impl KubePeerSource {
             warned: false,
             outage: false,
         }
+    }
+
+    /// The ranges WormholePeers' allowed IPs must lie in (`--external-cidr`); without any, every
+    /// WormholePeer is refused (reason `no_external_cidrs`).
+    pub fn with_external_cidrs(mut self, cidrs: Vec<IpNet>) -> Self {
+        self.external_cidrs = cidrs;
+        self
     }
 
     /// How long to gather changes before building a snapshot (default 25 ms).
@@ -457,7 +478,8 @@ impl KubePeerSource {
 
     /// Yields the saved snapshot (once), saying why.
     fn use_saved(&mut self, why: &str) -> Option<Snapshot> {
-        let saved = self.saved.take()?;
+        let mut saved = self.saved.take()?;
+        saved.external_cidrs = self.external_cidrs.clone();
         let path = self.state.as_ref().map(|s| s.path().display().to_string());
         tracing::warn!(nodes = saved.nodes.len(), path = ?path,
             "{why}: applying the mesh saved at the last change until it answers");
@@ -500,8 +522,13 @@ impl KubePeerSource {
         };
         // One copy of the nodes, moved into the state (a snapshot clone would be two).
         let nodes = crate::state::saved_nodes(snapshot);
+        let external = crate::state::saved_external(snapshot);
         tokio::spawn(async move {
-            if let Err(e) = state.save(move |s| s.set_nodes(nodes)).await {
+            let save = move |s: &mut crate::state::SavedState| {
+                s.set_nodes(nodes);
+                s.external = external;
+            };
+            if let Err(e) = state.save(save).await {
                 tracing::warn!(error = %ErrorChain(&e), "cannot save the mesh for restarts without the API server");
             }
         });
@@ -517,13 +544,74 @@ impl KubePeerSource {
             .wait_until_ready()
             .now_or_never()
             .is_some_and(|r| r.is_ok());
-        nodes
-            && self
-                .wormholes
+        let ready = |store: &Store<_>| {
+            store
                 .wait_until_ready()
                 .now_or_never()
                 .is_some_and(|r| r.is_ok())
+        };
+        nodes
+            && ready(&self.wormholes)
+            && (self
+                .peers
+                .wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
+                || self.peers_failed.load(std::sync::atomic::Ordering::Relaxed))
     }
+}
+
+/// The WormholePeer reflector. Its failures are logged here (the first at warn, the next at
+/// debug until it lists again) and do not count as an API outage: a cluster without the
+/// WormholePeer CRD (an agent upgraded before `deploy/crd.yaml`) keeps its mesh of nodes, and the
+/// watch keeps retrying, so the peers appear once the CRD is applied.
+fn watch_peers(
+    client: &Client,
+) -> (
+    Store<WormholePeer>,
+    Changes,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let (store, writer) = reflector::store();
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = failed.clone();
+    let listed = store.clone();
+    let changes = watcher(
+        Api::<WormholePeer>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .backoff(Retry::new())
+    .modify(slim_peer)
+    .reflect(writer)
+    .filter_map(move |e| {
+        futures::future::ready(match e {
+            Ok(watcher::Event::InitDone) | Ok(watcher::Event::Apply(_)) | Ok(watcher::Event::Delete(_)) => {
+                if flag.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the WormholePeer watch works again");
+                }
+                Some(Ok(()))
+            }
+            Ok(_) => Some(Ok(())),
+            Err(e) => {
+                if flag.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %ErrorChain(&e), "WormholePeer watch failed again; retrying");
+                    None
+                } else {
+                    tracing::warn!(error = %ErrorChain(&e), "cannot watch WormholePeers (is the WormholePeer CRD of deploy/crd.yaml applied?): going on without external peers, retrying every 0.25-2 s");
+                    // A first failure before the first listing wakes the source: the mesh is
+                    // yielded without the peers. Later (an outage), the node watches report it.
+                    use futures::FutureExt as _;
+                    let ready = listed
+                        .wait_until_ready()
+                        .now_or_never()
+                        .is_some_and(|r| r.is_ok());
+                    (!ready).then_some(Ok(()))
+                }
+            }
+        })
+    });
+    (store, Box::pin(changes), failed)
 }
 
 /// How often the API server is asked whether it answers again after a watch failure: this,
@@ -639,7 +727,12 @@ impl PeerSource for KubePeerSource {
                 &self.local,
                 &self.local_key,
                 &self.cluster_cidrs,
-            );
+            )
+            .map(|mut s| {
+                s.external = external_entries(&self.peers.state());
+                s.external_cidrs = self.external_cidrs.clone();
+                s
+            });
             match snapshot {
                 Err(e) if !self.failed => {
                     self.failed = true;

@@ -46,6 +46,32 @@ pub struct SavedState {
     /// When the snapshot was saved, in seconds since the Unix epoch.
     #[serde(default)]
     pub saved_at: Option<u64>,
+    /// The last snapshot's external peers (WormholePeers), so that a restart without the API
+    /// server keeps them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<SavedExternal>,
+}
+
+/// One external peer (WormholePeer) of the saved snapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedExternal {
+    /// The WormholePeer's name.
+    pub name: String,
+    /// Public key, base64, as given.
+    pub public_key: String,
+    /// Endpoint as given.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Allowed IPs as given.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    /// Persistent keepalive in seconds.
+    #[serde(default)]
+    pub persistent_keepalive: Option<u16>,
+    /// `WormholePeer/NAME`.
+    #[serde(default)]
+    pub origin: String,
 }
 
 /// One node of the saved snapshot.
@@ -92,6 +118,18 @@ impl SavedState {
                 origin: n.origin.clone(),
             })
             .collect();
+        let external = self
+            .external
+            .iter()
+            .map(|p| NodeEntry {
+                name: p.name.clone(),
+                public_key: p.public_key.clone(),
+                endpoint: p.endpoint.clone(),
+                pod_cidrs: p.allowed_ips.clone(),
+                persistent_keepalive: p.persistent_keepalive,
+                origin: p.origin.clone(),
+            })
+            .collect();
         let observed_endpoints = self
             .nodes
             .iter()
@@ -102,14 +140,16 @@ impl SavedState {
             nodes,
             rejected: Vec::new(),
             oldest_first: true,
+            external,
             observed_endpoints,
             ..Snapshot::default()
         })
     }
 
-    /// Replaces the saved nodes with `snapshot`'s, stamped now.
+    /// Replaces the saved nodes and external peers with `snapshot`'s, stamped now.
     pub fn set_snapshot(&mut self, snapshot: &Snapshot) {
         self.set_nodes(saved_nodes(snapshot));
+        self.external = saved_external(snapshot);
     }
 
     /// Replaces the saved nodes with `nodes` (from [`saved_nodes`]), stamped now.
@@ -125,7 +165,13 @@ impl SavedState {
     fn fingerprint(&self) -> u64 {
         use std::hash::{Hash as _, Hasher as _};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&self.cluster_cidrs, &self.node_ip, &self.nodes).hash(&mut hasher);
+        (
+            &self.cluster_cidrs,
+            &self.node_ip,
+            &self.nodes,
+            &self.external,
+        )
+            .hash(&mut hasher);
         hasher.finish()
     }
 }
@@ -148,6 +194,21 @@ pub(crate) fn saved_nodes(snapshot: &Snapshot) -> Vec<SavedNode> {
         .collect()
 }
 
+/// `snapshot`'s external peers as they are saved.
+pub(crate) fn saved_external(snapshot: &Snapshot) -> Vec<SavedExternal> {
+    snapshot
+        .external
+        .iter()
+        .map(|p| SavedExternal {
+            name: p.name.clone(),
+            public_key: p.public_key.clone(),
+            endpoint: p.endpoint.clone(),
+            allowed_ips: p.pod_cidrs.clone(),
+            persistent_keepalive: p.persistent_keepalive,
+            origin: p.origin.clone(),
+        })
+        .collect()
+}
 
 /// The state file and what it holds, shared by the parts of the agent that save to it.
 #[derive(Clone)]
@@ -314,6 +375,14 @@ mod tests {
             ],
             rejected: vec![],
             oldest_first: true,
+            external: vec![NodeEntry {
+                name: "laptop".into(),
+                public_key: "kl".into(),
+                endpoint: Some("192.168.77.150:51820".into()),
+                pod_cidrs: vec!["10.98.0.2/32".into()],
+                persistent_keepalive: Some(25),
+                origin: "WormholePeer/laptop".into(),
+            }],
             ..Snapshot::default()
         }
     }
@@ -347,6 +416,7 @@ mod tests {
         assert!(restored.oldest_first);
         assert_eq!(restored.cluster_cidrs, cidrs);
         assert_eq!(restored.nodes, snapshot().nodes);
+        assert_eq!(restored.external, snapshot().external, "external peers too");
     }
 
     #[tokio::test]

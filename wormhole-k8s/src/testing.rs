@@ -2,7 +2,7 @@
 //! spoken to by the real `kube` client, its watcher and its backoff.
 //!
 //! It implements exactly what Wormhole uses: list (with `limit`/`continue` paging) and chunked
-//! watch of Nodes and WormholeNodes with resourceVersions, `410 Gone` for versions older than the
+//! watch of Nodes, WormholeNodes and WormholePeers with resourceVersions, `410 Gone` for versions older than the
 //! last [`FakeApi::compact`], get, server-side apply of WormholeNodes and their status, Secret and
 //! ConfigMap get, Event create/patch, and ownerReference garbage collection when a Node is
 //! deleted. [`FakeApi::stop`] and [`FakeApi::start`] simulate an API server restart,
@@ -23,13 +23,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-/// The two watched kinds.
+/// The watched kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     /// `v1` Node.
     Node,
     /// `wormhole.dev/v1alpha1` WormholeNode.
     Wormhole,
+    /// `wormhole.dev/v1alpha1` WormholePeer (written by admins: [`FakeApi::put_peer`]).
+    Peer,
 }
 
 /// A request the server received (for asserting request shapes).
@@ -67,6 +69,8 @@ pub struct FakeApi {
     server: Mutex<Option<JoinHandle<()>>>,
     stop: Mutex<Option<broadcast::Sender<()>>>,
     hanging: std::sync::atomic::AtomicBool,
+    /// WormholePeers are not served (their CRD is not installed): 404.
+    peers_missing: std::sync::atomic::AtomicBool,
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -146,6 +150,7 @@ impl FakeApi {
             server: Mutex::new(None),
             stop: Mutex::new(None),
             hanging: Default::default(),
+            peers_missing: Default::default(),
         });
         api.serve(listener);
         api
@@ -222,6 +227,20 @@ impl FakeApi {
     pub fn hang(&self, hanging: bool) {
         self.hanging
             .store(hanging, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Serves WormholePeers (the default), or answers 404 for them as a server without their
+    /// CRD does.
+    pub fn serve_peers(&self, on: bool) {
+        self.peers_missing
+            .store(!on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The kind at `path`, if served.
+    fn served(&self, path: &str) -> Option<(Kind, Option<String>, bool)> {
+        let (kind, name, sub) = Self::kind_of(path)?;
+        let missing = self.peers_missing.load(std::sync::atomic::Ordering::SeqCst);
+        (kind != Kind::Peer || !missing).then(|| (kind, name.map(str::to_owned), sub))
     }
 
     /// Brings a stopped server back on the same address.
@@ -351,6 +370,35 @@ impl FakeApi {
         self.record(&mut s, Kind::Wormhole, name, event, object);
     }
 
+    /// Creates or replaces a WormholePeer (what an admin's `kubectl apply` does), as given.
+    pub fn put_peer(&self, name: &str, spec: Value) {
+        let mut s = self.state.lock().unwrap();
+        let existing = s.objects.get(&(Kind::Peer, name.to_owned())).cloned();
+        let uid = match &existing {
+            Some(o) => o["metadata"]["uid"].clone(),
+            None => json!(Self::uid(&mut s)),
+        };
+        let object = json!({
+            "apiVersion": "wormhole.dev/v1alpha1", "kind": "WormholePeer",
+            "metadata": {"name": name, "uid": uid, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": spec,
+        });
+        let event = if existing.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.record(&mut s, Kind::Peer, name, event, object);
+    }
+
+    /// Deletes a WormholePeer (an admin's `kubectl delete`).
+    pub fn delete_peer(&self, name: &str) {
+        let mut s = self.state.lock().unwrap();
+        if let Some(object) = s.objects.get(&(Kind::Peer, name.to_owned())).cloned() {
+            self.record(&mut s, Kind::Peer, name, "DELETED", object);
+        }
+    }
+
     /// An object as stored.
     pub fn get(&self, kind: Kind, name: &str) -> Option<Value> {
         self.state
@@ -464,6 +512,8 @@ impl FakeApi {
             (Kind::Node, rest)
         } else if let Some(rest) = path.strip_prefix("/apis/wormhole.dev/v1alpha1/wormholenodes") {
             (Kind::Wormhole, rest)
+        } else if let Some(rest) = path.strip_prefix("/apis/wormhole.dev/v1alpha1/wormholepeers") {
+            (Kind::Peer, rest)
         } else {
             return None;
         };
@@ -479,8 +529,8 @@ impl FakeApi {
     fn handle(&self, method: &str, target: &str, content_type: &str, body: &str) -> (u16, Value) {
         let path = target.split('?').next().unwrap_or("");
         let mut s = self.state.lock().unwrap();
-        if let Some((kind, name, status_sub)) = Self::kind_of(path) {
-            return match (method, name) {
+        if let Some((kind, name, status_sub)) = self.served(path) {
+            return match (method, name.as_deref()) {
                 ("GET", None) => {
                     let items: Vec<Value> = s
                         .objects
@@ -499,10 +549,10 @@ impl FakeApi {
                     if start + page.len() < items.len() {
                         metadata["continue"] = json!((start + page.len()).to_string());
                     }
-                    let list_kind = if kind == Kind::Node {
-                        "NodeList"
-                    } else {
-                        "WormholeNodeList"
+                    let list_kind = match kind {
+                        Kind::Node => "NodeList",
+                        Kind::Wormhole => "WormholeNodeList",
+                        Kind::Peer => "WormholePeerList",
                     };
                     (
                         200,
@@ -669,7 +719,7 @@ impl FakeApi {
 
     async fn watch(&self, target: &str, write: &mut tokio::net::tcp::OwnedWriteHalf) {
         let path = target.split('?').next().unwrap_or("");
-        let Some((kind, None, _)) = Self::kind_of(path) else {
+        let Some((kind, None, _)) = self.served(path) else {
             return;
         };
         let since: u64 = query(target, "resourceVersion")

@@ -13,11 +13,11 @@ use crate::harness::{
 };
 
 /// The fake API server's address on the underlay bridge.
-const API: &str = "192.168.77.254:6443";
+pub(crate) const API: &str = "192.168.77.254:6443";
 
 /// The API server on a host of its own on the underlay (192.168.77.254), with one Node per
 /// cluster node. Returns its namespace, the runtime serving it, and the server.
-fn api_for(cluster: &Cluster) -> (Netns, tokio::runtime::Runtime, Arc<FakeApi>) {
+pub(crate) fn api_for(cluster: &Cluster) -> (Netns, tokio::runtime::Runtime, Arc<FakeApi>) {
     let ns = Netns::new(format!("{}api", cluster.prefix));
     ns.plug(
         &cluster.underlay,
@@ -45,7 +45,7 @@ fn api_for(cluster: &Cluster) -> (Netns, tokio::runtime::Runtime, Arc<FakeApi>) 
 }
 
 /// `wormhole run --kubernetes` arguments for node `i`.
-fn kube_args(cluster: &Cluster, i: usize, kubeconfig: &std::path::Path) -> Vec<String> {
+pub(crate) fn kube_args(cluster: &Cluster, i: usize, kubeconfig: &std::path::Path) -> Vec<String> {
     let node = cluster.node(i);
     [
         "run",
@@ -72,7 +72,7 @@ fn kube_args(cluster: &Cluster, i: usize, kubeconfig: &std::path::Path) -> Vec<S
 }
 
 /// The peers' names a node's `wormhole status` lists as accepted (not rejected).
-fn accepted(cluster: &Cluster, i: usize) -> Vec<String> {
+pub(crate) fn accepted(cluster: &Cluster, i: usize) -> Vec<String> {
     let status = cluster.node(i).status_json();
     let mut names: Vec<String> = status["peers"]
         .as_array()

@@ -15,6 +15,7 @@ mod harness;
 mod health;
 mod hostile;
 mod kubernetes;
+mod kubernetes_external;
 mod measure;
 mod mesh;
 mod nat;

@@ -3,5 +3,6 @@
 
 mod manifests;
 mod outage;
+mod peers;
 mod publisher;
 mod source;

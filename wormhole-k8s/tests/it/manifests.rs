@@ -79,10 +79,14 @@ fn every_manifest_parses_and_each_kind_is_there() {
     assert_eq!(m.daemonsets.len(), 1);
     assert_eq!(m.policies.len(), 1);
     assert_eq!(m.policy_bindings.len(), 1);
-    assert_eq!(m.crds.len(), 1);
+    let crds: Vec<_> = m
+        .crds
+        .iter()
+        .map(|c| c.metadata.name.as_deref().unwrap())
+        .collect();
     assert_eq!(
-        m.crds[0].metadata.name.as_deref(),
-        Some("wormholenodes.wormhole.dev")
+        crds,
+        ["wormholenodes.wormhole.dev", "wormholepeers.wormhole.dev"]
     );
 }
 
@@ -148,10 +152,31 @@ fn rbac_has_no_unused_verbs_and_events_only_in_default() {
         wormholenodes("wormholenodes"),
         ["get", "list", "watch", "create", "patch", "delete"]
     );
+    // WormholePeers are written by admins only: an agent reads them and nothing more (no
+    // status either), so a compromised node cannot let a machine of its own into the mesh.
+    assert_eq!(wormholenodes("wormholepeers"), ["get", "list", "watch"]);
     for rule in cluster_rules
         .iter()
         .chain(m.roles.iter().flat_map(|r| r.rules.iter().flatten()))
     {
+        if rule
+            .resources
+            .iter()
+            .flatten()
+            .any(|r| r.starts_with("wormholepeers"))
+        {
+            assert_eq!(
+                rule.resources.as_deref(),
+                Some(&["wormholepeers".to_owned()][..]),
+                "no WormholePeer subresource for agents: {rule:?}"
+            );
+            assert!(
+                rule.verbs
+                    .iter()
+                    .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                "an agent may only read WormholePeers: {rule:?}"
+            );
+        }
         if rule.verbs.iter().any(|v| v == "delete") {
             assert_eq!(
                 rule.resources.as_deref(),

@@ -187,16 +187,25 @@ async fn a_source_started_while_the_api_server_is_down_yields_the_saved_mesh() {
     api.put_node("local", &["10.99.1.0/24"], "192.168.77.1");
     api.put_node("a", &["10.99.2.0/24"], "192.168.77.2");
     publish(&api, "a", &PrivateKey::generate().public_key(), 2);
+    // An external peer is saved and restored too.
+    api.put_peer(
+        "laptop",
+        json!({"publicKey": PrivateKey::generate().public_key().to_base64(),
+               "allowedIPs": ["10.98.0.2/32"], "persistentKeepalive": 25}),
+    );
+    let external: Vec<ipnet::IpNet> = vec!["10.98.0.0/24".parse().unwrap()];
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(STATE_FILE);
 
     let mut source = KubePeerSource::new(api.client(), "local", me, cluster())
+        .with_external_cidrs(external.clone())
         .with_state(StateStore::open(&path));
     let live = tokio::time::timeout(Duration::from_secs(10), source.next())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(names(&live), ["a", "local"]);
+    assert_eq!(live.external.len(), 1);
     // Saved in the background.
     let mut saved = StateStore::open(&path).saved();
     for _ in 0..200 {
@@ -206,7 +215,9 @@ async fn a_source_started_while_the_api_server_is_down_yields_the_saved_mesh() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         saved = StateStore::open(&path).saved();
     }
-    assert_eq!(saved.snapshot(&cluster()).as_ref(), Some(&live));
+    let mut restored = saved.snapshot(&cluster()).unwrap();
+    restored.external_cidrs = external.clone();
+    assert_eq!(restored, live);
     drop(source);
 
     // The API server goes down; meanwhile node b joins.
@@ -216,7 +227,8 @@ async fn a_source_started_while_the_api_server_is_down_yields_the_saved_mesh() {
 
     let started = Instant::now();
     let mut restarted = KubePeerSource::new(api.client(), "local", me, cluster())
-        .with_state(StateStore::open(&path));
+        .with_state(StateStore::open(&path))
+        .with_external_cidrs(external.clone());
     let first = tokio::time::timeout(Duration::from_secs(10), restarted.next())
         .await
         .expect("no snapshot while the API server is down")
