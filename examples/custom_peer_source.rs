@@ -97,6 +97,7 @@ fn parse(body: &str, url: &str) -> Snapshot {
                     field: "line".into(),
                     reason: format!("expected 4 fields, found {}", fields.len()),
                 },
+                external: false,
             }),
         }
     }

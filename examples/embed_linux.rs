@@ -73,6 +73,7 @@ fn stdin_peers() -> impl Stream<Item = Result<Snapshot, std::io::Error>> {
                         field: "line".into(),
                         reason: format!("expected 4 fields, found {}", fields.len()),
                     },
+                    external: false,
                 }),
             }
         }

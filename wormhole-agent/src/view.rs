@@ -119,7 +119,7 @@ impl StatusView {
             tx_bytes: 0,
             state: format!("rejected: {}", r.reason),
             hint: None,
-            external: false,
+            external: r.external,
             rtt_ms: None,
             last_rtt_ms: None,
             probe_loss: None,

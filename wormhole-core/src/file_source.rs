@@ -58,6 +58,7 @@ fn node_entry(table: &toml::Table, origin: String, external: bool) -> Result<Nod
             field: field.to_owned(),
             reason,
         },
+        external,
     };
     let string = |field: &str, required: bool| -> Result<Option<String>, Rejection> {
         match table.get(field) {

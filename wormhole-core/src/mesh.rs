@@ -141,6 +141,9 @@ pub struct Rejection {
     pub origin: String,
     /// Why it was refused.
     pub reason: RejectReason,
+    /// The entry was an external peer (a machine outside the cluster), not a node: no pair of
+    /// the mesh, so no cell of the cluster matrix.
+    pub external: bool,
 }
 
 impl fmt::Display for Rejection {
@@ -750,6 +753,7 @@ impl Mesh {
                     name: entry.name.clone(),
                     origin: entry.origin.clone(),
                     reason,
+                    external: true,
                 }),
             }
         }
@@ -848,6 +852,7 @@ impl Mesh {
                 name: local_entry.name.clone(),
                 origin: local_entry.origin.clone(),
                 reason: RejectReason::StaleLocalKey { ours: *local_key },
+                external: false,
             });
         }
         let local = NodeSpec {
@@ -903,6 +908,7 @@ impl Mesh {
                 name: entry.name.clone(),
                 origin: entry.origin.clone(),
                 reason,
+                external: false,
             };
             if entry.name == local_name {
                 rejected.push(reject(RejectReason::DuplicateName {
@@ -1005,6 +1011,7 @@ impl Mesh {
                     name: entry.name.clone(),
                     origin: entry.origin.clone(),
                     reason,
+                    external: false,
                 }),
             }
         }
@@ -1276,6 +1283,7 @@ mod tests {
                     field: hostile.into(),
                     reason: hostile.into(),
                 },
+                external: false,
             },
             Rejection {
                 name: hostile.into(),
@@ -1283,6 +1291,7 @@ mod tests {
                 reason: RejectReason::DuplicateName {
                     other: hostile.into(),
                 },
+                external: false,
             },
         ]
         .map(|r| r.to_string());

@@ -46,10 +46,17 @@ pub fn render(
 ) -> Result<String, String> {
     let what = origin.what();
     // Any node's point of view: validation gives every agent the same nodes and externals.
+    // One with an endpoint of its own if there is one: a node behind NAT gets the endpoint
+    // other nodes observe for it only as a peer.
+    let with_key = |n: &wormhole_core::NodeEntry| {
+        Some((n.name.clone(), n.public_key.parse::<PublicKey>().ok()?))
+    };
     let (first_name, first_key) = snapshot
         .nodes
         .iter()
-        .find_map(|n| Some((n.name.clone(), n.public_key.parse::<PublicKey>().ok()?)))
+        .filter(|n| n.endpoint.is_some())
+        .find_map(with_key)
+        .or_else(|| snapshot.nodes.iter().find_map(with_key))
         .ok_or_else(|| format!("{what} lists no node with a valid public key"))?;
     let mesh = Mesh::build(&first_name, &first_key, &[], snapshot, None)
         .map_err(|e| format!("{what} is not usable: {e}"))?;
@@ -101,8 +108,15 @@ pub fn render(
             node.public_key,
             list(&allowed)
         );
-        if let Some(endpoint) = node.endpoint {
-            out += &format!("Endpoint = {endpoint}\n");
+        match (node.endpoint, node.observed_endpoint) {
+            (Some(endpoint), _) => out += &format!("Endpoint = {endpoint}\n"),
+            // Behind NAT: where the other nodes see it (Kubernetes mode); its NAT lets the
+            // laptop in only once the node has sent to the laptop too (its keepalive does when
+            // the laptop has an endpoint).
+            (None, Some(seen)) => {
+                out += &format!("# behind NAT: where the other nodes see it\nEndpoint = {seen}\n");
+            }
+            (None, None) => {}
         }
         if let Some(seconds) = peer.persistent_keepalive {
             out += &format!("PersistentKeepalive = {seconds}\n");
@@ -162,6 +176,25 @@ mod tests {
         assert!(
             !conf.contains("ListenPort"),
             "no endpoint, no fixed port: {conf}"
+        );
+    }
+
+    #[test]
+    fn a_node_behind_nat_gets_the_endpoint_its_peers_observe() {
+        let (text, _) = file("");
+        let mut snapshot = parse_peers_file(&text, "peers.toml").unwrap();
+        let b = snapshot.nodes.iter_mut().find(|n| n.name == "b").unwrap();
+        b.endpoint = None;
+        snapshot
+            .observed_endpoints
+            .insert("b".into(), "203.0.113.7:4500".into());
+        let conf = render(snapshot, "laptop", None, Origin::File).unwrap();
+        assert!(
+            conf.contains(
+                "AllowedIPs = 10.99.2.0/24\n# behind NAT: where the other nodes see it\n\
+                 Endpoint = 203.0.113.7:4500\n"
+            ),
+            "{conf}"
         );
     }
 

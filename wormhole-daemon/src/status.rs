@@ -413,6 +413,7 @@ mod tests {
                 name: "bad".into(),
                 origin: "peers.toml:9 node[2]".into(),
                 reason: RejectReason::MalformedKey(KeyError::Base64),
+                external: false,
             }];
             v
         };

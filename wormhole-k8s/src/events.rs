@@ -307,6 +307,7 @@ mod tests {
             name: "evil".into(),
             origin: "WormholeNode/evil".into(),
             reason: RejectReason::MalformedKey(KeyError::Base64),
+            external: false,
         }];
         status.last_pass = Some(PassInfo::new(
             std::time::SystemTime::now(),
@@ -334,12 +335,14 @@ mod tests {
                 name: "laptop".into(),
                 origin: "WormholePeer/laptop".into(),
                 reason: RejectReason::NoExternalCidrs,
+                external: true,
             },
             // A node's entry is still about this Node.
             Rejection {
                 name: "n2".into(),
                 origin: "WormholeNode/n2".into(),
                 reason: RejectReason::MalformedKey(KeyError::Base64),
+                external: false,
             },
         ];
         let due = pending(&status, 0, SystemTime::now());

@@ -115,7 +115,8 @@ pub(crate) fn summary(status: &Status, now: SystemTime) -> WormholeNodeStatus {
             status
                 .rejected
                 .iter()
-                .filter(|r| !r.name.is_empty())
+                // A refused external peer (a WormholePeer) is no node of the matrix either.
+                .filter(|r| !r.name.is_empty() && !r.external)
                 .map(|r| PeerProblem {
                     peer: truncate(&r.name, MAX_PEER_NAME),
                     state: "rejected".into(),
@@ -397,13 +398,20 @@ mod tests {
             peer("c", Some(5), false),
             peer("laptop", None, true),
         ];
+        let rejected = |name: &str, external: bool| wormhole_core::Rejection {
+            name: name.into(),
+            origin: format!("test/{name}"),
+            reason: wormhole_core::RejectReason::NoExternalCidrs,
+            external,
+        };
+        status.rejected = vec![rejected("refused-laptop", true), rejected("d", false)];
         let s = summary(&status, now);
         let listed: Vec<(&str, &str)> = s
             .problems
             .iter()
             .map(|p| (p.peer.as_str(), p.state.as_str()))
             .collect();
-        assert_eq!(listed, [("a", "never"), ("b", "stale")]);
+        assert_eq!(listed, [("a", "never"), ("b", "stale"), ("d", "rejected")]);
         assert_eq!((s.peers_ok, s.problems_omitted), (1, 0));
     }
 

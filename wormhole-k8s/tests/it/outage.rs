@@ -64,6 +64,7 @@ async fn no_request_waits_forever_on_a_hanging_api_server() {
             name: "evil".into(),
             origin: "WormholeNode/evil".into(),
             reason: wormhole_core::RejectReason::MalformedKey(wormhole_core::KeyError::Base64),
+            external: false,
         }];
         v
     };

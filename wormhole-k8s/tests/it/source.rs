@@ -365,6 +365,7 @@ async fn a_node_publishing_this_nodes_key_gives_both_nodes_an_event() {
             name: "copycat".into(),
             origin: "WormholeNode/copycat".into(),
             reason: RejectReason::LocalKey,
+            external: false,
         }];
         v
     };
