@@ -152,3 +152,35 @@ impl StatusView {
         self.ready && self.peers.iter().all(|p| p.external || p.state == "ok")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wormhole_core::{RejectReason, Rejection};
+
+    #[test]
+    fn a_refused_external_peer_is_marked_external() {
+        let mut status = Status::default();
+        let rejected = |name: &str, external: bool| Rejection {
+            name: name.into(),
+            origin: format!("peers.toml {name}"),
+            reason: RejectReason::NoExternalCidrs,
+            external,
+        };
+        status.rejected = vec![rejected("laptop", true), rejected("node-b", false)];
+        let view = StatusView::new(&status, SystemTime::now());
+        let rows: Vec<(&str, bool)> = view
+            .peers
+            .iter()
+            .map(|p| (p.name.as_str(), p.external))
+            .collect();
+        assert_eq!(rows, [("laptop", true), ("node-b", false)]);
+        // The cluster view from admin endpoints draws the node, not the laptop.
+        let cluster = crate::ClusterView::from_status_views(vec![Ok(view)]);
+        let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert!(
+            names.contains(&"node-b") && !names.contains(&"laptop"),
+            "{names:?}"
+        );
+    }
+}
