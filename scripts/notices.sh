@@ -31,8 +31,11 @@ extra_notices() {
 
 targets=(--target x86_64-unknown-linux-gnu --target aarch64-unknown-linux-gnu)
 # name<TAB>version of every registry crate in the binary (proc-macros run at build time only).
+# A vendored crate (vendor/NAME: a published crate with our patch) counts as a third-party crate;
+# our own path crates do not.
 crates=$(cargo tree --locked -p wormhole-daemon -e normal "${targets[@]}" --prefix none -f '{p}' \
-  | grep -v -e ' (/' -e ' (proc-macro)' -e '^$' | sed 's/ (\*)$//; s/ v/\t/' | LC_ALL=C sort -u)
+  | sed 's/ (\*)$//; s| (/[^)]*/vendor/[^)/]*)$||' | grep -v -e ' (/' -e ' (proc-macro)' -e '^$' \
+  | sed 's/ v/\t/' | LC_ALL=C sort -u)
 # "name version" -> license<TAB>directory<TAB>authors, for every package.
 declare -A packages
 while IFS=$'\t' read -r key row; do packages[$key]=$row; done < <(cargo metadata --locked \
@@ -48,6 +51,7 @@ n=0
 : >"$work/table"
 : >"$work/order"
 mpl=()
+patched=()
 while IFS=$'\t' read -r name version; do
   row=${packages["$name $version"]:-}
   [ -n "$row" ] || { echo "notices: $name $version: not in cargo metadata" >&2; errors=1; continue; }
@@ -81,7 +85,9 @@ while IFS=$'\t' read -r name version; do
     echo "$name $version" >>"$work/users.$sum"
     refs+=("[$id](#text-$id)")
   done <<<"$files"
-  case $license in *MPL-2.0*) mpl+=("$name $version") ;; esac
+  case $license in *MPL-2.0*)
+    if [ -f "vendor/$name.patch" ]; then patched+=("$name $version"); else mpl+=("$name $version"); fi ;;
+  esac
   printf '| %s | %s | %s | %s | %s |\n' "$name" "$version" "$license" "${authors//|/\\|}" \
     "$(IFS=' '; echo "${refs[*]}")" >>"$work/table"
 done <<<"$crates"
@@ -99,6 +105,14 @@ done <<<"$crates"
   if [ ${#mpl[@]} -gt 0 ]; then
     echo "The MPL-2.0 crates ($(IFS=,; echo "${mpl[*]}" | sed 's/,/, /g')) are used unmodified; their"
     echo "source code is available from crates.io (https://crates.io/crates/NAME/VERSION)."
+    echo
+  fi
+  if [ ${#patched[@]} -gt 0 ]; then
+    echo "The MPL-2.0 crates ($(IFS=,; echo "${patched[*]}" | sed 's/,/, /g')) are built with a change of"
+    echo "ours to some of their files, which stay under MPL-2.0. Their source code as built into the"
+    echo "binary, changed files included, is part of Wormhole's source code (the repository the binary"
+    echo "is built from), at vendor/NAME; the change is vendor/NAME.patch, a patch against the crate"
+    echo "published on crates.io (https://crates.io/crates/NAME/VERSION), explained in vendor/README.md."
     echo
   fi
   echo "| Crate | Version | License | Authors | Texts |"

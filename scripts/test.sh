@@ -15,7 +15,7 @@ command -v cargo >/dev/null || { echo "test: cargo not on PATH (sudo env PATH=\"
 
 need=()
 for cmd in wireguard-go:wireguard-go wg:wireguard-tools nft:nftables ip:iproute2 tcpdump:tcpdump \
-  ping:iputils-ping iperf3:iperf3 jq:jq pgrep:procps iptables:iptables; do
+  ping:iputils-ping iperf3:iperf3 jq:jq pgrep:procps iptables:iptables curl:curl; do
   command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
 done
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
@@ -35,6 +35,8 @@ bash scripts/check-msrv.sh
 cargo deny --version >/dev/null 2>&1 || cargo install --locked cargo-deny@0.20.2
 cargo deny --locked check licenses
 bash scripts/notices.sh --check
+# vendor/gotatun is the published gotatun crate plus vendor/gotatun.patch, nothing else.
+bash scripts/vendor-gotatun.sh --check
 # The API docs: no broken or private links (the README's Rust examples run as wormhole-agent doctests).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 cargo test --workspace

@@ -540,3 +540,20 @@ impl WireGuardDevice for EmbeddedDevice {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// gotatun's `Tunn` (one per peer) holds eight session slots. Upstream 0.10.2 stores them
+    /// inline, ~2.2 KiB each used or not (18,944 bytes a peer); our patch (vendor/README.md)
+    /// boxes them, so an idle peer's `Tunn` is 1,600 bytes. This fails if the patch is lost, e.g.
+    /// on a gotatun upgrade that drops `[patch.crates-io]` before upstream boxes the slots.
+    #[test]
+    fn a_peers_tunnel_does_not_hold_its_session_slots_inline() {
+        let size = std::mem::size_of::<gotatun::noise::Tunn>();
+        println!("size_of::<gotatun::noise::Tunn>() = {size} bytes");
+        assert!(
+            size <= 4096,
+            "gotatun::noise::Tunn is {size} bytes: are the session slots inline again (vendor/gotatun.patch)?"
+        );
+    }
+}
