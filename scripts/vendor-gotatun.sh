@@ -14,8 +14,8 @@
 # it no longer applies, then --diff), update the version in Cargo.toml's [workspace.dependencies]
 # and run `cargo update -p gotatun`. When upstream boxes the session slots itself, delete
 # vendor/ and the [patch.crates-io] entry instead.
-# Needs git (to apply the patch), diff, tar, sha256sum, and curl when the .crate file is not in
-# cargo's download cache.
+# Needs git (to apply the patch), diff, tar, sha256sum, and cargo (to fetch the .crate file when
+# it is not in cargo's download cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=0.10.2
@@ -33,7 +33,15 @@ cached=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/cache" -name "gotatun-$VERSI
 if [ -n "$cached" ]; then
   cp "$cached" "$crate"
 else
-  curl -sSfL -o "$crate" "https://static.crates.io/crates/gotatun/gotatun-$VERSION.crate"
+  # Through cargo, so that its registry configuration (a mirror, a proxy) applies: a throwaway
+  # package that depends on exactly this version, fetched into cargo's cache.
+  mkdir -p "$work/fetch/src"
+  printf '[package]\nname = "fetch-gotatun"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\ngotatun = { version = "=%s", default-features = false }\n' \
+    "$VERSION" >"$work/fetch/Cargo.toml"
+  : >"$work/fetch/src/lib.rs"
+  cargo fetch --quiet --manifest-path "$work/fetch/Cargo.toml"
+  cached=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/cache" -name "gotatun-$VERSION.crate" | head -n1)
+  cp "$cached" "$crate"
 fi
 echo "$SHA256  $crate" | sha256sum -c --quiet - || {
   echo "vendor-gotatun: gotatun-$VERSION.crate does not have the expected sha256" >&2
