@@ -119,9 +119,23 @@ fn mtu_black_holes_and_loss(backend: Backend) {
     until(&c, "every pair ok", NAMED_WITHIN, |_, s| {
         s.len() == 2 && s.values().all(|v| v == "ok")
     });
-    // The full MTU gets through everywhere.
+    // The full MTU gets through everywhere (once a probe has been answered: the first one may
+    // be lost while the handshake completes on a slow machine, and a pair is `ok` meanwhile).
     let mtu = c.node(1).status_json()["mtu"].as_u64().unwrap();
-    let view = c.node(1).status_json();
+    let answered = poll(scaled(NAMED_WITHIN), || {
+        let view = c.node(1).status_json();
+        view["peers"]
+            .as_array()?
+            .iter()
+            .all(|p| p["path_mtu"].as_u64() == Some(mtu) && p["probe_loss"].as_f64() == Some(0.0))
+            .then_some(view)
+    });
+    let view = answered.unwrap_or_else(|| {
+        panic!(
+            "n1's probes are not all answered at the full MTU: {}",
+            c.node(1).status_json()
+        )
+    });
     for p in view["peers"].as_array().unwrap() {
         assert_eq!(p["path_mtu"].as_u64(), Some(mtu), "{view}");
         assert!(p["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{view}");
