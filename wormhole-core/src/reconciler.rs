@@ -349,7 +349,11 @@ impl Reconciler {
                 let fresh = |at: &Option<SystemTime>| {
                     at.is_some_and(|t| now.duration_since(t).unwrap_or_default() <= STALE_AFTER)
                 };
-                let handshaken: HashSet<PublicKey> = {
+                // Only when some peer has an observation: no work per pass otherwise.
+                let observations = mesh.peers.iter().any(|p| p.observed_endpoint.is_some());
+                let handshaken: HashSet<PublicKey> = if !observations {
+                    HashSet::new()
+                } else {
                     let status = self.status.borrow();
                     let by_status = status
                         .peers

@@ -281,17 +281,15 @@ fn observed_endpoints(
     for (observer, wh) in published {
         let Some(status) = &wh.status else { continue };
         for seen in &status.observed_endpoints {
-            if seen.peer == *observer || !wanted.contains(seen.peer.as_str()) {
+            let Some(&peer) = wanted.get(seen.peer.as_str()) else {
                 continue;
-            }
+            };
             let Ok(endpoint) = seen.endpoint.parse::<SocketAddr>() else {
                 continue;
             };
-            *votes
-                .entry(wanted.get(seen.peer.as_str()).copied().unwrap_or_default())
-                .or_default()
-                .entry(endpoint)
-                .or_default() += 1;
+            if peer != observer.as_str() {
+                *votes.entry(peer).or_default().entry(endpoint).or_default() += 1;
+            }
         }
     }
     votes

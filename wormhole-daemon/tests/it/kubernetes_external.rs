@@ -84,21 +84,24 @@ fn wormhole_peer(backend: Backend) {
     }
 
     // The laptop, from `wormhole peer-config` in Kubernetes mode only, run on the laptop.
-    let out = laptop.run(&[
-        BIN,
-        "peer-config",
-        "laptop",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--cluster-cidr",
-        "10.99.0.0/16",
-        "--cluster-cidr",
-        "fd99::/48",
-        "--external-cidr",
-        "10.98.0.0/24",
-        "--external-cidr",
-        "10.99.1.0/28",
-    ]);
+    let peer_config = |name: &str, external_cidrs: &[&str]| {
+        let mut args = vec![
+            BIN,
+            "peer-config",
+            name,
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--cluster-cidr",
+            "10.99.0.0/16",
+            "--cluster-cidr",
+            "fd99::/48",
+        ];
+        for cidr in external_cidrs {
+            args.extend(["--external-cidr", cidr]);
+        }
+        laptop.run(&args)
+    };
+    let out = peer_config("laptop", &["10.98.0.0/24", "10.99.1.0/28"]);
     let conf = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -106,19 +109,7 @@ fn wormhole_peer(backend: Backend) {
         String::from_utf8_lossy(&out.stderr)
     );
     // The hostile one gets no configuration, and says why.
-    let refused = laptop.run(&[
-        BIN,
-        "peer-config",
-        "thief",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--cluster-cidr",
-        "10.99.0.0/16",
-        "--cluster-cidr",
-        "fd99::/48",
-        "--external-cidr",
-        "10.99.1.0/28",
-    ]);
+    let refused = peer_config("thief", &["10.99.1.0/28"]);
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(
