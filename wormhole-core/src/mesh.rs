@@ -211,6 +211,18 @@ pub enum RejectReason {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The endpoint lies inside a cluster or external CIDR (the overlay): handshakes to it would
+    /// be routed into the tunnel itself.
+    #[error(
+        "endpoint {endpoint} lies inside the overlay CIDR {cidr}: WireGuard's packets to it \
+         would be routed into the tunnel; publish the node's underlay address"
+    )]
+    EndpointInOverlay {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// The cluster or external CIDR holding it.
+        cidr: IpNet,
+    },
     /// A pod CIDR does not parse or is not a network address.
     #[error("bad pod CIDR {cidr:?}: {reason}")]
     BadCidr {
@@ -298,6 +310,7 @@ impl RejectReason {
             RejectReason::DuplicateKey { .. } => "duplicate_key",
             RejectReason::LocalKey => "local_key",
             RejectReason::BadEndpoint { .. } => "bad_endpoint",
+            RejectReason::EndpointInOverlay { .. } => "endpoint_in_overlay",
             RejectReason::BadCidr { .. } => "bad_cidr",
             RejectReason::TooManyCidrs { .. } => "too_many_cidrs",
             RejectReason::OutsideCluster { .. } => "outside_cluster",
@@ -408,6 +421,33 @@ pub(crate) fn parse_endpoint(text: &str) -> Result<SocketAddr, RejectReason> {
         return Err(bad("multicast or broadcast address"));
     }
     Ok(addr)
+}
+
+/// The overlay: the cluster and external CIDRs (the firewall keeps both to the tunnel).
+fn overlay_of(cluster_cidrs: &[IpNet], external_cidrs: &[IpNet]) -> Vec<IpNet> {
+    cluster_cidrs
+        .iter()
+        .chain(external_cidrs)
+        .copied()
+        .collect()
+}
+
+/// The overlay CIDR (cluster or external) holding `address`, if any; an IPv4-mapped IPv6 address
+/// is judged by the IPv4 address it carries.
+pub(crate) fn overlay_holding(overlay: &[IpNet], address: IpAddr) -> Option<IpNet> {
+    let address = address.to_canonical();
+    overlay.iter().find(|c| c.contains(&address)).copied()
+}
+
+/// [`parse_endpoint`], also refusing an address inside the `overlay` CIDRs: WireGuard's own
+/// packets to it would be routed into the tunnel, and the no-cleartext and anti-spoofing rules
+/// would drop the underlay traffic of every node that tried.
+fn parse_endpoint_outside(text: &str, overlay: &[IpNet]) -> Result<SocketAddr, RejectReason> {
+    let endpoint = parse_endpoint(text)?;
+    match overlay_holding(overlay, endpoint.ip()) {
+        Some(cidr) => Err(RejectReason::EndpointInOverlay { endpoint, cidr }),
+        None => Ok(endpoint),
+    }
 }
 
 /// Parses a pod CIDR, refusing addresses with host bits set.
@@ -534,25 +574,33 @@ fn check_alone(
     entry: &NodeEntry,
     local_key: &PublicKey,
     cluster_cidrs: &[IpNet],
+    overlay: &[IpNet],
     local_cidrs: &[IpNet],
 ) -> Result<NodeSpec, RejectReason> {
-    check_entry(entry, local_key, "pod CIDR of the same node", |cidr| {
-        if !cluster_cidrs.iter().any(|c| holds(c, &cidr)) {
-            return Err(RejectReason::OutsideCluster { cidr });
-        }
-        if let Some(local) = overlap_in_sorted(local_cidrs, &cidr) {
-            return Err(RejectReason::OverlapsLocal { cidr, local });
-        }
-        Ok(())
-    })
+    check_entry(
+        entry,
+        local_key,
+        overlay,
+        "pod CIDR of the same node",
+        |cidr| {
+            if !cluster_cidrs.iter().any(|c| holds(c, &cidr)) {
+                return Err(RejectReason::OutsideCluster { cidr });
+            }
+            if let Some(local) = overlap_in_sorted(local_cidrs, &cidr) {
+                return Err(RejectReason::OverlapsLocal { cidr, local });
+            }
+            Ok(())
+        },
+    )
 }
 
 /// The checks every entry (node or external peer) passes on its own: name, key (not ours),
-/// endpoint, and its CIDRs, each parsed and passed to `check_cidr`, none overlapping another of
-/// the entry (`what` names them in that message).
+/// endpoint (usable, and outside the `overlay` CIDRs), and its CIDRs, each parsed and passed to
+/// `check_cidr`, none overlapping another of the entry (`what` names them in that message).
 fn check_entry(
     entry: &NodeEntry,
     local_key: &PublicKey,
+    overlay: &[IpNet],
     what: &str,
     mut check_cidr: impl FnMut(IpNet) -> Result<(), RejectReason>,
 ) -> Result<NodeSpec, RejectReason> {
@@ -564,7 +612,11 @@ fn check_entry(
     if public_key == *local_key {
         return Err(RejectReason::LocalKey);
     }
-    let endpoint = entry.endpoint.as_deref().map(parse_endpoint).transpose()?;
+    let endpoint = entry
+        .endpoint
+        .as_deref()
+        .map(|text| parse_endpoint_outside(text, overlay))
+        .transpose()?;
     if entry.pod_cidrs.len() > MAX_POD_CIDRS {
         return Err(RejectReason::TooManyCidrs {
             count: entry.pod_cidrs.len(),
@@ -663,12 +715,13 @@ impl Mesh {
     }
 
     /// Sets each peer's [`NodeSpec::observed_endpoint`]: only for a peer with no endpoint of its
-    /// own, and only a usable `ip:port` (an observer's bad text is ignored, not held against
-    /// the peer).
+    /// own, and only a usable `ip:port` outside the overlay (an observer's bad text is ignored,
+    /// not held against the peer).
     fn use_observations(&mut self, observed: &BTreeMap<String, String>) {
+        let overlay = overlay_of(&self.cluster_cidrs, &self.external_cidrs);
         for peer in &mut self.peers {
             peer.observed_endpoint = match (&peer.endpoint, observed.get(&peer.name)) {
-                (None, Some(text)) => match parse_endpoint(text) {
+                (None, Some(text)) => match parse_endpoint_outside(text, &overlay) {
                     Ok(endpoint) => Some(endpoint),
                     Err(reason) => {
                         tracing::debug!(peer = %peer.name, %reason, "observed endpoint ignored");
@@ -696,7 +749,8 @@ impl Mesh {
             .chain(&self.peers)
             .map(|n| (n.public_key, n.name.clone()))
             .collect();
-        let mut taken: Vec<(IpNet, String)> = Vec::new();
+        let mut taken = CidrIndex::default();
+        let overlay = overlay_of(&self.cluster_cidrs, &self.external_cidrs);
         let mut entries: Vec<&NodeEntry> = snapshot.external.iter().collect();
         if !snapshot.oldest_first {
             entries.sort_by(|a, b| (&a.name, &a.public_key).cmp(&(&b.name, &b.public_key)));
@@ -712,6 +766,7 @@ impl Mesh {
                 check_entry(
                     entry,
                     &self.local.public_key,
+                    &overlay,
                     "allowed IP of the same peer",
                     |cidr| {
                         if !self.external_cidrs.iter().any(|r| holds(r, &cidr)) {
@@ -725,11 +780,11 @@ impl Mesh {
                                 cluster: *cluster,
                             });
                         }
-                        match taken.iter().find(|(c, _)| overlaps(c, &cidr)) {
+                        match taken.overlap(&cidr) {
                             Some((other_cidr, other)) => Err(RejectReason::OverlapsPeer {
                                 cidr,
-                                other_cidr: *other_cidr,
-                                other: other.clone(),
+                                other_cidr,
+                                other: other.to_owned(),
                             }),
                             None => Ok(()),
                         }
@@ -746,7 +801,9 @@ impl Mesh {
                 Ok(spec) => {
                     names.insert(spec.name.clone(), entry.origin.clone());
                     keys.insert(spec.public_key, spec.name.clone());
-                    taken.extend(spec.pod_cidrs.iter().map(|c| (*c, spec.name.clone())));
+                    for cidr in &spec.pod_cidrs {
+                        taken.insert(*cidr, &spec.name);
+                    }
                     self.external.push(spec);
                 }
                 Err(reason) => self.rejected.push(Rejection {
@@ -890,13 +947,16 @@ impl Mesh {
             }
         };
         // Entries unchanged since `previous` keep their validated form, if nothing they were
-        // checked against (our key, our CIDRs, the cluster CIDRs) changed either.
+        // checked against (our key, our CIDRs, the cluster and external CIDRs) changed either.
         let reuse = previous.filter(|p| {
             p.local.name == local_name
                 && p.local.public_key == *local_key
                 && p.local.pod_cidrs == local.pod_cidrs
                 && p.cluster_cidrs == cluster_cidrs
+                && p.external_cidrs == snapshot.external_cidrs
         });
+        // No endpoint may lie in the overlay, external ranges included.
+        let overlay = overlay_of(cluster_cidrs, &snapshot.external_cidrs);
 
         // Peers: first the checks each entry passes alone, then the ordered conflict checks.
         let mut candidates = Vec::with_capacity(snapshot.nodes.len());
@@ -918,7 +978,7 @@ impl Mesh {
             }
             let checked = match reuse.and_then(|p| p.reused(position, entry)) {
                 Some(spec) => Ok(spec),
-                None => check_alone(entry, local_key, cluster_cidrs, &local_cidrs),
+                None => check_alone(entry, local_key, cluster_cidrs, &overlay, &local_cidrs),
             };
             match checked {
                 Ok(spec) => candidates.push(Candidate {
@@ -1455,6 +1515,53 @@ mod tests {
         assert_eq!(reason("b"), "duplicate_name");
         assert_eq!(reason("copy"), "duplicate_key");
         assert_eq!(mesh.peers.len(), 1, "the nodes are untouched");
+    }
+
+    #[test]
+    fn an_endpoint_inside_the_overlay_is_refused_with_its_entry_alone() {
+        let local = PrivateKey::generate().public_key();
+        let [b, c, nat, laptop, phone] =
+            std::array::from_fn(|_| PrivateKey::generate().public_key());
+        let text = format!(
+            "cluster_cidrs = [\"10.99.0.0/16\", \"fd99::/48\"]\nexternal_cidrs = [\"10.98.0.0/24\"]\n\
+             [[node]]\nname = \"a\"\npublic_key = \"{local}\"\npod_cidrs = [\"10.99.1.0/24\"]\n\
+             [[node]]\nname = \"b\"\npublic_key = \"{b}\"\nendpoint = \"[fd99::7]:51820\"\npod_cidrs = [\"10.99.2.0/24\"]\n\
+             [[node]]\nname = \"c\"\npublic_key = \"{c}\"\nendpoint = \"10.98.0.5:51820\"\npod_cidrs = [\"10.99.3.0/24\"]\n\
+             [[node]]\nname = \"nat\"\npublic_key = \"{nat}\"\npod_cidrs = [\"10.99.4.0/24\"]\n\
+             [[external]]\nname = \"laptop\"\npublic_key = \"{laptop}\"\nendpoint = \"10.99.9.9:1\"\nallowed_ips = [\"10.98.0.2/32\"]\n\
+             [[external]]\nname = \"phone\"\npublic_key = \"{phone}\"\nendpoint = \"192.0.2.1:1\"\nallowed_ips = [\"10.98.0.3/32\"]\n"
+        );
+        let mut snapshot = crate::parse_peers_file(&text, "peers.toml").unwrap();
+        // An observer reports the node behind NAT at an overlay address: ignored, not held
+        // against the node.
+        snapshot
+            .observed_endpoints
+            .insert("nat".into(), "10.99.200.1:4000".into());
+        let mesh = Mesh::build("a", &local, &[], snapshot, None).unwrap();
+        let kinds: Vec<(&str, &str)> = mesh
+            .rejected
+            .iter()
+            .map(|r| (r.name.as_str(), r.reason.kind()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("b", "endpoint_in_overlay"),
+                ("c", "endpoint_in_overlay"),
+                ("laptop", "endpoint_in_overlay"),
+            ]
+        );
+        let peers: Vec<&str> = mesh.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(peers, ["nat"]);
+        assert_eq!(mesh.peers[0].observed_endpoint, None);
+        assert_eq!(mesh.external.len(), 1, "phone kept");
+        assert!(
+            mesh.rejected[1]
+                .to_string()
+                .contains("endpoint 10.98.0.5:51820 lies inside the overlay CIDR 10.98.0.0/24"),
+            "{}",
+            mesh.rejected[1]
+        );
     }
 
     #[test]

@@ -38,8 +38,9 @@ pub struct Settings {
     /// Longest retry delay. Default 30 s.
     pub backoff_max: Duration,
     /// Addresses the cluster CIDRs must not contain (this host's underlay addresses and default
-    /// gateways; the daemon fills them in). Every endpoint in the mesh is checked as well: a
-    /// mesh whose cluster CIDRs hold one is refused, and the last good mesh stays.
+    /// gateways; the daemon fills them in), nor this node's own endpoint: a mesh whose cluster
+    /// CIDRs hold one is refused, and the last good mesh stays. A peer whose endpoint lies in
+    /// the overlay is refused alone, by validation.
     pub underlay: Vec<IpAddr>,
     /// How long [`Reconciler::run`] gathers source items after the first of a burst before one
     /// pass takes them all. Default 25 ms.
@@ -550,38 +551,35 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Refuses cluster CIDRs that hold an underlay address (of this host, given in `underlay`, or
-/// any node's endpoint): the no-cleartext and anti-spoofing rules would drop the underlay traffic
-/// itself, WireGuard's included, and cut the node off.
+/// Refuses cluster CIDRs that hold an underlay address of this host (given in `underlay`, or
+/// this node's own endpoint): the no-cleartext and anti-spoofing rules would drop the underlay
+/// traffic itself, WireGuard's included, and cut the node off. Only this node's own settings
+/// can fail here: a peer's endpoint inside the overlay is refused with that peer alone
+/// ([`RejectReason::EndpointInOverlay`](crate::RejectReason::EndpointInOverlay)).
 fn underlay_outside_overlay(mesh: &Mesh, underlay: &[IpAddr]) -> Result<(), Error> {
-    let endpoints = std::iter::once(&mesh.local)
-        .chain(&mesh.peers)
-        .chain(&mesh.external)
-        .filter_map(|n| {
-            n.endpoint
-                .map(|e| (e.ip(), format!("the endpoint of node {}", n.name)))
-        });
+    let overlay: Vec<IpNet> = mesh
+        .cluster_cidrs
+        .iter()
+        .chain(&mesh.external_cidrs)
+        .copied()
+        .collect();
     let host = underlay.iter().map(|ip| {
         (
             *ip,
             "this host's underlay address or default gateway".to_owned(),
         )
     });
-    for (address, what) in host.chain(endpoints) {
-        let address = match address {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
-            v4 => v4,
-        };
-        // External CIDRs are overlay too: the firewall keeps them to the tunnel.
-        if let Some(cidr) = mesh
-            .cluster_cidrs
-            .iter()
-            .chain(&mesh.external_cidrs)
-            .find(|c| c.contains(&address))
-        {
+    let own = mesh.local.endpoint.map(|e| {
+        (
+            e.ip(),
+            format!("the endpoint of this node ({})", mesh.local.name),
+        )
+    });
+    for (address, what) in host.chain(own) {
+        if let Some(cidr) = crate::mesh::overlay_holding(&overlay, address) {
             return Err(Error::ClusterCidrConflict {
-                cidr: *cidr,
-                address,
+                cidr,
+                address: address.to_canonical(),
                 what,
             });
         }

@@ -90,53 +90,92 @@ pub struct WormholeNodeSpec {
     pub persistent_keepalive: Option<u16>,
 }
 
+// Every agent reads every WormholeNode, and a node writes its own status: a status this type
+// cannot read must never fail the reader's watch (one object failing to decode fails the whole
+// list, and every agent's mesh would freeze). So each field is read on its own, and a field that
+// does not decode (a counter beyond `u32`, a malformed list) is read as its default instead of
+// failing the object. The schema also bounds every counter, so that the API server refuses such
+// values in the first place.
 /// How the node sees its peers (written on change only: no heartbeats).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WormholeNodeStatus {
     /// The first 8 characters of the public key, for `kubectl get`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     #[schemars(length(max = 8))]
     pub key_prefix: String,
     /// `ok/total`, for `kubectl get`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     #[schemars(length(max = 32))]
     pub peers: String,
     /// Peers with a recent handshake.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
+    #[schemars(range(max = u32::MAX))]
     pub peers_ok: u32,
     /// Peers whose handshake is older than 3 minutes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
+    #[schemars(range(max = u32::MAX))]
     pub peers_stale: u32,
     /// Peers with no handshake yet.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
+    #[schemars(range(max = u32::MAX))]
     pub peers_never: u32,
     /// Entries this node refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
+    #[schemars(range(max = u32::MAX))]
     pub peers_rejected: u32,
     /// The latest reconcile error, if the latest pass failed (its first 1,024 bytes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(max = MAX_ERROR))]
     pub last_error: Option<String>,
     /// Peers that are not `ok` from this node, by name (at most 1,000, `MAX_PROBLEMS`): their state
     /// label with its stable details only (`mtu-blackhole (max 1344)`, but `lossy` without the
     /// percent, which moves with every probe), so the object changes only when a state does.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(length(max = MAX_PROBLEMS))]
     pub problems: Vec<PeerProblem>,
     /// Peers that are not `ok` beyond the first 1,000 (not listed).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "is_zero")]
+    #[schemars(range(max = u32::MAX))]
     pub problems_omitted: u32,
     /// For peers that publish no endpoint (behind NAT): where this node sees them, from a
     /// handshake in the last 3 minutes (at most 1,000, `MAX_OBSERVED`; sorted by peer). Nodes
     /// that cannot reach such a peer otherwise (both behind NAT) send their handshakes there.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(length(max = MAX_OBSERVED))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["peer"]))]
     pub observed_endpoints: Vec<ObservedEndpoint>,
     /// When this status last changed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(max = 64))]
     pub last_reconcile: Option<String>,
+}
+
+/// Reads a status field on its own: a value that does not decode as `T` is read as `T`'s default
+/// (see [`WormholeNodeStatus`]).
+fn lenient<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -228,6 +267,88 @@ mod tests {
         assert_eq!(max(".spec.publicKey"), 44);
         let longest = "[0000:0000:0000:0000:0000:ffff:255.255.255.255%2147483647]:65535";
         assert_eq!(max(".spec.endpoint"), longest.len() as u64);
+    }
+
+    /// Every integer in the schema, by path, with its bounds and format.
+    fn integers(schema: &serde_json::Value, path: &str, out: &mut Vec<(String, String)>) {
+        if schema["type"] == "integer" {
+            let bounds = format!(
+                "{} {} {}",
+                schema["format"], schema["minimum"], schema["maximum"]
+            );
+            out.push((path.to_owned(), bounds));
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, inner) in props {
+                integers(inner, &format!("{path}.{name}"), out);
+            }
+        }
+        if !schema["items"].is_null() {
+            integers(&schema["items"], &format!("{path}[]"), out);
+        }
+    }
+
+    /// The API server checks `minimum` and `maximum` but not `format`: without both bounds a
+    /// node could store a counter its peers' agents cannot decode.
+    #[test]
+    fn every_integer_field_is_bounded_to_its_type() {
+        use kube::CustomResourceExt as _;
+        for crd in [WormholeNode::crd(), crate::WormholePeer::crd()] {
+            let schema = serde_json::to_value(
+                &crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .unwrap()
+                    .open_api_v3_schema,
+            )
+            .unwrap();
+            let mut found = Vec::new();
+            integers(&schema, "", &mut found);
+            assert!(!found.is_empty());
+            for (path, bounds) in found {
+                assert!(
+                    ["\"uint16\" 0.0 65535.0", "\"uint32\" 0.0 4294967295.0"]
+                        .contains(&bounds.as_str()),
+                    "{}{path}: {bounds}",
+                    crd.spec.names.kind
+                );
+            }
+        }
+    }
+
+    /// Each status field is read on its own: one that does not decode is its default, and the
+    /// object is still read (see `WormholeNodeStatus`).
+    #[test]
+    fn a_status_field_that_does_not_decode_is_read_as_its_default() {
+        let status: WormholeNodeStatus = serde_json::from_value(serde_json::json!({
+            "peersOk": 1u64 << 40, "peersNever": 3, "problems": "all of them",
+            "observedEndpoints": [{"peer": "nat1", "endpoint": "203.0.113.1:1"}],
+        }))
+        .unwrap();
+        assert_eq!(status.peers_ok, 0);
+        assert_eq!(status.peers_never, 3);
+        assert!(status.problems.is_empty());
+        assert_eq!(status.observed_endpoints.len(), 1);
+    }
+
+    /// `status.observedEndpoints` is a map keyed by peer for the API server: one entry per
+    /// peer, so an observer cannot vote twice for the same peer.
+    #[test]
+    fn observed_endpoints_are_a_list_map_keyed_by_peer() {
+        use kube::CustomResourceExt as _;
+        let crd = WormholeNode::crd();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        let list =
+            &schema["openAPIV3Schema"]["properties"]["status"]["properties"]["observedEndpoints"];
+        assert_eq!(list["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            list["x-kubernetes-list-map-keys"],
+            serde_json::json!(["peer"])
+        );
+        assert_eq!(
+            list["items"]["required"],
+            serde_json::json!(["endpoint", "peer"])
+        );
     }
 
     #[test]

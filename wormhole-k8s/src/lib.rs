@@ -33,6 +33,8 @@ use std::time::Duration;
 mod cluster;
 mod crd;
 mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keys;
 mod peer;
 mod publisher;
@@ -42,6 +44,7 @@ mod state;
 #[cfg(feature = "fake-api")]
 #[doc(hidden)]
 pub mod testing;
+mod vote;
 
 // The public API, one path per item (module paths are private).
 pub use cluster::{ClusterObjects, read_cluster};

@@ -12,6 +12,7 @@
 //! written by every agent would be a hot spot that a compromised node could also falsify. An
 //! agent writes only its own WormholeNode; refusals are Events and each node's status.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -160,13 +161,14 @@ pub async fn read_external(
             .map(Arc::new)
             .collect();
     // The oldest claim's node, with the key it published.
+    let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), &**n)).collect();
     let mut published: Vec<(&WormholeNode, &Node)> = wormholes
         .iter()
         .filter_map(|wh| {
-            let node = nodes.iter().find(|n| n.name_any() == wh.name_any())?;
+            let node = *by_name.get(&wh.name_any())?;
             let ok =
                 crate::source::owned_by(wh, node) && !crate::source::pod_cidrs(node).is_empty();
-            ok.then_some((&**wh, &**node))
+            ok.then_some((&**wh, node))
         })
         .collect();
     published.sort_by_key(|(wh, _)| (crate::source::claim(wh), wh.name_any()));
@@ -179,7 +181,16 @@ pub async fn read_external(
                 .into(),
         ));
     };
-    let mut snapshot = crate::source::snapshot(&nodes, &wormholes, &first, &key, &cluster_cidrs)?;
+    // One look, without history: only a strict majority of the observers counts.
+    let mut snapshot = crate::source::snapshot(
+        &nodes,
+        &wormholes,
+        &first,
+        &key,
+        &cluster_cidrs,
+        &mut crate::vote::Choice::default(),
+        tokio::time::Instant::now(),
+    )?;
     // The snapshot is the first node's, which leaves out its own endpoint: an external peer
     // needs it.
     let endpoint = published

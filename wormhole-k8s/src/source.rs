@@ -20,8 +20,7 @@
 //! within a few seconds) yields the saved snapshot first: its node's pod network comes up with
 //! the last known mesh and converges when the API server answers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +41,7 @@ use crate::KubeadmConfigError;
 use crate::crd::{WormholeNode, WormholeNodeStatus};
 use crate::peer::{WormholePeer, external_entries, slim_peer};
 use crate::state::StateStore;
+use crate::vote::{Choice, tally};
 use crate::{API_TIMEOUT, Error, call};
 
 /// A Node's pod CIDRs (`spec.podCIDRs`, or the older single `spec.podCIDR`).
@@ -98,12 +98,16 @@ pub(crate) fn claim(wh: &WormholeNode) -> Claim {
 /// The snapshot for `local` (whose key is `local_key`) from the Nodes and WormholeNodes given:
 /// entries oldest claim first ([`Snapshot::oldest_first`]), by the WormholeNode's creation time
 /// and uid, so the node that published a key first keeps it when another publishes the same.
+/// Where nodes behind NAT are is the observers' vote at `now`, settled by `choice` (see
+/// [`crate::vote`]).
 pub(crate) fn snapshot(
     nodes: &[Arc<Node>],
     wormholes: &[Arc<WormholeNode>],
     local: &str,
     local_key: &PublicKey,
     cluster_cidrs: &[IpNet],
+    choice: &mut Choice,
+    now: tokio::time::Instant,
 ) -> Result<Snapshot, Error> {
     let published: HashMap<String, &WormholeNode> =
         wormholes.iter().map(|w| (w.name_any(), &**w)).collect();
@@ -173,12 +177,16 @@ pub(crate) fn snapshot(
     // order too: equal pictures compare equal, validation reuses unchanged entries, and a new
     // node comes last without moving the others.
     entries.sort_by(|(a, ea), (b, eb)| (a, &ea.name).cmp(&(b, &eb.name)));
-    let behind_nat: Vec<&str> = entries
+    let behind_nat: HashSet<&str> = entries
         .iter()
         .filter(|(_, e)| e.endpoint.is_none() && e.name != local)
         .map(|(_, e)| e.name.as_str())
         .collect();
-    let observed_endpoints = observed_endpoints(&observers, &behind_nat);
+    let reports = observers.iter().filter_map(|(observer, wh)| {
+        let status = wh.status.as_ref()?;
+        Some((observer.as_str(), status.observed_endpoints.as_slice()))
+    });
+    let observed_endpoints = choice.settle(tally(reports, &behind_nat), now);
     Ok(Snapshot {
         cluster_cidrs: cluster_cidrs.to_vec(),
         nodes: entries.into_iter().map(|(_, e)| e).collect(),
@@ -268,42 +276,12 @@ fn slim_wormhole(wh: &mut WormholeNode) {
         });
 }
 
-/// For each node that publishes no endpoint, the endpoint its observers report (in their
-/// WormholeNode status), the one most of them report (ties: the lowest address), so that one
-/// lying observer is outvoted once two others see the node. The node's own report about
-/// itself is not counted; unparsable ones are ignored.
-fn observed_endpoints(
-    published: &HashMap<String, &WormholeNode>,
-    behind_nat: &[&str],
-) -> BTreeMap<String, String> {
-    let wanted: HashSet<&str> = behind_nat.iter().copied().collect();
-    let mut votes: HashMap<&str, BTreeMap<SocketAddr, usize>> = HashMap::new();
-    for (observer, wh) in published {
-        let Some(status) = &wh.status else { continue };
-        for seen in &status.observed_endpoints {
-            let Some(&peer) = wanted.get(seen.peer.as_str()) else {
-                continue;
-            };
-            let Ok(endpoint) = seen.endpoint.parse::<SocketAddr>() else {
-                continue;
-            };
-            if peer != observer.as_str() {
-                *votes.entry(peer).or_default().entry(endpoint).or_default() += 1;
-            }
-        }
+/// Sleeps until `at` (never when `None`; the branch is disabled then).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
-    votes
-        .into_iter()
-        .filter_map(|(peer, counts)| {
-            // The most votes; among equals, the first (lowest) address.
-            let (endpoint, _) = counts
-                .iter()
-                .rev()
-                .max_by_key(|(_, n)| **n)
-                .map(|(e, n)| (*e, *n))?;
-            Some((peer.to_owned(), endpoint.to_string()))
-        })
-        .collect()
 }
 
 type Changes = Pin<Box<dyn Stream<Item = Result<(), watcher::Error>> + Send>>;
@@ -393,6 +371,8 @@ pub struct KubePeerSource {
     /// A watch failed and has reported no progress since: the API server is asked whether it
     /// answers again.
     outage: bool,
+    /// Where nodes behind NAT are, as the observers' votes settled (see [`crate::vote`]).
+    choice: Choice,
 }
 
 impl KubePeerSource {
@@ -443,6 +423,7 @@ impl KubePeerSource {
             held: None,
             warned: false,
             outage: false,
+            choice: Choice::default(),
         }
     }
 
@@ -656,8 +637,11 @@ impl PeerSource for KubePeerSource {
             // A watch failed after the first listing: a resumed watch says nothing until
             // something changes, so ask the server whether it is back.
             let probe = self.outage && self.listed();
+            // A new majority for a node behind NAT held back: vote again when it may apply.
+            let held = self.choice.held_until();
             let change = tokio::select! {
                 change = self.changes.next() => Some(change),
+                () = sleep_until_some(held), if held.is_some() => Some(Some(Ok(()))),
                 () = tokio::time::sleep_until(deadline), if grace => None,
                 () = until_api_answers(self.client.clone()), if probe => {
                     tracing::debug!("the Kubernetes API server answers again");
@@ -725,6 +709,8 @@ impl PeerSource for KubePeerSource {
                 &self.local,
                 &self.local_key,
                 &self.cluster_cidrs,
+                &mut self.choice,
+                tokio::time::Instant::now(),
             )
             .map(|mut s| {
                 s.external = external_entries(&self.peers.state());
@@ -942,7 +928,16 @@ mod tests {
                 &[("nat1", liar), ("nat1", liar)],
             ),
         ];
-        let snap = snapshot(&nodes, &whs, "local", &me, &cidrs(&["10.99.0.0/16"])).unwrap();
+        let snap = snapshot(
+            &nodes,
+            &whs,
+            "local",
+            &me,
+            &cidrs(&["10.99.0.0/16"]),
+            &mut Choice::default(),
+            tokio::time::Instant::now(),
+        )
+        .unwrap();
         let observed: Vec<(&str, &str)> = snap
             .observed_endpoints
             .iter()
@@ -960,16 +955,107 @@ mod tests {
         assert_eq!(keepalive("nat1"), Some(25));
         assert_eq!(keepalive("a"), None);
 
-        // A tie (one observer each): the lowest address, whatever the order of the reports.
+        // A tie (one observer each) decides nothing, whatever the order of the reports (it used
+        // to go to the lowest address: one liar beat one honest observer).
         let whs2 = vec![
             observing(wormhole("a", "uid-a", &k(())), &[("nat1", "203.0.113.9:1")]),
             observing(wormhole("b", "uid-b", &k(())), &[("nat1", "203.0.113.1:1")]),
             behind_nat(wormhole("nat1", "uid-nat1", &k(())), None),
         ];
         for list in [whs2.clone(), whs2.into_iter().rev().collect()] {
-            let snap = snapshot(&nodes, &list, "local", &me, &cidrs(&["10.99.0.0/16"])).unwrap();
-            assert_eq!(snap.observed_endpoints["nat1"], "203.0.113.1:1");
+            let snap = snapshot(
+                &nodes,
+                &list,
+                "local",
+                &me,
+                &cidrs(&["10.99.0.0/16"]),
+                &mut Choice::default(),
+                tokio::time::Instant::now(),
+            )
+            .unwrap();
+            assert!(snap.observed_endpoints.is_empty(), "{snap:?}");
         }
+    }
+
+    /// Issue 20: one node listing a peer behind NAT six times used to outvote five honest
+    /// observers (every list entry counted).
+    #[test]
+    fn an_observer_votes_once_per_peer() {
+        let me = PrivateKey::generate().public_key();
+        let k = || PrivateKey::generate().public_key();
+        let names = ["local", "a", "b", "c", "d", "e", "liar", "nat"];
+        let nodes: Vec<Arc<Node>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| node(n, &[&format!("10.99.{}.0/24", i + 1)]))
+            .collect();
+        let honest = "203.0.113.1:51820";
+        let mut whs: Vec<Arc<WormholeNode>> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|n| observing(wormhole(n, &format!("uid-{n}"), &k()), &[("nat", honest)]))
+            .collect();
+        whs.push(observing(
+            wormhole("liar", "uid-liar", &k()),
+            &[("nat", "192.0.2.1:1"); 6],
+        ));
+        whs.push(behind_nat(wormhole("nat", "uid-nat", &k()), Some(25)));
+        let snap = snapshot(
+            &nodes,
+            &whs,
+            "local",
+            &me,
+            &cidrs(&["10.99.0.0/16"]),
+            &mut Choice::default(),
+            tokio::time::Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(snap.observed_endpoints["nat"], honest);
+    }
+
+    /// A new majority for a node behind NAT is held back until the last move is `hold` old, and
+    /// then applied without any other change to wake the source.
+    #[tokio::test]
+    async fn a_held_back_majority_applies_when_its_time_comes() {
+        use crate::testing::FakeApi;
+        use serde_json::json;
+        let api = FakeApi::start().await;
+        let me = PrivateKey::generate().public_key();
+        api.put_node("local", &["10.99.1.0/24"], "192.168.77.1");
+        for (i, name) in ["a", "b", "nat"].iter().enumerate() {
+            api.put_node(name, &[&format!("10.99.{}.0/24", i + 2)], "192.168.77.9");
+            let mut spec = json!({"publicKey": PrivateKey::generate().public_key().to_base64(),
+                                  "listenPort": 51820, "persistentKeepalive": 25});
+            if *name != "nat" {
+                spec["endpoint"] = json!(format!("192.168.77.{}:51820", i + 2));
+            }
+            api.put_wormhole(name, spec);
+        }
+        let report = |endpoint: &str| {
+            for observer in ["a", "b"] {
+                api.put_wormhole_status(
+                    observer,
+                    json!({"observedEndpoints": [{"peer": "nat", "endpoint": endpoint}]}),
+                );
+            }
+        };
+        report("203.0.113.1:1000");
+        let hold = Duration::from_millis(1500);
+        let mut source = KubePeerSource::new(api.client(), "local", me, cidrs(&["10.99.0.0/16"]));
+        source.choice = Choice::with_hold(hold);
+        let next = async |source: &mut KubePeerSource| {
+            tokio::time::timeout(Duration::from_secs(10), source.next())
+                .await
+                .expect("a snapshot within 10 s")
+                .unwrap()
+        };
+        let first = next(&mut source).await;
+        assert_eq!(first.observed_endpoints["nat"], "203.0.113.1:1000");
+        let moved = std::time::Instant::now();
+        report("203.0.113.2:2000");
+        let second = next(&mut source).await;
+        assert_eq!(second.observed_endpoints["nat"], "203.0.113.2:2000");
+        let waited = moved.elapsed();
+        assert!(waited >= hold / 2, "moved after {waited:?}, hold {hold:?}");
     }
 
     #[test]
@@ -977,7 +1063,16 @@ mod tests {
         let key = PrivateKey::generate().public_key();
         let nodes = vec![node("local", &["10.99.1.0/24"])];
         let whs = vec![behind_nat(wormhole("local", "uid-local", &key), Some(20))];
-        let snap = snapshot(&nodes, &whs, "local", &key, &cidrs(&["10.99.0.0/16"])).unwrap();
+        let snap = snapshot(
+            &nodes,
+            &whs,
+            "local",
+            &key,
+            &cidrs(&["10.99.0.0/16"]),
+            &mut Choice::default(),
+            tokio::time::Instant::now(),
+        )
+        .unwrap();
         assert_eq!(snap.nodes[0].persistent_keepalive, Some(20));
         assert!(snap.observed_endpoints.is_empty());
     }
@@ -999,7 +1094,16 @@ mod tests {
             wormhole("stale-owner", "uid-of-a-deleted-node", &k(())),
             wormhole("orphan", "uid-orphan", &k(())),
         ];
-        let s = snapshot(&nodes, &whs, "local", &me, &[]).unwrap();
+        let s = snapshot(
+            &nodes,
+            &whs,
+            "local",
+            &me,
+            &[],
+            &mut Choice::default(),
+            tokio::time::Instant::now(),
+        )
+        .unwrap();
         let names: Vec<_> = s.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["a", "local"]);
         assert_eq!(s.nodes[0].pod_cidrs, ["10.99.2.0/24", "fd99:0:0:2::/64"]);
@@ -1047,7 +1151,16 @@ mod tests {
                 "z",
             ),
         ];
-        let s = snapshot(&nodes, &whs, "local", &me, &cluster).unwrap();
+        let s = snapshot(
+            &nodes,
+            &whs,
+            "local",
+            &me,
+            &cluster,
+            &mut Choice::default(),
+            tokio::time::Instant::now(),
+        )
+        .unwrap();
         // A restarting agent: no history.
         let mesh = wormhole_core::Mesh::build("local", &me, &cluster, s, None).unwrap();
         let peers: Vec<_> = mesh.peers.iter().map(|p| p.name.as_str()).collect();
@@ -1088,13 +1201,31 @@ mod tests {
     #[test]
     fn this_node_without_cidrs_or_missing_is_an_error() {
         let me = PrivateKey::generate().public_key();
-        let err = snapshot(&[node("local", &[])], &[], "local", &me, &[]).unwrap_err();
+        let err = snapshot(
+            &[node("local", &[])],
+            &[],
+            "local",
+            &me,
+            &[],
+            &mut Choice::default(),
+            tokio::time::Instant::now(),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, Error::NoPodCidrs { node } if node == "local"),
             "{err:?}"
         );
         assert!(err.to_string().contains("--allocate-node-cidrs"), "{err}");
-        let err = snapshot(&[node("x", &["10.99.1.0/24"])], &[], "local", &me, &[]).unwrap_err();
+        let err = snapshot(
+            &[node("x", &["10.99.1.0/24"])],
+            &[],
+            "local",
+            &me,
+            &[],
+            &mut Choice::default(),
+            tokio::time::Instant::now(),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, Error::NodeNotFound { node } if node == "local"),
             "{err:?}"

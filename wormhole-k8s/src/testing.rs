@@ -370,6 +370,19 @@ impl FakeApi {
         self.record(&mut s, Kind::Wormhole, name, event, object);
     }
 
+    /// Replaces the status of a WormholeNode as given (what its node's agent may write, possibly
+    /// hostile); the WormholeNode must exist.
+    pub fn put_wormhole_status(&self, name: &str, status: Value) {
+        let mut s = self.state.lock().unwrap();
+        let mut object = s
+            .objects
+            .get(&(Kind::Wormhole, name.to_owned()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no WormholeNode {name}"));
+        object["status"] = status;
+        self.record(&mut s, Kind::Wormhole, name, "MODIFIED", object);
+    }
+
     /// Creates or replaces a WormholePeer (what an admin's `kubectl apply` does), as given.
     pub fn put_peer(&self, name: &str, spec: Value) {
         let mut s = self.state.lock().unwrap();

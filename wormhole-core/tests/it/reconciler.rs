@@ -663,7 +663,7 @@ async fn source_changes_plan_against_the_last_pass_and_ticks_read_the_host() {
     task.abort();
 }
 
-/// A cluster CIDR holding this host's underlay address or gateway, or any node's endpoint,
+/// A cluster CIDR holding this host's underlay address or gateway, or this node's endpoint,
 /// would make the firewall drop the node's own underlay traffic: the mesh is refused with the
 /// conflict named, and the last good mesh stays in force.
 #[tokio::test]
@@ -695,7 +695,7 @@ async fn cluster_cidrs_holding_the_underlay_are_refused() {
         ("0.0.0.0/0", "(10.1.0.5)"),
         (
             "192.168.0.0/16",
-            "the endpoint of node local (192.168.77.5)",
+            "the endpoint of this node (local) (192.168.77.5)",
         ),
     ] {
         let mut snapshot = with_cluster(cidr);
@@ -718,6 +718,85 @@ async fn cluster_cidrs_holding_the_underlay_are_refused() {
             ["10.99.0.0/16".parse().unwrap()]
         );
     }
+}
+
+/// A peer whose endpoint lies in the overlay (a compromised node publishing one, or a typo) is
+/// refused alone, with its reason: the rest of the mesh keeps following the source (a node that
+/// joins is added, one that leaves is removed), and a reconciler that starts with it in the
+/// snapshot gets every other peer. This used to refuse the whole snapshot.
+#[tokio::test]
+async fn a_peer_endpoint_inside_the_overlay_hurts_only_that_peer() {
+    let node = Node::new();
+    let me = node.key.public_key();
+    let [a, b, c] = [(); 3].map(|()| PrivateKey::generate().public_key());
+    let bad = |mut snapshot: Snapshot, endpoint: &str| {
+        let b = snapshot.nodes.iter_mut().find(|n| n.name == "b").unwrap();
+        b.endpoint = Some(endpoint.into());
+        snapshot
+    };
+    let mut r = node.reconciler(None);
+    let status = r.status();
+    r.update(Ok(snapshot(
+        &me,
+        &[("a", &a, "10.99.2.0/24"), ("b", &b, "10.99.3.0/24")],
+    )));
+    r.reconcile().await.unwrap();
+    assert_eq!(node.peer_keys().len(), 2);
+
+    // b moves its endpoint into the overlay (an IPv4-mapped form too) while c joins.
+    for endpoint in ["10.99.7.1:51820", "[::ffff:10.99.7.1]:51820"] {
+        r.update(Ok(bad(
+            snapshot(
+                &me,
+                &[
+                    ("a", &a, "10.99.2.0/24"),
+                    ("b", &b, "10.99.3.0/24"),
+                    ("c", &c, "10.99.4.0/24"),
+                ],
+            ),
+            endpoint,
+        )));
+        r.reconcile().await.unwrap();
+        let s = status.borrow().clone();
+        assert_eq!(s.source_error, None, "the snapshot as a whole is fine");
+        let mut keys = node.peer_keys();
+        keys.sort();
+        let mut want = vec![a, c];
+        want.sort();
+        assert_eq!(keys, want, "c joined, b refused alone ({endpoint})");
+        assert_eq!(s.rejected.len(), 1, "{:?}", s.rejected);
+        assert_eq!(s.rejected[0].name, "b");
+        assert_eq!(s.rejected[0].reason.kind(), "endpoint_in_overlay");
+        let text = s.rejected[0].to_string();
+        assert!(
+            text.contains("lies inside the overlay CIDR 10.99.0.0/16"),
+            "{text}"
+        );
+    }
+
+    // a leaves: removed, although b is still bad.
+    r.update(Ok(bad(
+        snapshot(&me, &[("b", &b, "10.99.3.0/24"), ("c", &c, "10.99.4.0/24")]),
+        "10.99.7.1:51820",
+    )));
+    r.reconcile().await.unwrap();
+    assert_eq!(node.peer_keys(), [c]);
+
+    // An agent that starts now gets its mesh (c), not nothing.
+    let fresh = Node::new();
+    let mut r = Reconciler::new(
+        settings(),
+        fresh
+            .backends
+            .handles(MemoryKeyStore::new(node.key.clone(), None)),
+    );
+    r.update(Ok(bad(
+        snapshot(&me, &[("b", &b, "10.99.3.0/24"), ("c", &c, "10.99.4.0/24")]),
+        "10.99.7.1:51820",
+    )));
+    r.reconcile().await.unwrap();
+    assert_eq!(fresh.peer_keys(), [c]);
+    assert_eq!(r.status().borrow().source_error, None);
 }
 
 /// Passes counted so far.

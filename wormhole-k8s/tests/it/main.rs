@@ -4,5 +4,6 @@
 mod manifests;
 mod outage;
 mod peers;
+mod props;
 mod publisher;
 mod source;

@@ -105,6 +105,30 @@ async fn a_wormholenode_cannot_claim_cidrs() {
     );
 }
 
+/// Issue 20: a node writes its own WormholeNode status, and every agent reads every
+/// WormholeNode. A status the type cannot read (a counter beyond `u32`, a list that is no list)
+/// used to fail the watch of every agent (one object failing to decode fails the whole list):
+/// nodes that joined afterwards never appeared, and an agent starting then got no mesh. It is
+/// read field by field now: the node stays, the rest of the mesh follows the API.
+#[tokio::test]
+async fn a_status_the_type_cannot_read_freezes_nobody() {
+    let (api, me, _) = cluster_with_a().await;
+    let mut source = KubePeerSource::new(api.client(), "local", me, cluster());
+    assert_eq!(names(&next(&mut source).await), ["a", "local"]);
+    api.put_wormhole_status(
+        "a",
+        json!({"peersOk": 1u64 << 40, "peersStale": -1, "observedEndpoints": "everywhere",
+               "problems": [{"peer": 5}], "keyPrefix": "abcd"}),
+    );
+    api.put_node("b", &["10.99.3.0/24"], "192.168.77.3");
+    publish(&api, "b", &key(), 3);
+    let s = next(&mut source).await;
+    assert_eq!(names(&s), ["a", "b", "local"]);
+    // An agent starting now lists everything.
+    let mut fresh = KubePeerSource::new(api.client(), "local", me, cluster());
+    assert_eq!(names(&next(&mut fresh).await), ["a", "b", "local"]);
+}
+
 /// Issue 9: an outage in which nothing changes. A watch that resumes reports nothing until
 /// something changes, so the source used to show the outage's error until the next change
 /// (forever, in a quiet cluster): it must yield the mesh again within seconds of the API
