@@ -162,6 +162,16 @@ impl Metrics {
             "Failed reconcile passes by kind of error",
             errors,
         );
+        let drops = Family::<Labels, Counter>::default();
+        for (rule, n) in &status.firewall_drops {
+            drops.get_or_create(&label("rule", rule.clone())).inc_by(*n);
+        }
+        registry.register(
+            "firewall_dropped_packets",
+            "Packets the firewall dropped since its table was last loaded, by rule (no_cleartext, \
+             spoofed_overlay_source, relay_into_the_tunnel, relay_out_of_the_tunnel, ...)",
+            drops,
+        );
         let passes = Counter::<u64>::default();
         passes.inc_by(status.passes);
         registry.register("reconciles", "Reconcile passes", passes);
@@ -241,6 +251,7 @@ mod tests {
                 v
             }];
             v.errors_by_kind = [("wireguard".to_owned(), 2)].into();
+            v.firewall_drops = [("relay_into_the_tunnel".to_owned(), 4)].into();
             v
         };
         let m = Metrics::default();
@@ -253,6 +264,7 @@ mod tests {
             "wormhole_peer_receive_bytes_total{peer=\"n2\"} 100",
             "wormhole_reconcile_errors_total{kind=\"wireguard\"} 2",
             "wormhole_reconciles_total 3",
+            "wormhole_firewall_dropped_packets_total{rule=\"relay_into_the_tunnel\"} 4",
             "wormhole_reconcile_duration_seconds_count 1",
             "wormhole_build_info{version=",
         ] {

@@ -2,7 +2,7 @@
 //! for tests and embedders; the Linux implementations live in their own modules. Peer sources
 //! are streams: see [`source`](crate::source).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -39,4 +39,9 @@ pub trait Firewall: Send + Sync {
     async fn read(&self) -> Result<Option<FirewallPolicy>, Error>;
     /// Replaces our ruleset with one enforcing `policy`, in one transaction.
     async fn apply(&self, policy: &FirewallPolicy) -> Result<(), Error>;
+    /// Packets our ruleset has dropped so far, by rule (a short stable label such as
+    /// `relay_into_tunnel`), as of the latest [`read`](Self::read); empty when unknown.
+    fn drops(&self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
 }

@@ -446,6 +446,7 @@ impl Reconciler {
                     s.last_success = Some(at);
                 }
                 s.device_present = outcome.present;
+                s.firewall_drops = self.backends.firewall.drops();
                 if let Some(mesh) = mesh {
                     s.configured = true;
                     s.pod_cidrs = mesh.local.pod_cidrs.clone();

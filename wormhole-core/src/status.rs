@@ -279,6 +279,8 @@ pub struct Status {
     pub device_present: bool,
     /// A pass has applied a mesh (not merely observed the host before the first snapshot).
     pub configured: bool,
+    /// Packets the firewall dropped so far, by rule ([`Firewall::drops`](crate::Firewall::drops)).
+    pub firewall_drops: BTreeMap<String, u64>,
 }
 
 impl Status {

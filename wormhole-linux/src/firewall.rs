@@ -8,9 +8,12 @@
 //! dependency; the `nftables` crate would only wrap the same binary in JSON.
 //!
 //! Drift (a rule deleted by hand, the table flushed or deleted) is detected by comparing
-//! `nft -s list table inet wormhole` with what it printed right after our last apply. After a
-//! restart nothing is known, so the first pass re-applies once (atomically, without disruption).
+//! `nft list table inet wormhole`, without its counter values, with what it printed right after
+//! our last apply. After a restart nothing is known, so the first pass re-applies once
+//! (atomically, without disruption). The same listing gives the packets each `drop` rule has
+//! dropped since the table was last loaded ([`Firewall::drops`]), by the rule's comment.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -29,8 +32,10 @@ pub const NFT_TABLE: &str = "wormhole";
 #[derive(Debug)]
 pub struct Nftables {
     nft: String,
-    /// The policy last applied and how `nft -s list` printed it right after.
+    /// The policy last applied and how `nft list` printed it right after (without counters).
     last: Mutex<Option<(FirewallPolicy, String)>>,
+    /// Packets dropped by rule, as of the latest read.
+    drops: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for Nftables {
@@ -38,6 +43,7 @@ impl Default for Nftables {
         Nftables {
             nft: "nft".into(),
             last: Mutex::new(None),
+            drops: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -108,11 +114,18 @@ pub(crate) fn render(policy: &FirewallPolicy) -> String {
     iifname {br} ip6 saddr @cluster6 ip6 saddr != @local6 counter drop comment "pod claims a remote pod source"
   }}
 
-  # Forwarding between our pods and the tunnel.
+  # Forwarding through the tunnel. Only what belongs enters it: our pods (anti-spoofed above),
+  # and traffic a Service or NodePort DNAT'd here (its replies too); this host's own traffic is
+  # not forwarded. Everything else is a relay and dropped: a host on the underlay with no key that
+  # routes the overlay via this node, another peer (an external one) reaching through us, or
+  # tunnel traffic bound for the underlay.
   chain forward {{
     type filter hook forward priority filter; policy accept;
     iifname {br} oifname {wg} accept
     iifname {wg} oifname {br} accept
+    ct status dnat accept
+    oifname {wg} counter drop comment "relay into the tunnel"
+    iifname {wg} counter drop comment "relay out of the tunnel"
   }}
 
   # No cleartext: traffic to the overlay leaves only through the tunnel, to our pods or to this
@@ -181,9 +194,59 @@ fn run(nft: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The table as nft prints it, without counter values; `None` when absent.
+/// `listing` without its counter values (`counter packets 5 bytes 300` becomes `counter`).
+fn stateless(listing: &str) -> String {
+    let mut out = String::with_capacity(listing.len());
+    let mut rest = listing;
+    while let Some(at) = rest.find("counter packets ") {
+        out.push_str(&rest[..at + "counter".len()]);
+        rest = &rest[at + "counter".len()..];
+        // Skip " packets N bytes M".
+        for word in ["packets", "bytes"] {
+            let trimmed = rest.trim_start();
+            let Some(after) = trimmed.strip_prefix(word) else {
+                break;
+            };
+            let after = after.trim_start();
+            let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            rest = &after[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The packets each `drop` rule with a counter and a comment has dropped, summed by label (the
+/// comment in snake case: `relay_into_the_tunnel`).
+fn dropped(listing: &str) -> BTreeMap<String, u64> {
+    let mut drops = BTreeMap::new();
+    for line in listing.lines() {
+        let Some((_, counted)) = line.split_once("counter packets ") else {
+            continue;
+        };
+        let Some((_, comment)) = counted.split_once(" drop comment \"") else {
+            continue;
+        };
+        let packets: u64 = counted
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let label: String = comment
+            .trim_end_matches('"')
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("_")
+            .to_ascii_lowercase();
+        *drops.entry(label).or_default() += packets;
+    }
+    drops
+}
+
+/// The table as nft prints it, counters included; `None` when absent.
 fn listing(nft: &str) -> Result<Option<String>, Error> {
-    match run(nft, &["-s", "list", "table", "inet", NFT_TABLE], None) {
+    match run(nft, &["list", "table", "inet", NFT_TABLE], None) {
         Ok(text) => Ok(Some(text)),
         // nft tells why only in prose (the kernel's ENOENT through strerror, in the locale's
         // language) and exits 1 for every error: ask which tables exist instead, a listing that
@@ -239,7 +302,9 @@ impl Firewall for Nftables {
         let Some((policy, expected)) = self.last.lock().unwrap().clone() else {
             return Ok(None);
         };
-        if self.blocking(listing).await?.as_deref() == Some(expected.as_str()) {
+        let listing = self.blocking(listing).await?;
+        *self.drops.lock().unwrap() = listing.as_deref().map(dropped).unwrap_or_default();
+        if listing.as_deref().map(stateless).as_deref() == Some(expected.as_str()) {
             Ok(Some(policy))
         } else {
             tracing::warn!(
@@ -260,8 +325,13 @@ impl Firewall for Nftables {
             .ok_or_else(|| {
                 Error::backend(Component::Firewall, "table missing right after applying it")
             })?;
-        *self.last.lock().unwrap() = Some((policy.clone(), listing));
+        *self.drops.lock().unwrap() = dropped(&listing);
+        *self.last.lock().unwrap() = Some((policy.clone(), stateless(&listing)));
         Ok(())
+    }
+
+    fn drops(&self) -> BTreeMap<String, u64> {
+        self.drops.lock().unwrap().clone()
     }
 }
 
@@ -334,6 +404,59 @@ mod tests {
     }
 
     #[test]
+    fn counters_are_read_by_rule_and_left_out_of_the_comparison() {
+        let listing = "table inet wormhole {\n\tchain forward {\n\
+            \t\tiifname \"wormhole-br0\" oifname \"wormhole0\" accept\n\
+            \t\toifname \"wormhole0\" counter packets 7 bytes 420 drop comment \"relay into the tunnel\"\n\
+            \t\tip daddr @cluster4 counter packets 2 bytes 80 drop comment \"no cleartext\"\n\
+            \t\tip6 daddr @cluster6 counter packets 3 bytes 90 drop comment \"no cleartext\"\n\
+            \t\tip saddr 1.2.3.4 counter packets 9 bytes 9 accept\n\t}\n}\n";
+        let drops = dropped(listing);
+        assert_eq!(
+            drops.into_iter().collect::<Vec<_>>(),
+            [
+                ("no_cleartext".to_owned(), 5),
+                ("relay_into_the_tunnel".to_owned(), 7)
+            ]
+        );
+        let plain = stateless(listing);
+        assert!(
+            !plain.contains("packets") && !plain.contains("bytes"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("oifname \"wormhole0\" counter drop comment \"relay into the tunnel\"")
+        );
+        assert!(plain.contains("ip saddr 1.2.3.4 counter accept"));
+        assert_eq!(
+            stateless(&listing.replace("packets 7", "packets 70000")),
+            plain
+        );
+    }
+
+    #[test]
+    fn only_what_belongs_is_forwarded_into_the_tunnel() {
+        let text = render(&policy());
+        let forward = text.split("chain forward {").nth(1).unwrap();
+        let forward = &forward[..forward.find("\n  }").unwrap()];
+        let rules: Vec<&str> = forward
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("type"))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                r#"iifname "wormhole-br0" oifname "wormhole0" accept"#,
+                r#"iifname "wormhole0" oifname "wormhole-br0" accept"#,
+                "ct status dnat accept",
+                r#"oifname "wormhole0" counter drop comment "relay into the tunnel""#,
+                r#"iifname "wormhole0" counter drop comment "relay out of the tunnel""#,
+            ]
+        );
+    }
+
+    #[test]
     fn our_table_is_found_among_others() {
         assert!(lists_our_table("table inet filter\ntable inet wormhole\n"));
         assert!(!lists_our_table(
@@ -346,7 +469,7 @@ mod tests {
     async fn a_missing_nft_binary_is_a_clear_error() {
         let nft = Nftables {
             nft: "/nonexistent/nft".into(),
-            last: Mutex::new(None),
+            ..Nftables::default()
         };
         let err = nft.apply(&policy()).await.unwrap_err();
         assert!(err.to_string().contains("is nftables installed?"), "{err}");

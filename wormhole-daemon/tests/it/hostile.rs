@@ -44,8 +44,16 @@ name = "x-dup-key"
 public_key = "{}"
 endpoint = "192.168.77.203:51820"
 pod_cidrs = ["10.99.8.0/24"]
+
+# Issue 20: an endpoint inside the overlay used to make every agent refuse the whole file.
+[[node]]
+name = "x-endpoint-in-overlay"
+public_key = "{}"
+endpoint = "10.99.9.1:51820"
+pod_cidrs = ["10.99.9.0/24"]
 "#,
-        c.node(3).public_key
+        c.node(3).public_key,
+        new_key(&c.work.path().join("overlay.key"))
     );
     write_atomically(&c.peers, &c.peers_text(&[1, 2, 3], &hostile));
     c.start_all(&[]);
@@ -106,6 +114,10 @@ pod_cidrs = ["10.99.8.0/24"]
                     "duplicate public key: already used by node n3"
                 },
             ),
+            (
+                "x-endpoint-in-overlay",
+                "endpoint 10.99.9.1:51820 lies inside the overlay CIDR",
+            ),
         ];
         for (name, reason) in expected {
             let s = state(name);
@@ -118,7 +130,7 @@ pod_cidrs = ["10.99.8.0/24"]
         for other in c.nodes.iter().filter(|n| n.index != node.index) {
             assert_eq!(state(&other.name), "ok", "{}: {status}", node.name);
         }
-        assert_eq!(states.len(), 5, "{}: {status}", node.name);
+        assert_eq!(states.len(), 6, "{}: {status}", node.name);
 
         // `wormhole status` (table and JSON) exits non-zero and shows the reasons.
         let (code, table) = node.status(&[]);
@@ -137,13 +149,15 @@ pod_cidrs = ["10.99.8.0/24"]
         want.sort();
         assert_eq!(node.wg_peers(), want, "{}", node.name);
         let allowed = node.wg(&["allowed-ips"]);
-        for bad in ["10.99.7.", "10.99.8."] {
+        for bad in ["10.99.7.", "10.99.8.", "10.99.9."] {
             assert!(!allowed.contains(bad), "{}: {allowed}", node.name);
         }
         let routes = node.ns.wormhole_routes();
         assert_eq!(routes.lines().count(), 4, "{}: {routes}", node.name);
         assert!(
-            !routes.contains("10.99.7.") && !routes.contains("10.99.8."),
+            !routes.contains("10.99.7.")
+                && !routes.contains("10.99.8.")
+                && !routes.contains("10.99.9."),
             "{routes}"
         );
         if node.index != 2 {
@@ -156,6 +170,24 @@ pod_cidrs = ["10.99.8.0/24"]
         assert!(
             metrics.contains("wormhole_rejected_peers{reason=\"malformed_key\"} 1"),
             "{metrics}"
+        );
+    }
+
+    // A node that joins meanwhile is added everywhere, and an agent that starts with the bad
+    // entries in the file gets its whole mesh (both used to be frozen out by the entry whose
+    // endpoint lies in the overlay).
+    let n4 = c.add_node(backend);
+    write_atomically(&c.peers, &c.peers_text(&[1, 2, 3, 4], &hostile));
+    c.node_mut(n4).start(&[]);
+    c.node_mut(n4).wait_ready();
+    c.add_pods(n4, &["b"]);
+    let newcomer = c.pods.last().unwrap();
+    for from in c.pods.iter().filter(|p| p.node != n4) {
+        assert!(
+            from.ping(&newcomer.ip4, 3),
+            "{} -> the newcomer's pod\n{}",
+            from.name,
+            c.logs()
         );
     }
 }

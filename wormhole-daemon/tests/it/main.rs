@@ -19,5 +19,6 @@ mod kubernetes_external;
 mod measure;
 mod mesh;
 mod nat;
+mod relay;
 mod restart;
 mod services;
