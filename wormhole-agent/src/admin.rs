@@ -883,8 +883,8 @@ mod tests {
         let (listener, addr) = listener().await;
         let limits = Limits {
             host: 4,
-            header_timeout: Duration::from_millis(1000),
-            deadline: Duration::from_millis(1500),
+            header_timeout: Duration::from_millis(500),
+            deadline: Duration::from_millis(2500),
             ..Limits::DEFAULT
         };
         let metrics = admin.metrics.clone();
@@ -925,10 +925,11 @@ mod tests {
         }
         let took = start.elapsed();
         assert!(
-            took >= limits.header_timeout - Duration::from_millis(200)
-                && took < limits.deadline + Duration::from_secs(1),
-            "idle connections closed after {took:?} (header timeout {:?})",
-            limits.header_timeout
+            took >= limits.header_timeout - Duration::from_millis(100)
+                && took < limits.deadline - Duration::from_millis(500),
+            "idle connections closed after {took:?} (header timeout {:?}, deadline {:?})",
+            limits.header_timeout,
+            limits.deadline
         );
         let (line, _) = get(addr, "/healthz").await;
         assert_eq!(line, "HTTP/1.0 200 OK");

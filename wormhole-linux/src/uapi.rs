@@ -220,14 +220,24 @@ pub(crate) fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListe
             }
         }
     }
-    // tempfile creates the directory 0700 (whatever the umask): nobody else can reach what is
-    // in it.
-    let private = tempfile::Builder::new().prefix(&prefix).tempdir_in(dir)?;
-    let staged = private.path().join("s");
-    let listener = std::os::unix::net::UnixListener::bind(&staged)?;
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&staged, path)?;
-    Ok(listener)
+    // Created 0700 (the umask can only take bits away), under a name nobody could have made
+    // ready for us (`create` fails if it exists): nobody else can reach what is in it.
+    let private = dir.join(format!(
+        "{prefix}{:016x}",
+        rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+    ));
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    }
+    let staged = private.join("s");
+    let bound = std::os::unix::net::UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Serves the UAPI socket at `path` for the embedded device, so `wg show` and `wg set` work on
