@@ -60,6 +60,7 @@ fn an_idle_uapi_client_does_not_block_another_embedded() {
     std::thread::sleep(Duration::from_millis(200));
     let limit = scaled(Duration::from_secs(1));
     let (reply, took) = get(&path, scaled(Duration::from_secs(10)));
+    eprintln!("uapi: get=1 behind two clients that send nothing answered in {took:?}");
     assert!(
         reply.contains("private_key=") && reply.contains("errno=0"),
         "{reply:?}"
