@@ -2,12 +2,22 @@
 //! (the DaemonSet binds it on the host IP, where every pod can reach it: treat clients as
 //! untrusted).
 //!
-//! HTTP is hyper's (HTTP/1.0 and 1.1, GET only, one request per connection). What a client can
-//! cost is bounded, whatever it does:
-//! - at most [`Limits::connections`] connections are open at a time; more wait in the kernel's
-//!   accept queue, holding none of the agent's file descriptors or memory;
-//! - each connection lives at most [`Limits::deadline`], request and reply together, however
-//!   slowly the client sends or reads;
+//! Who a client is comes from its source address ([`Client`]): this host (loopback, or the very
+//! address it connected to: the kubelet probing a hostNetwork pod connects to the node's own
+//! address from the host, and so does `wormhole status`), a source named by `--admin-allow` or
+//! `--metrics-allow`, or anyone else (pods, other hosts). Everyone is served the probes
+//! (`/healthz`, `/readyz`); `/status` (every peer, its endpoint and handshakes) only this host
+//! and `--admin-allow` sources; `/metrics` those and `--metrics-allow` sources.
+//!
+//! HTTP is hyper's (HTTP/1.0 and 1.1, GET only, one request per connection). The probes are
+//! always answered, and what a client can cost is bounded, whatever it does:
+//! - every connection is accepted at once, and one over its class's limits ([`Limits`]: this
+//!   host's own, the allowed sources', everyone else's, and [`Limits::per_source`] for any one
+//!   address other than this host) is reset at once: no other source can fill the slots or the
+//!   accept queue that this host's connections (the kubelet's probes) need;
+//! - a client has [`Limits::header_timeout`] to send its request, and each connection lives at
+//!   most [`Limits::deadline`], request and reply together, however slowly the client sends or
+//!   reads;
 //! - no request reads the device: `/status` and `/metrics` are rendered from the status the
 //!   reconciler publishes, with the device's counters (handshakes, bytes) read at most once per
 //!   [`FRESH_FOR`] whatever the number of requests, and each rendered body is one shared buffer
@@ -16,8 +26,9 @@
 //! [`listen_and_serve`] binds in the background and keeps retrying: a busy or squatted admin
 //! port never keeps the mesh from being applied.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,9 +37,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, watch};
 use wormhole_core::ObservedDevice;
 use wormhole_core::{ErrorChain, Status, WireGuardDevice};
 
@@ -46,22 +58,177 @@ pub(crate) const BIND_RETRY: Duration = Duration::from_secs(2);
 /// A failure to bind is logged again (as a warning) at most this often while it lasts.
 const BIND_WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// What the admin server allows one client, and all of them together.
+/// What the admin server allows one client, and each class of clients together.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    /// Connections open at a time.
-    pub connections: usize,
+    /// Connections from this host at a time (the kubelet's probes, `wormhole status`).
+    pub host: usize,
+    /// Connections from `--admin-allow` and `--metrics-allow` sources at a time, together.
+    pub allowed: usize,
+    /// Connections from every other source (pods, other hosts) at a time, together.
+    pub others: usize,
+    /// Connections from any one address other than this host's at a time.
+    pub per_source: usize,
+    /// The longest a client may take to send its request head.
+    pub header_timeout: Duration,
     /// The longest a connection lives, reading the request and writing the reply.
     pub deadline: Duration,
 }
 
 impl Limits {
-    /// Plenty for probes, a scraper and `wormhole status`; with the deadline, a flood of
-    /// connections costs at most this many sockets and buffers.
+    /// Plenty for probes, a scraper and `wormhole status`; with the timeouts, a flood of
+    /// connections costs at most this many sockets and buffers, and never this host's slots.
     pub(crate) const DEFAULT: Limits = Limits {
-        connections: 32,
+        host: 16,
+        allowed: 16,
+        others: 32,
+        per_source: 4,
+        header_timeout: Duration::from_secs(2),
         deadline: Duration::from_secs(10),
     };
+}
+
+/// Which sources besides this host are served more than the probes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Access {
+    /// Served everything (`--admin-allow`).
+    pub status: Vec<IpNet>,
+    /// Served `/metrics` (`--metrics-allow`).
+    pub metrics: Vec<IpNet>,
+}
+
+/// Who a client is, from its source address: what it is served, and whose slots it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Client {
+    /// This host: a loopback address, or the address the client connected to (only this
+    /// host's network namespace can connect from the very address it connects to: a packet
+    /// from elsewhere with a local source address is dropped as a martian, and the handshake's
+    /// reply would not reach it anyway). The kubelet's probes, `wormhole status`. Everything.
+    Host,
+    /// An `--admin-allow` source: everything.
+    Operator,
+    /// A `--metrics-allow` source: `/metrics` and the probes.
+    Scraper,
+    /// Anyone else (pods, other hosts): the probes.
+    Other,
+}
+
+impl Client {
+    /// The client connected from `peer` to `local`.
+    pub(crate) fn of(peer: IpAddr, local: IpAddr, access: &Access) -> Client {
+        // An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
+        let (peer, local) = (peer.to_canonical(), local.to_canonical());
+        if peer.is_loopback() || peer == local {
+            Client::Host
+        } else if access.status.iter().any(|net| net.contains(&peer)) {
+            Client::Operator
+        } else if access.metrics.iter().any(|net| net.contains(&peer)) {
+            Client::Scraper
+        } else {
+            Client::Other
+        }
+    }
+
+    /// May read `/status`.
+    fn status(self) -> bool {
+        matches!(self, Client::Host | Client::Operator)
+    }
+
+    /// May read `/metrics`.
+    fn metrics(self) -> bool {
+        self != Client::Other
+    }
+
+    /// The class of its connection slots, as the refused-connections metric names it.
+    fn class(self) -> &'static str {
+        match self {
+            Client::Host => "host",
+            Client::Operator | Client::Scraper => "allowed",
+            Client::Other => "other",
+        }
+    }
+}
+
+/// The connections one class of clients holds: at most `limit` in all, and `per_source` from
+/// any one address.
+struct Pool {
+    limit: usize,
+    per_source: usize,
+    /// How many in all, and from each address that holds any (at most `limit` entries).
+    held: std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// A connection's place in its [`Pool`], given back when dropped.
+struct Slot {
+    pool: Arc<Pool>,
+    source: IpAddr,
+}
+
+impl Pool {
+    fn new(limit: usize, per_source: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            limit,
+            per_source,
+            held: std::sync::Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A slot for a connection from `source`, if its pool and its address have one left.
+    fn take(self: &Arc<Self>, source: IpAddr) -> Option<Slot> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_source) = &mut *held;
+        let mine = by_source.get(&source).copied().unwrap_or(0);
+        if *total >= self.limit || mine >= self.per_source {
+            return None;
+        }
+        *total += 1;
+        by_source.insert(source, mine + 1);
+        Some(Slot {
+            pool: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.pool.held.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_source) = &mut *held;
+        *total -= 1;
+        if let Some(n) = by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The pools of the three classes of clients.
+struct Pools {
+    host: Arc<Pool>,
+    allowed: Arc<Pool>,
+    others: Arc<Pool>,
+}
+
+impl Pools {
+    fn new(limits: &Limits) -> Self {
+        Pools {
+            // This host's clients all come from one or two addresses: no cap per address.
+            host: Pool::new(limits.host, limits.host),
+            allowed: Pool::new(limits.allowed, limits.per_source),
+            others: Pool::new(limits.others, limits.per_source),
+        }
+    }
+
+    fn take(&self, client: Client, source: IpAddr) -> Option<Slot> {
+        match client {
+            Client::Host => &self.host,
+            Client::Operator | Client::Scraper => &self.allowed,
+            Client::Other => &self.others,
+        }
+        .take(source.to_canonical())
+    }
 }
 
 /// What the handlers read.
@@ -77,6 +244,8 @@ pub(crate) struct Admin {
     pub liveness: Duration,
     /// When the agent started.
     pub started: SystemTime,
+    /// Who besides this host may read `/status` and `/metrics`.
+    pub access: Access,
 }
 
 #[derive(Clone, Copy)]
@@ -179,7 +348,12 @@ impl Server {
         body
     }
 
-    async fn respond(&self, method: &Method, path: &str) -> (StatusCode, &'static str, Bytes) {
+    async fn respond(
+        &self,
+        method: &Method,
+        path: &str,
+        client: Client,
+    ) -> (StatusCode, &'static str, Bytes) {
         const TEXT: &str = "text/plain";
         if method != Method::GET {
             return (
@@ -190,6 +364,23 @@ impl Server {
         }
         let admin = &self.admin;
         match path {
+            "/status" if !client.status() => (
+                StatusCode::FORBIDDEN,
+                TEXT,
+                Bytes::from_static(
+                    b"forbidden: /status is served to this host and to --admin-allow sources only \
+                      (pods and other hosts are served /healthz and /readyz)\n",
+                ),
+            ),
+            "/metrics" if !client.metrics() => (
+                StatusCode::FORBIDDEN,
+                TEXT,
+                Bytes::from_static(
+                    b"forbidden: /metrics is served to this host and to --admin-allow and \
+                      --metrics-allow sources only (pods and other hosts are served /healthz \
+                      and /readyz)\n",
+                ),
+            ),
             "/metrics" => (
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -239,8 +430,11 @@ impl Server {
     async fn handle(
         &self,
         request: Request<Incoming>,
+        client: Client,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
-        let (code, kind, body) = self.respond(request.method(), request.uri().path()).await;
+        let (code, kind, body) = self
+            .respond(request.method(), request.uri().path(), client)
+            .await;
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = code;
         response
@@ -268,23 +462,46 @@ pub(crate) async fn serve_with(listener: TcpListener, admin: Arc<Admin>, limits:
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     // One request per connection (as before; `Connection: close`), and a request head of at
-    // most 16 KiB (hyper's smallest buffer limit is 8 KiB).
-    http.keep_alive(false).max_buf_size(16 * 1024);
-    let slots = Arc::new(Semaphore::new(limits.connections));
+    // most 16 KiB (hyper's smallest buffer limit is 8 KiB), sent within the header timeout.
+    http.keep_alive(false)
+        .max_buf_size(16 * 1024)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let pools = Pools::new(&limits);
+    let mut warned: Option<Instant> = None;
     loop {
-        // A slot first: while every slot is taken, connections wait in the accept queue.
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        // Accept at once, whatever is open: a connection that waited in the accept queue would
+        // wait behind whoever filled it, the kubelet's probes too.
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %ErrorChain(&e), "admin accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+        let client = Client::of(peer.ip(), local, &server.admin.access);
+        let Some(slot) = pools.take(client, peer.ip()) else {
+            // Reset at once: the connection costs nothing more, and the client learns now.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            drop(stream);
+            server
+                .admin
+                .metrics
+                .refused_admin_connection(client.class());
+            if warned.is_none_or(|at| at.elapsed() >= BIND_WARN_EVERY) {
+                tracing::warn!(
+                    source = %peer.ip(), class = client.class(),
+                    "admin: refusing connections over the limits (at most {} at a time from \
+                     any one address other than this host's, {} from pods and other hosts, {} \
+                     from allowed sources, {} from this host); the probes from this host are \
+                     answered regardless; counted in wormhole_admin_connections_refused_total",
+                    limits.per_source, limits.others, limits.allowed, limits.host
+                );
+                warned = Some(Instant::now());
+            }
+            continue;
         };
         // The kernel's memory for the connection is bounded too: a reply is written into at
         // most SEND_BUFFER bytes of socket buffer (autotuning would grow it to megabytes).
@@ -294,7 +511,7 @@ pub(crate) async fn serve_with(listener: TcpListener, admin: Arc<Admin>, limits:
         let handler = server.clone();
         let service = hyper::service::service_fn(move |request| {
             let handler = handler.clone();
-            async move { handler.handle(request).await }
+            async move { handler.handle(request, client).await }
         });
         let http = http.clone();
         tokio::spawn(async move {
@@ -309,7 +526,7 @@ pub(crate) async fn serve_with(listener: TcpListener, admin: Arc<Admin>, limits:
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                     tracing::debug!(
                         deadline = ?limits.deadline,
-                        "admin connection reset at its deadline (slow or idle client)"
+                        "admin connection reset at its deadline (slow client)"
                     );
                 }
             }
@@ -346,12 +563,25 @@ pub(crate) async fn listen_and_serve(addr: SocketAddr, admin: Arc<Admin>) {
             }
         }
     };
+    let access = &admin.access;
+    let (status_from, metrics_from) = (nets(&access.status), nets(&access.metrics));
     if failures > 0 {
-        tracing::info!(%addr, failed_attempts = failures, "admin server listening at last: /status /metrics /healthz /readyz");
+        tracing::info!(%addr, failed_attempts = failures, status_from, metrics_from, "admin server listening at last: /healthz /readyz to every client, /status and /metrics to this host and the sources named");
     } else {
-        tracing::info!(%addr, "admin server: /status /metrics /healthz /readyz");
+        tracing::info!(%addr, status_from, metrics_from, "admin server: /healthz /readyz to every client, /status and /metrics to this host and the sources named");
     }
     serve(listener, admin).await;
+}
+
+/// `nets` for a log line: comma-separated, or `none`.
+fn nets(nets: &[IpNet]) -> String {
+    if nets.is_empty() {
+        return "none".into();
+    }
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -394,6 +624,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             liveness: Duration::from_secs(60),
             started: SystemTime::now(),
+            access: Access::default(),
         };
         (Arc::new(admin), tx, device, peer)
     }
@@ -430,9 +661,17 @@ mod tests {
         let start = Instant::now();
         let requests = 200;
         let mut clients = Vec::new();
+        // Half as many at a time as this host may hold connections (a client sees the end of
+        // its reply a moment before the server gives its slot back).
+        let slots = Arc::new(tokio::sync::Semaphore::new(Limits::DEFAULT.host / 2));
         for i in 0..requests {
             let path = if i % 2 == 0 { "/status" } else { "/metrics" };
-            clients.push(tokio::spawn(async move { get(addr, path).await }));
+            let slot = slots.clone().acquire_owned().await.unwrap();
+            clients.push(tokio::spawn(async move {
+                let reply = get(addr, path).await;
+                drop(slot);
+                reply
+            }));
         }
         for client in clients {
             let (line, body) = client.await.unwrap();
@@ -506,53 +745,194 @@ mod tests {
         server.abort();
     }
 
+    #[test]
+    fn clients_are_told_apart_by_their_source() {
+        let access = Access {
+            status: vec![
+                "192.0.2.7/32".parse().unwrap(),
+                "2001:db8::/64".parse().unwrap(),
+            ],
+            metrics: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "192.0.2.0/24".parse().unwrap(),
+            ],
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let node = ip("192.168.1.10");
+        for (peer, local, want) in [
+            // The kubelet probing a hostNetwork pod: from the node's address, to it.
+            ("192.168.1.10", "192.168.1.10", Client::Host),
+            ("127.0.0.1", "127.0.0.1", Client::Host),
+            ("127.0.0.2", "127.0.0.1", Client::Host),
+            ("::1", "::1", Client::Host),
+            ("::ffff:192.168.1.10", "::ffff:192.168.1.10", Client::Host),
+            ("::ffff:127.0.0.1", "192.168.1.10", Client::Host),
+            // A pod on this node, another node (or a pod there, masqueraded as it).
+            ("10.99.1.5", "192.168.1.10", Client::Other),
+            ("192.168.1.11", "192.168.1.10", Client::Other),
+            // Named: --admin-allow wins over --metrics-allow.
+            ("192.0.2.7", "192.168.1.10", Client::Operator),
+            ("::ffff:192.0.2.7", "::ffff:192.168.1.10", Client::Operator),
+            ("2001:db8::5", "2001:db8::1", Client::Operator),
+            ("192.0.2.8", "192.168.1.10", Client::Scraper),
+            ("10.244.3.4", "192.168.1.10", Client::Scraper),
+        ] {
+            assert_eq!(
+                Client::of(ip(peer), ip(local), &access),
+                want,
+                "{peer} -> {local}"
+            );
+        }
+        // Nothing named: only this host is more than a prober.
+        assert_eq!(
+            Client::of(ip("192.0.2.7"), node, &Access::default()),
+            Client::Other
+        );
+    }
+
+    #[test]
+    fn pools_cap_each_class_and_each_source() {
+        let limits = Limits {
+            host: 3,
+            allowed: 2,
+            others: 4,
+            per_source: 2,
+            ..Limits::DEFAULT
+        };
+        let pools = Pools::new(&limits);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (pod, pod2, pod3) = (ip("10.99.1.5"), ip("10.99.1.6"), ip("10.99.1.7"));
+        let a = pools.take(Client::Other, pod).expect("1st from a pod");
+        let _b = pools.take(Client::Other, pod).expect("2nd from a pod");
+        assert!(pools.take(Client::Other, pod).is_none(), "3rd from one pod");
+        // The same address as ::ffff:a.b.c.d counts as the same source.
+        assert!(pools.take(Client::Other, ip("::ffff:10.99.1.5")).is_none());
+        let _c = pools.take(Client::Other, pod2).expect("another pod");
+        let _d = pools.take(Client::Other, pod2).expect("another pod, 2nd");
+        assert!(
+            pools.take(Client::Other, pod3).is_none(),
+            "every other slot held"
+        );
+        // This host's slots and the allowed sources' are their own.
+        let host = ip("192.168.1.10");
+        let held: Vec<Slot> = (0..3)
+            .map(|_| pools.take(Client::Host, host).expect("this host"))
+            .collect();
+        assert!(
+            pools.take(Client::Host, host).is_none(),
+            "4th from this host"
+        );
+        let _e = pools
+            .take(Client::Scraper, ip("192.0.2.8"))
+            .expect("scraper");
+        let _f = pools
+            .take(Client::Operator, ip("192.0.2.7"))
+            .expect("operator");
+        assert!(pools.take(Client::Operator, ip("192.0.2.9")).is_none());
+        // Given back when dropped.
+        drop(a);
+        let _g = pools
+            .take(Client::Other, pod3)
+            .expect("a slot was given back");
+        drop(held);
+        assert!(pools.take(Client::Host, host).is_some());
+        assert_eq!(pools.others.held.lock().unwrap().1.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_client_is_served_what_it_may_read() {
+        let (admin, _tx, _, _) = admin();
+        let server = Server {
+            cache: Mutex::new(Cache {
+                status: admin.status.clone(),
+                counters: None,
+                status_body: None,
+                metrics_body: None,
+            }),
+            admin,
+        };
+        let get = Method::GET;
+        for (client, status, metrics) in [
+            (Client::Host, 200, 200),
+            (Client::Operator, 200, 200),
+            (Client::Scraper, 403, 200),
+            (Client::Other, 403, 403),
+        ] {
+            let (code, _, body) = server.respond(&get, "/status", client).await;
+            assert_eq!(code.as_u16(), status, "{client:?} /status");
+            let text = String::from_utf8_lossy(&body);
+            // A refusal tells nothing of the peers, and says who is served.
+            assert_eq!(text.contains("n2"), status == 200, "{client:?}: {text}");
+            if status == 403 {
+                assert!(text.contains("--admin-allow"), "{text}");
+            }
+            let (code, _, body) = server.respond(&get, "/metrics", client).await;
+            assert_eq!(code.as_u16(), metrics, "{client:?} /metrics");
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(text.contains("peer=\"n2\""), metrics == 200, "{text}");
+            for path in ["/healthz", "/readyz"] {
+                let (code, _, _) = server.respond(&get, path, client).await;
+                assert!(code == 200 || code == 503, "{client:?} {path}: {code}");
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_are_bounded_and_closed_at_their_deadline() {
         let (admin, tx, _, _) = admin();
         let (listener, addr) = listener().await;
         let limits = Limits {
-            connections: 4,
-            deadline: Duration::from_millis(1500),
+            host: 4,
+            header_timeout: Duration::from_millis(500),
+            deadline: Duration::from_millis(2500),
+            ..Limits::DEFAULT
         };
+        let metrics = admin.metrics.clone();
         let server = tokio::spawn(serve_with(listener, admin, limits));
 
-        // Idle clients take every slot; one more waits in the accept queue.
+        // Idle clients take every slot of this host; one more is refused at once (reset),
+        // not left waiting behind them.
         let start = Instant::now();
         let mut idle = Vec::new();
-        for _ in 0..limits.connections {
+        for _ in 0..limits.host {
             idle.push(TcpStream::connect(addr).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let waiting = tokio::spawn(async move {
-            let reply = get(addr, "/healthz").await;
-            (reply, start.elapsed())
-        });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut buf = [0u8; 64];
+        // (On loopback the reset can come before `connect` returns.)
+        let refused = tokio::time::timeout(Duration::from_secs(1), async {
+            TcpStream::connect(addr).await?.read(&mut buf).await
+        })
+        .await
+        .expect("a connection over the limit was left waiting");
         assert!(
-            !waiting.is_finished(),
-            "a 5th connection was served past the limit of 4"
+            matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a 5th connection past the limit of 4: {refused:?}"
+        );
+        let text = metrics.render(&Status::default(), SystemTime::now());
+        assert!(
+            text.contains("wormhole_admin_connections_refused_total{client=\"host\"} 1"),
+            "{text}"
         );
 
-        // At the deadline the idle ones are closed (EOF), and the waiting one is served.
+        // At the header timeout the idle ones are closed, and the slots serve again.
         for mut s in idle {
-            let mut buf = [0u8; 64];
             let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
                 .await
                 .expect("an idle connection was not closed within 10 s")
                 .unwrap_or(0);
             assert_eq!(n, 0, "an idle connection got data");
         }
-        let ((line, _), took) = waiting.await.unwrap();
+        let took = start.elapsed();
+        assert!(
+            took >= limits.header_timeout - Duration::from_millis(100)
+                && took < limits.deadline - Duration::from_millis(500),
+            "idle connections closed after {took:?} (header timeout {:?}, deadline {:?})",
+            limits.header_timeout,
+            limits.deadline
+        );
+        let (line, _) = get(addr, "/healthz").await;
         assert_eq!(line, "HTTP/1.0 200 OK");
-        assert!(
-            took >= limits.deadline - Duration::from_millis(200),
-            "served after {took:?}, before the idle connections' deadline"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(8),
-            "{:?}",
-            start.elapsed()
-        );
 
         // A slow reader of a large body is reset at its deadline: what it reads afterwards ends
         // short of the Content-Length, with a reset.

@@ -545,6 +545,10 @@ impl Running {
                 metrics,
                 liveness: options.resync * 3 + Duration::from_secs(60),
                 started: SystemTime::now(),
+                access: admin::Access {
+                    status: options.admin_allow.clone(),
+                    metrics: options.metrics_allow.clone(),
+                },
             };
             tokio::spawn(admin::listen_and_serve(addr, Arc::new(admin)))
         });

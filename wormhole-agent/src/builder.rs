@@ -161,6 +161,8 @@ pub(crate) struct Options {
     pub(crate) probe_interval: Option<Duration>,
     pub(crate) probe_rate: u32,
     pub(crate) admin_addr: Option<SocketAddr>,
+    pub(crate) admin_allow: Vec<IpNet>,
+    pub(crate) metrics_allow: Vec<IpNet>,
     pub(crate) forwarding: bool,
     pub(crate) cleanup_on_exit: bool,
 }
@@ -185,6 +187,8 @@ pub struct AgentBuilder {
     probe_interval: Option<Duration>,
     probe_rate: u32,
     admin_addr: Option<SocketAddr>,
+    admin_allow: Vec<IpNet>,
+    metrics_allow: Vec<IpNet>,
     forwarding: bool,
     cleanup_on_exit: bool,
 }
@@ -228,6 +232,8 @@ impl AgentBuilder {
             probe_interval: Some(Duration::from_secs(10)),
             probe_rate: 200,
             admin_addr: Some(([127, 0, 0, 1], 9473).into()),
+            admin_allow: Vec::new(),
+            metrics_allow: Vec::new(),
             forwarding: true,
             cleanup_on_exit: false,
         }
@@ -314,9 +320,30 @@ impl AgentBuilder {
         self
     }
 
-    /// The admin server's address (default `127.0.0.1:9473`); `None` serves nothing.
+    /// The admin server's address (default `127.0.0.1:9473`); `None` serves nothing. Every
+    /// client is served the probes (`/healthz`, `/readyz`); `/status` and `/metrics` only this
+    /// host (loopback, or a client connecting from the address it connects to, as the kubelet
+    /// and `wormhole status` on the node do) and the sources of [`Self::admin_allow`] and
+    /// [`Self::metrics_allow`].
     pub fn admin_addr(mut self, addr: Option<SocketAddr>) -> Self {
         self.admin_addr = addr;
+        self
+    }
+
+    /// Sources besides this host that the admin server serves everything, `/status` (every
+    /// peer with its endpoint and handshakes) and `/metrics` (default none): an operator's
+    /// address, for `wormhole status --cluster --admin`. A pod on another node reaches the
+    /// admin port from its node's address: naming the nodes' addresses names every pod.
+    pub fn admin_allow(mut self, sources: Vec<IpNet>) -> Self {
+        self.admin_allow = sources;
+        self
+    }
+
+    /// Sources besides this host (and [`Self::admin_allow`]) that the admin server serves
+    /// `/metrics` (default none): a Prometheus, or `0.0.0.0/0` and `::/0` to let every client
+    /// read the metrics (peer names, handshake ages and traffic per peer).
+    pub fn metrics_allow(mut self, sources: Vec<IpNet>) -> Self {
+        self.metrics_allow = sources;
         self
     }
 
@@ -410,6 +437,8 @@ impl AgentBuilder {
             probe_interval: self.probe_interval,
             probe_rate: self.probe_rate,
             admin_addr: self.admin_addr,
+            admin_allow: self.admin_allow,
+            metrics_allow: self.metrics_allow,
             forwarding: self.forwarding,
             cleanup_on_exit: self.cleanup_on_exit,
         };

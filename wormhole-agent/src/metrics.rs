@@ -43,6 +43,8 @@ impl EncodeLabelValue for LabelValue {
 #[derive(Debug)]
 pub(crate) struct Metrics {
     reconcile_duration: Histogram,
+    /// Admin connections refused at once (over their class's limits), by class of client.
+    admin_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,6 +53,7 @@ impl Default for Metrics {
         let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15);
         Metrics {
             reconcile_duration: Histogram::new(buckets),
+            admin_refused: Family::default(),
         }
     }
 }
@@ -63,6 +66,14 @@ impl Metrics {
     /// Records one reconcile pass.
     pub(crate) fn observe_pass(&self, duration: Duration) {
         self.reconcile_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Counts one admin connection refused from a client of class `client` (`host`, `allowed`,
+    /// `other`).
+    pub(crate) fn refused_admin_connection(&self, client: &'static str) {
+        self.admin_refused
+            .get_or_create(&label("client", client))
+            .inc();
     }
 
     /// The exposition text for `status` at `now`.
@@ -197,6 +208,13 @@ impl Metrics {
         let mtu = Gauge::<i64>::default();
         mtu.set(i64::from(status.mtu));
         registry.register("mtu", "WireGuard (and pod) MTU", mtu);
+        registry.register(
+            "admin_connections_refused",
+            "Admin connections refused at once because their class of client (host: this host's \
+             own addresses; allowed: --admin-allow and --metrics-allow sources; other: pods and \
+             other hosts) or their source address held as many as it may",
+            self.admin_refused.clone(),
+        );
 
         let mut text = String::new();
         encode(&mut text, &registry).expect("writing to a String cannot fail");

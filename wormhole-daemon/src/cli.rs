@@ -152,9 +152,33 @@ pub struct RunArgs {
     /// At most this many probes per second to all peers together, 1 to 10000 [default: 200].
     #[arg(long, env = "WORMHOLE_PROBE_RATE")]
     pub probe_rate: Option<u32>,
-    /// Admin server (metrics, health, status) address [default: 127.0.0.1:9473].
+    /// Admin server (metrics, health, status) address [default: 127.0.0.1:9473]. Every client
+    /// is served /healthz and /readyz; /status and /metrics only this host (loopback, or a
+    /// client connecting from the address it connects to, as the kubelet does) and the sources
+    /// of --admin-allow and --metrics-allow.
     #[arg(long, env = "WORMHOLE_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
+    /// A source (address or CIDR) besides this host that the admin server serves /status and
+    /// /metrics, such as an operator's machine for `status --cluster --admin`; repeat for more.
+    /// Pods on other nodes come from their node's address.
+    #[arg(
+        long,
+        env = "WORMHOLE_ADMIN_ALLOW",
+        value_delimiter = ',',
+        value_name = "IP|CIDR",
+        value_parser = parse_source
+    )]
+    pub admin_allow: Vec<IpNet>,
+    /// A source (address or CIDR) besides this host that the admin server serves /metrics, such
+    /// as a Prometheus (0.0.0.0/0,::/0: every client); repeat for more.
+    #[arg(
+        long,
+        env = "WORMHOLE_METRICS_ALLOW",
+        value_delimiter = ',',
+        value_name = "IP|CIDR",
+        value_parser = parse_source
+    )]
+    pub metrics_allow: Vec<IpNet>,
     /// Log format [default: text]; the level comes from RUST_LOG (default info).
     #[arg(long, env = "WORMHOLE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -302,6 +326,10 @@ struct FileConfig {
     probe_interval: Option<String>,
     probe_rate: Option<u32>,
     admin_addr: Option<SocketAddr>,
+    #[serde(default)]
+    admin_allow: Vec<String>,
+    #[serde(default)]
+    metrics_allow: Vec<String>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     cleanup_on_exit: bool,
@@ -336,8 +364,34 @@ pub struct Config {
     pub probe_interval: Option<Duration>,
     pub probe_rate: u32,
     pub admin_addr: SocketAddr,
+    /// Sources besides this host served `/status` and `/metrics`.
+    pub admin_allow: Vec<IpNet>,
+    /// Sources besides this host served `/metrics`.
+    pub metrics_allow: Vec<IpNet>,
     pub log_format: LogFormat,
     pub cleanup_on_exit: bool,
+}
+
+/// Parses a source of `--admin-allow` or `--metrics-allow`: an address (one host) or a CIDR.
+pub fn parse_source(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = text.parse().map_err(|_| {
+        format!(
+            "{} is neither an address nor a CIDR (for example 192.0.2.7, 192.0.2.0/24 or \
+             2001:db8::/64)",
+            Escaped(text)
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{net} has host bits set (did you mean {}?)",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 /// The range every duration option must lie in: a shorter period would spin the agent, a longer
@@ -578,6 +632,19 @@ impl RunArgs {
                 bad.trunc()
             ));
         }
+        let sources = |flag: Vec<IpNet>, file: Vec<String>, name: &str| {
+            if !flag.is_empty() {
+                return Ok(flag);
+            }
+            file.iter()
+                .map(|text| {
+                    parse_source(text)
+                        .map_err(|e| format!("invalid {name} in the config file: {e}"))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        let admin_allow = sources(self.admin_allow, file.admin_allow, "admin_allow")?;
+        let metrics_allow = sources(self.metrics_allow, file.metrics_allow, "metrics_allow")?;
         Ok(Config {
             node_name,
             source,
@@ -603,6 +670,8 @@ impl RunArgs {
                 .admin_addr
                 .or(file.admin_addr)
                 .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.parse().expect("valid default")),
+            admin_allow,
+            metrics_allow,
             log_format: self
                 .log_format
                 .or(file.log_format)
@@ -691,6 +760,58 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("--interface"), "{err}");
+    }
+
+    #[test]
+    fn admin_sources_are_addresses_or_cidrs() {
+        let base = ["--peers", "/p", "--node-name", "a"];
+        let c = parse(&base).unwrap();
+        assert!(c.admin_allow.is_empty() && c.metrics_allow.is_empty());
+        let mut args = base.to_vec();
+        args.extend([
+            "--admin-allow",
+            "192.0.2.7",
+            "--admin-allow",
+            "2001:db8::/64",
+            "--metrics-allow",
+            "0.0.0.0/0,::/0",
+        ]);
+        let c = parse(&args).unwrap();
+        let text = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(text(&c.admin_allow), ["192.0.2.7/32", "2001:db8::/64"]);
+        assert_eq!(text(&c.metrics_allow), ["0.0.0.0/0", "::/0"]);
+        for (bad, says) in [
+            ("192.0.2.7/24", "did you mean 192.0.2.0/24"),
+            ("pods", "neither an address nor a CIDR"),
+            ("10.0.0.0/33", "neither an address nor a CIDR"),
+        ] {
+            let mut args = base.to_vec();
+            args.extend(["--admin-allow", bad]);
+            let err = parse(&args).unwrap_err();
+            assert!(err.contains("--admin-allow") && err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn admin_sources_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "admin_allow = [\"192.0.2.7\"]\nmetrics_allow = [\"10.244.0.0/16\"]\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let c = parse(&["--peers", "/p", "--node-name", "a", "--config", file]).unwrap();
+        assert_eq!(c.admin_allow, ["192.0.2.7/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(c.metrics_allow, ["10.244.0.0/16".parse::<IpNet>().unwrap()]);
+        std::fs::write(&path, "metrics_allow = [\"10.244.0.1/16\"]\n").unwrap();
+        let err = parse(&["--peers", "/p", "--node-name", "a", "--config", file]).unwrap_err();
+        assert!(
+            err.contains("invalid metrics_allow in the config file")
+                && err.contains("did you mean 10.244.0.0/16"),
+            "{err}"
+        );
     }
 
     #[test]

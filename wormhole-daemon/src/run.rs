@@ -62,6 +62,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .probe_interval(config.probe_interval)
         .probe_rate(config.probe_rate)
         .admin_addr(Some(config.admin_addr))
+        .admin_allow(config.admin_allow)
+        .metrics_allow(config.metrics_allow)
         .cleanup_on_exit(config.cleanup_on_exit);
     if let Some(psk) = config.psk_file {
         agent = agent.psk_file(psk);

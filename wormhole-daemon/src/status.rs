@@ -231,11 +231,20 @@ async fn get(addr: SocketAddr) -> Result<StatusView, String> {
         .await
         .map_err(|e| unreachable(addr, e))?;
     if reply.status() != StatusCode::OK {
-        return Err(format!(
-            "agent answered {:?} {}",
-            reply.version(),
-            reply.status()
-        ));
+        let answered = format!("agent answered {:?} {}", reply.version(), reply.status());
+        // Its reason (a refusal names what to change), the first line of at most 1 KiB.
+        let reason = Limited::new(reply.into_body(), 1024)
+            .collect()
+            .await
+            .map(|body| body.to_bytes())
+            .unwrap_or_default();
+        let reason = String::from_utf8_lossy(&reason);
+        let reason = reason.lines().next().unwrap_or_default().trim();
+        return Err(if reason.is_empty() {
+            answered
+        } else {
+            format!("{answered}: {}", escape(reason))
+        });
     }
     let body = Limited::new(reply.into_body(), MAX_REPLY_BYTES)
         .collect()
@@ -316,6 +325,21 @@ mod tests {
         assert_eq!(
             fetch(addr).unwrap_err(),
             "agent answered HTTP/1.1 404 Not Found"
+        );
+        // A refusal's reason is shown (its first line, escaped).
+        let body =
+            "forbidden: /status is served to this host and to --admin-allow sources \x1b[2J\nmore";
+        let addr = serve_once(
+            format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        );
+        assert_eq!(
+            fetch(addr).unwrap_err(),
+            "agent answered HTTP/1.1 403 Forbidden: forbidden: /status is served to this host \
+             and to --admin-allow sources \\u{1b}[2J"
         );
         let size = MAX_REPLY_BYTES + 1;
         let mut reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").into_bytes();

@@ -7,7 +7,7 @@
 //! reconciler) and reduces errors to "other error". Every request here has a 5 s timeout.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -169,40 +169,230 @@ pub(crate) fn get_over(stream: &UnixStream) -> std::io::Result<Reply> {
     parse(text)
 }
 
+/// What the UAPI server allows its clients (the socket is `0600`: they are root, but a hung or
+/// buggy client must not take the device's socket away from the others, nor its memory).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeLimits {
+    /// The largest request read, in bytes; a longer one is refused (`EMSGSIZE`). `wg setconf`
+    /// writes about 270 bytes a peer: 8 MiB holds 30,000 peers.
+    pub(crate) max_request: usize,
+    /// Clients served at once; more wait in the kernel's queue (for at most [`Self::timeout`]
+    /// each of those ahead of them takes).
+    pub(crate) clients: usize,
+    /// The longest a client may take to send its request, and again to read the reply.
+    pub(crate) timeout: Duration,
+}
+
+impl ServeLimits {
+    /// What the embedded device's socket allows.
+    pub(crate) const DEFAULT: ServeLimits = ServeLimits {
+        max_request: 8 << 20,
+        clients: 4,
+        timeout: TIMEOUT,
+    };
+}
+
+/// Why a request was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum Unread {
+    /// Longer than [`ServeLimits::max_request`].
+    TooLarge,
+    /// The client stopped, or took too long, before the empty line that ends a request.
+    Incomplete,
+}
+
+/// Binds a UAPI socket at `path` that never exists with a mode other than `0600`: it is bound
+/// in a private (`0700`) directory beside `path`, made `0600` there, and renamed into place
+/// (replacing a stale socket). What an earlier crash left of such a directory is removed.
+pub(crate) fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a socket path in a directory", path.display()),
+        ));
+    };
+    let prefix = format!(".{}.bind-", name.to_string_lossy());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    // Created 0700 (the umask can only take bits away), under a name nobody could have made
+    // ready for us (`create` fails if it exists): nobody else can reach what is in it.
+    let private = dir.join(format!(
+        "{prefix}{:016x}",
+        rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+    ));
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    }
+    let staged = private.join("s");
+    let bound = std::os::unix::net::UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
 /// Serves the UAPI socket at `path` for the embedded device, so `wg show` and `wg set` work on
-/// it as on any WireGuard interface: each connection's one request is read (and wiped after) and
-/// `answer` gives its reply (an incomplete request is passed as ""). Returns when `answer`
-/// returns `None` (the device is gone; checked at each connection, [`stop_serving`] makes one).
+/// it as on any WireGuard interface: up to [`ServeLimits::clients`] clients at once, each
+/// connection's one request read (at most [`ServeLimits::max_request`] bytes, within
+/// [`ServeLimits::timeout`]; wiped after) and `answer` giving its reply (an incomplete request
+/// is passed as ""), one `answer` at a time. Returns when `serving` says the device is gone
+/// (checked at each connection, [`stop_serving`] makes one), once the clients being served are
+/// done.
 pub(crate) fn serve(
     listener: std::os::unix::net::UnixListener,
-    mut answer: impl FnMut(&str) -> Option<zeroize::Zeroizing<String>>,
+    limits: ServeLimits,
+    serving: impl Fn() -> bool,
+    answer: impl Fn(&str) -> Option<zeroize::Zeroizing<String>> + Sync,
 ) {
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        let _ = conn.set_read_timeout(Some(TIMEOUT));
-        let _ = conn.set_write_timeout(Some(TIMEOUT));
-        // A request ends with an empty line.
-        let mut request = zeroize::Zeroizing::new(String::new());
-        let mut reader = BufReader::new(&conn);
-        let complete = loop {
-            let before = request.len();
-            match reader.read_line(&mut request) {
-                Ok(0) | Err(_) => break false,
-                Ok(_) if request[before..].trim().is_empty() => break true,
-                Ok(_) => {}
+    use std::sync::{Condvar, Mutex};
+    let clients = limits.clients.max(1);
+    let active = Mutex::new(0usize);
+    let freed = Condvar::new();
+    // Requests are read in parallel, answered one at a time: two `wg set` never interleave.
+    let answering = Mutex::new(());
+    std::thread::scope(|scope| {
+        loop {
+            {
+                let mut n = active.lock().unwrap_or_else(|e| e.into_inner());
+                while *n >= clients {
+                    n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+                }
             }
-        };
-        // An incomplete request (such as [`stop_serving`]'s wake-up) is answered as empty.
-        let request = if complete {
-            request
-        } else {
-            Default::default()
-        };
-        let Some(reply) = answer(&request) else {
-            return;
-        };
-        let _ = conn.write_all(reply.as_bytes());
+            let conn = match listener.accept() {
+                Ok((conn, _)) => conn,
+                Err(e) => {
+                    // Out of file descriptors, say: not a reason to stop, nor to spin.
+                    tracing::debug!(error = %e, "UAPI accept failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if !serving() {
+                return;
+            }
+            *active.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            let (active, freed, answering, answer) = (&active, &freed, &answering, &answer);
+            let spawned = std::thread::Builder::new()
+                .name("wormhole-uapi-client".into())
+                .spawn_scoped(scope, move || {
+                    serve_one(&conn, limits, |request| {
+                        let _one = answering.lock().unwrap_or_else(|e| e.into_inner());
+                        answer(request)
+                    });
+                    drop(conn);
+                    *active.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                    freed.notify_one();
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a thread for a UAPI client");
+                *active.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            }
+        }
+    });
+}
+
+/// Reads one request from `conn`, and writes what `answer` gives (nothing for `None`).
+fn serve_one(
+    conn: &UnixStream,
+    limits: ServeLimits,
+    answer: impl FnOnce(&str) -> Option<zeroize::Zeroizing<String>>,
+) {
+    let reply = match read_request(conn, limits) {
+        Ok(request) => answer(&request),
+        Err(Unread::Incomplete) => answer(""),
+        Err(Unread::TooLarge) => {
+            tracing::warn!(
+                max_bytes = limits.max_request,
+                "a UAPI request longer than the limit was refused (EMSGSIZE)"
+            );
+            Some(errno_reply(Errno::EMSGSIZE))
+        }
+    };
+    if let Some(reply) = reply {
+        let _ = write_within(conn, reply.as_bytes(), limits.timeout);
     }
+}
+
+/// The request on `conn`: everything through the first empty line, read within
+/// [`ServeLimits::timeout`] into a buffer of at most [`ServeLimits::max_request`] bytes that
+/// is wiped when dropped (a request may hold keys), however the client sends it.
+fn read_request(
+    conn: &UnixStream,
+    limits: ServeLimits,
+) -> Result<zeroize::Zeroizing<String>, Unread> {
+    use zeroize::Zeroize as _;
+    let deadline = std::time::Instant::now() + limits.timeout;
+    let mut request = zeroize::Zeroizing::new(Vec::with_capacity(4096.min(limits.max_request)));
+    let mut chunk = zeroize::Zeroizing::new([0u8; 8 * 1024]);
+    let end = loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(Unread::Incomplete)?;
+        conn.set_read_timeout(Some(left))
+            .map_err(|_| Unread::Incomplete)?;
+        let n = match (&*conn).read(&mut chunk[..]) {
+            Ok(0) | Err(_) => return Err(Unread::Incomplete),
+            Ok(n) => n,
+        };
+        if request.len() + n > limits.max_request {
+            return Err(Unread::TooLarge);
+        }
+        // Grown by hand into a new wiped buffer: a reallocation would leave a copy behind.
+        if request.len() + n > request.capacity() {
+            let size = (request.capacity() * 2)
+                .max(request.len() + n)
+                .min(limits.max_request);
+            let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(size));
+            bigger.extend_from_slice(&request);
+            request = bigger;
+        }
+        // The empty line may start in what was read before (its first `\n`).
+        let from = request.len().saturating_sub(1);
+        request.extend_from_slice(&chunk[..n]);
+        if request.first() == Some(&b'\n') {
+            break 1;
+        }
+        if let Some(at) = request[from..].windows(2).position(|w| w == b"\n\n") {
+            break from + at + 2;
+        }
+    };
+    request.truncate(end);
+    match String::from_utf8(std::mem::take(&mut *request)) {
+        Ok(text) => Ok(zeroize::Zeroizing::new(text)),
+        Err(e) => {
+            e.into_bytes().zeroize();
+            Err(Unread::Incomplete)
+        }
+    }
+}
+
+/// Writes `bytes` to `conn` within `limit` in all, however slowly the client reads.
+fn write_within(conn: &UnixStream, mut bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while !bytes.is_empty() {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
+        conn.set_write_timeout(Some(left))?;
+        match (&*conn).write(bytes) {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A reply carrying only `errno` (0: success).
@@ -434,6 +624,197 @@ fn ends_with_errno_line(reply: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// Binding again and again while another thread looks at the path as fast as it can: the
+    /// socket is never seen with a mode other than 0600 (bound in place and chmod-ed after, it
+    /// was there for a moment with the umask's mode, 0755 under the usual 022).
+    #[test]
+    fn the_socket_never_exists_with_another_mode_than_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wg-test.sock");
+        let done = Arc::new(AtomicBool::new(false));
+        let (seen, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let watcher = {
+            let (path, done, seen, bad) = (path.clone(), done.clone(), seen.clone(), bad.clone());
+            std::thread::spawn(move || {
+                let mut modes = std::collections::BTreeSet::new();
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        let mode = meta.permissions().mode() & 0o7777;
+                        if !meta.file_type().is_socket() || mode != 0o600 {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                            modes.insert(format!("{mode:o}"));
+                        }
+                    }
+                }
+                modes
+            })
+        };
+        for _ in 0..500 {
+            let listener = bind(&path).unwrap();
+            drop(listener);
+        }
+        done.store(true, Ordering::Relaxed);
+        let modes = watcher.join().unwrap();
+        assert!(
+            seen.load(Ordering::Relaxed) > 0,
+            "the watcher never saw the socket"
+        );
+        assert_eq!(
+            bad.load(Ordering::Relaxed),
+            0,
+            "the socket was seen with modes {modes:?} ({} looks in all)",
+            seen.load(Ordering::Relaxed)
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        // Nothing left beside it but the socket.
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["wg-test.sock"]);
+        // A private directory left by a crash mid-bind is cleared by the next bind.
+        std::fs::create_dir(dir.path().join(".wg-test.sock.bind-crashed")).unwrap();
+        drop(bind(&path).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A served socket in a temporary directory: every request's length, and how many are
+    /// being answered at once at most.
+    struct Served {
+        path: std::path::PathBuf,
+        stop: Arc<AtomicBool>,
+        server: Option<std::thread::JoinHandle<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Served {
+        fn new(limits: ServeLimits) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.sock");
+            let listener = bind(&path).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let server = std::thread::spawn(move || {
+                serve(
+                    listener,
+                    limits,
+                    || !flag.load(Ordering::Relaxed),
+                    |request| {
+                        Some(zeroize::Zeroizing::new(format!(
+                            "len={}\nerrno=0\n\n",
+                            request.len()
+                        )))
+                    },
+                )
+            });
+            Served {
+                path,
+                stop,
+                server: Some(server),
+                _dir: dir,
+            }
+        }
+
+        /// Sends `request` and reads the reply to its end.
+        fn ask(&self, request: &[u8]) -> String {
+            let mut s = UnixStream::connect(&self.path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(request);
+            let mut reply = Vec::new();
+            let _ = s.read_to_end(&mut reply);
+            String::from_utf8_lossy(&reply).into_owned()
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            stop_serving(&self.path);
+            if let Some(server) = self.server.take() {
+                server.join().unwrap();
+            }
+        }
+    }
+
+    const SMALL: ServeLimits = ServeLimits {
+        max_request: 1024,
+        clients: 2,
+        timeout: Duration::from_millis(1500),
+    };
+
+    #[test]
+    fn requests_end_at_the_first_empty_line_and_are_bounded() {
+        let served = Served::new(SMALL);
+        assert_eq!(served.ask(b"get=1\n\n"), "len=7\nerrno=0\n\n");
+        // What follows the empty line is not part of the request.
+        assert_eq!(served.ask(b"get=1\n\nmore\n\n"), "len=7\nerrno=0\n\n");
+        assert_eq!(served.ask(b"\nget=1\n\n"), "len=1\nerrno=0\n\n");
+        // Exactly at the limit: read; one byte over: refused.
+        let mut at_limit = vec![b'x'; SMALL.max_request - 2];
+        at_limit.extend_from_slice(b"\n\n");
+        assert_eq!(served.ask(&at_limit), "len=1024\nerrno=0\n\n");
+        let mut over = vec![b'x'; SMALL.max_request - 1];
+        over.extend_from_slice(b"\n\n");
+        assert_eq!(served.ask(&over), "errno=90\n\n");
+        // Not UTF-8, or cut short: answered as an empty request.
+        assert_eq!(served.ask(b"get=\xff\n\n"), "len=0\nerrno=0\n\n");
+        assert_eq!(served.ask(b"get=1\n"), "len=0\nerrno=0\n\n");
+    }
+
+    #[test]
+    fn a_slow_client_is_cut_at_the_timeout_and_idle_ones_block_nobody() {
+        let served = Served::new(SMALL);
+        // One client trickles a request a byte at a time, another sends nothing: a third is
+        // answered at once all the same.
+        let start = std::time::Instant::now();
+        let mut slow = UnixStream::connect(&served.path).unwrap();
+        let idle = UnixStream::connect(&served.path).unwrap();
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..40 {
+                if slow.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let mut reply = String::new();
+            let _ = slow.read_to_string(&mut reply);
+            reply
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        // Both slots are taken: the third waits for the first to be freed, which the timeout
+        // bounds.
+        assert_eq!(served.ask(b"get=1\n\n"), "len=7\nerrno=0\n\n");
+        let took = start.elapsed();
+        assert!(
+            took < SMALL.timeout + Duration::from_secs(1),
+            "answered after {took:?}"
+        );
+        // The trickling client was cut at the timeout, not after its 4 s.
+        assert_eq!(trickle.join().unwrap(), "len=0\nerrno=0\n\n");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(idle);
+
+        // With a free slot, no wait at all.
+        let idle = UnixStream::connect(&served.path).unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(served.ask(b"get=1\n\n"), "len=7\nerrno=0\n\n");
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(idle);
+    }
 
     #[test]
     fn parses_wireguard_go_and_boringtun_replies() {

@@ -260,9 +260,18 @@ fn the_matrix_of_a_real_mesh_names_every_fault() {
     let own = c.work.path().join("n3-peers.toml");
     write_atomically(&own, &text);
     c.node_mut(3).peers = own;
-    // Admin endpoints on the underlay, for `--admin` from another node.
+    // Admin endpoints on the underlay, for `--admin` from another node: n1, where the
+    // operator runs `status --cluster`, is allowed to read every node's /status.
+    let operator = underlay_ip(1);
     for node in &mut c.nodes {
-        node.start(&["--probe-interval", "1s", "--admin-addr", "0.0.0.0:9473"]);
+        node.start(&[
+            "--probe-interval",
+            "1s",
+            "--admin-addr",
+            "0.0.0.0:9473",
+            "--admin-allow",
+            &operator,
+        ]);
     }
     for i in [1, 2, 4, 5, 6] {
         c.node_mut(i).wait_ready();

@@ -430,30 +430,30 @@ impl EmbeddedDevice {
     }
 }
 
-/// Binds the UAPI socket at `path` (0600; a stale one is replaced) and serves it for the device
-/// on a thread of its own, until the device is gone.
+/// Binds the UAPI socket at `path` (never with a mode other than 0600; a stale one is
+/// replaced) and serves it for the device on a thread of its own, until the device is gone.
 fn serve_uapi(
     path: &Path,
     shared: &Arc<Shared>,
     handle: &tokio::runtime::Handle,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(SOCKET_DIR)?;
-    let _ = std::fs::remove_file(path);
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = crate::uapi::bind(path)?;
     let shared: Weak<Shared> = Arc::downgrade(shared);
     let handle = handle.clone();
     std::thread::Builder::new()
         .name("wormhole-uapi".into())
         .spawn(move || {
-            crate::uapi::serve(listener, |request| {
+            let live = || {
                 let shared = shared.upgrade()?;
-                if shared.stopping.load(Ordering::Relaxed) {
-                    return None;
-                }
-                Some(handle.block_on(answer(shared, request)))
-            })
+                (!shared.stopping.load(Ordering::Relaxed)).then_some(shared)
+            };
+            crate::uapi::serve(
+                listener,
+                crate::uapi::ServeLimits::DEFAULT,
+                || live().is_some(),
+                |request| Some(handle.block_on(answer(live()?, request))),
+            )
         })?;
     Ok(())
 }

@@ -14,3 +14,4 @@ mod kernel;
 mod mesh;
 mod ping;
 mod sessions;
+mod uapi;
