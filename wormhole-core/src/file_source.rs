@@ -228,14 +228,37 @@ pub fn load_peers_file(path: &Path) -> Result<Snapshot, Error> {
     let mut snapshot = Snapshot::default();
     // The file that gave the cluster CIDRs: every other file giving them must agree.
     let mut cluster_from: Option<PathBuf> = None;
-    for file in files(path).map_err(|e| err(e.to_string()))? {
-        let text =
-            std::fs::read_to_string(&file).map_err(|e| err(format!("{}: {e}", file.display())))?;
+    let files = files(path).map_err(|e| err(e.to_string()))?;
+    // In a directory, each file is an entry of its own: one that cannot be read or parsed is
+    // refused alone (its nodes drop out) while the others keep working. A single file is the
+    // whole picture: if it is broken, the last good mesh stays.
+    let in_directory = files.len() != 1 || files[0] != path;
+    for file in files {
         let origin = file.display().to_string();
-        let part = parse_peers_file(&text, &origin).map_err(|m| Error::PeersFile {
-            path: file.clone(),
-            message: m,
-        })?;
+        let part = std::fs::read_to_string(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse_peers_file(&text, &origin));
+        let part = match part {
+            Ok(part) => part,
+            Err(message) if in_directory => {
+                snapshot.rejected.push(Rejection {
+                    name: String::new(),
+                    origin,
+                    reason: RejectReason::Invalid {
+                        field: "(the whole file)".into(),
+                        reason: message,
+                    },
+                    external: false,
+                });
+                continue;
+            }
+            Err(message) => {
+                return Err(Error::PeersFile {
+                    path: file,
+                    message,
+                });
+            }
+        };
         if !part.cluster_cidrs.is_empty() {
             let mut theirs = part.cluster_cidrs.clone();
             theirs.sort();
@@ -670,6 +693,28 @@ mod tests {
         assert!(err.contains("d.toml has [10.0.0.0/8]"), "{err}");
     }
 
+    /// Issue 20: in a directory, a file that does not parse used to refuse the whole picture
+    /// (every node's mesh froze); it is refused alone now. A single file is the whole picture.
+    #[test]
+    fn a_broken_file_in_a_directory_is_refused_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("a.toml", &node("a", &key().to_base64(), "10.99.1.0/24"));
+        write("b.toml", "[[node]]\nname = \"b\n");
+        write("c.toml", &node("c", &key().to_base64(), "10.99.3.0/24"));
+        let snapshot = load_peers_file(dir.path()).unwrap();
+        let names: Vec<&str> = snapshot.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(snapshot.rejected.len(), 1);
+        let text = snapshot.rejected[0].to_string();
+        assert!(
+            text.contains("b.toml") && text.contains("(the whole file)"),
+            "{text}"
+        );
+        let err = load_peers_file(&dir.path().join("b.toml")).unwrap_err();
+        assert!(err.to_string().contains("b.toml"), "{err}");
+    }
+
     #[tokio::test]
     async fn reloads_on_change_and_reads_directories() {
         let dir = tempfile::tempdir().unwrap();
@@ -693,12 +738,18 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(second.nodes.len(), 2);
+        // A broken file in a directory is refused alone (the others stay).
         std::fs::write(dir.path().join("b.toml"), "[[node]\n").unwrap();
         let broken = tokio::time::timeout(Duration::from_secs(5), source.next())
             .await
+            .unwrap()
             .unwrap();
-        let err = broken.unwrap_err().to_string();
-        assert!(err.contains("b.toml") && err.contains("line 1"), "{err}");
+        assert_eq!(broken.nodes.len(), 1);
+        let refused = broken.rejected[0].to_string();
+        assert!(
+            refused.contains("b.toml") && refused.contains("line 1"),
+            "{refused}"
+        );
     }
 
     /// With a poll interval of a minute, only a notification explains a change seen within a
