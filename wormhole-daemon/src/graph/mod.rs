@@ -22,6 +22,17 @@ pub fn colour(health: Health) -> &'static str {
     }
 }
 
+/// What a picture must say besides its nodes and pairs: the sources not read and the peers
+/// named but not asked for (not escaped: each is, where it is drawn).
+pub fn notes(cluster: &ClusterView) -> Vec<String> {
+    cluster
+        .unreadable
+        .iter()
+        .map(|why| format!("not read: {why}"))
+        .chain(crate::matrix::not_asked(cluster).map(|n| n.trim().to_owned()))
+        .collect()
+}
+
 /// An undirected pair of nodes as drawn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edge {
@@ -109,7 +120,67 @@ pub(crate) mod tests {
 #[cfg(test)]
 mod scale {
     use super::tests::cluster;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
+    use wormhole_agent::{ClusterNode, ClusterView};
+
+    /// `n` nodes whose reports count their `ok` peers (as WormholeNodes do), one problem
+    /// each, and a few nodes without a report. Built from JSON: no n² in the building either.
+    fn counted(n: usize) -> ClusterView {
+        let nodes = (0..n)
+            .map(|i| {
+                let report = (i % 97 != 5).then(|| {
+                    serde_json::json!({
+                        "ok": n - 2,
+                        "problems": {format!("node-{:05}", (i * 7 + 1) % n): "lossy (3 %)"},
+                    })
+                });
+                serde_json::from_value::<ClusterNode>(serde_json::json!({
+                    "name": format!("node-{i:05}"),
+                    "pod_cidrs": [format!("10.{}.{}.0/24", i / 256, i % 256)],
+                    "member": true,
+                    "report": report,
+                }))
+                .unwrap()
+            })
+            .collect();
+        ClusterView::new(nodes, Vec::new())
+    }
+
+    /// The best of five runs of `f`.
+    fn best_of_five(f: &dyn Fn() -> usize) -> Duration {
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                assert!(f() > 0);
+                started.elapsed()
+            })
+            .min()
+            .unwrap()
+    }
+
+    /// `status --cluster`, `graph` (the heat map) and `graph -o dot` cost about eight times as
+    /// much for eight times the nodes (n²: 64 times). Compared by ratio, not by time, so a slow
+    /// machine does not fail it.
+    #[test]
+    fn every_view_is_linear_in_the_nodes() {
+        let (small, big) = (counted(1_000), counted(8_000));
+        for (what, view) in [
+            (
+                "status --cluster",
+                &crate::matrix::render as &dyn Fn(&ClusterView) -> String,
+            ),
+            ("graph", &super::svg::render),
+            ("graph -o dot", &super::dot::render),
+        ] {
+            let t_small = best_of_five(&|| view(&small).len());
+            let t_big = best_of_five(&|| view(&big).len());
+            let ratio = t_big.as_secs_f64() / t_small.as_secs_f64();
+            assert!(
+                ratio < 24.0,
+                "{what}: 8x the nodes took {ratio:.1}x as long ({t_small:?} -> {t_big:?})"
+            );
+        }
+    }
 
     #[test]
     #[ignore = "a measurement"]

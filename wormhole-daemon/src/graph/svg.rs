@@ -10,7 +10,7 @@
 use std::f64::consts::PI;
 use std::fmt::Write as _;
 
-use wormhole_agent::{Cell, ClusterView, Health};
+use wormhole_agent::{ClusterView, Health};
 use wormhole_core::escape;
 
 use super::{Edge, colour, edges};
@@ -24,6 +24,8 @@ const MAX_EDGE_LABELS: usize = 16;
 const EXPLAINS: usize = 3;
 /// Broken pairs listed in the panel.
 const MAX_PANEL_PAIRS: usize = 12;
+/// Notes (sources not read, peers not asked for) listed in the panel.
+const MAX_PANEL_NOTES: usize = 8;
 /// Nodes listed in the panel's "where to look".
 const MAX_PANEL_NODES: usize = 8;
 /// The heat map's largest grid: beyond, each square covers several pairs (the worst shown).
@@ -211,6 +213,33 @@ fn panel(cluster: &ClusterView, x: f64, y: f64, squares: bool, out: &mut String)
                 out,
                 "<text x=\"{x}\" y=\"{y}\" fill=\"#455a64\">… and {} more (wormhole status --cluster)</text>",
                 lines.len() - MAX_PANEL_PAIRS
+            );
+        }
+    }
+    let notes = super::notes(cluster);
+    if !notes.is_empty() {
+        y += 30.0;
+        let _ = writeln!(
+            out,
+            "<text x=\"{x}\" y=\"{y}\" font-weight=\"bold\">Notes</text>"
+        );
+        y += 2.0;
+        for note in notes.iter().take(MAX_PANEL_NOTES) {
+            y += 16.0;
+            // Cut to the panel's width; the whole note is the line's tooltip.
+            let _ = writeln!(
+                out,
+                "<text x=\"{x}\" y=\"{y}\" fill=\"#455a64\"><title>{}</title>{}</text>",
+                xml(note),
+                label(note, 64)
+            );
+        }
+        if notes.len() > MAX_PANEL_NOTES {
+            y += 16.0;
+            let _ = writeln!(
+                out,
+                "<text x=\"{x}\" y=\"{y}\" fill=\"#455a64\">… and {} more (wormhole status --cluster)</text>",
+                notes.len() - MAX_PANEL_NOTES
             );
         }
     }
@@ -405,17 +434,8 @@ fn heat_map(cluster: &ClusterView) -> String {
     let n = cluster.nodes.len();
     let per = n.div_ceil(MAX_GRID);
     let grid = n.div_ceil(per);
-    let mut worst = vec![Health::Ok; grid * grid];
-    for from in 0..n {
-        for to in 0..n {
-            let health = match cluster.cell(from, to) {
-                Cell::Itself => continue,
-                cell => cell.health(),
-            };
-            let slot = &mut worst[(from / per) * grid + to / per];
-            *slot = (*slot).max(health);
-        }
-    }
+    // From the reports, not pair by pair: linear in the nodes (≤ MAX_GRID squares a side).
+    let worst = cluster.worst_by_square(per);
     let cell = (900.0 / grid as f64).clamp(2.0, 14.0);
     let named = per == 1 && cell >= 6.0;
     let font = cell.min(10.0);
