@@ -163,7 +163,9 @@ mod tests {
     #[test]
     fn hostile_names_stay_inside_their_quotes() {
         let hostile = "a\" -- \"evil\" [label=x]; \\\n\u{1b}[2J";
-        let c = cluster(&["b", hostile], &[("b", hostile, hostile)]);
+        let mut c = cluster(&["b", hostile], &[("b", hostile, hostile)]);
+        c.unreadable.push(hostile.into());
+        c.not_asked.push(hostile.into());
         let dot = render(&c);
         assert!(!dot.contains('\u{1b}'));
         assert!(
