@@ -16,7 +16,7 @@ const MAX_REPLIES: usize = 8;
 
 /// Bytes as the replies of admin endpoints `10.0.0.i:9473`: a first byte with its low bit set
 /// makes them from the rest through [`Bytes`] (small views over a few names and states, so
-/// that they collide, serialized to JSON); otherwise the rest is up to [`MAX_REPLIES`] bodies
+/// that they collide, serialized to JSON); otherwise the rest is up to `MAX_REPLIES` (8) bodies
 /// separated by `0xff` (never in UTF-8 JSON). Each body is parsed as the client parses a
 /// reply, then [`check_cluster`] runs.
 pub fn cluster_status(data: &[u8]) {
