@@ -3,6 +3,12 @@
 //! every ordered pair (from, to). Built from the WormholeNodes of a cluster
 //! ([`ClusterView::from_kubernetes`], each agent publishes its peers that are not `ok`) or from
 //! the `/status` of each node's admin endpoint ([`ClusterView::from_status_views`]).
+//!
+//! What a node reports is its own claim: a report is kept with the source it came from (its
+//! WormholeNode, or the admin endpoint that served it), so that no source can replace another
+//! one's; the nodes of a view are the ones asked for (the WormholeNodes and Nodes, or the
+//! endpoints given), however many peers a report names; and every count over the pairs is
+//! linear in the reports (a 15,000-node cluster has 225 million pairs: none walks them).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -45,6 +51,9 @@ pub struct ClusterNode {
     /// Why there is no report, or what else it says is wrong (its latest reconcile error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The admin endpoint (as given) its report was read from, for a view from admin endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
 }
 
 /// Every node, sorted by name; pairs are read with [`ClusterView::cell`]. Serialized (for
@@ -56,6 +65,10 @@ pub struct ClusterView {
     /// Sources that could not be read at all (an admin endpoint that did not answer), with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<String>,
+    /// Peers the reports name that are none of the nodes asked for (admin endpoints: give
+    /// theirs to see them), most named first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_asked: Vec<String>,
     #[serde(skip)]
     index: HashMap<String, usize>,
     /// How many nodes are members (asked for every pair).
@@ -202,6 +215,56 @@ pub struct Summary {
     pub unknown: usize,
 }
 
+/// A row of the matrix as a report gives it (see [`ClusterView::row`]).
+struct Row<'a> {
+    /// The cells that are problems: (to, state), `to` another node of the view.
+    problems: Vec<(usize, &'a str)>,
+    /// The cells that are `ok`.
+    ok: RowOk,
+}
+
+/// The `ok` cells of a row.
+enum RowOk {
+    /// These (members, not among the problems, not the node itself).
+    Listed(Vec<usize>),
+    /// Every member other than the node itself and its problems (a report that counts its
+    /// `ok` peers and knows them all).
+    EveryMember,
+    /// None.
+    Nothing,
+}
+
+/// A peer the reports name that no reply read claims to be.
+struct Named {
+    /// How many reports name it.
+    reports: usize,
+    /// The latest report that did.
+    last: usize,
+    /// Its CIDRs, from the first report that gives them.
+    pod_cidrs: Vec<String>,
+}
+
+/// The longest text (a state, a note) kept from a report; the rest is cut, marked with `…`.
+const MAX_REPORT_TEXT: usize = 512;
+
+/// `text` cut to [`MAX_REPORT_TEXT`] characters.
+pub(crate) fn bounded(text: &str) -> String {
+    match text.char_indices().nth(MAX_REPORT_TEXT) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
+
+/// The CIDRs of `texts` that parse, in canonical form (a report's are its claim: what is not
+/// a CIDR is dropped).
+fn cidrs(texts: &[String]) -> Vec<String> {
+    texts
+        .iter()
+        .filter_map(|t| t.parse::<ipnet::IpNet>().ok())
+        .map(|c| c.to_string())
+        .collect()
+}
+
 impl ClusterView {
     /// A view of `nodes` (sorted here by name; a name given twice keeps its first entry).
     pub fn new(mut nodes: Vec<ClusterNode>, unreadable: Vec<String>) -> Self {
@@ -216,9 +279,16 @@ impl ClusterView {
         ClusterView {
             nodes,
             unreadable,
+            not_asked: Vec::new(),
             index,
             members,
         }
+    }
+
+    /// Whether some node's report could be read (`false`: no node answered, or none has
+    /// published a status).
+    pub fn any_report(&self) -> bool {
+        self.nodes.iter().any(|n| n.report.is_some())
     }
 
     /// The position of node `name`.
@@ -250,7 +320,41 @@ impl ClusterView {
         }
     }
 
-    /// Counts of `ok`, broken and unknown pairs.
+    /// The row of node `from` as its report gives it: the cells that are not unknown, found
+    /// from the report's own entries (cost: its size, not the number of nodes). `None`
+    /// without a report (every cell of the row unknown).
+    fn row(&self, from: usize) -> Option<Row<'_>> {
+        let report = self.nodes[from].report.as_ref()?;
+        let problems = report
+            .problems
+            .iter()
+            .filter_map(|(name, state)| {
+                let to = self.position(name)?;
+                (to != from).then_some((to, state.as_str()))
+            })
+            .collect();
+        let ok = match &report.ok_peers {
+            Some(names) => RowOk::Listed(
+                names
+                    .iter()
+                    .filter_map(|name| {
+                        let to = self.position(name)?;
+                        (to != from && self.nodes[to].member && !report.problems.contains_key(name))
+                            .then_some(to)
+                    })
+                    .collect(),
+            ),
+            None if report.omitted > 0 => RowOk::Nothing,
+            None if report.ok as usize + report.problems.len() + 1 >= self.members => {
+                RowOk::EveryMember
+            }
+            None => RowOk::Nothing,
+        };
+        Some(Row { problems, ok })
+    }
+
+    /// Counts of `ok`, broken and unknown pairs: what [`cell`](Self::cell) gives for every
+    /// pair, counted from the reports (linear in their size, never n²).
     pub fn summary(&self) -> Summary {
         let n = self.nodes.len();
         let mut s = Summary {
@@ -259,15 +363,96 @@ impl ClusterView {
             ..Summary::default()
         };
         for from in 0..n {
-            for to in (0..n).filter(|&to| to != from) {
-                match self.cell(from, to).health() {
+            let Some(row) = self.row(from) else {
+                s.unknown += n - 1;
+                continue;
+            };
+            for (_, state) in &row.problems {
+                match Health::of(state) {
                     Health::Ok => s.ok += 1,
-                    Health::Unknown => s.unknown += 1,
                     _ => s.broken += 1,
                 }
             }
+            let ok = match &row.ok {
+                RowOk::Listed(to) => to.len(),
+                RowOk::EveryMember => {
+                    let itself = usize::from(self.nodes[from].member);
+                    let named = row
+                        .problems
+                        .iter()
+                        .filter(|(to, _)| self.nodes[*to].member)
+                        .count();
+                    self.members - itself - named
+                }
+                RowOk::Nothing => 0,
+            };
+            s.ok += ok;
+            s.unknown += n - 1 - row.problems.len() - ok;
         }
         s
+    }
+
+    /// The pairs in squares of `per` × `per` (rows = from, columns = to, both by position),
+    /// each square the worst [`Health`] of its pairs (a square holding only a node's pair
+    /// with itself: [`Health::Ok`]); row-major, `n.div_ceil(per)` squares a side. Costs the
+    /// reports' size plus a counter per square of each row: linear in the nodes for a bounded
+    /// number of squares (the heat map's).
+    pub fn worst_by_square(&self, per: usize) -> Vec<Health> {
+        let n = self.nodes.len();
+        let per = per.max(1);
+        let grid = n.div_ceil(per);
+        let mut worst = vec![Health::Ok; grid * grid];
+        // Per column of squares: its nodes, and its members.
+        let width = |c: usize| per.min(n - c * per);
+        let mut members = vec![0usize; grid];
+        for (i, node) in self.nodes.iter().enumerate() {
+            members[i / per] += usize::from(node.member);
+        }
+        // Per column of squares, for the current row: the cells known (ok or a problem), and
+        // the members among its problems.
+        let mut known = vec![0usize; grid];
+        let mut member_problems = vec![0usize; grid];
+        for from in 0..n {
+            let line = from / per;
+            let squares = &mut worst[line * grid..(line + 1) * grid];
+            let others = |c: usize| width(c) - usize::from(c == line);
+            let Some(row) = self.row(from) else {
+                for (c, square) in squares.iter_mut().enumerate() {
+                    if others(c) > 0 {
+                        *square = (*square).max(Health::Unknown);
+                    }
+                }
+                continue;
+            };
+            known.fill(0);
+            member_problems.fill(0);
+            for &(to, state) in &row.problems {
+                let c = to / per;
+                known[c] += 1;
+                member_problems[c] += usize::from(self.nodes[to].member);
+                squares[c] = squares[c].max(Health::of(state));
+            }
+            match &row.ok {
+                RowOk::Listed(to) => {
+                    for &to in to {
+                        known[to / per] += 1;
+                    }
+                }
+                RowOk::EveryMember => {
+                    let itself = usize::from(self.nodes[from].member);
+                    for (c, k) in known.iter_mut().enumerate() {
+                        *k += members[c] - usize::from(c == line) * itself - member_problems[c];
+                    }
+                }
+                RowOk::Nothing => {}
+            }
+            for (c, square) in squares.iter_mut().enumerate() {
+                if known[c] < others(c) {
+                    *square = (*square).max(Health::Unknown);
+                }
+            }
+        }
+        worst
     }
 
     /// The broken pairs `(from, to, state)`, by from then to (read from the reports' problem
@@ -316,88 +501,134 @@ impl ClusterView {
         out
     }
 
-    /// The view from each node's `/status` (fetched from its admin endpoint); an `Err` is a
-    /// source that could not be read (`address: why`). Peers named by a node but not read
-    /// themselves appear without a report.
-    pub fn from_status_views(views: Vec<Result<StatusView, String>>) -> Self {
-        let mut nodes: BTreeMap<String, ClusterNode> = BTreeMap::new();
+    /// The view from each node's `/status`, fetched from the admin endpoints given: one
+    /// `(endpoint, reply)` each, an `Err` being an endpoint that could not be read (`why`,
+    /// naming the endpoint).
+    ///
+    /// A reply's node name is its claim. Each report stays with its endpoint: two endpoints
+    /// claiming one name are both shown, by `name@endpoint`, with a note (neither is taken for
+    /// the node, whose pairs stay unknown), and a name that is no valid node name is replaced
+    /// by the endpoint. The nodes are the endpoints asked: a peer named by the reports but
+    /// not read is a node (without a report) only in place of an endpoint that could not be
+    /// read, the peers named by most reports first; the others are listed in
+    /// [`not_asked`](Self::not_asked). Costs the replies' size.
+    pub fn from_status_views(views: Vec<(String, Result<StatusView, String>)>) -> Self {
         let mut unreadable = Vec::new();
-        let mut cidrs_seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for view in views {
-            let view = match view {
-                Ok(view) => view,
-                Err(why) => {
-                    unreadable.push(why);
-                    continue;
-                }
-            };
-            let mut report = NodeReport {
-                ok_peers: Some(BTreeSet::new()),
-                ..NodeReport::default()
-            };
+        let mut read: Vec<(String, StatusView)> = Vec::new();
+        for (endpoint, view) in views {
+            match view {
+                Ok(view) => read.push((endpoint, view)),
+                Err(why) => unreadable.push(why),
+            }
+        }
+        // Claimed names, and who claims each.
+        let mut claims: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (_, view)) in read.iter().enumerate() {
+            if wormhole_core::is_dns1123_subdomain(&view.node) {
+                claims.entry(view.node.as_str()).or_default().push(i);
+            }
+        }
+        let mut nodes: Vec<ClusterNode> = Vec::with_capacity(read.len() + unreadable.len());
+        // Per peer name not read: how many reports name it, and its CIDRs.
+        let mut named: HashMap<&str, Named> = HashMap::new();
+        for (i, (endpoint, view)) in read.iter().enumerate() {
+            let mut report = NodeReport::default();
+            let mut ok_peers = BTreeSet::new();
             for peer in &view.peers {
                 // A rejected entry without a name is shown as `(origin)`, an external peer (a
-                // laptop, a VM) is no node of the mesh and is not probed: neither is drawn.
-                if peer.name.starts_with('(') || peer.external {
+                // laptop, a VM) is no node of the mesh and is not probed, and what is not a
+                // node name names no node: none is drawn.
+                if peer.external || !wormhole_core::is_dns1123_subdomain(&peer.name) {
                     continue;
                 }
-                if !peer.allowed_ips.is_empty() {
-                    cidrs_seen
-                        .entry(peer.name.clone())
-                        .or_insert_with(|| peer.allowed_ips.clone());
-                }
                 if peer.state == "ok" {
-                    report.ok += 1;
-                    if let Some(ok) = &mut report.ok_peers {
-                        ok.insert(peer.name.clone());
-                    }
+                    ok_peers.insert(peer.name.clone());
                 } else {
                     report
                         .problems
-                        .insert(peer.name.clone(), peer.state.clone());
+                        .insert(peer.name.clone(), bounded(&peer.state));
+                }
+                if !claims.contains_key(peer.name.as_str()) {
+                    let entry = named.entry(peer.name.as_str()).or_insert(Named {
+                        reports: 0,
+                        last: usize::MAX,
+                        pod_cidrs: Vec::new(),
+                    });
+                    // One count per report, however often it names the peer.
+                    if entry.last != i {
+                        entry.reports += 1;
+                        entry.last = i;
+                    }
+                    if entry.pod_cidrs.is_empty() {
+                        entry.pod_cidrs = cidrs(&peer.allowed_ips);
+                    }
                 }
             }
-            let note = view
+            ok_peers.retain(|name| !report.problems.contains_key(name));
+            report.ok = u32::try_from(ok_peers.len()).unwrap_or(u32::MAX);
+            report.ok_peers = Some(ok_peers);
+            let mut note = view
                 .last_reconcile
                 .as_ref()
-                .and_then(|p| p.error.clone())
-                .or(view.source_error.clone());
-            nodes.insert(
-                view.node.clone(),
-                ClusterNode {
-                    name: view.node.clone(),
-                    pod_cidrs: view.pod_cidrs.clone(),
-                    member: true,
-                    report: Some(report),
-                    note,
-                },
-            );
-        }
-        for (name, cidrs) in cidrs_seen {
-            nodes.entry(name.clone()).or_insert(ClusterNode {
+                .and_then(|p| p.error.as_deref())
+                .or(view.source_error.as_deref())
+                .map(bounded);
+            let name = match claims.get(view.node.as_str()) {
+                Some(by) if by.len() == 1 => view.node.clone(),
+                Some(by) => {
+                    let others: Vec<&str> = by
+                        .iter()
+                        .filter(|&&j| j != i)
+                        .map(|&j| read[j].0.as_str())
+                        .collect();
+                    note = Some(format!(
+                        "{} also says it is node {name}; which endpoint is {name} cannot be \
+                         told, so neither is taken for it (pairs with {name} are unknown)",
+                        others.join(", "),
+                        name = view.node
+                    ));
+                    format!("{}@{endpoint}", view.node)
+                }
+                None => {
+                    note = Some(format!(
+                        "its reply names no valid node (\"{}\"): shown by its address",
+                        bounded(&view.node)
+                    ));
+                    endpoint.clone()
+                }
+            };
+            nodes.push(ClusterNode {
                 name,
-                pod_cidrs: cidrs,
+                pod_cidrs: cidrs(&view.pod_cidrs),
                 member: true,
-                report: None,
-                note: Some("its admin endpoint was not read".into()),
+                report: Some(report),
+                note,
+                admin: Some(endpoint.clone()),
             });
         }
-        // Named only as a problem (rejected, say): a node too, without a report.
-        let named: Vec<String> = nodes
-            .values()
-            .filter_map(|n| n.report.as_ref())
-            .flat_map(|r| r.problems.keys().cloned())
-            .collect();
-        for name in named {
-            nodes.entry(name.clone()).or_insert(ClusterNode {
-                name,
-                pod_cidrs: Vec::new(),
+        // An endpoint that could not be read is a node whose name is not known: the peers the
+        // reports name most take those places.
+        let mut candidates: Vec<(&str, Named)> = named.into_iter().collect();
+        candidates.sort_by(|a, b| b.1.reports.cmp(&a.1.reports).then(a.0.cmp(b.0)));
+        let reports = read.len();
+        let mut candidates = candidates.into_iter();
+        for (name, peer) in candidates.by_ref().take(unreadable.len()) {
+            let count = peer.reports;
+            nodes.push(ClusterNode {
+                name: name.to_owned(),
+                pod_cidrs: peer.pod_cidrs,
                 member: true,
                 report: None,
-                note: Some("its admin endpoint was not read".into()),
+                note: Some(format!(
+                    "its admin endpoint was not read (named by {count} of the {reports} nodes read)"
+                )),
+                admin: None,
             });
         }
-        ClusterView::new(nodes.into_values().collect(), unreadable)
+        let not_asked = candidates.map(|(name, _)| name.to_owned()).collect();
+        let mut view = ClusterView::new(nodes, unreadable);
+        view.not_asked = not_asked;
+        view
     }
 
     /// The view from a cluster's WormholeNodes (each agent's published peer summary) and Nodes
@@ -422,6 +653,7 @@ impl ClusterView {
                     member: false,
                     report: None,
                     note: Some("no WormholeNode: is the wormhole agent running there?".into()),
+                    admin: None,
                 },
             );
         }
@@ -435,6 +667,7 @@ impl ClusterView {
                 member: true,
                 report: None,
                 note: None,
+                admin: None,
             });
             entry.member = true;
             entry.note = None;
@@ -447,11 +680,11 @@ impl ClusterView {
                         problems: status
                             .problems
                             .iter()
-                            .map(|p| (p.peer.clone(), p.state.clone()))
+                            .map(|p| (p.peer.clone(), bounded(&p.state)))
                             .collect(),
                         omitted: status.problems_omitted,
                     });
-                    entry.note = status.last_error.clone();
+                    entry.note = status.last_error.as_deref().map(bounded);
                 }
             }
         }
@@ -521,6 +754,7 @@ pub async fn read_external_peers(
 mod tests {
     use super::*;
     use crate::view::PeerView;
+    use std::time::Duration;
 
     fn peer(name: &str, state: &str) -> PeerView {
         PeerView {
@@ -539,6 +773,11 @@ mod tests {
             path_mtu: None,
             external: false,
         }
+    }
+
+    /// The reply of admin endpoint `127.0.0.1:900i`.
+    fn at(i: u16, reply: Result<StatusView, String>) -> (String, Result<StatusView, String>) {
+        (format!("127.0.0.1:{}", 9000 + i), reply)
     }
 
     fn view(node: &str, peers: Vec<PeerView>) -> StatusView {
@@ -582,12 +821,18 @@ mod tests {
     #[test]
     fn admin_views_give_every_pair_with_peers_not_read_as_unknown_rows() {
         let views = vec![
-            Ok(view(
-                "a",
-                vec![peer("b", "ok"), peer("c", "mtu-blackhole (max 1344)")],
-            )),
-            Ok(view("b", vec![peer("a", "ok"), peer("c", "lossy (30 %)")])),
-            Err("127.0.0.1:9 (c): connection refused".into()),
+            at(
+                1,
+                Ok(view(
+                    "a",
+                    vec![peer("b", "ok"), peer("c", "mtu-blackhole (max 1344)")],
+                )),
+            ),
+            at(
+                2,
+                Ok(view("b", vec![peer("a", "ok"), peer("c", "lossy (30 %)")])),
+            ),
+            at(3, Err("127.0.0.1:9003: connection refused".into())),
         ];
         let cluster = ClusterView::from_status_views(views);
         let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -627,12 +872,15 @@ mod tests {
     #[test]
     fn a_node_that_does_not_name_a_peer_says_nothing_about_it() {
         let views = vec![
-            Ok(view("a", vec![peer("b", "ok")])),
-            Ok(view("b", vec![peer("a", "ok"), peer("c", "ok")])),
-            Ok(view(
-                "c",
-                vec![peer("b", "ok"), peer("(peers.toml:3)", "rejected: x")],
-            )),
+            at(1, Ok(view("a", vec![peer("b", "ok")]))),
+            at(2, Ok(view("b", vec![peer("a", "ok"), peer("c", "ok")]))),
+            at(
+                3,
+                Ok(view(
+                    "c",
+                    vec![peer("b", "ok"), peer("(peers.toml:3)", "rejected: x")],
+                )),
+            ),
         ];
         let cluster = ClusterView::from_status_views(views);
         assert_eq!(
@@ -645,6 +893,238 @@ mod tests {
             Cell::Unknown("not among this node's peers")
         );
         assert_eq!(cluster.cell(2, 1), Cell::Ok);
+    }
+
+    #[test]
+    fn a_reply_cannot_replace_another_nodes_report() {
+        // The endpoint at :9003 says it is `a`, and that `a` reaches nobody.
+        let views = vec![
+            at(1, Ok(view("a", vec![peer("b", "ok"), peer("c", "lossy")]))),
+            at(2, Ok(view("b", vec![peer("a", "ok"), peer("c", "ok")]))),
+            at(
+                3,
+                Ok(view("a", vec![peer("b", "never"), peer("c", "never")])),
+            ),
+            at(4, Ok(view("c", vec![peer("a", "ok"), peer("b", "ok")]))),
+        ];
+        let cluster = ClusterView::from_status_views(views);
+        let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a@127.0.0.1:9001", "a@127.0.0.1:9003", "b", "c"]);
+        // Each report is the one its endpoint served.
+        let honest = &cluster.nodes[0];
+        assert_eq!(honest.admin.as_deref(), Some("127.0.0.1:9001"));
+        let problems = &honest.report.as_ref().unwrap().problems;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems["c"], "lossy");
+        for node in &cluster.nodes[..2] {
+            let note = node.note.as_deref().unwrap();
+            assert!(note.contains("also says it is node a"), "{note}");
+        }
+        // Nobody is taken for `a`: what the others say about `a` is unknown, not the liar's.
+        let (b, c) = (2, 3);
+        assert_eq!(cluster.position("a"), None);
+        assert_eq!(cluster.cell(c, b), Cell::Ok);
+        assert_eq!(cluster.cell(0, c), Cell::Problem("lossy"));
+        assert!(matches!(cluster.cell(1, c), Cell::Problem("never")));
+        assert!(matches!(cluster.cell(b, 0), Cell::Unknown(_)));
+        // A name that is no node name is replaced by the endpoint.
+        let cluster = ClusterView::from_status_views(vec![at(
+            1,
+            Ok(view("\u{1b}[2J", vec![peer("b", "ok")])),
+        )]);
+        assert_eq!(cluster.nodes[0].name, "127.0.0.1:9001");
+        assert!(
+            cluster.nodes[0]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("names no valid node")
+        );
+    }
+
+    #[test]
+    fn the_nodes_are_those_asked_however_many_peers_a_reply_names() {
+        let flood: Vec<PeerView> = (0..8_000)
+            .map(|i| peer(&format!("p{i}"), "never"))
+            .chain([peer("c", "never")])
+            .collect();
+        let views = vec![
+            at(1, Ok(view("a", vec![peer("b", "ok"), peer("c", "never")]))),
+            at(2, Ok(view("b", vec![peer("a", "ok"), peer("c", "never")]))),
+            at(3, Ok(view("h", flood))),
+            at(4, Err("127.0.0.1:9004: connection refused".into())),
+        ];
+        let cluster = ClusterView::from_status_views(views);
+        // Four endpoints asked, four nodes: the one not read is `c`, named by every report.
+        let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "h"]);
+        assert!(
+            cluster.nodes[2]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("named by 3 of the 3 nodes read")
+        );
+        assert_eq!(cluster.not_asked.len(), 8_000);
+        assert_eq!(cluster.not_asked[0], "p0");
+        let s = cluster.summary();
+        assert_eq!((s.nodes, s.pairs, s.broken), (4, 12, 3));
+        assert_eq!(cluster.broken().len(), 3);
+    }
+
+    /// Every count over the pairs, walked pair by pair with [`ClusterView::cell`].
+    fn by_cells(cluster: &ClusterView, per: usize) -> (Summary, Vec<Health>) {
+        let n = cluster.nodes.len();
+        let grid = n.div_ceil(per);
+        let mut s = Summary {
+            nodes: n,
+            pairs: n * n.saturating_sub(1),
+            ..Summary::default()
+        };
+        let mut worst = vec![Health::Ok; grid * grid];
+        for from in 0..n {
+            for to in (0..n).filter(|&to| to != from) {
+                let health = cluster.cell(from, to).health();
+                match health {
+                    Health::Ok => s.ok += 1,
+                    Health::Unknown => s.unknown += 1,
+                    _ => s.broken += 1,
+                }
+                let square = &mut worst[(from / per) * grid + to / per];
+                *square = (*square).max(health);
+            }
+        }
+        (s, worst)
+    }
+
+    #[test]
+    fn the_counts_are_those_of_every_cell() {
+        // Reports of every kind: listed ok peers, counted ones (complete, incomplete, cut),
+        // none; members and not; a problem that says ok; a name that is no node.
+        let mut nodes: Vec<ClusterNode> = (0..9)
+            .map(|i| ClusterNode {
+                name: format!("n{i}"),
+                pod_cidrs: Vec::new(),
+                member: i != 4,
+                report: None,
+                note: None,
+                admin: None,
+            })
+            .collect();
+        let problems = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect()
+        };
+        nodes[0].report = Some(NodeReport {
+            ok: 2,
+            ok_peers: Some(["n1", "n2", "n4", "n0", "zz"].map(String::from).into()),
+            problems: problems(&[("n2", "lossy"), ("n3", "never"), ("n0", "never")]),
+            omitted: 0,
+        });
+        nodes[1].report = Some(NodeReport {
+            ok: 6,
+            ok_peers: None,
+            problems: problems(&[("n4", "stale"), ("n5", "ok")]),
+            omitted: 0,
+        });
+        nodes[2].report = Some(NodeReport {
+            ok: 1,
+            ok_peers: None,
+            problems: problems(&[("n3", "never")]),
+            omitted: 0,
+        });
+        nodes[3].report = Some(NodeReport {
+            ok: 9,
+            ok_peers: None,
+            problems: problems(&[("n8", "rejected: x")]),
+            omitted: 3,
+        });
+        nodes[5].report = Some(NodeReport::default());
+        let cluster = ClusterView::new(nodes, Vec::new());
+        for per in [1, 2, 3, 4, 9, 20] {
+            let (summary, worst) = by_cells(&cluster, per);
+            assert_eq!(cluster.summary(), summary, "per {per}");
+            assert_eq!(cluster.worst_by_square(per), worst, "per {per}");
+        }
+        let empty = ClusterView::new(Vec::new(), Vec::new());
+        assert_eq!(empty.summary(), Summary::default());
+        assert!(empty.worst_by_square(1).is_empty());
+    }
+
+    /// How many times more `big` costs than `small` (each returns the time of what it
+    /// measures): the best of five rounds each, taken in turns. `small` does its work as many
+    /// times over as `big` has more input, so that both take about as long (and a busy machine
+    /// slows both alike): linear is about 1, quadratic the size ratio.
+    pub(crate) fn cost_ratio(small: &dyn Fn() -> Duration, big: &dyn Fn() -> Duration) -> f64 {
+        let (mut t_small, mut t_big) = (Duration::MAX, Duration::MAX);
+        for _ in 0..5 {
+            t_small = t_small.min(small());
+            t_big = t_big.min(big());
+        }
+        t_big.as_secs_f64() / t_small.as_secs_f64()
+    }
+
+    /// The time `f` takes.
+    fn timed(f: impl FnOnce()) -> Duration {
+        let started = std::time::Instant::now();
+        f();
+        started.elapsed()
+    }
+
+    #[test]
+    fn the_views_are_linear_in_the_reports() {
+        // Compared by cost ratio (see `cost_ratio`), not by time, so that a slow or busy
+        // machine does not fail it: eight times the nodes must cost about eight times as much
+        // (n²: 64 times), so about as much as the small view done eight times.
+        let cluster = |n: usize| {
+            let names: Vec<String> = (0..n).map(|i| format!("node-{i:05}")).collect();
+            let objects = ClusterObjects {
+                wormhole_nodes: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| {
+                        let sick = &names[(i * 7 + 1) % n];
+                        wormhole_node(name, n as u32 - 2, &[(sick.as_str(), "lossy")], 0)
+                    })
+                    .collect(),
+                nodes: Vec::new(),
+            };
+            ClusterView::from_kubernetes(&objects)
+        };
+        let (small, big) = (cluster(1_000), cluster(8_000));
+        let work = |c: &ClusterView| {
+            let s = c.summary();
+            assert_eq!(s.broken, c.nodes.len());
+            let worst = c.worst_by_square(c.nodes.len().div_ceil(400));
+            assert!(worst.contains(&Health::Lossy));
+            assert_eq!(c.most_broken().len(), c.nodes.len());
+        };
+        let ratio = cost_ratio(&|| timed(|| (0..8).for_each(|_| work(&small))), &|| {
+            timed(|| work(&big))
+        });
+        assert!(ratio < 4.0, "8x the nodes cost {:.1}x as much", ratio * 8.0);
+        // One reply naming n peers, beside two honest ones: from a fresh copy of the replies
+        // each time (copied before the clock starts).
+        let flood = |n: usize| {
+            let peers: Vec<PeerView> = (0..n).map(|i| peer(&format!("p{i}"), "never")).collect();
+            vec![
+                at(1, Ok(view("a", vec![peer("b", "ok")]))),
+                at(2, Ok(view("b", vec![peer("a", "ok")]))),
+                at(3, Ok(view("h", peers))),
+            ]
+        };
+        let (small, big) = (flood(4_000), flood(32_000));
+        let read = |views: &Vec<(String, Result<StatusView, String>)>| {
+            let views = views.clone();
+            timed(|| {
+                let c = ClusterView::from_status_views(views);
+                assert_eq!(c.nodes.len(), 3);
+                let _ = (c.summary(), c.worst_by_square(1), c.most_broken());
+            })
+        };
+        let ratio = cost_ratio(&|| (0..8).map(|_| read(&small)).sum(), &|| read(&big));
+        assert!(ratio < 4.0, "8x the peers cost {:.1}x as much", ratio * 8.0);
     }
 
     fn wormhole_node(

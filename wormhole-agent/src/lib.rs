@@ -42,6 +42,8 @@ mod builder;
 mod cluster;
 mod cni;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod metrics;
 mod view;

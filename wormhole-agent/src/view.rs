@@ -175,8 +175,15 @@ mod tests {
             .map(|p| (p.name.as_str(), p.external))
             .collect();
         assert_eq!(rows, [("laptop", true), ("node-b", false)]);
-        // The cluster view from admin endpoints draws the node, not the laptop.
-        let cluster = crate::ClusterView::from_status_views(vec![Ok(view)]);
+        // The cluster view from admin endpoints draws the node (in place of an endpoint not
+        // read), not the laptop.
+        let cluster = crate::ClusterView::from_status_views(vec![
+            ("127.0.0.1:9001".into(), Ok(view)),
+            (
+                "127.0.0.1:9002".into(),
+                Err("127.0.0.1:9002: refused".into()),
+            ),
+        ]);
         let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
         assert!(
             names.contains(&"node-b") && !names.contains(&"laptop"),

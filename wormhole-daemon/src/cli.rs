@@ -17,9 +17,48 @@ use wormhole_core::is_dns1123_subdomain;
 /// Where the admin server listens by default: metrics, health and status, on loopback only.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9473";
 
+/// How a command ended: its exit code, a contract (written in `--help` as [`EXIT_CODES`] and in
+/// the README). clap exits with [`Exit::Usage`] itself for the arguments it refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done, and all is well.
+    Ok = 0,
+    /// The command could not do its job.
+    Error = 1,
+    /// Invalid arguments or options (clap's code).
+    Usage = 2,
+    /// The agent did not answer (`status`), or no node did (`status --cluster`, `graph`).
+    Unreachable = 3,
+    /// Done, but not all is well, or the output is incomplete.
+    NotOk = 4,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
+}
+
+/// The exit codes, as `--help` shows them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  ok: done, and all is well
+  1  error: the command could not do its job (the message says why)
+  2  usage: invalid arguments or options
+  3  unreachable: `status`: the agent did not answer; `status --cluster`, `graph`: no node did
+  4  not ok: `status`: a node peer is not ok, or the agent is not ready; `status --cluster`: a
+     pair is not ok, or a node was not read; `graph`: a node was not read; `peer-config`: a
+     node was left out of the configuration (the agents refuse it: see stderr)";
+
 /// Wormhole: an encrypted pod network for Kubernetes, built on WireGuard.
 #[derive(Debug, Parser)]
-#[command(name = "wormhole", version, about, propagate_version = true)]
+#[command(
+    name = "wormhole",
+    version,
+    about,
+    propagate_version = true,
+    after_help = EXIT_CODES
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -31,10 +70,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent on this node.
     Run(Box<RunArgs>),
-    /// Ask the running agent how its peers are doing (exit code 1 when any node peer is not ok;
-    /// external peers do not count); with --cluster, every pair of nodes.
+    /// Ask the running agent how its peers are doing (exit code 4 when any node peer is not ok;
+    /// external peers do not count; 3 when the agent does not answer); with --cluster, every
+    /// pair of nodes.
+    #[command(after_help = EXIT_CODES)]
     Status(StatusArgs),
     /// Draw the mesh as SVG (or DOT): nodes with their pod CIDRs, pairs coloured by state.
+    #[command(after_help = EXIT_CODES)]
     Graph(GraphArgs),
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
@@ -44,7 +86,8 @@ pub enum Command {
     RotateKey(RotateKeyArgs),
     /// Print a wg-quick configuration for an external peer (a peers file's `[[external]]` entry
     /// with --peers, else a WormholePeer): every node as a `[Peer]` with its endpoint and pod
-    /// CIDRs.
+    /// CIDRs (exit code 4 when a node the agents refuse is left out).
+    #[command(after_help = EXIT_CODES)]
     PeerConfig(PeerConfigArgs),
 }
 
@@ -198,8 +241,8 @@ pub struct StatusArgs {
     #[arg(long, env = "WORMHOLE_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
     pub admin_addr: SocketAddr,
     /// Every pair of nodes: an N×N matrix (rows = from, columns = to), from the cluster's
-    /// WormholeNodes, or with --admin from the nodes' admin endpoints (exit code 1 when any pair
-    /// is not ok).
+    /// WormholeNodes, or with --admin from the nodes' admin endpoints (exit code 4 when any pair
+    /// is not ok or a node was not read, 3 when none was).
     #[arg(long)]
     pub cluster: bool,
     /// Where the cluster's view comes from.

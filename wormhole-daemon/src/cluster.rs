@@ -28,31 +28,37 @@ pub fn read(source: &ClusterSource) -> Result<ClusterView, String> {
     Ok(from_admin(&source.admin))
 }
 
-/// Fetches every node's `/status` at once; an address that does not resolve or answer is
-/// named among the view's unreadable sources.
+/// Fetches every node's `/status` at once (an address given twice, once); an address that
+/// does not resolve or answer is named among the view's unreadable sources. Each reply is kept
+/// with the address it came from (see [`ClusterView::from_status_views`]).
 pub fn from_admin(addresses: &[String]) -> ClusterView {
     let mut views = Vec::new();
-    let mut resolved: Vec<SocketAddr> = Vec::new();
+    let mut resolved: Vec<(String, SocketAddr)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for text in addresses {
         match text.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(addr)) => resolved.push(addr),
-            Ok(None) => views.push(Err(format!("{text}: no address"))),
-            Err(e) => views.push(Err(format!("{text}: {e}"))),
+            Ok(Some(addr)) => {
+                if seen.insert(addr) {
+                    resolved.push((text.clone(), addr));
+                }
+            }
+            Ok(None) => views.push((text.clone(), Err(format!("{text}: no address")))),
+            Err(e) => views.push((text.clone(), Err(format!("{text}: {e}")))),
         }
     }
-    views.extend(
-        status::fetch_all(&resolved)
-            .into_iter()
-            .zip(&resolved)
-            .map(|(view, addr)| {
-                view.map_err(|e| {
-                    if e.contains(&addr.to_string()) {
-                        e
-                    } else {
-                        format!("{addr}: {e}")
-                    }
-                })
-            }),
-    );
+    let addrs: Vec<SocketAddr> = resolved.iter().map(|(_, addr)| *addr).collect();
+    views.extend(status::fetch_all(&addrs).into_iter().zip(resolved).map(
+        |(view, (text, addr))| {
+            let view = view.map_err(|e| {
+                let e = e.to_string();
+                if e.contains(&addr.to_string()) {
+                    e
+                } else {
+                    format!("{addr}: {e}")
+                }
+            });
+            (text, view)
+        },
+    ));
     ClusterView::from_status_views(views)
 }

@@ -63,18 +63,93 @@ fn init_logging(format: cli::LogFormat) {
     }
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+/// Why a command stopped, with its exit code. Printed as one line (`error: ` and the causes),
+/// never with a backtrace: a user's mistake is no crash (a panic keeps its backtrace).
+struct Failure {
+    code: cli::Exit,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// Invalid arguments or options that clap could not tell.
+    fn usage(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: cli::Exit::Usage,
+            error: anyhow::anyhow!("{message}\n\nFor more information, try '--help'."),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure {
+            code: cli::Exit::Error,
+            error: error.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    match command(cli) {
+        Ok(exit) => exit.into(),
+        Err(Failure { code, error }) => {
+            // `{:#}`: the causes on one line, and no backtrace whatever RUST_BACKTRACE says
+            // (`{:?}` would print the one anyhow captured).
+            eprintln!("error: {error:#}");
+            code.into()
+        }
+    }
+}
+
+/// The sources a cluster view could not read, on stderr (at most [`MAX_NOT_READ`]): the view
+/// itself may go to a file.
+fn say_not_read(cluster: &wormhole_agent::ClusterView) {
+    for why in cluster.unreadable.iter().take(MAX_NOT_READ) {
+        eprintln!("not read: {}", wormhole_core::escape(why));
+    }
+    if cluster.unreadable.len() > MAX_NOT_READ {
+        eprintln!("... and {} more", cluster.unreadable.len() - MAX_NOT_READ);
+    }
+}
+
+/// Sources not read named on stderr.
+const MAX_NOT_READ: usize = 20;
+
+/// How a command over a cluster view ends: no report at all is [`cli::Exit::Unreachable`] (said
+/// on stderr), a source not read or (with `pairs`) a pair not `ok` is [`cli::Exit::NotOk`].
+fn cluster_exit(cluster: &wormhole_agent::ClusterView, pairs: bool) -> cli::Exit {
+    say_not_read(cluster);
+    if !cluster.any_report() {
+        eprintln!(
+            "error: no node answered{}",
+            if cluster.unreadable.is_empty() {
+                " (no node has published its status: is the wormhole agent running?)"
+            } else {
+                ""
+            }
+        );
+        return cli::Exit::Unreachable;
+    }
+    let s = cluster.summary();
+    if !cluster.unreadable.is_empty() || (pairs && s.ok != s.pairs) {
+        cli::Exit::NotOk
+    } else {
+        cli::Exit::Ok
+    }
+}
+
+fn command(cli: cli::Cli) -> Result<cli::Exit, Failure> {
     match cli.command {
         cli::Command::Run(args) => {
-            let config = args.resolve().map_err(anyhow::Error::msg)?;
+            let config = args.resolve().map_err(Failure::usage)?;
             init_logging(config.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
             runtime.block_on(run::run(config))?;
-            Ok(ExitCode::SUCCESS)
+            Ok(cli::Exit::Ok)
         }
         cli::Command::Status(args) if args.cluster => {
             let cluster = cluster::read(&args.source).map_err(anyhow::Error::msg)?;
@@ -82,26 +157,27 @@ fn main() -> anyhow::Result<ExitCode> {
                 cli::Output::Json => println!("{}", serde_json::to_string_pretty(&cluster)?),
                 cli::Output::Table => print!("{}", matrix::render(&cluster)),
             }
-            let s = cluster.summary();
-            Ok(if s.ok == s.pairs && cluster.unreadable.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(cluster_exit(&cluster, true))
         }
         cli::Command::Status(args) => {
             if !args.source.admin.is_empty() || args.source.kubeconfig.is_some() {
-                anyhow::bail!("--admin and --kubeconfig go with --cluster");
+                return Err(Failure::usage("--admin and --kubeconfig go with --cluster"));
             }
-            let view = status::fetch(args.admin_addr).map_err(anyhow::Error::msg)?;
+            let view = status::fetch(args.admin_addr).map_err(|e| Failure {
+                code: match e {
+                    status::FetchError::Unreachable(_) => cli::Exit::Unreachable,
+                    _ => cli::Exit::Error,
+                },
+                error: e.into(),
+            })?;
             match args.output {
                 cli::Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
                 cli::Output::Table => print!("{}", status::table(&view)),
             }
             Ok(if view.all_ok() {
-                ExitCode::SUCCESS
+                cli::Exit::Ok
             } else {
-                ExitCode::FAILURE
+                cli::Exit::NotOk
             })
         }
         cli::Command::Graph(args) => {
@@ -110,11 +186,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 cli::GraphFormat::Svg => print!("{}", graph::svg::render(&cluster)),
                 cli::GraphFormat::Dot => print!("{}", graph::dot::render(&cluster)),
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(cluster_exit(&cluster, false))
         }
         cli::Command::Genkey => {
             println!("{}", *PrivateKey::generate().to_base64_secret());
-            Ok(ExitCode::SUCCESS)
+            Ok(cli::Exit::Ok)
         }
         cli::Command::Pubkey => {
             let mut text = zeroize::Zeroizing::new(String::new());
@@ -123,7 +199,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("stdin: invalid private key: {e}"))?;
             println!("{}", key.public_key());
-            Ok(ExitCode::SUCCESS)
+            Ok(cli::Exit::Ok)
         }
         cli::Command::PeerConfig(args) => {
             let (snapshot, origin) = match &args.peers {
@@ -150,10 +226,20 @@ fn main() -> anyhow::Result<ExitCode> {
                     (snapshot, peer_config::Origin::Kubernetes)
                 }
             };
-            let text = peer_config::render(snapshot, &args.name, args.service_cidr, origin)
+            let config = peer_config::render(snapshot, &args.name, args.service_cidr, origin)
                 .map_err(anyhow::Error::msg)?;
-            print!("{text}");
-            Ok(ExitCode::SUCCESS)
+            print!("{}", config.text);
+            if config.left_out.is_empty() {
+                return Ok(cli::Exit::Ok);
+            }
+            eprintln!(
+                "warning: the configuration leaves out {} node(s) that the agents refuse:",
+                config.left_out.len()
+            );
+            for node in &config.left_out {
+                eprintln!("  {node}");
+            }
+            Ok(cli::Exit::NotOk)
         }
         cli::Command::RotateKey(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().build()?;
@@ -164,7 +250,7 @@ fn main() -> anyhow::Result<ExitCode> {
                  Publish the public key above in the peers file for this node.",
                 args.key_file.display()
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(cli::Exit::Ok)
         }
     }
 }

@@ -93,6 +93,7 @@ pub fn render(cluster: &ClusterView) -> String {
         .unreadable
         .iter()
         .map(|why| format!("  not read: {}\n", escape(why)))
+        .chain(not_asked(cluster))
         .chain(cluster.nodes.iter().filter_map(|n| {
             let note = n.note.as_deref()?;
             Some(format!("  {}: {}\n", escape(&n.name), escape(note)))
@@ -108,6 +109,37 @@ pub fn render(cluster: &ClusterView) -> String {
         }
     }
     out
+}
+
+/// Peers named in [`ClusterView::not_asked`] that a note shows.
+const MAX_NOT_ASKED: usize = 5;
+
+/// The note on the peers the reports name that were not asked for, if any: how many, and the
+/// first few.
+pub(crate) fn not_asked(cluster: &ClusterView) -> Option<String> {
+    let names = &cluster.not_asked;
+    if names.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = names
+        .iter()
+        .take(MAX_NOT_ASKED)
+        .map(|n| short(n, MAX_NAME))
+        .collect();
+    Some(format!(
+        "  {} peer{} named by the nodes read {} not asked for (give {} --admin to include {}): {}{}\n",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        if names.len() == 1 { "was" } else { "were" },
+        if names.len() == 1 { "its" } else { "their" },
+        if names.len() == 1 { "it" } else { "them" },
+        shown.join(", "),
+        if names.len() > MAX_NOT_ASKED {
+            ", …"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// A pair state group of at least this many pairs is one line.
@@ -279,6 +311,7 @@ pub(crate) mod tests {
                         omitted: 0,
                     }),
                     note: None,
+                    admin: None,
                 }
             })
             .collect();

@@ -5,7 +5,9 @@
 //! The peers file, or the cluster's Nodes, WormholeNodes and WormholePeers, are validated as an
 //! agent validates them (from the first node's point of view: every agent accepts the same nodes
 //! and external peers), so a configuration is printed only for an external peer the nodes
-//! accept, and only accepted nodes appear in it.
+//! accept, and only accepted nodes appear in it. A node left out is named with its reason
+//! ([`Config::left_out`], and a comment in the configuration): the configuration is then
+//! incomplete, and `wormhole peer-config` says so by its exit code.
 
 use ipnet::IpNet;
 use wormhole_core::{Mesh, NodeSpec, PublicKey, Snapshot, escape};
@@ -35,6 +37,16 @@ impl Origin {
     }
 }
 
+/// A configuration, and the nodes it leaves out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The wg-quick configuration.
+    pub text: String,
+    /// The nodes the agents refuse, each as `name (origin): reason`, escaped: not in the
+    /// configuration.
+    pub left_out: Vec<String>,
+}
+
 /// The configuration of external peer `name` from `snapshot` (read from `origin`);
 /// `service_cidr`, if given, is routed through the first node (kube-proxy there forwards to the
 /// Service's endpoints).
@@ -43,8 +55,15 @@ pub fn render(
     name: &str,
     service_cidr: Option<IpNet>,
     origin: Origin,
-) -> Result<String, String> {
+) -> Result<Config, String> {
     let what = origin.what();
+    let refused = |rejected: &[wormhole_core::Rejection]| -> Vec<String> {
+        rejected
+            .iter()
+            .filter(|r| !r.external)
+            .map(ToString::to_string)
+            .collect()
+    };
     // Any node's point of view: validation gives every agent the same nodes and externals.
     // One with an endpoint of its own if there is one: a node behind NAT gets the endpoint
     // other nodes observe for it only as a peer.
@@ -57,7 +76,25 @@ pub fn render(
         .filter(|n| n.endpoint.is_some())
         .find_map(with_key)
         .or_else(|| snapshot.nodes.iter().find_map(with_key))
-        .ok_or_else(|| format!("{what} lists no node with a valid public key"))?;
+        .ok_or_else(|| {
+            let mut why = refused(&snapshot.rejected);
+            why.extend(snapshot.nodes.iter().map(|n| {
+                format!(
+                    "{} ({}): invalid public key \"{}\"",
+                    escape(&n.name),
+                    escape(&n.origin),
+                    escape(&n.public_key)
+                )
+            }));
+            if why.is_empty() {
+                format!("{what} lists no node")
+            } else {
+                format!(
+                    "{what} lists no usable node (one with a valid public key):\n  {}",
+                    why.join("\n  ")
+                )
+            }
+        })?;
     let mesh = Mesh::build(&first_name, &first_key, &[], snapshot, None)
         .map_err(|e| format!("{what} is not usable: {e}"))?;
     let Some(peer) = mesh.external.iter().find(|p| p.name == name) else {
@@ -95,6 +132,10 @@ pub fn render(
     if let Some(endpoint) = peer.endpoint {
         out += &format!("ListenPort = {}\n", endpoint.port());
     }
+    let left_out = refused(&mesh.rejected);
+    for node in &left_out {
+        out += &format!("# left out (refused by the nodes): {node}\n");
+    }
     let mut nodes: Vec<&NodeSpec> = std::iter::once(&mesh.local).chain(&mesh.peers).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     for (i, node) in nodes.iter().enumerate() {
@@ -122,7 +163,10 @@ pub fn render(
             out += &format!("PersistentKeepalive = {seconds}\n");
         }
     }
-    Ok(out)
+    Ok(Config {
+        text: out,
+        left_out,
+    })
 }
 
 #[cfg(test)]
@@ -150,13 +194,15 @@ mod tests {
     fn a_config_with_every_node() {
         let (text, laptop) = file("");
         let snapshot = parse_peers_file(&text, "peers.toml").unwrap();
-        let conf = render(
+        let config = render(
             snapshot,
             "laptop",
             Some("10.96.0.0/12".parse().unwrap()),
             Origin::File,
         )
         .unwrap();
+        assert!(config.left_out.is_empty());
+        let conf = config.text;
         assert!(conf.contains(&format!("public key is {laptop}")), "{conf}");
         assert!(
             conf.contains(
@@ -188,13 +234,54 @@ mod tests {
         snapshot
             .observed_endpoints
             .insert("b".into(), "203.0.113.7:4500".into());
-        let conf = render(snapshot, "laptop", None, Origin::File).unwrap();
+        let conf = render(snapshot, "laptop", None, Origin::File).unwrap().text;
         assert!(
             conf.contains(
                 "AllowedIPs = 10.99.2.0/24\n# behind NAT: where the other nodes see it\n\
                  Endpoint = 203.0.113.7:4500\n"
             ),
             "{conf}"
+        );
+    }
+
+    #[test]
+    fn a_refused_node_is_named_with_its_reason() {
+        // c's pod CIDR is outside the cluster CIDRs; d's entry has a misspelled field.
+        let c = PrivateKey::generate().public_key();
+        let (text, _) = file(&format!(
+            "[[node]]\nname = \"c\"\npublic_key = \"{c}\"\npod_cidrs = [\"10.1.0.0/24\"]\n\
+             [[node]]\nname = \"d\"\npublickey = \"{c}\"\npod_cidrs = [\"10.99.4.0/24\"]\n"
+        ));
+        let snapshot = parse_peers_file(&text, "peers.toml").unwrap();
+        let config = render(snapshot, "laptop", None, Origin::File).unwrap();
+        assert_eq!(config.left_out.len(), 2, "{:?}", config.left_out);
+        assert!(
+            config.left_out[0].starts_with("c (peers.toml:"),
+            "{:?}",
+            config.left_out
+        );
+        assert!(config.left_out[0].contains("outside the cluster CIDRs"));
+        assert!(config.left_out[1].starts_with("d (peers.toml:"));
+        assert!(config.left_out[1].contains("publickey"));
+        assert!(
+            config
+                .text
+                .contains("# left out (refused by the nodes): c (peers.toml:")
+        );
+        assert!(!config.text.contains("# node c\n"));
+        // Every node refused: each named with its reason.
+        let text = format!(
+            "cluster_cidrs = [\"10.99.0.0/16\"]\n[[node]]\nname = \"a\"\npublickey = \"{c}\"\n\
+             [[node]]\nname = \"b\"\npublic_key = \"not a key\\u001b[2J\"\n"
+        );
+        let snapshot = parse_peers_file(&text, "peers.toml").unwrap();
+        let err = render(snapshot, "laptop", None, Origin::File).unwrap_err();
+        assert!(err.contains("lists no usable node"), "{err}");
+        assert!(err.contains("a (peers.toml:2 node[0]): "), "{err}");
+        assert!(err.contains("publickey"), "{err}");
+        assert!(
+            err.contains("b (peers.toml:5 node[1]): invalid public key \"not a key\\u{1b}[2J\""),
+            "{err}"
         );
     }
 

@@ -154,14 +154,26 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest reply read: the view of 5,000 peers is about 2 MiB of JSON.
 const MAX_REPLY_BYTES: usize = 16 << 20;
 
+/// Why a view could not be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// No connection, no reply in time, or the connection broke: no agent answered.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Something answered, but not with a status view (another HTTP status, a body too large,
+    /// malformed JSON).
+    #[error("{0}")]
+    Reply(String),
+}
+
 /// Fetches the view from the agent at `addr` (`GET /status`, HTTP/1.1 with hyper's client).
-pub fn fetch(addr: SocketAddr) -> Result<StatusView, String> {
+pub fn fetch(addr: SocketAddr) -> Result<StatusView, FetchError> {
     fetch_all(&[addr]).pop().expect("one answer per address")
 }
 
 /// Fetches the views of the agents at `addrs`, all at once (a node that does not answer costs
 /// [`REQUEST_TIMEOUT`] once, not once per node); one answer per address, in order.
-pub fn fetch_all(addrs: &[SocketAddr]) -> Vec<Result<StatusView, String>> {
+pub fn fetch_all(addrs: &[SocketAddr]) -> Vec<Result<StatusView, FetchError>> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -170,7 +182,7 @@ pub fn fetch_all(addrs: &[SocketAddr]) -> Vec<Result<StatusView, String>> {
         Err(e) => {
             return addrs
                 .iter()
-                .map(|_| Err(format!("cannot start the runtime: {e}")))
+                .map(|_| Err(FetchError::Reply(format!("cannot start the runtime: {e}"))))
                 .collect();
         }
     };
@@ -194,20 +206,20 @@ pub fn fetch_all(addrs: &[SocketAddr]) -> Vec<Result<StatusView, String>> {
         for task in tasks {
             out.push(
                 task.await
-                    .unwrap_or_else(|e| Err(format!("fetch failed: {e}"))),
+                    .unwrap_or_else(|e| Err(FetchError::Reply(format!("fetch failed: {e}")))),
             );
         }
         out
     })
 }
 
-fn unreachable(addr: SocketAddr, why: impl std::fmt::Display) -> String {
-    format!(
+fn unreachable(addr: SocketAddr, why: impl std::fmt::Display) -> FetchError {
+    FetchError::Unreachable(format!(
         "cannot reach the wormhole agent at {addr}: {why} (is `wormhole run` running? see --admin-addr)"
-    )
+    ))
 }
 
-async fn get(addr: SocketAddr) -> Result<StatusView, String> {
+async fn get(addr: SocketAddr) -> Result<StatusView, FetchError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| {
@@ -240,24 +252,28 @@ async fn get(addr: SocketAddr) -> Result<StatusView, String> {
             .unwrap_or_default();
         let reason = String::from_utf8_lossy(&reason);
         let reason = reason.lines().next().unwrap_or_default().trim();
-        return Err(if reason.is_empty() {
+        return Err(FetchError::Reply(if reason.is_empty() {
             answered
         } else {
             format!("{answered}: {}", escape(reason))
-        });
+        }));
     }
     let body = Limited::new(reply.into_body(), MAX_REPLY_BYTES)
         .collect()
         .await
         .map_err(|e| {
             if e.is::<LengthLimitError>() {
-                format!("the agent's status is larger than {MAX_REPLY_BYTES} bytes")
+                FetchError::Reply(format!(
+                    "the agent's status is larger than {MAX_REPLY_BYTES} bytes"
+                ))
             } else {
                 unreachable(addr, e)
             }
         })?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| format!("malformed status from the agent: {e}"))
+    // What `wormhole_agent::fuzzing::cluster_status` fuzzes: the same parse of the same type.
+    serde_json::from_slice(&body)
+        .map_err(|e| FetchError::Reply(format!("malformed status from the agent: {e}")))
 }
 
 #[cfg(test)]
@@ -312,6 +328,8 @@ mod tests {
             .local_addr()
             .unwrap();
         let err = fetch(addr).unwrap_err();
+        assert!(matches!(err, FetchError::Unreachable(_)), "{err:?}");
+        let err = err.to_string();
         assert!(
             err.starts_with(&format!("cannot reach the wormhole agent at {addr}: "))
                 && err.ends_with("(is `wormhole run` running? see --admin-addr)"),
@@ -324,7 +342,7 @@ mod tests {
         let addr = serve_once(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec());
         assert_eq!(
             fetch(addr).unwrap_err(),
-            "agent answered HTTP/1.1 404 Not Found"
+            FetchError::Reply("agent answered HTTP/1.1 404 Not Found".into())
         );
         // A refusal's reason is shown (its first line, escaped).
         let body =
@@ -338,8 +356,11 @@ mod tests {
         );
         assert_eq!(
             fetch(addr).unwrap_err(),
-            "agent answered HTTP/1.1 403 Forbidden: forbidden: /status is served to this host \
-             and to --admin-allow sources \\u{1b}[2J"
+            FetchError::Reply(
+                "agent answered HTTP/1.1 403 Forbidden: forbidden: /status is served to this host \
+                 and to --admin-allow sources \\u{1b}[2J"
+                    .into()
+            )
         );
         let size = MAX_REPLY_BYTES + 1;
         let mut reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").into_bytes();
@@ -347,10 +368,12 @@ mod tests {
         let err = fetch(serve_once(reply)).unwrap_err();
         assert_eq!(
             err,
-            format!("the agent's status is larger than {MAX_REPLY_BYTES} bytes")
+            FetchError::Reply(format!(
+                "the agent's status is larger than {MAX_REPLY_BYTES} bytes"
+            ))
         );
         let addr = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec());
-        let err = fetch(addr).unwrap_err();
+        let err = fetch(addr).unwrap_err().to_string();
         assert!(
             err.starts_with("malformed status from the agent: "),
             "{err}"

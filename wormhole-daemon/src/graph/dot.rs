@@ -10,6 +10,9 @@ use wormhole_core::escape;
 
 use super::{colour, edges};
 
+/// Notes (sources not read, ...) under the title.
+const MAX_NOTES: usize = 8;
+
 /// The largest cluster whose `ok` pairs are edges too.
 pub const ALL_EDGES_MAX_NODES: usize = 50;
 
@@ -34,13 +37,26 @@ pub fn render(cluster: &ClusterView) -> String {
     let s = cluster.summary();
     let n = cluster.nodes.len();
     let mut out = String::from("graph wormhole {\n");
+    // The title, then the notes (sources not read ...), one per line (the `\n` written by us,
+    // after quoting).
+    let notes = super::notes(cluster);
+    let mut label = quoted(&format!(
+        "Wormhole mesh: {} nodes; {} pairs (from -> to): {} ok, {} broken, {} unknown",
+        s.nodes, s.pairs, s.ok, s.broken, s.unknown
+    ));
+    label.pop();
+    for note in notes.iter().take(MAX_NOTES) {
+        let q = quoted(note);
+        label += "\\n";
+        label += &q[1..q.len() - 1];
+    }
+    if notes.len() > MAX_NOTES {
+        let _ = write!(label, "\\n... and {} more", notes.len() - MAX_NOTES);
+    }
+    label.push('"');
     let _ = writeln!(
         out,
-        "  graph [layout=circo, overlap=false, fontname=\"sans-serif\", labelloc=t, label={}];",
-        quoted(&format!(
-            "Wormhole mesh: {} nodes; {} pairs (from -> to): {} ok, {} broken, {} unknown",
-            s.nodes, s.pairs, s.ok, s.broken, s.unknown
-        ))
+        "  graph [layout=circo, overlap=false, fontname=\"sans-serif\", labelloc=t, label={label}];"
     );
     out += "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#ffffff\", fontname=\"sans-serif\"];\n";
     out += "  edge [fontname=\"sans-serif\", fontsize=10];\n";
@@ -147,7 +163,9 @@ mod tests {
     #[test]
     fn hostile_names_stay_inside_their_quotes() {
         let hostile = "a\" -- \"evil\" [label=x]; \\\n\u{1b}[2J";
-        let c = cluster(&["b", hostile], &[("b", hostile, hostile)]);
+        let mut c = cluster(&["b", hostile], &[("b", hostile, hostile)]);
+        c.unreadable.push(hostile.into());
+        c.not_asked.push(hostile.into());
         let dot = render(&c);
         assert!(!dot.contains('\u{1b}'));
         assert!(

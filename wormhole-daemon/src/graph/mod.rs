@@ -22,6 +22,17 @@ pub fn colour(health: Health) -> &'static str {
     }
 }
 
+/// What a picture must say besides its nodes and pairs: the sources not read and the peers
+/// named but not asked for (not escaped: each is, where it is drawn).
+pub fn notes(cluster: &ClusterView) -> Vec<String> {
+    cluster
+        .unreadable
+        .iter()
+        .map(|why| format!("not read: {why}"))
+        .chain(crate::matrix::not_asked(cluster).map(|n| n.trim().to_owned()))
+        .collect()
+}
+
 /// An undirected pair of nodes as drawn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edge {
@@ -104,12 +115,89 @@ pub(crate) mod tests {
 }
 
 /// What the cluster views cost at 5,000 nodes (one node unreachable from every other, a few
-/// MTU black holes): `cargo test -p wormhole-daemon --bin wormhole -- --ignored --nocapture
-/// five_thousand`. Prints each renderer's time and output size.
+/// MTU black holes), and at 15,000: `cargo test -p wormhole-daemon --bin wormhole -- --ignored
+/// --nocapture five_thousand`. Prints each renderer's time and output size.
 #[cfg(test)]
 mod scale {
     use super::tests::cluster;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
+    use wormhole_agent::{ClusterNode, ClusterView};
+
+    /// `n` nodes whose reports count their `ok` peers (as WormholeNodes do), one problem
+    /// each, and a few nodes without a report. Built from JSON: no n² in the building either.
+    fn counted(n: usize) -> ClusterView {
+        let nodes = (0..n)
+            .map(|i| {
+                let report = (i % 97 != 5).then(|| {
+                    serde_json::json!({
+                        "ok": n - 2,
+                        "problems": {format!("node-{:05}", (i * 7 + 1) % n): "lossy (3 %)"},
+                    })
+                });
+                serde_json::from_value::<ClusterNode>(serde_json::json!({
+                    "name": format!("node-{i:05}"),
+                    "pod_cidrs": [format!("10.{}.{}.0/24", i / 256, i % 256)],
+                    "member": true,
+                    "report": report,
+                }))
+                .unwrap()
+            })
+            .collect();
+        ClusterView::new(nodes, Vec::new())
+    }
+
+    /// How many times more `big` costs than `small` (each returns the time of what it
+    /// measures): the best of five rounds each, taken in turns. `small` does its work as many
+    /// times over as `big` has more input, so that both take about as long (and a busy machine
+    /// slows both alike): linear is about 1, quadratic the size ratio.
+    fn cost_ratio(small: &dyn Fn() -> Duration, big: &dyn Fn() -> Duration) -> f64 {
+        let (mut t_small, mut t_big) = (Duration::MAX, Duration::MAX);
+        for _ in 0..5 {
+            t_small = t_small.min(small());
+            t_big = t_big.min(big());
+        }
+        t_big.as_secs_f64() / t_small.as_secs_f64()
+    }
+
+    /// The time `f` takes.
+    fn timed(f: impl FnOnce()) -> Duration {
+        let started = Instant::now();
+        f();
+        started.elapsed()
+    }
+
+    /// `status --cluster`, `graph` (the heat map) and `graph -o dot` cost about eight times as
+    /// much for eight times the nodes (n²: 64 times), so about as much as the small view drawn
+    /// eight times. Compared by cost ratio, not by time, so that a slow or busy machine does
+    /// not fail it.
+    #[test]
+    fn every_view_is_linear_in_the_nodes() {
+        let (small, big) = (counted(1_000), counted(8_000));
+        for (what, view) in [
+            (
+                "status --cluster",
+                &crate::matrix::render as &dyn Fn(&ClusterView) -> String,
+            ),
+            ("graph", &super::svg::render),
+            ("graph -o dot", &super::dot::render),
+        ] {
+            let ratio = cost_ratio(
+                &|| {
+                    timed(|| {
+                        for _ in 0..8 {
+                            assert!(!view(&small).is_empty());
+                        }
+                    })
+                },
+                &|| timed(|| assert!(!view(&big).is_empty())),
+            );
+            assert!(
+                ratio < 4.0,
+                "{what}: 8x the nodes cost {:.1}x as much",
+                ratio * 8.0
+            );
+        }
+    }
 
     #[test]
     #[ignore = "a measurement"]
@@ -143,5 +231,16 @@ mod scale {
         });
         time("graph (SVG heat map)", &|| super::svg::render(&c).len());
         time("graph -o dot", &|| super::dot::render(&c).len());
+        // 15,000 nodes whose reports count their peers (as WormholeNodes do).
+        let c = counted(15_000);
+        time("15,000 nodes: status --cluster (text)", &|| {
+            crate::matrix::render(&c).len()
+        });
+        time("15,000 nodes: graph (SVG heat map)", &|| {
+            super::svg::render(&c).len()
+        });
+        time("15,000 nodes: graph -o dot", &|| {
+            super::dot::render(&c).len()
+        });
     }
 }

@@ -10,7 +10,7 @@
 use std::f64::consts::PI;
 use std::fmt::Write as _;
 
-use wormhole_agent::{Cell, ClusterView, Health};
+use wormhole_agent::{ClusterView, Health};
 use wormhole_core::escape;
 
 use super::{Edge, colour, edges};
@@ -24,6 +24,8 @@ const MAX_EDGE_LABELS: usize = 16;
 const EXPLAINS: usize = 3;
 /// Broken pairs listed in the panel.
 const MAX_PANEL_PAIRS: usize = 12;
+/// Notes (sources not read, peers not asked for) listed in the panel.
+const MAX_PANEL_NOTES: usize = 8;
 /// Nodes listed in the panel's "where to look".
 const MAX_PANEL_NODES: usize = 8;
 /// The heat map's largest grid: beyond, each square covers several pairs (the worst shown).
@@ -214,8 +216,85 @@ fn panel(cluster: &ClusterView, x: f64, y: f64, squares: bool, out: &mut String)
             );
         }
     }
+    let notes = super::notes(cluster);
+    if !notes.is_empty() {
+        y += 30.0;
+        let _ = writeln!(
+            out,
+            "<text x=\"{x}\" y=\"{y}\" font-weight=\"bold\">Notes</text>"
+        );
+        y += 2.0;
+        for note in notes.iter().take(MAX_PANEL_NOTES) {
+            y += 16.0;
+            // Wrapped to the panel's width, three lines at most; the whole note is the
+            // tooltip.
+            let _ = write!(
+                out,
+                "<text x=\"{x}\" y=\"{y}\" fill=\"#455a64\"><title>{}</title>",
+                xml(note)
+            );
+            for (i, line) in wrap(note, NOTE_WIDTH, 3).iter().enumerate() {
+                if i > 0 {
+                    y += 15.0;
+                }
+                let dy = if i == 0 { 0 } else { 15 };
+                let _ = write!(out, "<tspan x=\"{x}\" dy=\"{dy}\">{}</tspan>", xml(line));
+            }
+            out.push_str("</text>\n");
+        }
+        if notes.len() > MAX_PANEL_NOTES {
+            y += 16.0;
+            let _ = writeln!(
+                out,
+                "<text x=\"{x}\" y=\"{y}\" fill=\"#455a64\">… and {} more (wormhole status --cluster)</text>",
+                notes.len() - MAX_PANEL_NOTES
+            );
+        }
+    }
     out.push_str("</g>\n");
     y + 20.0
+}
+
+/// A note's line in the panel, in characters.
+const NOTE_WIDTH: usize = 64;
+
+/// `text` in lines of at most `width` characters, broken at spaces where it can be, at most
+/// `max` lines (the last one cut and marked with `…` if the text goes on).
+fn wrap(text: &str, width: usize, max: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let mut word = word;
+        // A word longer than a line: cut it.
+        while word.chars().count() > width {
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+            let cut = word
+                .char_indices()
+                .nth(width)
+                .map_or(word.len(), |(i, _)| i);
+            lines.push(word[..cut].to_owned());
+            word = &word[cut..];
+        }
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    if lines.len() > max {
+        lines.truncate(max);
+        let last = &mut lines[max - 1];
+        let keep: String = last.chars().take(width.saturating_sub(1)).collect();
+        *last = keep + "…";
+    }
+    lines
 }
 
 /// A node's label for broken edges it explains: their class, how many, and their state when
@@ -405,17 +484,8 @@ fn heat_map(cluster: &ClusterView) -> String {
     let n = cluster.nodes.len();
     let per = n.div_ceil(MAX_GRID);
     let grid = n.div_ceil(per);
-    let mut worst = vec![Health::Ok; grid * grid];
-    for from in 0..n {
-        for to in 0..n {
-            let health = match cluster.cell(from, to) {
-                Cell::Itself => continue,
-                cell => cell.health(),
-            };
-            let slot = &mut worst[(from / per) * grid + to / per];
-            *slot = (*slot).max(health);
-        }
-    }
+    // From the reports, not pair by pair: linear in the nodes (≤ MAX_GRID squares a side).
+    let worst = cluster.worst_by_square(per);
     let cell = (900.0 / grid as f64).clamp(2.0, 14.0);
     let named = per == 1 && cell >= 6.0;
     let font = cell.min(10.0);
@@ -536,11 +606,26 @@ mod tests {
     }
 
     #[test]
+    fn notes_are_wrapped_to_the_panel() {
+        assert_eq!(wrap("", 10, 3), Vec::<String>::new());
+        assert_eq!(wrap("a bb ccc dddd", 6, 3), ["a bb", "ccc", "dddd"]);
+        assert_eq!(wrap("abcdefghij k", 4, 5), ["abcd", "efgh", "ij k"]);
+        assert_eq!(wrap("aaa bbb ccc ddd", 3, 2), ["aaa", "bb…"]);
+        for text in ["x".repeat(500), "é ".repeat(300)] {
+            let lines = wrap(&text, NOTE_WIDTH, 3);
+            assert!(lines.len() <= 3);
+            assert!(lines.iter().all(|l| l.chars().count() <= NOTE_WIDTH));
+        }
+    }
+
+    #[test]
     fn hostile_names_are_escaped_and_the_svg_stays_xml() {
         let hostile = "<script>alert(1)</script>&\"'\u{1b}[2J\u{0}\u{fffe}\u{202e}";
         let mut c = cluster(&["a", hostile], &[("a", hostile, hostile)]);
         c.nodes[0].note = Some(hostile.into());
         c.nodes[0].pod_cidrs = vec![hostile.into()];
+        c.unreadable.push(hostile.into());
+        c.not_asked.push(hostile.into());
         let svg = render(&c);
         let doc = parse(&svg);
         assert!(!svg.contains("<script"), "{svg}");

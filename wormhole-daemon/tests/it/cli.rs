@@ -578,3 +578,165 @@ fn wg_set_by_hand_cannot_crash_the_agent_kernel() {
         wg_set_by_hand_cannot_crash_the_agent(Backend::Kernel);
     }
 }
+
+/// Runs the binary with `env` set on top of [`wormhole`]'s clean environment.
+fn wormhole_with(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WORMHOLE_") || k.starts_with("KUBE") || k.ends_with("BACKTRACE") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// An address where nothing listens.
+fn closed_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+/// Exit codes are a contract, written in `--help` and the README: 0 all well, 1 an error, 2 a
+/// usage error (clap's, and ours), 3 the agent (or no node) could be reached, 4 something is
+/// not ok. A user error never prints a backtrace, whatever `RUST_BACKTRACE` says.
+#[test]
+fn exit_codes_are_a_contract() {
+    use crate::cluster::{serve, view};
+    let code = |args: &[&str]| {
+        let out = wormhole(None, args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Usage errors: 2, from clap or from our own checks of the options.
+    for args in [
+        &["status", "--no-such-flag"][..],
+        &["no-such-command"],
+        &["status", "--admin-addr", "not an address"],
+        &["status", "--admin", "127.0.0.1:1"],
+        &["status", "--kubeconfig", "/nonexistent"],
+    ] {
+        let (got, err) = code(args);
+        assert_eq!(got, Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+    }
+    // The agent cannot be reached: 3.
+    let closed = closed_port();
+    let (got, err) = code(&["status", "--admin-addr", &closed]);
+    assert_eq!(got, Some(3), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach the wormhole agent at {closed}")),
+        "{err}"
+    );
+    // A peer is not ok: 4 (the table is printed).
+    let sick = serve(&view("n1", &[("n2", "ok"), ("n3", "never")]));
+    let out = wormhole(None, &["status", "--admin-addr", &sick]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("never"));
+    // All well: 0.
+    let well = serve(&view("n1", &[("n2", "ok"), ("n3", "ok")]));
+    let (got, err) = code(&["status", "--admin-addr", &well]);
+    assert_eq!(got, Some(0), "{err}");
+    // An error that is neither: 1 (a private key that does not parse).
+    let bad = with_stdin(&[BIN, "pubkey"], "not a key\n");
+    assert_eq!(bad.status.code(), Some(1));
+
+    // Documented where a user looks.
+    for args in [&["--help"][..], &["status", "--help"]] {
+        let out = wormhole(None, args);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Exit codes:"), "{args:?}: {help}");
+        for line in ["2  usage", "3  unreachable", "4  not ok"] {
+            assert!(help.contains(line), "{args:?}: {line:?} not in {help}");
+        }
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    assert!(readme.contains("### Exit codes"), "README");
+
+    // No backtrace for a user error, even when asked for one.
+    for env in [("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "full")] {
+        for args in [
+            &["status", "--admin-addr", closed.as_str()][..],
+            &[
+                "peer-config",
+                "laptop",
+                "--peers",
+                "/nonexistent/peers.toml",
+            ],
+        ] {
+            let out = wormhole_with(&[env], args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?}");
+            assert!(
+                !err.to_lowercase().contains("backtrace") && !err.contains(" at /"),
+                "{env:?} {args:?}: {err}"
+            );
+            assert!(err.starts_with("error: "), "{env:?} {args:?}: {err}");
+        }
+    }
+}
+
+/// `wormhole peer-config` prints a configuration without the nodes the agents refuse, but says
+/// which and why (stderr, and a comment in the file), and exits 4 since it is incomplete; a
+/// peers file whose nodes are all refused says why each was, not just "no valid key".
+#[test]
+fn peer_config_says_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let key =
+        || crate::harness::pubkey(&String::from_utf8(wormhole(None, &["genkey"]).stdout).unwrap());
+    let (a, b, laptop) = (key(), key(), key());
+    let peers = dir.path().join("peers.toml");
+    let head = "cluster_cidrs = [\"10.99.0.0/16\"]\nexternal_cidrs = [\"10.98.0.0/24\"]\n";
+    let external = format!(
+        "[[external]]\nname = \"laptop\"\npublic_key = \"{laptop}\"\nallowed_ips = [\"10.98.0.2/32\"]\n"
+    );
+    // n2's pod CIDR lies outside the cluster CIDR: every agent refuses it.
+    std::fs::write(
+        &peers,
+        format!(
+            "{head}[[node]]\nname = \"n1\"\npublic_key = \"{a}\"\nendpoint = \"192.168.77.1:51820\"\n\
+             pod_cidrs = [\"10.99.1.0/24\"]\n\
+             [[node]]\nname = \"n2\"\npublic_key = \"{b}\"\nendpoint = \"192.168.77.2:51820\"\n\
+             pod_cidrs = [\"10.1.2.0/24\"]\n{external}"
+        ),
+    )
+    .unwrap();
+    let path = peers.to_str().unwrap();
+    let out = wormhole(None, &["peer-config", "laptop", "--peers", path]);
+    let (conf, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(conf.contains("# node n1\n[Peer]"), "{conf}");
+    assert!(!conf.contains("# node n2\n"), "{conf}");
+    for text in [&conf, &err] {
+        assert!(text.contains("n2"), "{text}");
+        assert!(text.contains("outside the cluster CIDRs"), "{text}");
+    }
+
+    // A misspelled field: every node refused, each with its reason.
+    std::fs::write(
+        &peers,
+        format!(
+            "{head}[[node]]\nname = \"n1\"\npublickey = \"{a}\"\npod_cidrs = [\"10.99.1.0/24\"]\n{external}"
+        ),
+    )
+    .unwrap();
+    let out = wormhole(None, &["peer-config", "laptop", "--peers", path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(err.contains("publickey"), "{err}");
+    assert!(err.contains("unknown field"), "{err}");
+    assert!(err.contains(":3 node[0]"), "the entry's line: {err}");
+}

@@ -87,7 +87,7 @@ fn the_cluster_from_its_wormholenodes() {
 
     let out = wormhole(&["status", "--cluster", "--kubeconfig", kubeconfig]);
     let matrix = text(&out);
-    assert_eq!(out.status.code(), Some(1), "a broken pair: exit code 1");
+    assert_eq!(out.status.code(), Some(4), "a broken pair: exit code 4");
     assert!(
         matrix.starts_with("4 nodes, 12 pairs (from -> to): 4 ok, 2 broken, 6 unknown\n"),
         "{matrix}"
@@ -145,7 +145,7 @@ fn the_cluster_from_its_wormholenodes() {
 }
 
 /// Serves `GET /status` with `view` on a fresh loopback port, for any number of connections.
-fn serve(view: &StatusView) -> String {
+pub(crate) fn serve(view: &StatusView) -> String {
     let body = serde_json::to_vec(view).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -167,7 +167,7 @@ fn serve(view: &StatusView) -> String {
     addr.to_string()
 }
 
-fn view(node: &str, peers: &[(&str, &str)]) -> StatusView {
+pub(crate) fn view(node: &str, peers: &[(&str, &str)]) -> StatusView {
     let mut view = StatusView::new(&Status::default(), SystemTime::now());
     view.node = node.into();
     view.ready = true;
@@ -214,7 +214,7 @@ fn the_cluster_from_admin_endpoints() {
         &silent,
     ]);
     let matrix = text(&out);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4), "a pair not ok: exit code 4");
     assert!(
         matrix.starts_with("3 nodes, 6 pairs (from -> to): 3 ok, 1 broken, 2 unknown\n"),
         "{matrix}"
@@ -231,12 +231,141 @@ fn the_cluster_from_admin_endpoints() {
     assert!(out.status.success());
     roxmltree::Document::parse(&text(&out)).expect("the SVG is XML");
 
-    // --admin is for --cluster.
+    // A node not read: the picture says so (and so does stderr), and it is incomplete: 4.
+    for format in ["svg", "dot"] {
+        let out = wormhole(&[
+            "graph", "-o", format, "--admin", &a, "--admin", &b, "--admin", &silent,
+        ]);
+        let drawn = text(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{format}: {err}");
+        let note = format!("not read: cannot reach the wormhole agent at {silent}: ");
+        assert!(drawn.contains(&note), "{format}: {note:?} not in {drawn}");
+        assert!(err.contains(&note), "{format}: {note:?} not in {err}");
+    }
+    // No node answered: nothing to draw, exit code 3 (as for `status` with no agent).
+    for args in [
+        &["graph", "--admin", &silent][..],
+        &["graph", "-o", "dot", "--admin", &silent],
+        &["status", "--cluster", "--admin", &silent],
+    ] {
+        let out = wormhole(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("cannot reach the wormhole agent at {silent}")),
+            "{args:?}: {err}"
+        );
+    }
+
+    // --admin is for --cluster: a usage error, exit code 2.
     let out = wormhole(&["status", "--admin", &a]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--admin and --kubeconfig go with --cluster")
     );
+}
+
+/// A view naming `peers` peers `p0`, `p1`, ... (all `never`) as node `node`.
+fn flood(node: &str, peers: usize) -> StatusView {
+    let names: Vec<String> = (0..peers).map(|i| format!("p{i}")).collect();
+    let states: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "never")).collect();
+    view(node, &states)
+}
+
+/// One hostile admin endpoint among honest ones: the node name in a reply is only its claim,
+/// so it can replace no other node's report (each report is kept with the endpoint it came
+/// from), and the peers it names cost nothing beyond the nodes asked for.
+#[test]
+fn a_hostile_endpoint_can_neither_replace_a_report_nor_flood_the_view() {
+    let n1 = serve(&view("n1", &[("n2", "ok"), ("n3", "lossy (30 %)")]));
+    let n2 = serve(&view("n2", &[("n1", "ok"), ("n3", "ok")]));
+    // Says it is n1, and that n1 reaches nobody.
+    let liar = serve(&view("n1", &[("n2", "never"), ("n3", "never")]));
+    let out = wormhole(&[
+        "status",
+        "--cluster",
+        "-o",
+        "json",
+        "--admin",
+        &n1,
+        "--admin",
+        &n2,
+        "--admin",
+        &liar,
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = json["nodes"].as_array().unwrap();
+    let honest = nodes
+        .iter()
+        .find(|n| n["report"]["problems"]["n3"] == "lossy (30 %)")
+        .unwrap_or_else(|| panic!("n1's own report was replaced: {json:#}"));
+    assert_eq!(
+        honest["report"]["problems"].as_object().unwrap().len(),
+        1,
+        "{json:#}"
+    );
+    assert_eq!(honest["admin"], n1.as_str(), "{json:#}");
+    let liar_row = nodes
+        .iter()
+        .find(|n| n["admin"] == liar.as_str())
+        .unwrap_or_else(|| panic!("no row for the endpoint {liar}: {json:#}"));
+    assert_ne!(liar_row["name"], "n1", "{json:#}");
+    // The table names the conflict; neither endpoint is taken for n1.
+    let out = wormhole(&[
+        "status",
+        "--cluster",
+        "--admin",
+        &n1,
+        "--admin",
+        &n2,
+        "--admin",
+        &liar,
+    ]);
+    let table = text(&out);
+    assert!(table.contains("also says it is node n1"), "{table}");
+
+    // One endpoint naming 8,000 peers: the view has the nodes asked for, no more, and the
+    // peers named but not asked for are counted, not drawn.
+    let big = serve(&flood("n3", 8_000));
+    let started = std::time::Instant::now();
+    let out = wormhole(&[
+        "status",
+        "--cluster",
+        "-o",
+        "json",
+        "--admin",
+        &n1,
+        "--admin",
+        &n2,
+        "--admin",
+        &big,
+    ]);
+    let took = started.elapsed();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 3, "{took:?}");
+    assert_eq!(json["not_asked"].as_array().unwrap().len(), 8_000);
+    let out = wormhole(&[
+        "status",
+        "--cluster",
+        "--admin",
+        &n1,
+        "--admin",
+        &n2,
+        "--admin",
+        &big,
+    ]);
+    let table = text(&out);
+    assert!(table.starts_with("3 nodes, 6 pairs"), "{table}");
+    assert!(
+        table.contains("8000 peers named by the nodes read were not asked for"),
+        "{table}"
+    );
+    assert!(table.lines().count() < 60, "{table}");
+    let out = wormhole(&["graph", "--admin", &n1, "--admin", &n2, "--admin", &big]);
+    assert!(out.status.success(), "{out:?}");
+    let svg = text(&out);
+    assert!(svg.len() < 64 << 10, "{} bytes", svg.len());
 }
 
 /// A real mesh of six agents probing each other, with a fault per kind injected as in the
@@ -330,7 +459,7 @@ fn the_matrix_of_a_real_mesh_names_every_fault() {
     };
     let out = run(&["status", "--cluster"]);
     let matrix = text_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{matrix}");
+    assert_eq!(out.status.code(), Some(4), "{matrix}");
     for line in [
         "6 nodes, 30 pairs (from -> to): ",
         "FROM \\ TO  1 2 3 4 5 6\n1 n1       - M N L . U\n",
