@@ -21,3 +21,4 @@ mod mesh;
 mod nat;
 mod restart;
 mod services;
+mod startup;
