@@ -15,7 +15,8 @@ use wormhole_core::HostSettings;
 use wormhole_core::WireGuardDevice;
 use wormhole_core::from_peer_source;
 use wormhole_core::{
-    FileKeyStore, FilePeerSource, KeyStore, PeerStream, PrivateKey, Reconciler, Settings, Status,
+    FileKeyStore, FilePeerSource, KeyStore, PeerStream, PrivateKey, Reconciler, Settings, Snapshot,
+    Status,
 };
 use wormhole_k8s::EventSink;
 use wormhole_k8s::SecretKeyStore;
@@ -36,14 +37,17 @@ use crate::{AgentBuilder, EnvironmentError, Error, cni};
 async fn detect_mtu(
     config: &Options,
     peers: &Peers,
+    peers_file: Option<&Snapshot>,
     network: &Network,
     client: Option<&kube::Client>,
     state: Option<&StateStore>,
 ) -> Result<u32, Error> {
     let local_ip = match peers {
-        Peers::File(path) => wormhole_core::load_peers_file(path).ok().and_then(|s| {
-            let me = s.nodes.into_iter().find(|n| n.name == config.node_name)?;
-            me.endpoint?
+        // Read (and checked) at the start of start-up.
+        Peers::File(_) => peers_file.and_then(|s| {
+            let me = s.nodes.iter().find(|n| n.name == config.node_name)?;
+            me.endpoint
+                .as_deref()?
                 .parse::<std::net::SocketAddr>()
                 .ok()
                 .map(|e| e.ip())
@@ -194,6 +198,17 @@ async fn follow_cni(mut status: watch::Receiver<Status>, dir: PathBuf, bridge: S
     }
 }
 
+/// The peers file (or directory) as it is at start: it must exist, be readable and parse.
+async fn read_peers_file(path: PathBuf) -> Result<Snapshot, Error> {
+    tokio::task::spawn_blocking(move || wormhole_core::load_peers_file(&path))
+        .await
+        .map_err(|e| Error::Io {
+            what: "read the peers file".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| EnvironmentError::PeersFile { source }.into())
+}
+
 /// A `kube` client from the kubeconfig file given, else the in-cluster service account.
 async fn kube_client(options: &KubernetesOptions) -> Result<kube::Client, Error> {
     let config = match &options.kubeconfig {
@@ -223,29 +238,39 @@ async fn kube_client(options: &KubernetesOptions) -> Result<kube::Client, Error>
         .map_err(Error::from)
 }
 
-/// The peer source and key store of the chosen mode, and the cluster CIDRs.
-async fn source_and_keys(
+/// The cluster CIDRs: given, else (Kubernetes mode) from kubeadm-config.
+async fn cluster_cidrs(
+    config: &Options,
+    client: Option<&kube::Client>,
+    state: Option<&StateStore>,
+) -> Result<Vec<IpNet>, Error> {
+    match (client, state) {
+        (Some(client), Some(state)) if config.cluster_cidrs.is_empty() => {
+            kubeadm_cluster_cidrs(client, state).await
+        }
+        _ => Ok(config.cluster_cidrs.clone()),
+    }
+}
+
+/// The peer source and key store of the chosen mode.
+fn source_and_keys(
     config: &Options,
     peers: Peers,
     file_keys: FileKeyStore,
     key: &PrivateKey,
+    cidrs: &[IpNet],
     client: Option<&kube::Client>,
     state: Option<&StateStore>,
-) -> Result<(PeerStream, Arc<dyn KeyStore>, Vec<IpNet>), Error> {
-    Ok(match peers {
+) -> (PeerStream, Arc<dyn KeyStore>) {
+    match peers {
         Peers::File(path) => (
             from_peer_source(FilePeerSource::new(path)),
             Arc::new(file_keys),
-            config.cluster_cidrs.clone(),
         ),
-        Peers::Custom(source) => (source, Arc::new(file_keys), config.cluster_cidrs.clone()),
+        Peers::Custom(source) => (source, Arc::new(file_keys)),
         Peers::Kubernetes(options) => {
             let client = client.expect("start() makes the client before loading keys");
             let state = state.expect("start() opens the state file in Kubernetes mode");
-            let mut cidrs = config.cluster_cidrs.clone();
-            if cidrs.is_empty() {
-                cidrs = kubeadm_cluster_cidrs(client, state).await?;
-            }
             let keys: Arc<dyn KeyStore> = match &options.psk_secret {
                 Some((namespace, name)) => Arc::new(
                     SecretKeyStore::new(file_keys, client.clone(), namespace, name)
@@ -257,13 +282,13 @@ async fn source_and_keys(
                 client.clone(),
                 &config.node_name,
                 key.public_key(),
-                cidrs.clone(),
+                cidrs.to_vec(),
             )
             .with_external_cidrs(options.external_cidrs.clone())
             .with_state(state.clone());
-            (from_peer_source(source), keys, cidrs)
+            (from_peer_source(source), keys)
         }
-    })
+    }
 }
 
 /// Kubernetes mode: publishes this node's WormholeNode and Events as the status changes.
@@ -373,21 +398,39 @@ impl Agent {
         running.run_until(shutdown).await
     }
 
-    /// Start-up: loads (or creates) the key and the PSK, opens the peer source and the
-    /// WireGuard device, detects the MTU. Nothing on the host changes yet.
+    /// Start-up: checks what it is given (the peers file, the Kubernetes configuration, the
+    /// PSK file, an existing key file, `nft`), detects the MTU and the cluster CIDRs, then
+    /// creates the key if there is none and opens the peer source and the WireGuard device.
+    /// Nothing on the host changes yet, and a refused start (each error naming its file or
+    /// option and the cause) leaves no new key file behind.
     pub async fn start(self) -> Result<Running, Error> {
         let Agent { options, peers } = self;
         let mut file_keys = FileKeyStore::new(&options.key_file);
         if let Some(psk) = &options.psk_file {
             file_keys = file_keys.with_cluster_secret(psk);
         }
-        // Fail fast, before creating a key file or touching the host: no cluster, no start.
+        // Fail fast, before creating a key file or touching the host: the peers file must read
+        // and parse (once running, a bad change keeps the last good mesh instead); no cluster,
+        // no start.
+        let peers_file = match &peers {
+            Peers::File(path) => Some(read_peers_file(path.clone()).await?),
+            Peers::Kubernetes(_) | Peers::Custom(_) => None,
+        };
         let client = match &peers {
             Peers::Kubernetes(k) => Some(kube_client(k).await?),
             Peers::File(_) | Peers::Custom(_) => None,
         };
-        let key = file_keys.load_or_create().await?;
-        file_keys.cluster_secret().await?;
+        file_keys
+            .cluster_secret()
+            .await
+            .map_err(|source| EnvironmentError::PskFile { source })?;
+        // An existing key file is checked now (mode, contents); a missing one is created last.
+        let existing_key = file_keys
+            .load()
+            .await
+            .map_err(|source| EnvironmentError::KeyFile { source })?;
+        let firewall = Arc::new(Nftables::new());
+        firewall.check().await?;
         // What the API server said last, beside the key: a start without it uses that.
         let state = client
             .is_some()
@@ -407,17 +450,36 @@ impl Agent {
         let source_text = format!("{peers:?}");
         let mtu = match options.mtu {
             Some(mtu) => mtu,
-            None => detect_mtu(&options, &peers, &network, client.as_ref(), state.as_ref()).await?,
+            None => {
+                detect_mtu(
+                    &options,
+                    &peers,
+                    peers_file.as_ref(),
+                    &network,
+                    client.as_ref(),
+                    state.as_ref(),
+                )
+                .await?
+            }
         };
-        let (source, keys, cluster_cidrs) = source_and_keys(
+        let cluster_cidrs = cluster_cidrs(&options, client.as_ref(), state.as_ref()).await?;
+        // After every check, so a start refused for any reason above leaves no new key file.
+        let key = match existing_key {
+            Some(key) => key,
+            None => file_keys
+                .load_or_create()
+                .await
+                .map_err(|source| EnvironmentError::KeyFile { source })?,
+        };
+        let (source, keys) = source_and_keys(
             &options,
             peers,
             file_keys,
             &key,
+            &cluster_cidrs,
             client.as_ref(),
             state.as_ref(),
-        )
-        .await?;
+        );
         let device = options.backend.device(&network)?;
         tracing::info!(
             node = %options.node_name, public_key = %key.public_key(), backend = options.backend.as_str(),
@@ -446,7 +508,6 @@ impl Agent {
                 Vec::new()
             }
         };
-        let firewall = Arc::new(Nftables::new());
         let backends = Backends {
             keys,
             device: device.clone(),

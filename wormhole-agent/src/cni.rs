@@ -1,12 +1,11 @@
 //! The CNI conflist: the standard `bridge` + `host-local` plugins put pods on our bridge, with
 //! the node's pod CIDRs and the WireGuard MTU, then `portmap` and `loopback`.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use ipnet::IpNet;
 use serde_json::json;
+use wormhole_core::FileAccess;
 
 /// The file we own in the CNI configuration directory. `10-` sorts it before most others.
 pub(crate) const CONFLIST: &str = "10-wormhole.conflist";
@@ -43,42 +42,18 @@ pub(crate) fn render(bridge: &str, pod_cidrs: &[IpNet], mtu: u32) -> String {
 
 /// Makes `dir/10-wormhole.conflist` hold `text`: nothing is written when it already does (so
 /// calling this on every pass repairs a deleted or edited file at no cost otherwise); else the
-/// file is replaced atomically (temporary file, fsync, rename), so the runtime never reads half a
-/// file. The temporary file is created exclusively (`O_EXCL`: never through a symlink planted at
-/// its name). Other files in `dir` are left alone. Returns whether the file was (re)written.
-pub(crate) fn write(dir: &Path, text: &str) -> std::io::Result<bool> {
-    std::fs::create_dir_all(dir)?;
+/// file is replaced atomically by the agent's one file writer
+/// ([`write_file_atomically`](wormhole_core::write_file_atomically): temporary file, fsync,
+/// rename; never blocked by a crash's leftovers), so the runtime never reads half a file. Its
+/// temporary file's name (`.10-wormhole.conflist.tmp.*`) has no `.conflist` suffix: runtimes
+/// ignore it. Other files in `dir` are left alone. Returns whether the file was (re)written.
+pub(crate) fn write(dir: &Path, text: &str) -> Result<bool, wormhole_core::Error> {
     let path = dir.join(CONFLIST);
     if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
         return Ok(false);
     }
-    // A name without the .conflist suffix: runtimes ignore it while it is incomplete.
-    let tmp = dir.join(format!(".{CONFLIST}.tmp.{}", std::process::id()));
-    let create = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-    };
-    let result = (|| {
-        let mut file = match create() {
-            // Left by a crash, or planted: remove the name (a symlink itself, not its target).
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                std::fs::remove_file(&tmp)?;
-                create()?
-            }
-            other => other?,
-        };
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map(|()| true)
+    wormhole_core::write_file_atomically(&path, text.as_bytes(), FileAccess::Public)?;
+    Ok(true)
 }
 
 /// Removes our conflist (for `--cleanup-on-exit`).
@@ -91,6 +66,8 @@ pub(crate) fn remove(dir: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]
@@ -121,6 +98,8 @@ mod tests {
         assert!(write(dir.path(), "one").unwrap());
         let path = dir.path().join(CONFLIST);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644, "the runtime reads it");
         assert!(!write(dir.path(), "one").unwrap(), "rewrote an equal file");
         write(dir.path(), "two").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
@@ -140,16 +119,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "precious").unwrap();
-        let tmp = dir
-            .path()
-            .join(format!(".{CONFLIST}.tmp.{}", std::process::id()));
-        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        // Every name a temporary file of ours had or has: the PID (ours, or 1 in a container)
+        // and random characters.
+        for suffix in [
+            std::process::id().to_string(),
+            "1".into(),
+            "aB3dE5gH7j".into(),
+        ] {
+            let tmp = dir.path().join(format!(".{CONFLIST}.tmp.{suffix}"));
+            std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        }
         write(dir.path(), "ours").unwrap();
+        write(dir.path(), "ours again").unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         assert_eq!(
             std::fs::read_to_string(dir.path().join(CONFLIST)).unwrap(),
-            "ours"
+            "ours again"
         );
-        assert!(!tmp.exists());
     }
 }

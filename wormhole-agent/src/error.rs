@@ -101,6 +101,29 @@ pub enum InvalidOption {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnvironmentError {
+    /// The peers file cannot be used at start: missing, unreadable, or it does not parse.
+    /// (Once the agent runs, a bad change keeps the last good mesh instead.)
+    #[error("cannot start without a peers file that reads and parses (--peers FILE|DIR): {source}")]
+    PeersFile {
+        /// What is wrong, naming the file.
+        #[source]
+        source: wormhole_core::Error,
+    },
+    /// The private key file cannot be read, or is unsafe or corrupt, or cannot be created
+    /// (its directory is not writable).
+    #[error("the private key (--key-file) cannot be loaded or created: {source}")]
+    KeyFile {
+        /// What is wrong, naming the file.
+        #[source]
+        source: wormhole_core::Error,
+    },
+    /// The PSK file given cannot be used: missing, unsafe or not a key.
+    #[error("the cluster secret (--psk-file) cannot be used: {source}")]
+    PskFile {
+        /// What is wrong, naming the file.
+        #[source]
+        source: wormhole_core::Error,
+    },
     /// The API server answered that this Node cannot be read (it does not exist, or we may not
     /// read it).
     #[error("get Node {node} (is the node name right?): {message}")]

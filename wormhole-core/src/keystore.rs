@@ -1,16 +1,16 @@
 //! Where the node's private key (and the optional cluster secret) live.
 //!
-//! [`FileKeyStore`] keeps the key across restarts in a file created `0600` atomically, and refuses
-//! to use a file that group or others can read. Rotation is explicit ([`KeyStore::rotate`]): a
+//! [`FileKeyStore`] keeps the key across restarts in a file created `0600` atomically (by
+//! [`write_secret_file`]), and refuses to use a file that group or others can read. Rotation is explicit ([`KeyStore::rotate`]): a
 //! restart never changes the key.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
 use crate::Error;
+use crate::atomic_file::{FileAccess, write_file_atomically};
 use crate::keys::{PresharedKey, PrivateKey};
 
 /// Loads (or creates) the node's private key and the optional cluster secret.
@@ -74,6 +74,12 @@ pub fn read_secret_file(path: &Path) -> Result<Option<zeroize::Zeroizing<String>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io("stat", path)(e)),
     };
+    if !meta.is_file() {
+        return Err(io("read", path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory?)",
+        )));
+    }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(Error::InsecureKeyFile {
@@ -85,46 +91,38 @@ pub fn read_secret_file(path: &Path) -> Result<Option<zeroize::Zeroizing<String>
     Ok(Some(zeroize::Zeroizing::new(text)))
 }
 
-/// Writes `text` (and a newline) to `path` atomically: a `0600` temporary file in the same
-/// directory, fsync, rename, fsync of the directory. The directory is created `0700` if missing.
-/// Blocking: call it from `spawn_blocking` in async code.
+/// Writes `text` (and a newline) to `path` atomically, `0600` from the first instant, through the
+/// one writer of every file the agent persists ([`write_file_atomically`]): no leftover of an
+/// earlier crash blocks it. The directory is created `0700` if missing. Blocking: call it from
+/// `spawn_blocking` in async code.
 pub fn write_secret_file(path: &Path, text: &str) -> Result<(), Error> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io("create directory", dir))?;
-    }
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        file.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
-        file.write_all(b"\n").map_err(io("write", &tmp))?;
-        file.sync_all().map_err(io("sync", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(io("rename", path))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut contents = zeroize::Zeroizing::new(Vec::with_capacity(text.len() + 1));
+    contents.extend_from_slice(text.as_bytes());
+    contents.push(b'\n');
+    write_file_atomically(path, &contents, FileAccess::Secret)
 }
 
 impl FileKeyStore {
+    /// The key in the file, if there is one, checked as [`KeyStore::load_or_create`] checks it
+    /// (mode, contents); nothing is created. For a start-up that checks everything it was given
+    /// before it creates anything.
+    pub async fn load(&self) -> Result<Option<PrivateKey>, Error> {
+        let this = self.clone();
+        blocking(move || {
+            let path = &this.key_path;
+            let Some(text) = read_secret_file(path)? else {
+                return Ok(None);
+            };
+            let key: PrivateKey = text.parse().map_err(|source| Error::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+            *this.held.lock().unwrap() = Some(key.clone());
+            Ok(Some(key))
+        })
+        .await
+    }
+
     fn load_or_create_blocking(&self) -> Result<PrivateKey, Error> {
         let path = &self.key_path;
         let held = self.held.lock().unwrap().clone();
@@ -166,7 +164,10 @@ impl FileKeyStore {
         let text = read_secret_file(path)?.ok_or_else(|| Error::Io {
             action: "read",
             path: path.clone(),
-            source: std::io::ErrorKind::NotFound.into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file (make one: wg genpsk > FILE; chmod 600 FILE)",
+            ),
         })?;
         text.parse().map(Some).map_err(|source| Error::KeyFile {
             path: path.clone(),
@@ -226,6 +227,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn load_checks_without_creating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/private.key");
+        let store = FileKeyStore::new(&path);
+        assert!(store.load().await.unwrap().is_none());
+        assert!(!dir.path().join("sub").exists(), "load created something");
+        let key = store.load_or_create().await.unwrap();
+        assert_eq!(FileKeyStore::new(&path).load().await.unwrap(), Some(key));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            FileKeyStore::new(&path).load().await,
+            Err(Error::InsecureKeyFile { .. })
+        ));
+    }
+
+    #[tokio::test]
     async fn a_key_file_deleted_while_running_is_restored_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("private.key");
@@ -282,6 +299,52 @@ mod tests {
         let err = FileKeyStore::new(&path).load_or_create().await.unwrap_err();
         assert!(err.to_string().contains("not valid base64"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "garbage");
+    }
+
+    /// The files the agent keeps in its state directory: the key, the Kubernetes state, the
+    /// saved PSK. After a crash mid-write, every later write must still go through: in a
+    /// container the agent is always PID 1, so a name derived from the PID is always taken.
+    #[test]
+    fn leftovers_of_a_crashed_writer_never_block_a_write() {
+        for name in ["private.key", "kubernetes-state.json", "psk"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(name);
+            std::fs::write(&path, "old").unwrap();
+            crate::atomic_file::tests::plant_leftovers(dir.path(), name);
+            write_secret_file(&path, "new").unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o600, "{name}");
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("victim")).unwrap(),
+                "precious",
+                "a leftover symlink was followed"
+            );
+            // And again (the leftovers of this writer's own runs count too).
+            write_secret_file(&path, "newer").unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "newer\n");
+        }
+    }
+
+    /// The first start after a crash during the first key creation: no key file yet, a
+    /// leftover temporary file of the key. The key is created, and kept across restarts.
+    #[tokio::test]
+    async fn first_key_creation_with_a_leftover_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.key");
+        crate::atomic_file::tests::plant_leftovers(dir.path(), "private.key");
+        let key = FileKeyStore::new(&path).load_or_create().await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            FileKeyStore::new(&path).load_or_create().await.unwrap(),
+            key
+        );
+        let rotated = FileKeyStore::new(&path).rotate().await.unwrap();
+        assert_eq!(
+            FileKeyStore::new(&path).load_or_create().await.unwrap(),
+            rotated
+        );
     }
 
     #[tokio::test]

@@ -24,6 +24,8 @@
 //!   `Memory*` types ([`MemoryBackends`]) are in-memory implementations for tests and embedders.
 //! - [`Reconciler`]: the level-triggered loop tying it together, and its [`Status`].
 //! - [`Escaped`], for printing names and messages that came from outside.
+//! - [`write_file_atomically`]: the one writer of every file the agent persists (atomic, `0600`
+//!   for secrets, never blocked by what a crash left).
 //!
 //! ```
 //! use wormhole_core::{MemoryBackends, MemoryKeyStore, PrivateKey, Reconciler, Settings};
@@ -40,6 +42,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod atomic_file;
 mod backend;
 mod error;
 mod file_source;
@@ -57,6 +60,7 @@ mod status;
 mod text;
 
 // The public API, one path per item (module paths are private; `fuzzing` is for the fuzz crate).
+pub use atomic_file::{FileAccess, write_file_atomically};
 pub use backend::{Firewall, HostNetwork, WireGuardDevice};
 pub use error::{Component, Error, ErrorChain, FailedItem, ItemFailure, MeshError};
 pub use file_source::{FilePeerSource, load_peers_file, parse_peers_file};

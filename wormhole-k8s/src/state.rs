@@ -419,6 +419,23 @@ mod tests {
         assert_eq!(restored.external, snapshot().external, "external peers too");
     }
 
+    /// An agent killed while saving (in a container: always PID 1) leaves a temporary file; the
+    /// next agent saves all the same.
+    #[tokio::test]
+    async fn a_save_interrupted_by_a_crash_never_blocks_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        for pid in [std::process::id(), 1] {
+            let tmp = dir.path().join(format!(".{STATE_FILE}.tmp.{pid}"));
+            std::fs::write(tmp, "{\"version\":").unwrap();
+        }
+        let store = StateStore::open(&path);
+        store.save(|s| s.set_snapshot(&snapshot())).await.unwrap();
+        assert_eq!(StateStore::open(&path).saved().nodes.len(), 2);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
     #[tokio::test]
     async fn a_corrupt_file_is_ignored_and_replaced() {
         let dir = tempfile::tempdir().unwrap();

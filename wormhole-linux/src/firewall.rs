@@ -287,6 +287,15 @@ impl Nftables {
             .map_err(|e| backend_error(Component::Firewall, "blocking task failed", e))?
     }
 
+    /// Checks that `nft` runs and may read the ruleset (installed, and with `CAP_NET_ADMIN`),
+    /// changing nothing: for start-up, so a host without nftables is refused at once with its
+    /// cause rather than at every pass.
+    pub async fn check(&self) -> Result<(), Error> {
+        self.blocking(|nft| run(nft, &["list", "tables"], None))
+            .await
+            .map(drop)
+    }
+
     /// Deletes the table (for `--cleanup-on-exit`); absent is fine.
     pub async fn delete(&self) -> Result<(), Error> {
         *self.last.lock().unwrap() = None;

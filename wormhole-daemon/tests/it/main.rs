@@ -22,3 +22,4 @@ mod nat;
 mod relay;
 mod restart;
 mod services;
+mod startup;
