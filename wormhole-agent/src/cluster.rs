@@ -972,30 +972,7 @@ mod tests {
         assert_eq!(cluster.broken().len(), 3);
     }
 
-    /// Every count over the pairs, walked pair by pair with [`ClusterView::cell`].
-    fn by_cells(cluster: &ClusterView, per: usize) -> (Summary, Vec<Health>) {
-        let n = cluster.nodes.len();
-        let grid = n.div_ceil(per);
-        let mut s = Summary {
-            nodes: n,
-            pairs: n * n.saturating_sub(1),
-            ..Summary::default()
-        };
-        let mut worst = vec![Health::Ok; grid * grid];
-        for from in 0..n {
-            for to in (0..n).filter(|&to| to != from) {
-                let health = cluster.cell(from, to).health();
-                match health {
-                    Health::Ok => s.ok += 1,
-                    Health::Unknown => s.unknown += 1,
-                    _ => s.broken += 1,
-                }
-                let square = &mut worst[(from / per) * grid + to / per];
-                *square = (*square).max(health);
-            }
-        }
-        (s, worst)
-    }
+    use crate::fuzzing::by_cells;
 
     #[test]
     fn the_counts_are_those_of_every_cell() {

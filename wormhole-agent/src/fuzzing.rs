@@ -139,7 +139,7 @@ pub fn check_cluster(replies: &[(String, Result<StatusView, String>)]) {
 }
 
 /// Every count over the pairs, walking each pair with [`ClusterView::cell`] (n²: for checks).
-fn by_cells(cluster: &ClusterView, per: usize) -> (Summary, Vec<Health>) {
+pub(crate) fn by_cells(cluster: &ClusterView, per: usize) -> (Summary, Vec<Health>) {
     let n = cluster.nodes.len();
     let grid = n.div_ceil(per);
     let mut s = Summary {
