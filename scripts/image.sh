@@ -243,13 +243,15 @@ mib() { awk -v s="$1" 'BEGIN {printf "%.1f MiB", s / 1048576}'; }
 } | tee "$out/summary.txt"
 
 if [ -n "$sbom" ]; then
-  # The binary's crates (normal dependencies of wormhole-daemon with its default features, for
-  # this target; build-only dependencies are not in the binary).
+  # The crates of the `wormhole` binary (normal dependencies of wormhole-daemon with its default
+  # features, for this target; build-only and dev dependencies are not in the binary).
+  # SOURCE_DATE_EPOCH makes it reproducible too (its timestamp, no random serial number).
   cargo cyclonedx --version >/dev/null 2>&1 || {
     echo "image: cargo-cyclonedx not found (cargo install --locked cargo-cyclonedx@0.5.9), or pass --no-sbom" >&2; exit 1; }
-  (cd wormhole-daemon && cargo cyclonedx --format json --spec-version 1.5 --target "$rust_target" \
-    --no-build-deps --override-filename wormhole.cdx >/dev/null)
-  mv wormhole-daemon/wormhole.cdx.json "$out/wormhole.cdx.json"
+  (cd wormhole-daemon && cargo cyclonedx --quiet --format json --spec-version 1.5 \
+    --target "$rust_target" --no-build-deps --describe binaries)
+  mv wormhole-daemon/wormhole_bin.cdx.json "$out/wormhole.cdx.json"
+  echo "sbom $out/wormhole.cdx.json: $(jq '.components | length' "$out/wormhole.cdx.json") crates"
 fi
 
 if [ "$size" -gt $((max_mib * 1048576)) ]; then

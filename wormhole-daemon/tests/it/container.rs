@@ -54,17 +54,43 @@ fn checked(cmd: &mut Command, hint: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `GET path` at `addr` from network namespace `ns`: the status code and the body.
+/// `GET path` at `addr` from network namespace `ns`: the status code and the body (of
+/// `Content-Length`, or up to the end: the fake API server keeps connections open).
 fn http_get(ns: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     in_netns(ns, || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).ok()?;
-        let (head, body) = reply.split_once("\r\n\r\n")?;
-        let code = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, body.to_owned()))
+        (&s).write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut reader = std::io::BufReader::new(&s);
+        let mut status = String::new();
+        reader.read_line(&mut status).ok()?;
+        let code = status.split_whitespace().nth(1)?.parse().ok()?;
+        let mut length = None;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).ok()?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+        let mut body = Vec::new();
+        match length {
+            Some(n) => {
+                body.resize(n, 0);
+                reader.read_exact(&mut body).ok()?;
+            }
+            None => {
+                reader.read_to_end(&mut body).ok()?;
+            }
+        }
+        Some((code, String::from_utf8_lossy(&body).into_owned()))
     })
 }
 
@@ -153,7 +179,7 @@ impl ApiProcess {
                 .lines()
                 .map_while(Result::ok)
             {
-                if line.starts_with("fake API server listening") {
+                if line.contains("fake API server listening") {
                     let _ = tx.send(());
                 }
             }
@@ -552,17 +578,57 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
     let mut nodes: Vec<ContainerNode> = (1..=3)
         .map(|i| ContainerNode::new(underlay.node(&prefix, i), i, work.path(), &conf))
         .collect();
+    // Forwarding off, as on a host nobody set it on (a new namespace inherits IPv4's from the
+    // machine's).
+    for node in &nodes {
+        node.ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+        node.ns
+            .sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]);
+    }
     let spec = json!({
         "listen": API,
         "pod_subnet": "10.99.0.0/16,fd99::/48",
         "nodes": nodes.iter().map(|n| json!([n.name, pod_cidrs(n.index), n.ip()])).collect::<Vec<_>>(),
     });
     let _api = ApiProcess::start(&api_ns, &spec);
+    // The kubeconfig names a cluster CA, as the in-cluster config always does (the service
+    // account's ca.crt): the fake server speaks plain HTTP, so it is never used, but without one
+    // the kube client wants the system's CA roots, which the image does not ship (and in a
+    // cluster never needs).
+    let ca = work.path().join("ca.pem");
+    checked(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args([
+                "-nodes",
+                "-subj",
+                "/CN=wormhole-test-ca",
+                "-days",
+                "1",
+                "-keyout",
+            ])
+            .arg(work.path().join("ca.key"))
+            .arg("-out")
+            .arg(&ca),
+        "apt-get install openssl",
+    );
+    let ca_data = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&ca).unwrap())
+    };
     let kubeconfig = work.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{API}\n\
+             \x20   certificate-authority-data: {ca_data}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n\
              users:\n- name: fake\n  user: {{}}\n"
         ),
@@ -625,26 +691,25 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
         });
         assert_eq!(said.0, 503, "{said:?}");
         assert!(
-            said.1.contains("net.ipv4.ip_forward") && said.1.contains("Read-only file system"),
+            said.1.contains("net.ipv4.ip_forward (cannot write /proc/sys/net/ipv4/ip_forward: Read-only file system")
+                && said.1.contains("net.ipv6.conf.all.forwarding (cannot write"),
             "{said:?}"
         );
         assert_eq!(n1.sysctl("net.ipv4.ip_forward"), "0");
         n1.down();
     }
 
-    // The shipped pod on every node: process start to ready, and the probes.
-    let mut started = Vec::new();
+    // The shipped pod on every node, one after the other: from `podman kube play`, and from
+    // the agent's process start (the container's StartedAt), to ready; then both probes.
     for node in &mut nodes {
         let pod = pod_of(node);
-        started.push(Instant::now());
+        let played = Instant::now();
         node.play(&pod, "pod.json");
-    }
-    for (node, started) in nodes.iter().zip(&started) {
         let (ns, ip) = (node.ns.name.clone(), node.ip());
         let ready = poll(Duration::from_secs(60), || {
             probe(&ds, "readinessProbe", &ns, &ip)
                 .filter(|(code, _)| *code == 200)
-                .map(|_| started.elapsed())
+                .map(|_| (played.elapsed(), std::time::SystemTime::now()))
         })
         .unwrap_or_else(|| {
             panic!(
@@ -654,15 +719,19 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
                 node.log_tail(&container(node))
             )
         });
-        let inspect = checked(
+        let started: u64 = checked(
             node.podman(false).args([
                 "inspect",
                 "--format",
-                "{{.State.StartedAt}}",
+                "{{.State.StartedAt.UnixNano}}",
                 &container(node),
             ]),
             "podman inspect",
-        );
+        )
+        .trim()
+        .parse()
+        .unwrap();
+        let started = std::time::UNIX_EPOCH + Duration::from_nanos(started);
         let live = probe(&ds, "livenessProbe", &ns, &ip);
         assert_eq!(
             live.as_ref().map(|(code, _)| *code),
@@ -671,10 +740,14 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
             node.name
         );
         eprintln!(
-            "{}: kube play to ready {:.2} s (container started at {})",
+            "{}: ready {:.2} s after podman kube play, {:.2} s after the agent's process started",
             node.name,
-            ready.as_secs_f64(),
-            inspect.trim()
+            ready.0.as_secs_f64(),
+            ready
+                .1
+                .duration_since(started)
+                .unwrap_or_default()
+                .as_secs_f64()
         );
     }
     // The agent turned forwarding on through the host path, before any pod made the CNI bridge
