@@ -110,7 +110,7 @@ while read -r name pkg_version sha path; do
   if ! echo "$sha  $deb" | sha256sum --check --status 2>/dev/null; then
     case "$path" in pool/updates/*) base=$security_mirror ;; *) base=$main_mirror ;; esac
     "$helper" download-file "$base/$path" "$deb.part" "SHA256:$sha" >/dev/null 2>"$work/download.err" || {
-      echo "image: cannot download $name $pkg_version ($base/$path): $(tail -2 "$work/download.err")" >&2
+      echo "image: cannot download $name $pkg_version with the SHA256 of $lock ($base/$path): $(tail -2 "$work/download.err")" >&2
       echo "image: if Debian no longer has this version, run: apt-get update && scripts/image.sh --update-lock --arch $arch" >&2
       exit 1
     }
