@@ -38,6 +38,16 @@ const KUBECONFIG_IN_POD: &str = "/var/run/secrets/wormhole-test/kubeconfig";
 /// The conflist the agent writes.
 const CONFLIST: &str = "10-wormhole.conflist";
 
+/// `program`, killed if it runs longer than 2 minutes ([`scaled`]): podman, skopeo and
+/// friends must not hang the suite.
+fn bounded(program: &str) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5"])
+        .arg(format!("{}s", scaled(Duration::from_secs(120)).as_secs()))
+        .arg(program);
+    cmd
+}
+
 /// `program args...`, panicking with its output (and `hint`) if it cannot run or fails.
 fn checked(cmd: &mut Command, hint: &str) -> String {
     let out = cmd
@@ -434,12 +444,12 @@ impl ContainerNode {
     fn podman(&self, in_node: bool) -> Command {
         let store = self.root.join("podman");
         let mut cmd = if in_node {
-            let mut c = Command::new("nsenter");
+            let mut c = bounded("nsenter");
             c.arg(format!("--net=/var/run/netns/{}", self.ns.name))
                 .arg("podman");
             c
         } else {
-            Command::new("podman")
+            bounded("podman")
         };
         cmd.env("CONTAINERS_CONF", &self.conf)
             .env("TMPDIR", store.join("tmp"))
@@ -547,7 +557,7 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
     let registry = Registry::start(work.path());
     let reference = format!("{}/wormhole:{tag}", registry.addr);
     checked(
-        Command::new("skopeo").args([
+        bounded("skopeo").args([
             "copy",
             "--quiet",
             "--dest-tls-verify=false",
@@ -557,7 +567,7 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
         "apt-get install skopeo",
     );
     let pushed = checked(
-        Command::new("skopeo").args([
+        bounded("skopeo").args([
             "inspect",
             "--tls-verify=false",
             "--format",
@@ -597,7 +607,7 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
     // cluster never needs).
     let ca = work.path().join("ca.pem");
     checked(
-        Command::new("openssl")
+        bounded("openssl")
             .args([
                 "req",
                 "-x509",
