@@ -4,7 +4,7 @@
 # license texts: each crate's own license files (LICENSE*, COPYING*, NOTICE*, ...), or, for a crate
 # that ships none, the standard texts in licenses/ for the licenses it names, plus the notices
 # below that a crate's files do not carry. Identical texts are printed once.
-# The image ships it (Dockerfile: /usr/share/doc/wormhole/); CI runs the check.
+# The image ships it (scripts/image.sh: /usr/share/doc/wormhole/); CI runs the check.
 #
 #   scripts/notices.sh           write THIRD-PARTY-NOTICES.md (after a dependency change)
 #   scripts/notices.sh --check   fail if it is out of date with Cargo.lock, or if a crate's

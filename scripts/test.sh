@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The tests, on a fresh Debian-like machine: installs what they need, then runs formatting and
-# lint checks, `cargo test --workspace` (as root nothing is skipped), the Kubernetes scale test on a
-# release build, and the VM lane (scripts/vm-lane.sh: the kernel backend in Debian's kernel under
-# qemu). Run as root:  sudo env PATH="$PATH" scripts/test.sh
+# lint checks, `cargo test --workspace` (as root nothing is skipped), the release build, the
+# Kubernetes scale test on it, the container image (scripts/image.sh: size limit, reproducibility)
+# and the shipped manifests run by podman from that image, and the VM lane (scripts/vm-lane.sh:
+# the kernel backend in Debian's kernel under qemu). Run as root:  sudo env PATH="$PATH" scripts/test.sh
 # Environment: SKIP_VM=1 leaves out the VM lane (for a quick run; CI never sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,9 @@ command -v cargo >/dev/null || { echo "test: cargo not on PATH (sudo env PATH=\"
 
 need=()
 for cmd in wireguard-go:wireguard-go wg:wireguard-tools nft:nftables ip:iproute2 tcpdump:tcpdump \
-  ping:iputils-ping iperf3:iperf3 jq:jq pgrep:procps iptables:iptables; do
+  ping:iputils-ping iperf3:iperf3 jq:jq pgrep:procps iptables:iptables \
+  podman:podman runc:runc catatonit:catatonit skopeo:skopeo umoci:umoci \
+  docker-registry:docker-registry readelf:binutils openssl:openssl nsenter:util-linux; do
   command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
 done
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
@@ -40,8 +43,27 @@ bash scripts/vendor-gotatun.sh --check
 # The API docs: no broken or private links (the README's Rust examples run as wormhole-agent doctests).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 cargo test --workspace
-# Kubernetes scale (5,000 Nodes against the fake API server): goals asserted on a release build.
-cargo test -p wormhole-daemon --release --test it -- --ignored --nocapture kubernetes_scale
+# The release binary, built once (fat LTO: the longest build here). The image ships it and the
+# scale test measures it, driven by the debug suite built above: `cargo test --release` would build
+# every dependency again (tests unwind, the release profile aborts on panic: nothing is shared).
+cargo build --release --locked -p wormhole-daemon
+release_bin=$PWD/target/release/wormhole
+# Kubernetes scale (5,000 Nodes against the fake API server): goals asserted on that binary.
+WORMHOLE_BIN=$release_bin cargo test -p wormhole-daemon --test it -- --ignored --nocapture kubernetes_scale
+# The image of that binary (scripts/image.sh fails over its size limit), twice: the same inputs
+# must give the same digest. cargo-cyclonedx (its SBOM) is installed if missing.
+cargo cyclonedx --version >/dev/null 2>&1 || cargo install --locked cargo-cyclonedx@0.5.9
+bash scripts/image.sh --binary "$release_bin" --out target/image
+bash scripts/image.sh --binary "$release_bin" --out target/image-again --no-sbom
+if ! cmp -s target/image/digest target/image-again/digest; then
+  echo "test: two builds of the image differ: $(cat target/image/digest), then $(cat target/image-again/digest)" >&2
+  exit 1
+fi
+rm -rf target/image-again
+# The shipped DaemonSet run by podman on three netns nodes, with that image from a registry on
+# loopback (wormhole-daemon/tests/it/container.rs).
+WORMHOLE_IMAGE=$PWD/target/image/oci cargo test -p wormhole-daemon --test it -- --ignored --exact \
+  --nocapture container::container_the_shipped_daemonset_runs_in_podman_on_every_node
 if [ "${SKIP_VM:-}" != 1 ]; then
   bash scripts/vm-lane.sh
 fi

@@ -391,16 +391,14 @@ impl Server {
                 "application/json",
                 self.body(Body::Status).await,
             ),
-            "/readyz" if admin.status.borrow().ready() => {
-                (StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"))
-            }
-            "/readyz" => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                TEXT,
-                Bytes::from_static(
-                    b"not ready: no successful reconcile with the device present yet\n",
+            "/readyz" => match admin.status.borrow().not_ready_reason() {
+                None => (StatusCode::OK, TEXT, Bytes::from_static(b"ready\n")),
+                Some(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    Bytes::from(format!("not ready: {why}\n")),
                 ),
-            ),
+            },
             "/healthz" => {
                 let last = admin
                     .status

@@ -27,6 +27,7 @@ use wormhole_linux::{Network, Nftables};
 
 use crate::admin::{self, Admin};
 use crate::builder::{KubernetesOptions, Options, Peers};
+use crate::forwarding::{self, Forwarding};
 use crate::health::{self, ProbeSettings};
 use crate::metrics::Metrics;
 use crate::{AgentBuilder, EnvironmentError, Error, cni};
@@ -150,24 +151,6 @@ fn state_dir(key_file: &Path) -> PathBuf {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_owned()
-}
-
-/// Pods on other nodes are reached by routing: turn forwarding on for the families in use.
-fn enable_forwarding() {
-    for path in [
-        "/proc/sys/net/ipv4/ip_forward",
-        "/proc/sys/net/ipv6/conf/all/forwarding",
-    ] {
-        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
-            continue;
-        }
-        match std::fs::write(path, "1") {
-            Ok(()) => tracing::info!(path, "enabled IP forwarding"),
-            Err(e) => {
-                tracing::warn!(path, error = %ErrorChain(&e), "cannot enable IP forwarding: pods will not reach other nodes")
-            }
-        }
-    }
 }
 
 /// Keeps the CNI conflist equal to this node's pod CIDRs and MTU: checked on every status
@@ -588,16 +571,22 @@ impl Running {
             mtu,
             status: merged,
         } = self;
-        if options.forwarding {
-            enable_forwarding();
-        }
         let status = merged.subscribe();
         let probes = options.probe_interval.map(|interval| ProbeSettings {
             interval,
             rate: options.probe_rate,
             mtu,
         });
-        let health_task = tokio::spawn(health::run(reconciler.status(), probes, merged));
+        // Forwarding is checked (and turned on) at every pass, before the probes' merge.
+        let (passes, forwarding_task) = if options.forwarding {
+            let (checked, passes) = watch::channel(Status::default());
+            let forwarding = Forwarding::new(options.proc_sys_net.clone());
+            let task = tokio::spawn(forwarding::follow(reconciler.status(), forwarding, checked));
+            (passes, Some(task))
+        } else {
+            (reconciler.status(), None)
+        };
+        let health_task = tokio::spawn(health::run(passes, probes, merged));
         // Bound in the background: a busy admin port must not keep the mesh from being applied.
         let admin_task = options.admin_addr.map(|addr| {
             let admin = Admin {
@@ -636,9 +625,15 @@ impl Running {
         });
 
         reconciler.run(source, shutdown).await;
-        for task in [admin_task, cni_task, kube_task, Some(health_task)]
-            .into_iter()
-            .flatten()
+        for task in [
+            admin_task,
+            cni_task,
+            kube_task,
+            forwarding_task,
+            Some(health_task),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }

@@ -164,6 +164,7 @@ pub(crate) struct Options {
     pub(crate) admin_allow: Vec<IpNet>,
     pub(crate) metrics_allow: Vec<IpNet>,
     pub(crate) forwarding: bool,
+    pub(crate) proc_sys_net: PathBuf,
     pub(crate) cleanup_on_exit: bool,
 }
 
@@ -190,6 +191,7 @@ pub struct AgentBuilder {
     admin_allow: Vec<IpNet>,
     metrics_allow: Vec<IpNet>,
     forwarding: bool,
+    proc_sys_net: PathBuf,
     cleanup_on_exit: bool,
 }
 
@@ -235,6 +237,7 @@ impl AgentBuilder {
             admin_allow: Vec::new(),
             metrics_allow: Vec::new(),
             forwarding: true,
+            proc_sys_net: "/proc/sys/net".into(),
             cleanup_on_exit: false,
         }
     }
@@ -347,10 +350,22 @@ impl AgentBuilder {
         self
     }
 
-    /// Turns IP forwarding on at start (default true; pods on other nodes are reached by
-    /// routing).
+    /// Keeps IP forwarding on for the families of this node's pod CIDRs, checked at every pass
+    /// (default true; pods on other nodes are reached by routing). Forwarding that cannot be
+    /// turned on makes the node not ready ([`Status::forwarding_off`](wormhole_core::Status::forwarding_off)).
+    /// `false` leaves forwarding to you and out of readiness.
     pub fn forwarding(mut self, on: bool) -> Self {
         self.forwarding = on;
+        self
+    }
+
+    /// Where the host's network sysctls are (default `/proc/sys/net`); forwarding is turned on
+    /// there. In a container, whose `/proc/sys` is read-only, mount the host's `/proc/sys/net`
+    /// at another path and name it here (`deploy/daemonset.yaml` mounts it at
+    /// `/host/proc/sys/net`): a network sysctl is that of the network namespace of the process
+    /// that opens it, the host's with `hostNetwork`.
+    pub fn proc_sys_net(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.proc_sys_net = dir.into();
         self
     }
 
@@ -440,6 +455,7 @@ impl AgentBuilder {
             admin_allow: self.admin_allow,
             metrics_allow: self.metrics_allow,
             forwarding: self.forwarding,
+            proc_sys_net: self.proc_sys_net,
             cleanup_on_exit: self.cleanup_on_exit,
         };
         Ok(Agent::new(options, self.peers))

@@ -789,6 +789,7 @@ mod tests {
             mtu: 1420,
             pod_cidrs: vec![format!("10.99.{}.0/24", node.len())],
             ready: true,
+            not_ready: None,
             last_reconcile: None,
             source_error: None,
             passes: 1,

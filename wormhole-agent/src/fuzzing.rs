@@ -206,6 +206,7 @@ impl Bytes<'_> {
             mtu: 1420,
             pod_cidrs: vec![format!("10.99.{}.0/24", self.byte())],
             ready: true,
+            not_ready: None,
             last_reconcile: None,
             source_error: self.byte().is_multiple_of(4).then(|| "x".repeat(600)),
             passes: 1,

@@ -24,8 +24,8 @@
 //!    routes and the nftables table equal to the mesh; beside it the agent writes the CNI
 //!    conflist, probes every peer through the tunnel (health, round-trip time, loss, path MTU),
 //!    serves `/metrics`, `/healthz`, `/readyz` and `/status` (optional; pods get the probes
-//!    only, see [`AgentBuilder::admin_addr`]), turns IP
-//!    forwarding on, and in Kubernetes mode publishes this node's WormholeNode and Events.
+//!    only, see [`AgentBuilder::admin_addr`]), keeps IP forwarding on (not ready while it
+//!    cannot), and in Kubernetes mode publishes this node's WormholeNode and Events.
 //! 3. **Stop**: when the shutdown future resolves. The network is left in place (a restart drops
 //!    no traffic) unless [`AgentBuilder::cleanup_on_exit`] was asked for.
 //!
@@ -42,6 +42,7 @@ mod builder;
 mod cluster;
 mod cni;
 mod error;
+mod forwarding;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;

@@ -59,6 +59,9 @@ pub struct StatusView {
     pub mtu: u32,
     pub pod_cidrs: Vec<String>,
     pub ready: bool,
+    /// Why not ready, when not (`Status::not_ready_reason`).
+    #[serde(default)]
+    pub not_ready: Option<String>,
     pub last_reconcile: Option<PassView>,
     pub source_error: Option<String>,
     pub passes: u64,
@@ -133,6 +136,7 @@ impl StatusView {
             mtu: status.mtu,
             pod_cidrs: status.pod_cidrs.iter().map(ToString::to_string).collect(),
             ready: status.ready(),
+            not_ready: status.not_ready_reason(),
             last_reconcile: status.last_pass.as_ref().map(|p| PassView {
                 age_seconds: age(now, p.at),
                 duration_ms: p.duration.as_secs_f64() * 1000.0,

@@ -86,7 +86,7 @@ pub use state::{
     PeerConfig, PeerStats, overlay_address,
 };
 pub use status::{
-    LOSSY_AFTER, PassInfo, PeerState, PeerStatus, ProbeReport, STALE_AFTER, Status,
+    ForwardingOff, LOSSY_AFTER, PassInfo, PeerState, PeerStatus, ProbeReport, STALE_AFTER, Status,
     UNREACHABLE_AFTER,
 };
 pub use text::{Escaped, escape};

@@ -281,13 +281,59 @@ pub struct Status {
     pub configured: bool,
     /// Packets the firewall dropped so far, by rule ([`Firewall::drops`](crate::Firewall::drops)).
     pub firewall_drops: BTreeMap<String, u64>,
+    /// IP forwarding this node's pods need (one entry per family of its pod CIDRs) that is off,
+    /// with why it could not be turned on: their packets to and from other nodes are dropped,
+    /// so the node is not [ready](Self::ready). Kept by an agent that manages forwarding.
+    pub forwarding_off: Vec<ForwardingOff>,
+}
+
+/// A forwarding sysctl that is off although this node's pods need it (an entry of
+/// [`Status::forwarding_off`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardingOff {
+    /// The sysctl, e.g. `net.ipv4.ip_forward`.
+    pub sysctl: String,
+    /// Why it could not be turned on (e.g. `cannot write /proc/sys/net/ipv4/ip_forward:
+    /// Read-only file system`).
+    pub reason: String,
+}
+
+impl ForwardingOff {
+    /// `sysctl` is off, for `reason`.
+    pub fn new(sysctl: impl Into<String>, reason: impl Into<String>) -> Self {
+        ForwardingOff {
+            sysctl: sysctl.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl Status {
-    /// Ready: a pass that had a mesh succeeded, and the device exists. A pass before the first
-    /// snapshot (after a restart, over a device that survived) does not count.
+    /// Ready: a pass that had a mesh succeeded, the device exists, and no forwarding the pods
+    /// need is off. A pass before the first snapshot (after a restart, over a device that
+    /// survived) does not count.
     pub fn ready(&self) -> bool {
-        self.configured && self.device_present
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the node is not [ready](Self::ready), in one line (for `/readyz`); `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !(self.configured && self.device_present) {
+            return Some("no successful reconcile with the device present yet".into());
+        }
+        if self.forwarding_off.is_empty() {
+            return None;
+        }
+        let off: Vec<String> = self
+            .forwarding_off
+            .iter()
+            .map(|f| format!("{} ({})", f.sysctl, f.reason))
+            .collect();
+        Some(format!(
+            "IP forwarding is off, pods cannot reach other nodes: {}",
+            off.join("; ")
+        ))
     }
 }
 
@@ -318,6 +364,28 @@ mod tests {
         assert_eq!(p.state(now), PeerState::Unreachable);
         p.probe = None;
         assert_eq!(p.state(now), PeerState::Ok);
+    }
+
+    #[test]
+    fn forwarding_off_makes_a_configured_node_not_ready_and_says_why() {
+        let mut status = Status::default();
+        assert_eq!(
+            status.not_ready_reason().as_deref(),
+            Some("no successful reconcile with the device present yet")
+        );
+        status.configured = true;
+        status.device_present = true;
+        assert!(status.ready());
+        status.forwarding_off.push(ForwardingOff::new(
+            "net.ipv6.conf.all.forwarding",
+            "cannot write /proc/sys/net/ipv6/conf/all/forwarding: Read-only file system",
+        ));
+        assert!(!status.ready());
+        assert_eq!(
+            status.not_ready_reason().unwrap(),
+            "IP forwarding is off, pods cannot reach other nodes: net.ipv6.conf.all.forwarding \
+             (cannot write /proc/sys/net/ipv6/conf/all/forwarding: Read-only file system)"
+        );
     }
 
     #[test]

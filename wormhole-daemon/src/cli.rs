@@ -185,6 +185,10 @@ pub struct RunArgs {
     /// Where to write 10-wormhole.conflist [default: /etc/cni/net.d].
     #[arg(long, env = "WORMHOLE_CNI_CONF_DIR", value_name = "DIR")]
     pub cni_conf_dir: Option<PathBuf>,
+    /// The host's network sysctls, where IP forwarding is kept on [default: /proc/sys/net]; in
+    /// a container (read-only /proc/sys), the host's /proc/sys/net mounted elsewhere.
+    #[arg(long, env = "WORMHOLE_PROC_SYS_NET", value_name = "DIR")]
+    pub proc_sys_net: Option<PathBuf>,
     /// Time between full reconcile passes, 1s to 24h, e.g. 30s, 2m [default: 30s].
     #[arg(long, env = "WORMHOLE_RESYNC")]
     pub resync: Option<String>,
@@ -365,6 +369,7 @@ struct FileConfig {
     mtu: Option<toml::Value>,
     bridge: Option<String>,
     cni_conf_dir: Option<PathBuf>,
+    proc_sys_net: Option<PathBuf>,
     resync: Option<String>,
     probe_interval: Option<String>,
     probe_rate: Option<u32>,
@@ -402,6 +407,7 @@ pub struct Config {
     pub mtu: Option<u32>,
     pub bridge: InterfaceName,
     pub cni_conf_dir: PathBuf,
+    pub proc_sys_net: PathBuf,
     pub resync: Duration,
     /// `None`: no probing.
     pub probe_interval: Option<Duration>,
@@ -706,6 +712,10 @@ impl RunArgs {
                 .cni_conf_dir
                 .or(file.cni_conf_dir)
                 .unwrap_or_else(|| "/etc/cni/net.d".into()),
+            proc_sys_net: self
+                .proc_sys_net
+                .or(file.proc_sys_net)
+                .unwrap_or_else(|| "/proc/sys/net".into()),
             resync,
             probe_interval,
             probe_rate,
@@ -750,9 +760,12 @@ mod tests {
         assert_eq!(c.resync, Duration::from_secs(30));
         assert_eq!(c.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
         assert_eq!(c.source, PeerSourceKind::File("/p.toml".into()));
+        assert_eq!(c.proc_sys_net, PathBuf::from("/proc/sys/net"));
         let c = parse(&[
             "--peers",
             "/p",
+            "--proc-sys-net",
+            "/host/proc/sys/net",
             "--node-name",
             "a",
             "--mtu",
@@ -771,6 +784,7 @@ mod tests {
         assert_eq!(c.resync, Duration::from_millis(1500));
         assert_eq!(c.cluster_cidrs.len(), 2);
         assert_eq!(c.backend, BackendArg::Userspace);
+        assert_eq!(c.proc_sys_net, PathBuf::from("/host/proc/sys/net"));
     }
 
     #[test]

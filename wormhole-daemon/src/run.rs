@@ -58,6 +58,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .cluster_cidrs(config.cluster_cidrs)
         .bridge(config.bridge)
         .cni_conf_dir(Some(config.cni_conf_dir))
+        .proc_sys_net(config.proc_sys_net)
         .resync(config.resync)
         .probe_interval(config.probe_interval)
         .probe_rate(config.probe_rate)

@@ -71,7 +71,12 @@ pub fn table(view: &StatusView) -> String {
         }
     }
     if !view.ready {
-        out += "NOT READY: no mesh applied yet (waiting for the peer source, or the device is missing)\n";
+        match &view.not_ready {
+            Some(why) => out += &format!("NOT READY: {}\n", escape(why)),
+            None => {
+                out += "NOT READY: no mesh applied yet (waiting for the peer source, or the device is missing)\n"
+            }
+        }
     }
     if let Some(e) = &view.source_error {
         out += &format!("peer source error (last good mesh kept): {}\n", escape(e));
@@ -391,6 +396,7 @@ mod tests {
             mtu: 1420,
             pod_cidrs: vec![hostile.into()],
             ready: false,
+            not_ready: None,
             last_reconcile: Some(PassView {
                 age_seconds: 1,
                 duration_ms: 1.0,
@@ -510,6 +516,7 @@ mod tests {
         offline.external = true;
         let with_laptop = StatusView {
             ready: true,
+            not_ready: None,
             peers: vec![view.peers[0].clone(), offline],
             ..ok.clone()
         };

@@ -10,6 +10,7 @@ mod admin;
 mod churn;
 mod cli;
 mod cluster;
+mod container;
 mod external;
 mod harness;
 mod health;

@@ -249,6 +249,8 @@ fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
     let c = &pod.containers[0];
     let security = c.security_context.as_ref().unwrap();
     assert_ne!(security.privileged, Some(true));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
     let caps = security.capabilities.as_ref().unwrap();
     assert_eq!(
         caps.add.as_deref(),
@@ -284,8 +286,10 @@ fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
             .contains(&"--kubernetes".to_owned())
     );
     // The host paths mounted are exactly those the agent writes: its conflist, its key and
-    // state, its UAPI socket; and the TUN device. Nothing it only reads is writable, and
-    // nothing it does not use (the CNI plugins in /opt/cni/bin) is mounted at all.
+    // state, its UAPI socket, the network sysctls (forwarding; the container's /proc/sys is
+    // read-only, and WORMHOLE_PROC_SYS_NET names where they are); and the TUN device. Nothing
+    // it only reads is writable, and nothing it does not use (the CNI plugins in /opt/cni/bin)
+    // is mounted at all.
     let volumes = pod.volumes.unwrap();
     let mounts = c.volume_mounts.as_ref().unwrap();
     let mut writable: Vec<String> = mounts
@@ -302,9 +306,28 @@ fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
         [
             "/dev/net/tun",
             "/etc/cni/net.d",
+            "/proc/sys/net",
             "/run/wireguard",
             "/var/lib/wormhole"
         ]
+    );
+    let sysctls = mounts
+        .iter()
+        .find(|m| {
+            volumes.iter().any(|v| {
+                v.name == m.name
+                    && v.host_path.as_ref().map(|h| h.path.as_str()) == Some("/proc/sys/net")
+            })
+        })
+        .unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        value("WORMHOLE_PROC_SYS_NET").as_deref(),
+        Some(sysctls.mount_path.as_str())
     );
     for volume in &volumes {
         assert!(
@@ -315,6 +338,42 @@ fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
     }
     let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
     assert!(requests.contains_key("memory") && requests.contains_key("cpu"));
+}
+
+/// Issue 22: the README calls the PSK Secret optional, so the shipped DaemonSet must not need
+/// it (an agent given --psk-secret for a Secret that does not exist never becomes ready).
+/// Pre-shared keys are turned on by setting WORMHOLE_PSK_SECRET, as its comment says.
+#[test]
+fn the_daemonset_runs_without_the_optional_psk_secret() {
+    let m = load();
+    let c = &m.daemonsets[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--psk-secret")),
+        "the default DaemonSet passes {args:?}: without the Secret no node becomes ready"
+    );
+    let env = c.env.clone().unwrap_or_default();
+    assert!(
+        !env.iter().any(|e| e.name == "WORMHOLE_PSK_SECRET"),
+        "the default DaemonSet sets WORMHOLE_PSK_SECRET"
+    );
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/daemonset.yaml"
+    ))
+    .unwrap();
+    assert!(
+        text.contains("# - name: WORMHOLE_PSK_SECRET\n            #   value: wormhole-psk"),
+        "the DaemonSet shows how to turn pre-shared keys on"
+    );
 }
 
 #[test]
