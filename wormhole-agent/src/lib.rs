@@ -46,6 +46,8 @@ mod error;
 pub mod fuzzing;
 mod health;
 mod metrics;
+#[cfg(test)]
+mod monitoring;
 mod view;
 
 pub use agent::{Agent, Running};

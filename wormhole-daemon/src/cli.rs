@@ -105,6 +105,18 @@ pub enum BackendArg {
     Embedded,
 }
 
+/// `--peer-metrics`: which peers get series of their own on /metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerMetricsArg {
+    /// Node peers that are not ok, the worst first, at most --peer-metrics-limit.
+    Problems,
+    /// Every peer: 7 series each, 7·N·(N−1) across a cluster of N nodes.
+    All,
+    /// None: the aggregates only.
+    None,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,6 +234,13 @@ pub struct RunArgs {
         value_parser = parse_source
     )]
     pub metrics_allow: Vec<IpNet>,
+    /// Which peers get series of their own on /metrics [default: problems]. The aggregates
+    /// (peers by state, traffic, errors) are always there.
+    #[arg(long, env = "WORMHOLE_PEER_METRICS", value_enum)]
+    pub peer_metrics: Option<PeerMetricsArg>,
+    /// With --peer-metrics problems: at most this many peers, 1 to 100000 [default: 20].
+    #[arg(long, env = "WORMHOLE_PEER_METRICS_LIMIT", value_name = "PEERS")]
+    pub peer_metrics_limit: Option<usize>,
     /// Log format [default: text]; the level comes from RUST_LOG (default info).
     #[arg(long, env = "WORMHOLE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -373,6 +392,8 @@ struct FileConfig {
     admin_allow: Vec<String>,
     #[serde(default)]
     metrics_allow: Vec<String>,
+    peer_metrics: Option<PeerMetricsArg>,
+    peer_metrics_limit: Option<usize>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     cleanup_on_exit: bool,
@@ -411,6 +432,8 @@ pub struct Config {
     pub admin_allow: Vec<IpNet>,
     /// Sources besides this host served `/metrics`.
     pub metrics_allow: Vec<IpNet>,
+    /// Which peers get series of their own.
+    pub peer_metrics: wormhole_agent::PeerMetrics,
     pub log_format: LogFormat,
     pub cleanup_on_exit: bool,
 }
@@ -476,6 +499,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(out_of_range());
     }
     Ok(d)
+}
+
+/// `--peer-metrics` and `--peer-metrics-limit` together.
+fn peer_metrics(
+    mode: Option<PeerMetricsArg>,
+    limit: Option<usize>,
+) -> Result<wormhole_agent::PeerMetrics, String> {
+    use wormhole_agent::PeerMetrics;
+    match (mode.unwrap_or(PeerMetricsArg::Problems), limit) {
+        (PeerMetricsArg::Problems, limit) => {
+            let limit = limit.unwrap_or(wormhole_agent::DEFAULT_PEER_METRICS_LIMIT);
+            if !wormhole_agent::PEER_METRICS_LIMIT_RANGE.contains(&limit) {
+                return Err(format!(
+                    "--peer-metrics-limit {limit}: must be 1 to 100000 peers (for no per-peer \
+                     series, use --peer-metrics none)"
+                ));
+            }
+            Ok(PeerMetrics::Problems { limit })
+        }
+        (mode, Some(_)) => Err(format!(
+            "--peer-metrics-limit goes with --peer-metrics problems, not {}",
+            match mode {
+                PeerMetricsArg::All => "all (every peer)",
+                _ => "none (no peer)",
+            }
+        )),
+        (PeerMetricsArg::All, None) => Ok(PeerMetrics::All),
+        (PeerMetricsArg::None, None) => Ok(PeerMetrics::None),
+    }
 }
 
 fn parse_mtu(text: &str) -> Result<Option<u32>, String> {
@@ -688,6 +740,10 @@ impl RunArgs {
         };
         let admin_allow = sources(self.admin_allow, file.admin_allow, "admin_allow")?;
         let metrics_allow = sources(self.metrics_allow, file.metrics_allow, "metrics_allow")?;
+        let peer_metrics = peer_metrics(
+            self.peer_metrics.or(file.peer_metrics),
+            self.peer_metrics_limit.or(file.peer_metrics_limit),
+        )?;
         Ok(Config {
             node_name,
             source,
@@ -715,6 +771,7 @@ impl RunArgs {
                 .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.parse().expect("valid default")),
             admin_allow,
             metrics_allow,
+            peer_metrics,
             log_format: self
                 .log_format
                 .or(file.log_format)
@@ -1036,6 +1093,46 @@ mod tests {
             let err = parse(&["--peers", "p", "--node-name", "a", flag[0], flag[1]]).unwrap_err();
             assert!(err.contains("[[node]] entry in the peers file"), "{err}");
         }
+    }
+
+    #[test]
+    fn peer_metrics_options() {
+        use wormhole_agent::PeerMetrics;
+        let base = ["--peers", "p", "--node-name", "a"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args).map(|c| c.peer_metrics)
+        };
+        assert_eq!(with(&[]).unwrap(), PeerMetrics::Problems { limit: 20 });
+        assert_eq!(with(&["--peer-metrics", "all"]).unwrap(), PeerMetrics::All);
+        assert_eq!(
+            with(&["--peer-metrics", "none"]).unwrap(),
+            PeerMetrics::None
+        );
+        assert_eq!(
+            with(&["--peer-metrics-limit", "5"]).unwrap(),
+            PeerMetrics::Problems { limit: 5 }
+        );
+        for (extra, says) in [
+            (
+                &["--peer-metrics-limit", "0"][..],
+                "must be 1 to 100000 peers (for no per-peer series, use --peer-metrics none)",
+            ),
+            (
+                &["--peer-metrics", "all", "--peer-metrics-limit", "5"][..],
+                "--peer-metrics-limit goes with --peer-metrics problems, not all",
+            ),
+            (&["--peer-metrics", "some"][..], "invalid value 'some'"),
+        ] {
+            let err = with(extra).unwrap_err();
+            assert!(err.contains(says), "{extra:?}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "peer_metrics = \"none\"\n").unwrap();
+        let file = path.to_str().unwrap();
+        assert_eq!(with(&["--config", file]).unwrap(), PeerMetrics::None);
     }
 
     #[test]
