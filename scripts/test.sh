@@ -15,7 +15,8 @@ command -v cargo >/dev/null || { echo "test: cargo not on PATH (sudo env PATH=\"
 
 need=()
 for cmd in wireguard-go:wireguard-go wg:wireguard-tools nft:nftables ip:iproute2 tcpdump:tcpdump \
-  ping:iputils-ping iperf3:iperf3 jq:jq pgrep:procps iptables:iptables; do
+  ping:iputils-ping iperf3:iperf3 jq:jq pgrep:procps iptables:iptables man:man-db zsh:zsh \
+  fish:fish; do
   command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
 done
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
