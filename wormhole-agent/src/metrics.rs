@@ -661,6 +661,43 @@ mod tests {
     }
 
     #[test]
+    fn rendering_is_linear_in_the_peers() {
+        // Half the peers not ok (the limit's selection), every mode: twice the peers may cost
+        // about twice the time, never four times.
+        let now = SystemTime::now();
+        let status = |n: usize| {
+            status_of(
+                (0..n)
+                    .map(|i| {
+                        let state = if i % 2 == 0 { "ok" } else { "unreachable" };
+                        peer(&format!("n{i:05}"), state, now)
+                    })
+                    .collect(),
+            )
+        };
+        let (small, large) = (status(4000), status(8000));
+        for mode in [PeerMetrics::DEFAULT, PeerMetrics::All, PeerMetrics::None] {
+            let m = Metrics::new(mode);
+            let fastest = |s: &Status| {
+                (0..3)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        std::hint::black_box(m.render(s, now));
+                        t.elapsed()
+                    })
+                    .min()
+                    .unwrap()
+            };
+            let (a, b) = (fastest(&small), fastest(&large));
+            let ratio = b.as_secs_f64() / a.as_secs_f64();
+            assert!(
+                ratio < 3.0,
+                "{mode:?}: 4,000 peers {a:?}, 8,000 {b:?} ({ratio:.1}x)"
+            );
+        }
+    }
+
+    #[test]
     fn names_carry_their_units() {
         let text = Metrics::default().render(&status_of(Vec::new()), SystemTime::now());
         assert!(text.contains("\nwormhole_mtu_bytes 1420\n"), "{text}");

@@ -1232,6 +1232,28 @@ mod tests {
     }
 
     #[test]
+    fn every_run_flag_and_its_variable_is_in_the_readme() {
+        use clap::CommandFactory as _;
+        let readme = include_str!("../../README.md");
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+                continue;
+            };
+            let row = format!("| `--{long}");
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("no README row for --{long}"));
+            assert!(
+                line.contains(&format!("`{}`", env.to_str().unwrap())),
+                "the README's row of --{long} does not name {env:?}: {line}"
+            );
+        }
+    }
+
+    #[test]
     fn peer_metrics_options() {
         use wormhole_agent::PeerMetrics;
         let base = ["--peers", "p", "--node-name", "a"];
