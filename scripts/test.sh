@@ -18,7 +18,8 @@ need=()
 for cmd in wireguard-go:wireguard-go wg:wireguard-tools nft:nftables ip:iproute2 tcpdump:tcpdump \
   ping:iputils-ping iperf3:iperf3 jq:jq pgrep:procps iptables:iptables \
   podman:podman runc:runc catatonit:catatonit skopeo:skopeo umoci:umoci \
-  docker-registry:docker-registry readelf:binutils openssl:openssl nsenter:util-linux; do
+  docker-registry:docker-registry readelf:binutils openssl:openssl nsenter:util-linux \
+  man:man-db zsh:zsh fish:fish; do
   command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
 done
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)

@@ -619,7 +619,7 @@ mod tests {
         let admin = Admin {
             status: rx,
             device: device.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::new(crate::PeerMetrics::All)),
             liveness: Duration::from_secs(60),
             started: SystemTime::now(),
             access: Access::default(),

@@ -500,7 +500,7 @@ impl Agent {
         let mut reconciler = Reconciler::new(settings, backends);
         // What every reader sees: the reconciler's status with the probes' results in it.
         let (status, _) = watch::channel(reconciler.status().borrow().clone());
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(options.peer_metrics));
         let observed = metrics.clone();
         reconciler.on_pass(move |info, _| observed.observe_pass(info.duration));
         Ok(Running {

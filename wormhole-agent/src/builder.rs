@@ -10,7 +10,8 @@ use wormhole_core::InterfaceName;
 use wormhole_core::PeerStream;
 use wormhole_core::is_dns1123_subdomain;
 
-use crate::{Agent, Error, InvalidOption};
+use crate::metrics::PEER_METRICS_LIMIT_RANGE;
+use crate::{Agent, Error, InvalidOption, PeerMetrics};
 
 /// Where the mesh comes from.
 #[non_exhaustive]
@@ -163,6 +164,7 @@ pub(crate) struct Options {
     pub(crate) admin_addr: Option<SocketAddr>,
     pub(crate) admin_allow: Vec<IpNet>,
     pub(crate) metrics_allow: Vec<IpNet>,
+    pub(crate) peer_metrics: PeerMetrics,
     pub(crate) forwarding: bool,
     pub(crate) proc_sys_net: PathBuf,
     pub(crate) cleanup_on_exit: bool,
@@ -190,6 +192,7 @@ pub struct AgentBuilder {
     admin_addr: Option<SocketAddr>,
     admin_allow: Vec<IpNet>,
     metrics_allow: Vec<IpNet>,
+    peer_metrics: PeerMetrics,
     forwarding: bool,
     proc_sys_net: PathBuf,
     cleanup_on_exit: bool,
@@ -236,6 +239,7 @@ impl AgentBuilder {
             admin_addr: Some(([127, 0, 0, 1], 9473).into()),
             admin_allow: Vec::new(),
             metrics_allow: Vec::new(),
+            peer_metrics: PeerMetrics::DEFAULT,
             forwarding: true,
             proc_sys_net: "/proc/sys/net".into(),
             cleanup_on_exit: false,
@@ -350,6 +354,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Which peers get series of their own on `/metrics` (default [`PeerMetrics::DEFAULT`]:
+    /// the node peers that are not ok, at most 20); the aggregates are always there.
+    pub fn peer_metrics(mut self, peer_metrics: PeerMetrics) -> Self {
+        self.peer_metrics = peer_metrics;
+        self
+    }
+
     /// Keeps IP forwarding on for the families of this node's pod CIDRs, checked at every pass
     /// (default true; pods on other nodes are reached by routing). Forwarding that cannot be
     /// turned on makes the node not ready ([`Status::forwarding_off`](wormhole_core::Status::forwarding_off)).
@@ -414,6 +425,11 @@ impl AgentBuilder {
             }
             .into());
         }
+        if let PeerMetrics::Problems { limit } = self.peer_metrics
+            && !PEER_METRICS_LIMIT_RANGE.contains(&limit)
+        {
+            return Err(InvalidOption::PeerMetricsLimit { limit }.into());
+        }
         if self.listen_port == 0 {
             return Err(InvalidOption::ListenPortZero.into());
         }
@@ -454,6 +470,7 @@ impl AgentBuilder {
             admin_addr: self.admin_addr,
             admin_allow: self.admin_allow,
             metrics_allow: self.metrics_allow,
+            peer_metrics: self.peer_metrics,
             forwarding: self.forwarding,
             proc_sys_net: self.proc_sys_net,
             cleanup_on_exit: self.cleanup_on_exit,
@@ -506,6 +523,10 @@ mod tests {
             "must be 1s..24h",
         );
         refused(builder().listen_port(0), "invalid listen port 0");
+        refused(
+            builder().peer_metrics(PeerMetrics::Problems { limit: 0 }),
+            "invalid peer metrics limit 0: must be 1..100000 (for no per-peer series, use none)",
+        );
         refused(
             AgentBuilder::new(
                 "node-1",

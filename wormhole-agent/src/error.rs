@@ -86,6 +86,15 @@ pub enum InvalidOption {
         /// The rate as given.
         rate: u32,
     },
+    /// A [`PeerMetrics::Problems`](crate::PeerMetrics::Problems) limit outside
+    /// [`PEER_METRICS_LIMIT_RANGE`](crate::PEER_METRICS_LIMIT_RANGE).
+    #[error(
+        "invalid peer metrics limit {limit}: must be 1..100000 (for no per-peer series, use none)"
+    )]
+    PeerMetricsLimit {
+        /// The limit as given.
+        limit: usize,
+    },
     /// Listen port 0.
     #[error("invalid listen port 0: peers must know the port (51820 is WireGuard's)")]
     ListenPortZero,

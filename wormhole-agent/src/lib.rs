@@ -47,6 +47,8 @@ mod forwarding;
 pub mod fuzzing;
 mod health;
 mod metrics;
+#[cfg(test)]
+mod monitoring;
 mod view;
 
 pub use agent::{Agent, Running};
@@ -58,6 +60,7 @@ pub use cluster::{
     Cell, ClusterNode, ClusterView, Health, NodeReport, Summary, Trouble, read_external_peers,
 };
 pub use error::{EnvironmentError, Error, InvalidOption};
+pub use metrics::{DEFAULT_PEER_METRICS_LIMIT, PEER_METRICS_LIMIT_RANGE, PeerMetrics};
 pub use view::{PassView, PeerView, StatusView};
 
 /// The README's Rust examples, compiled as doctests so that they stay true.

@@ -50,11 +50,29 @@ Exit codes:
      pair is not ok, or a node was not read; `graph`: a node was not read; `peer-config`: a
      node was left out of the configuration (the agents refuse it: see stderr)";
 
+/// `wormhole run --help`'s examples (each is parsed by a test).
+pub const RUN_EXAMPLES: &str = "\
+Examples:
+  # A node of a peers file (as scripts/demo.sh runs it):
+  wormhole run --node-name n1 --peers /etc/wormhole/peers.toml
+  # In Kubernetes, as the DaemonSet runs it, with /metrics for a Prometheus at 10.0.0.5:
+  wormhole run --kubernetes --psk-secret wormhole-psk --metrics-allow 10.0.0.5
+  # A node behind NAT: no endpoint published, keepalives hold the mapping open:
+  wormhole run --kubernetes --endpoint none --persistent-keepalive 25
+  # A large cluster: no series of its own for any peer, probes every 30 s:
+  wormhole run --kubernetes --peer-metrics none --probe-interval 30s
+  # Every option from a file (the command line and WORMHOLE_* variables win):
+  wormhole run --config /etc/wormhole/wormhole.toml
+
+Every flag can also be set by the environment variable shown in [env: ...], or in the --config
+file (the same names with `_` for `-`).";
+
 /// Wormhole: an encrypted pod network for Kubernetes, built on WireGuard.
 #[derive(Debug, Parser)]
 #[command(
     name = "wormhole",
     version,
+    long_version = crate::version::LONG_VERSION,
     about,
     propagate_version = true,
     after_help = EXIT_CODES
@@ -69,6 +87,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent on this node.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(Box<RunArgs>),
     /// Ask the running agent how its peers are doing (exit code 4 when any node peer is not ok;
     /// external peers do not count; 3 when the agent does not answer); with --cluster, every
@@ -89,6 +108,48 @@ pub enum Command {
     /// CIDRs (exit code 4 when a node the agents refuse is left out).
     #[command(after_help = EXIT_CODES)]
     PeerConfig(PeerConfigArgs),
+    /// Print this binary's version, the commit it was built from, its features and the
+    /// WireGuard backends compiled in.
+    Version(VersionArgs),
+    /// Print a shell completion script (e.g. `source <(wormhole completion bash)`).
+    Completion(CompletionArgs),
+    /// Print the manual page (roff: `wormhole man | man -l -`), or write one per command with
+    /// --dir.
+    Man(ManArgs),
+}
+
+/// `wormhole version`.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: VersionFormat,
+}
+
+/// `wormhole version -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VersionFormat {
+    /// One `name: value` line each.
+    Text,
+    /// A JSON object.
+    Json,
+}
+
+/// `wormhole completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: crate::completion::Shell,
+}
+
+/// `wormhole man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write `wormhole.1` and a page for every command (`wormhole-run.1`, ...) into this
+    /// directory instead (e.g. /usr/local/share/man/man1).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// A WireGuard implementation to use.
@@ -105,6 +166,18 @@ pub enum BackendArg {
     Embedded,
 }
 
+/// `--peer-metrics`: which peers get series of their own on /metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerMetricsArg {
+    /// Node peers that are not ok, the worst first, at most --peer-metrics-limit.
+    Problems,
+    /// Every peer: 7 series each, 7·N·(N−1) across a cluster of N nodes.
+    All,
+    /// None: the aggregates only.
+    None,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,43 +188,53 @@ pub enum LogFormat {
     Json,
 }
 
+// `wormhole run --help`'s groups of flags.
+const HEADING_GENERAL: &str = "General";
+const HEADING_PEERS: &str = "Peers";
+const HEADING_KUBERNETES: &str = "Kubernetes (with --kubernetes)";
+const HEADING_WIREGUARD: &str = "WireGuard";
+const HEADING_PODS: &str = "Pods and routes";
+const HEADING_HEALTH: &str = "Health and resync";
+const HEADING_ADMIN: &str = "Admin endpoints and metrics";
+
 /// `wormhole run`. Options are `Option`s so that the config file can fill what is not given.
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
     /// A TOML file with any of these options (command line and environment win).
-    #[arg(long, env = "WORMHOLE_CONFIG", value_name = "FILE")]
+    #[arg(help_heading = HEADING_GENERAL, long, env = "WORMHOLE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// This node's name in the peers file [default: the host name].
-    #[arg(long, env = "WORMHOLE_NODE_NAME")]
+    #[arg(help_heading = HEADING_PEERS, long, env = "WORMHOLE_NODE_NAME")]
     pub node_name: Option<String>,
     /// Peers file, or a directory of `*.toml` peers files, re-read on change.
-    #[arg(long, env = "WORMHOLE_PEERS", value_name = "FILE|DIR")]
+    #[arg(help_heading = HEADING_PEERS, long, env = "WORMHOLE_PEERS", value_name = "FILE|DIR")]
     pub peers: Option<PathBuf>,
     /// Take peers from the Kubernetes API (Node and WormholeNode objects).
-    #[arg(long, env = "WORMHOLE_KUBERNETES")]
+    #[arg(help_heading = HEADING_PEERS, long, env = "WORMHOLE_KUBERNETES")]
     pub kubernetes: bool,
     /// Kubeconfig for --kubernetes [default: in-cluster service account].
-    #[arg(long, env = "WORMHOLE_KUBECONFIG", value_name = "FILE")]
+    #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// With --kubernetes: the Secret holding the cluster PSK secret (key `psk`).
-    #[arg(long, env = "WORMHOLE_PSK_SECRET", value_name = "NAME")]
+    #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_PSK_SECRET", value_name = "NAME")]
     pub psk_secret: Option<String>,
     /// The namespace of --psk-secret [default: wormhole].
-    #[arg(long, env = "WORMHOLE_PSK_SECRET_NAMESPACE", value_name = "NAMESPACE")]
+    #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_PSK_SECRET_NAMESPACE", value_name = "NAMESPACE")]
     pub psk_secret_namespace: Option<String>,
     /// With --kubernetes: the endpoint to publish, or `none` behind NAT (peers learn it from
     /// this node's handshakes) [default: the Node's InternalIP, --listen-port].
-    #[arg(long, env = "WORMHOLE_ENDPOINT", value_name = "IP:PORT|none")]
+    #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_ENDPOINT", value_name = "IP:PORT|none")]
     pub endpoint: Option<String>,
     /// With --kubernetes: a persistent keepalive in seconds, published for this node (behind
     /// NAT: it keeps the mapping open), used by it toward every peer and by every peer toward it.
     /// 0: off. (In a peers file: `persistent_keepalive` on the node's entry.)
-    #[arg(long, env = "WORMHOLE_PERSISTENT_KEEPALIVE", value_name = "SECONDS")]
+    #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_PERSISTENT_KEEPALIVE", value_name = "SECONDS")]
     pub persistent_keepalive: Option<u16>,
     /// With --kubernetes: a range set aside for WormholePeers (machines outside the cluster);
     /// repeat for more. Their allowed IPs must lie in one; without any, every WormholePeer is
     /// refused. (With --peers: `external_cidrs` in the peers file.)
     #[arg(
+        help_heading = HEADING_KUBERNETES,
         long,
         env = "WORMHOLE_EXTERNAL_CIDR",
         value_delimiter = ',',
@@ -159,56 +242,57 @@ pub struct RunArgs {
     )]
     pub external_cidr: Vec<IpNet>,
     /// WireGuard interface name [default: wormhole0].
-    #[arg(long, env = "WORMHOLE_INTERFACE")]
+    #[arg(help_heading = HEADING_WIREGUARD, long, env = "WORMHOLE_INTERFACE")]
     pub interface: Option<String>,
     /// WireGuard UDP port [default: 51820].
-    #[arg(long, env = "WORMHOLE_LISTEN_PORT")]
+    #[arg(help_heading = HEADING_WIREGUARD, long, env = "WORMHOLE_LISTEN_PORT")]
     pub listen_port: Option<u16>,
     /// WireGuard implementation [default: auto].
-    #[arg(long, env = "WORMHOLE_BACKEND", value_enum)]
+    #[arg(help_heading = HEADING_WIREGUARD, long, env = "WORMHOLE_BACKEND", value_enum)]
     pub backend: Option<BackendArg>,
     /// The node's private key, created 0600 if absent [default: /var/lib/wormhole/private.key].
-    #[arg(long, env = "WORMHOLE_KEY_FILE", value_name = "FILE")]
+    #[arg(help_heading = HEADING_WIREGUARD, long, env = "WORMHOLE_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
     /// Optional cluster secret (base64, `wg genpsk`) from which pair pre-shared keys are derived.
-    #[arg(long, env = "WORMHOLE_PSK_FILE", value_name = "FILE")]
+    #[arg(help_heading = HEADING_WIREGUARD, long, env = "WORMHOLE_PSK_FILE", value_name = "FILE")]
     pub psk_file: Option<PathBuf>,
     /// Overlay CIDR, IPv4 or IPv6; repeat for dual-stack (wins over the peers file's).
-    #[arg(long, env = "WORMHOLE_CLUSTER_CIDR", value_delimiter = ',')]
+    #[arg(help_heading = HEADING_PODS, long, env = "WORMHOLE_CLUSTER_CIDR", value_delimiter = ',')]
     pub cluster_cidr: Vec<IpNet>,
     /// WireGuard and pod MTU, or `auto` (underlay MTU - 80) [default: auto].
-    #[arg(long, env = "WORMHOLE_MTU")]
+    #[arg(help_heading = HEADING_WIREGUARD, long, env = "WORMHOLE_MTU")]
     pub mtu: Option<String>,
     /// The pods' bridge, named in the CNI conflist [default: wormhole-br0].
-    #[arg(long, env = "WORMHOLE_BRIDGE")]
+    #[arg(help_heading = HEADING_PODS, long, env = "WORMHOLE_BRIDGE")]
     pub bridge: Option<String>,
     /// Where to write 10-wormhole.conflist [default: /etc/cni/net.d].
-    #[arg(long, env = "WORMHOLE_CNI_CONF_DIR", value_name = "DIR")]
+    #[arg(help_heading = HEADING_PODS, long, env = "WORMHOLE_CNI_CONF_DIR", value_name = "DIR")]
     pub cni_conf_dir: Option<PathBuf>,
     /// The host's network sysctls, where IP forwarding is kept on [default: /proc/sys/net]; in
     /// a container (read-only /proc/sys), the host's /proc/sys/net mounted elsewhere.
-    #[arg(long, env = "WORMHOLE_PROC_SYS_NET", value_name = "DIR")]
+    #[arg(help_heading = HEADING_PODS, long, env = "WORMHOLE_PROC_SYS_NET", value_name = "DIR")]
     pub proc_sys_net: Option<PathBuf>,
     /// Time between full reconcile passes, 1s to 24h, e.g. 30s, 2m [default: 30s].
-    #[arg(long, env = "WORMHOLE_RESYNC")]
+    #[arg(help_heading = HEADING_HEALTH, long, env = "WORMHOLE_RESYNC")]
     pub resync: Option<String>,
     /// How often each peer is probed through the tunnel for health, RTT, loss and path MTU,
     /// 1s to 1h, or `off` [default: 10s].
-    #[arg(long, env = "WORMHOLE_PROBE_INTERVAL")]
+    #[arg(help_heading = HEADING_HEALTH, long, env = "WORMHOLE_PROBE_INTERVAL")]
     pub probe_interval: Option<String>,
     /// At most this many probes per second to all peers together, 1 to 10000 [default: 200].
-    #[arg(long, env = "WORMHOLE_PROBE_RATE")]
+    #[arg(help_heading = HEADING_HEALTH, long, env = "WORMHOLE_PROBE_RATE")]
     pub probe_rate: Option<u32>,
     /// Admin server (metrics, health, status) address [default: 127.0.0.1:9473]. Every client
     /// is served /healthz and /readyz; /status and /metrics only this host (loopback, or a
     /// client connecting from the address it connects to, as the kubelet does) and the sources
     /// of --admin-allow and --metrics-allow.
-    #[arg(long, env = "WORMHOLE_ADMIN_ADDR")]
+    #[arg(help_heading = HEADING_ADMIN, long, env = "WORMHOLE_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
     /// A source (address or CIDR) besides this host that the admin server serves /status and
     /// /metrics, such as an operator's machine for `status --cluster --admin`; repeat for more.
     /// Pods on other nodes come from their node's address.
     #[arg(
+        help_heading = HEADING_ADMIN,
         long,
         env = "WORMHOLE_ADMIN_ALLOW",
         value_delimiter = ',',
@@ -219,6 +303,7 @@ pub struct RunArgs {
     /// A source (address or CIDR) besides this host that the admin server serves /metrics, such
     /// as a Prometheus (0.0.0.0/0,::/0: every client); repeat for more.
     #[arg(
+        help_heading = HEADING_ADMIN,
         long,
         env = "WORMHOLE_METRICS_ALLOW",
         value_delimiter = ',',
@@ -226,12 +311,19 @@ pub struct RunArgs {
         value_parser = parse_source
     )]
     pub metrics_allow: Vec<IpNet>,
+    /// Which peers get series of their own on /metrics [default: problems]. The aggregates
+    /// (peers by state, traffic, errors) are always there.
+    #[arg(help_heading = HEADING_ADMIN, long, env = "WORMHOLE_PEER_METRICS", value_enum)]
+    pub peer_metrics: Option<PeerMetricsArg>,
+    /// With --peer-metrics problems: at most this many peers, 1 to 100000 [default: 20].
+    #[arg(help_heading = HEADING_ADMIN, long, env = "WORMHOLE_PEER_METRICS_LIMIT", value_name = "PEERS")]
+    pub peer_metrics_limit: Option<usize>,
     /// Log format [default: text]; the level comes from RUST_LOG (default info).
-    #[arg(long, env = "WORMHOLE_LOG_FORMAT", value_enum)]
+    #[arg(help_heading = HEADING_GENERAL, long, env = "WORMHOLE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// On exit, remove the interface, routes, firewall table and conflist (for uninstalling).
     /// Without it, stopping leaves everything in place and pods keep talking.
-    #[arg(long, env = "WORMHOLE_CLEANUP_ON_EXIT")]
+    #[arg(help_heading = HEADING_GENERAL, long, env = "WORMHOLE_CLEANUP_ON_EXIT")]
     pub cleanup_on_exit: bool,
 }
 
@@ -378,6 +470,8 @@ struct FileConfig {
     admin_allow: Vec<String>,
     #[serde(default)]
     metrics_allow: Vec<String>,
+    peer_metrics: Option<PeerMetricsArg>,
+    peer_metrics_limit: Option<usize>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     cleanup_on_exit: bool,
@@ -417,6 +511,8 @@ pub struct Config {
     pub admin_allow: Vec<IpNet>,
     /// Sources besides this host served `/metrics`.
     pub metrics_allow: Vec<IpNet>,
+    /// Which peers get series of their own.
+    pub peer_metrics: wormhole_agent::PeerMetrics,
     pub log_format: LogFormat,
     pub cleanup_on_exit: bool,
 }
@@ -482,6 +578,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(out_of_range());
     }
     Ok(d)
+}
+
+/// `--peer-metrics` and `--peer-metrics-limit` together.
+fn peer_metrics(
+    mode: Option<PeerMetricsArg>,
+    limit: Option<usize>,
+) -> Result<wormhole_agent::PeerMetrics, String> {
+    use wormhole_agent::PeerMetrics;
+    match (mode.unwrap_or(PeerMetricsArg::Problems), limit) {
+        (PeerMetricsArg::Problems, limit) => {
+            let limit = limit.unwrap_or(wormhole_agent::DEFAULT_PEER_METRICS_LIMIT);
+            if !wormhole_agent::PEER_METRICS_LIMIT_RANGE.contains(&limit) {
+                return Err(format!(
+                    "--peer-metrics-limit {limit}: must be 1 to 100000 peers (for no per-peer \
+                     series, use --peer-metrics none)"
+                ));
+            }
+            Ok(PeerMetrics::Problems { limit })
+        }
+        (mode, Some(_)) => Err(format!(
+            "--peer-metrics-limit goes with --peer-metrics problems, not {}",
+            match mode {
+                PeerMetricsArg::All => "all (every peer)",
+                _ => "none (no peer)",
+            }
+        )),
+        (PeerMetricsArg::All, None) => Ok(PeerMetrics::All),
+        (PeerMetricsArg::None, None) => Ok(PeerMetrics::None),
+    }
 }
 
 fn parse_mtu(text: &str) -> Result<Option<u32>, String> {
@@ -694,6 +819,10 @@ impl RunArgs {
         };
         let admin_allow = sources(self.admin_allow, file.admin_allow, "admin_allow")?;
         let metrics_allow = sources(self.metrics_allow, file.metrics_allow, "metrics_allow")?;
+        let peer_metrics = peer_metrics(
+            self.peer_metrics.or(file.peer_metrics),
+            self.peer_metrics_limit.or(file.peer_metrics_limit),
+        )?;
         Ok(Config {
             node_name,
             source,
@@ -725,6 +854,7 @@ impl RunArgs {
                 .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.parse().expect("valid default")),
             admin_allow,
             metrics_allow,
+            peer_metrics,
             log_format: self
                 .log_format
                 .or(file.log_format)
@@ -1050,6 +1180,131 @@ mod tests {
             let err = parse(&["--peers", "p", "--node-name", "a", flag[0], flag[1]]).unwrap_err();
             assert!(err.contains("[[node]] entry in the peers file"), "{err}");
         }
+    }
+
+    #[test]
+    fn run_help_groups_every_flag_and_its_examples_parse() {
+        use clap::CommandFactory as _;
+        let mut cli = Cli::command();
+        let run = cli.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        let headings = [
+            HEADING_GENERAL,
+            HEADING_PEERS,
+            HEADING_KUBERNETES,
+            HEADING_WIREGUARD,
+            HEADING_PODS,
+            HEADING_HEALTH,
+            HEADING_ADMIN,
+        ];
+        let mut at = 0;
+        for heading in headings {
+            let found = help[at..]
+                .find(&format!("\n{heading}:\n"))
+                .unwrap_or_else(|| panic!("no group {heading:?} (in this order) in\n{help}"));
+            at += found + 1;
+        }
+        // Every flag but --help and --version is in a group.
+        for arg in run.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(
+                arg.get_help_heading()
+                    .is_some_and(|h| headings.contains(&h)),
+                "--{id} is in no group"
+            );
+        }
+        // The examples are real invocations.
+        assert!(help.contains("Examples:"), "{help}");
+        let examples: Vec<&str> = RUN_EXAMPLES
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("wormhole run"))
+            .collect();
+        assert!(examples.len() >= 4, "{examples:?}");
+        for example in examples {
+            let words: Vec<&str> = example.split_whitespace().collect();
+            let parsed = Cli::try_parse_from(&words)
+                .unwrap_or_else(|e| panic!("{example}: {e}"))
+                .command;
+            let Command::Run(mut args) = parsed else {
+                panic!("{example}")
+            };
+            match args.config.take() {
+                // A config file's path: it parses; what the file holds is another test's.
+                Some(path) => assert_eq!(path, PathBuf::from("/etc/wormhole/wormhole.toml")),
+                None => {
+                    if args.node_name.is_none() {
+                        args.node_name = Some("node-1".into());
+                    }
+                    args.resolve().unwrap_or_else(|e| panic!("{example}: {e}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_run_flag_and_its_variable_is_in_the_readme() {
+        use clap::CommandFactory as _;
+        let readme = include_str!("../../README.md");
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+                continue;
+            };
+            let row = format!("| `--{long}");
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("no README row for --{long}"));
+            assert!(
+                line.contains(&format!("`{}`", env.to_str().unwrap())),
+                "the README's row of --{long} does not name {env:?}: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn peer_metrics_options() {
+        use wormhole_agent::PeerMetrics;
+        let base = ["--peers", "p", "--node-name", "a"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args).map(|c| c.peer_metrics)
+        };
+        assert_eq!(with(&[]).unwrap(), PeerMetrics::Problems { limit: 20 });
+        assert_eq!(with(&["--peer-metrics", "all"]).unwrap(), PeerMetrics::All);
+        assert_eq!(
+            with(&["--peer-metrics", "none"]).unwrap(),
+            PeerMetrics::None
+        );
+        assert_eq!(
+            with(&["--peer-metrics-limit", "5"]).unwrap(),
+            PeerMetrics::Problems { limit: 5 }
+        );
+        for (extra, says) in [
+            (
+                &["--peer-metrics-limit", "0"][..],
+                "must be 1 to 100000 peers (for no per-peer series, use --peer-metrics none)",
+            ),
+            (
+                &["--peer-metrics", "all", "--peer-metrics-limit", "5"][..],
+                "--peer-metrics-limit goes with --peer-metrics problems, not all",
+            ),
+            (&["--peer-metrics", "some"][..], "invalid value 'some'"),
+        ] {
+            let err = with(extra).unwrap_err();
+            assert!(err.contains(says), "{extra:?}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "peer_metrics = \"none\"\n").unwrap();
+        let file = path.to_str().unwrap();
+        assert_eq!(with(&["--config", file]).unwrap(), PeerMetrics::None);
     }
 
     #[test]

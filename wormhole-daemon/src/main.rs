@@ -3,7 +3,8 @@
 //! `wormhole run` keeps this node's WireGuard interface, routes, nftables table and CNI conflist
 //! equal to the mesh its peers file describes; `wormhole status` asks it how its peers are doing
 //! (`--cluster`: every pair of nodes, [`matrix`]); `wormhole graph` draws the mesh ([`graph`]);
-//! `genkey`, `pubkey` and `rotate-key` manage keys. The agent itself is the `wormhole-agent`
+//! `genkey`, `pubkey` and `rotate-key` manage keys; `version`, `completion` and `man` describe
+//! the binary ([`version`], [`completion`], [`manpage`]). The agent itself is the `wormhole-agent`
 //! library; this binary parses options ([`cli`]), hands them to it ([`run::run`]) and prints.
 
 // A binary: `pub` items are crate-wide by construction.
@@ -11,11 +12,14 @@
 
 mod cli;
 mod cluster;
+mod completion;
 mod graph;
+mod manpage;
 mod matrix;
 mod peer_config;
 mod run;
 mod status;
+mod version;
 
 use std::io::Read as _;
 use std::process::ExitCode;
@@ -240,6 +244,32 @@ fn command(cli: cli::Cli) -> Result<cli::Exit, Failure> {
                 eprintln!("  {node}");
             }
             Ok(cli::Exit::NotOk)
+        }
+        cli::Command::Version(args) => {
+            let info = version::BuildInfo::current();
+            match args.output {
+                cli::VersionFormat::Text => print!("{}", info.text()),
+                cli::VersionFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+            }
+            Ok(cli::Exit::Ok)
+        }
+        cli::Command::Completion(args) => {
+            std::io::Write::write_all(&mut std::io::stdout(), &completion::script(args.shell))?;
+            Ok(cli::Exit::Ok)
+        }
+        cli::Command::Man(args) => {
+            match args.dir {
+                None => std::io::Write::write_all(&mut std::io::stdout(), &manpage::page()?)?,
+                Some(dir) => {
+                    for page in manpage::write_all(&dir).map_err(|e| Error::Io {
+                        what: format!("write the manual pages into {}", dir.display()),
+                        source: e,
+                    })? {
+                        println!("{}", page.display());
+                    }
+                }
+            }
+            Ok(cli::Exit::Ok)
         }
         cli::Command::RotateKey(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().build()?;

@@ -65,6 +65,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .admin_addr(Some(config.admin_addr))
         .admin_allow(config.admin_allow)
         .metrics_allow(config.metrics_allow)
+        .peer_metrics(config.peer_metrics)
         .cleanup_on_exit(config.cleanup_on_exit);
     if let Some(psk) = config.psk_file {
         agent = agent.psk_file(psk);

@@ -145,14 +145,14 @@ fn mtu_black_holes_and_loss(backend: Backend) {
         .unwrap()
         .1;
     for name in [
-        "wormhole_peer_rtt_seconds{peer=\"n2\"}",
-        "wormhole_peer_probe_loss_ratio{peer=\"n2\"} 0",
-        &format!("wormhole_peer_path_mtu_bytes{{peer=\"n2\"}} {mtu}"),
         "wormhole_peers{state=\"ok\"} 2",
         "wormhole_peers{state=\"mtu-blackhole\"} 0",
+        &format!("wormhole_mtu_bytes {mtu}"),
     ] {
         assert!(metrics.contains(name), "{name} not in\n{metrics}");
     }
+    // `--peer-metrics problems` (the default): no series of its own for a peer that is ok.
+    assert!(!metrics.contains("{peer="), "{metrics}");
 
     // An MTU black hole between n1 and n2: their underlay drops UDP packets above 1200 bytes.
     // WireGuard adds 60 bytes (IPv4, UDP, its header and tag) and pads to 16, so the largest
@@ -202,6 +202,19 @@ fn mtu_black_holes_and_loss(backend: Backend) {
         assert!(hint.contains(&format!("--mtu {max}")), "{hint}");
         let (_, table) = c.node(me).status(&[]);
         assert!(table.contains(&format!("set the MTU to {max}")), "{table}");
+        // The peer in trouble has series of its own now, the healthy one (n3) none.
+        let metrics = crate::harness::http_get(&c.node(me).ns.name, "/metrics")
+            .unwrap()
+            .1;
+        for name in [
+            format!("wormhole_peer_state{{peer=\"n{peer}\",state=\"mtu-blackhole\"}} 1"),
+            format!("wormhole_peer_path_mtu_bytes{{peer=\"n{peer}\"}} {max}"),
+            format!("wormhole_peer_rtt_seconds{{peer=\"n{peer}\"}} "),
+            "wormhole_peers{state=\"mtu-blackhole\"} 1".into(),
+        ] {
+            assert!(metrics.contains(&name), "{name} not in\n{metrics}");
+        }
+        assert!(!metrics.contains("{peer=\"n3\""), "{metrics}");
     }
     for i in [1, 2] {
         heal(&c, i);
