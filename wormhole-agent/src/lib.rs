@@ -39,24 +39,33 @@
 mod admin;
 mod agent;
 mod builder;
+mod checkup;
 mod cluster;
 mod cni;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod host;
+mod lock;
 mod metrics;
+mod preflight;
+mod uninstall;
 mod view;
 
 pub use agent::{Agent, Running};
 pub use builder::{
-    AgentBuilder, Backend, KubernetesOptions, NODE_NAME_RULE, PROBE_INTERVAL_RANGE,
+    AgentBuilder, Backend, ForeignCni, KubernetesOptions, NODE_NAME_RULE, PROBE_INTERVAL_RANGE,
     PROBE_RATE_RANGE, Peers, RESYNC_RANGE,
 };
 pub use cluster::{
     Cell, ClusterNode, ClusterView, Health, NodeReport, Summary, Trouble, read_external_peers,
 };
 pub use error::{EnvironmentError, Error, InvalidOption};
+pub use preflight::{
+    Check, DEFAULT_CNI_BIN_DIRS, DEFAULT_CNI_DATA_DIR, Level, MAX_LISTED, PreflightReport,
+};
+pub use uninstall::{Trace, Uninstall, UninstallReport};
 pub use view::{PassView, PeerView, StatusView};
 
 /// The README's Rust examples, compiled as doctests so that they stay true.
