@@ -59,7 +59,7 @@ pub struct Trace {
     /// What it is: `interface`, `routes`, `uapi-socket`, `nftables`, `pod-interfaces`,
     /// `bridge`, `ipam`, `conflist`, `file`, `directory`, `private-key`, `forwarding`.
     pub kind: String,
-    /// Its name (an interface, a path, a table), escaped.
+    /// Its name (an interface, a path, a table), escaped as are all strings here.
     pub name: String,
     /// More: how many routes, why it was kept or could not be removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +116,11 @@ impl Default for Uninstall {
 /// `path` for a report, escaped.
 fn shown(path: &Path) -> String {
     Escaped(&path.to_string_lossy()).to_string()
+}
+
+/// An error and its causes, escaped (they may quote a name read from the host).
+fn why(e: &wormhole_core::Error) -> String {
+    wormhole_core::escape(&ErrorChain(e).to_string()).into_owned()
 }
 
 fn trace(kind: &str, name: impl Into<String>, detail: Option<String>) -> Trace {
@@ -280,11 +285,7 @@ impl Uninstall {
         match Nftables::new().delete().await {
             Ok(true) => report.removed.push(trace("nftables", table, None)),
             Ok(false) => {}
-            Err(e) => {
-                report
-                    .failed
-                    .push(trace("nftables", table, Some(ErrorChain(&e).to_string())))
-            }
+            Err(e) => report.failed.push(trace("nftables", table, Some(why(&e)))),
         }
         if !self.keep_bridge {
             self.bridge_and_pods(report).await;
@@ -299,9 +300,7 @@ impl Uninstall {
         let network = match Network::new(name) {
             Ok(network) => network,
             Err(e) => {
-                report
-                    .failed
-                    .push(trace("interface", name, Some(ErrorChain(&e).to_string())));
+                report.failed.push(trace("interface", name, Some(why(&e))));
                 return;
             }
         };
@@ -325,11 +324,7 @@ impl Uninstall {
                             ));
                         }
                     }
-                    Err(e) => report.failed.push(trace(
-                        "interface",
-                        name,
-                        Some(ErrorChain(&e).to_string()),
-                    )),
+                    Err(e) => report.failed.push(trace("interface", name, Some(why(&e)))),
                 }
             }
             Ok(Some(kind)) => report.failed.push(trace(
@@ -341,11 +336,7 @@ impl Uninstall {
                     if kind.is_empty() { "plain" } else { &kind }
                 )),
             )),
-            Err(e) => {
-                report
-                    .failed
-                    .push(trace("interface", name, Some(ErrorChain(&e).to_string())))
-            }
+            Err(e) => report.failed.push(trace("interface", name, Some(why(&e)))),
         }
         self.uapi_socket(report, &socket).await;
     }
@@ -409,7 +400,7 @@ impl Uninstall {
         };
         let network = match Network::new(name) {
             Ok(network) => network,
-            Err(e) => return fail(report, ErrorChain(&e).to_string()),
+            Err(e) => return fail(report, why(&e)),
         };
         match network.link_kind().await {
             Ok(None) => {}
@@ -432,11 +423,11 @@ impl Uninstall {
                             Some(names.join(", ")),
                         ));
                     }
-                    Err(e) => return fail(report, ErrorChain(&e).to_string()),
+                    Err(e) => return fail(report, why(&e)),
                 }
                 match network.delete_link().await {
                     Ok(_) => report.removed.push(trace("bridge", name, None)),
-                    Err(e) => fail(report, ErrorChain(&e).to_string()),
+                    Err(e) => fail(report, why(&e)),
                 }
             }
             Ok(Some(kind)) => fail(
@@ -446,7 +437,7 @@ impl Uninstall {
                     if kind.is_empty() { "plain" } else { &kind }
                 ),
             ),
-            Err(e) => fail(report, ErrorChain(&e).to_string()),
+            Err(e) => fail(report, why(&e)),
         }
     }
 }

@@ -46,9 +46,11 @@ Exit codes:
   1  error: the command could not do its job (the message says why)
   2  usage: invalid arguments or options
   3  unreachable: `status`: the agent did not answer; `status --cluster`, `graph`: no node did
-  4  not ok: `status`: a node peer is not ok, or the agent is not ready; `status --cluster`: a
-     pair is not ok, or a node was not read; `graph`: a node was not read; `peer-config`: a
-     node was left out of the configuration (the agents refuse it: see stderr)";
+  4  not ok: `status`: a node peer is not ok, the agent is not ready, a preflight check failed
+     or a CNI configuration takes precedence over Wormhole's; `status --cluster`: a pair is not
+     ok, or a node was not read; `graph`: a node was not read; `peer-config`: a node was left
+     out of the configuration (the agents refuse it: see stderr); `preflight`: a check failed
+     (`error`; warnings alone exit 0)";
 
 /// Wormhole: an encrypted pod network for Kubernetes, built on WireGuard.
 #[derive(Debug, Parser)]
@@ -89,6 +91,17 @@ pub enum Command {
     /// CIDRs (exit code 4 when a node the agents refuse is left out).
     #[command(after_help = EXIT_CODES)]
     PeerConfig(PeerConfigArgs),
+    /// Check what this node needs for `wormhole run` with these options, changing nothing:
+    /// pod CIDRs, CNI plugins, the backend's device, forwarding, br_netfilter, CNI
+    /// configurations that take precedence over Wormhole's, the underlay MTU (exit code 4
+    /// when a check fails).
+    #[command(after_help = EXIT_CODES)]
+    Preflight(Box<crate::preflight::PreflightArgs>),
+    /// Remove every trace of Wormhole from this node: interface, routes, nftables table, the
+    /// pods' bridge, conflist, state (the private key only with --remove-keys). Refuses while
+    /// an agent runs here unless --force.
+    #[command(after_help = EXIT_CODES)]
+    Uninstall(crate::uninstall::UninstallArgs),
 }
 
 /// A WireGuard implementation to use.
@@ -103,6 +116,16 @@ pub enum BackendArg {
     Userspace,
     /// An in-process gotatun device.
     Embedded,
+}
+
+/// `--foreign-cni`: what readiness makes of CNI configurations ahead of Wormhole's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForeignCniArg {
+    /// Report them (log, status, preflight, Event); readiness unaffected.
+    Warn,
+    /// Report them, and fail /readyz while there are any.
+    Fail,
 }
 
 /// Log line format.
@@ -185,6 +208,20 @@ pub struct RunArgs {
     /// Where to write 10-wormhole.conflist [default: /etc/cni/net.d].
     #[arg(long, env = "WORMHOLE_CNI_CONF_DIR", value_name = "DIR")]
     pub cni_conf_dir: Option<PathBuf>,
+    /// CNI configurations that sort before 10-wormhole.conflist (the runtime uses the first):
+    /// `warn` reports them (log, status, preflight, Event), `fail` also fails /readyz
+    /// [default: warn].
+    #[arg(long, env = "WORMHOLE_FOREIGN_CNI", value_enum)]
+    pub foreign_cni: Option<ForeignCniArg>,
+    /// Where the preflight looks for the CNI plugins (bridge, host-local, portmap, loopback);
+    /// repeat for more, the container runtime's first [default: /opt/cni/bin, /usr/lib/cni].
+    #[arg(
+        long,
+        env = "WORMHOLE_CNI_BIN_DIR",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub cni_bin_dir: Vec<PathBuf>,
     /// Time between full reconcile passes, 1s to 24h, e.g. 30s, 2m [default: 30s].
     #[arg(long, env = "WORMHOLE_RESYNC")]
     pub resync: Option<String>,
@@ -365,6 +402,9 @@ struct FileConfig {
     mtu: Option<toml::Value>,
     bridge: Option<String>,
     cni_conf_dir: Option<PathBuf>,
+    foreign_cni: Option<ForeignCniArg>,
+    #[serde(default)]
+    cni_bin_dir: Vec<PathBuf>,
     resync: Option<String>,
     probe_interval: Option<String>,
     probe_rate: Option<u32>,
@@ -413,6 +453,9 @@ pub struct Config {
     pub metrics_allow: Vec<IpNet>,
     pub log_format: LogFormat,
     pub cleanup_on_exit: bool,
+    pub foreign_cni: ForeignCniArg,
+    /// Empty: the agent's default.
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// Parses a source of `--admin-allow` or `--metrics-allow`: an address (one host) or a CIDR.
@@ -720,6 +763,15 @@ impl RunArgs {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
             cleanup_on_exit: self.cleanup_on_exit || file.cleanup_on_exit,
+            foreign_cni: self
+                .foreign_cni
+                .or(file.foreign_cni)
+                .unwrap_or(ForeignCniArg::Warn),
+            cni_bin_dirs: if self.cni_bin_dir.is_empty() {
+                file.cni_bin_dir
+            } else {
+                self.cni_bin_dir
+            },
         })
     }
 }
@@ -1036,6 +1088,49 @@ mod tests {
             let err = parse(&["--peers", "p", "--node-name", "a", flag[0], flag[1]]).unwrap_err();
             assert!(err.contains("[[node]] entry in the peers file"), "{err}");
         }
+    }
+
+    #[test]
+    fn foreign_cni_and_plugin_directories() {
+        let c = parse(&["--peers", "p", "--node-name", "a"]).unwrap();
+        assert_eq!(c.foreign_cni, ForeignCniArg::Warn);
+        assert!(c.cni_bin_dirs.is_empty());
+        let c = parse(&[
+            "--peers",
+            "p",
+            "--node-name",
+            "a",
+            "--foreign-cni",
+            "fail",
+            "--cni-bin-dir",
+            "/host/opt/cni/bin,/usr/lib/cni",
+        ])
+        .unwrap();
+        assert_eq!(c.foreign_cni, ForeignCniArg::Fail);
+        assert_eq!(
+            c.cni_bin_dirs,
+            [PathBuf::from("/host/opt/cni/bin"), "/usr/lib/cni".into()]
+        );
+        let err = parse(&[
+            "--peers",
+            "p",
+            "--node-name",
+            "a",
+            "--foreign-cni",
+            "ignore",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("--foreign-cni") && err.contains("warn, fail"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "foreign_cni = \"fail\"\ncni_bin_dir = [\"/x\"]\n").unwrap();
+        let file = path.to_str().unwrap();
+        let c = parse(&["--peers", "p", "--node-name", "a", "--config", file]).unwrap();
+        assert_eq!(c.foreign_cni, ForeignCniArg::Fail);
+        assert_eq!(c.cni_bin_dirs, [PathBuf::from("/x")]);
     }
 
     #[test]
