@@ -297,6 +297,7 @@ impl Uninstall {
     async fn interface_and_routes(&self, report: &mut UninstallReport) {
         let name = self.interface.as_str();
         let socket = Path::new(wormhole_linux::SOCKET_DIR).join(format!("{name}.sock"));
+        let socket_was_there = std::fs::symlink_metadata(&socket).is_ok();
         let network = match Network::new(name) {
             Ok(network) => network,
             Err(e) => {
@@ -338,12 +339,12 @@ impl Uninstall {
             )),
             Err(e) => report.failed.push(trace("interface", name, Some(why(&e)))),
         }
-        self.uapi_socket(report, &socket).await;
+        self.uapi_socket(report, &socket, socket_was_there).await;
     }
 
     /// The UAPI socket: its process (wireguard-go) exits and removes it when its interface is
     /// deleted; a file nobody serves is removed; one still served is reported.
-    async fn uapi_socket(&self, report: &mut UninstallReport, socket: &Path) {
+    async fn uapi_socket(&self, report: &mut UninstallReport, socket: &Path, was_there: bool) {
         let served = |path: PathBuf| async move {
             tokio::task::spawn_blocking(move || {
                 std::os::unix::net::UnixStream::connect(&path).is_ok()
@@ -351,7 +352,17 @@ impl Uninstall {
             .await
             .unwrap_or(false)
         };
+        let exited = || {
+            trace(
+                "uapi-socket",
+                shown(socket),
+                Some("its userspace WireGuard exited with the interface".into()),
+            )
+        };
         if std::fs::symlink_metadata(socket).is_err() {
+            if was_there {
+                report.removed.push(exited());
+            }
             return;
         }
         let deadline = tokio::time::Instant::now() + SOCKET_GRACE;
@@ -379,11 +390,7 @@ impl Uninstall {
                 Some("left by a stopped device".into()),
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && was_served => {
-                report.removed.push(trace(
-                    "uapi-socket",
-                    shown(socket),
-                    Some("its userspace WireGuard exited with the interface".into()),
-                ))
+                report.removed.push(exited())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => report

@@ -23,3 +23,4 @@ mod relay;
 mod restart;
 mod services;
 mod startup;
+mod uninstall;
