@@ -29,6 +29,11 @@
 //! 3. **Stop**: when the shutdown future resolves. The network is left in place (a restart drops
 //!    no traffic) unless [`AgentBuilder::cleanup_on_exit`] was asked for.
 //!
+//! Around it: [`Agent::preflight`] checks what the node needs for the agent ([`PreflightReport`],
+//! what `wormhole preflight` prints; the running agent checks the same after its passes and
+//! serves the result in `/status`), and [`Uninstall`] takes every trace of Wormhole off a node
+//! (what `wormhole uninstall` runs; refused while an agent runs there).
+//!
 //! [`ClusterView`] is the cluster as its nodes see it (every pair's state), read from the
 //! WormholeNodes or from each node's `/status`: what `wormhole status --cluster` and `wormhole
 //! graph` show.

@@ -82,6 +82,20 @@ pub struct UninstallReport {
 }
 
 /// Removes Wormhole from this node; every option defaults to `wormhole run`'s default.
+///
+/// Each trace is removed only if it is of the kind Wormhole makes (a `wireguard` or `tun`
+/// interface, a bridge); the private key stays unless [`remove_keys`](Self::remove_keys), IP
+/// forwarding stays on. Refused while an agent runs on the node (it holds a shared lock in its
+/// state directory) unless [`force`](Self::force)d. Running it again finds nothing and succeeds.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), wormhole_agent::Error> {
+/// let report = wormhole_agent::Uninstall::new().remove_keys(true).run().await?;
+/// for trace in &report.removed {
+///     println!("removed {} {}", trace.kind, trace.name);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use = "call run() to uninstall"]
 pub struct Uninstall {
@@ -196,7 +210,8 @@ impl Uninstall {
             .to_owned()
     }
 
-    /// Removes every trace (see the [module docs](self)), in the calling thread's network
+    /// Removes every trace (the interface and its routes, the nftables table, the bridge and
+    /// its ports, the leases, the conflist, the state files), in the calling thread's network
     /// namespace. An item that cannot be removed is listed in [`UninstallReport::failed`] and
     /// the others are still removed. Errors only when an agent runs here (unless
     /// [`force`](Self::force)d), or when that cannot be told.
