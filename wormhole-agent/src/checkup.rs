@@ -5,6 +5,8 @@
 //! mode each error becomes an Event on the Node (rate-limited).
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -74,9 +76,9 @@ pub(crate) async fn read_node(client: &kube::Client, name: &str) -> (PodCidrs, O
 }
 
 impl Checkup {
-    /// One preflight now; `status` gives the pod CIDRs in use once a mesh is applied.
-    pub(crate) async fn once(&mut self, status: &Status) -> PreflightReport {
-        let pod_cidrs = if status.pod_cidrs.is_empty() {
+    /// One preflight now; `in_use`: the pod CIDRs of the mesh applied (none before the first).
+    pub(crate) async fn once(&mut self, in_use: &[IpNet]) -> PreflightReport {
+        let pod_cidrs = if in_use.is_empty() {
             if let Some((client, name)) = &self.node {
                 let (cidrs, ip) = read_node(client, name).await;
                 self.pod_cidrs = cidrs;
@@ -85,7 +87,7 @@ impl Checkup {
             self.pod_cidrs.clone()
         } else {
             PodCidrs::Assigned {
-                cidrs: status.pod_cidrs.clone(),
+                cidrs: in_use.to_vec(),
                 from: "in use".into(),
             }
         };
@@ -144,9 +146,10 @@ pub(crate) async fn follow(
 ) {
     let mut last: Option<PreflightReport> = None;
     loop {
-        let current = status.borrow_and_update().clone();
+        // Only the pod CIDRs: the status holds every peer (thousands).
+        let in_use = status.borrow_and_update().pod_cidrs.clone();
         let started = Instant::now();
-        let now = checkup.once(&current).await;
+        let now = checkup.once(&in_use).await;
         log_changes(last.as_ref(), &now);
         if let Some(events) = events.as_mut() {
             for check in now.checks.iter().filter(|c| c.result == Level::Error) {
