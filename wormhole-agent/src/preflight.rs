@@ -305,27 +305,35 @@ pub(crate) fn cni_plugins(plugins: &[(&'static str, Vec<PathBuf>)], bin_dirs: &[
     let Some(first) = bin_dirs.first() else {
         return check("cni-plugins", Level::Ok, names, None);
     };
-    let elsewhere: Vec<PathBuf> = plugins
+    let away: Vec<&(&str, Vec<PathBuf>)> = plugins
         .iter()
         .filter(|(_, found)| !found.contains(first))
+        .collect();
+    let first_dir = dirs(std::slice::from_ref(first));
+    if away.is_empty() {
+        return check(
+            "cni-plugins",
+            Level::Ok,
+            format!("{names} in {first_dir}"),
+            None,
+        );
+    }
+    let elsewhere: Vec<PathBuf> = away
+        .iter()
         .flat_map(|(_, found)| found.first().cloned())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    if elsewhere.is_empty() {
-        return check(
-            "cni-plugins",
-            Level::Ok,
-            format!("{names} in {}", dirs(std::slice::from_ref(first))),
-            None,
-        );
-    }
+    let which = if away.len() == plugins.len() {
+        "all".to_owned()
+    } else {
+        away.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    };
     check(
         "cni-plugins",
         Level::Warning,
         format!(
-            "{names} found, but not all in {} (some only in {})",
-            dirs(std::slice::from_ref(first)),
+            "{which} only in {}, not in {first_dir} (where the container runtime looks by default)",
             dirs(&elsewhere)
         ),
         Some(format!(
@@ -962,8 +970,20 @@ mod tests {
         }
         let c = cni_plugins(&f.plugins, &f.bin_dirs);
         assert_eq!(c.result, Level::Warning, "{c:?}");
-        assert!(c.detail.contains("some only in /usr/lib/cni"), "{c:?}");
+        assert_eq!(
+            c.detail,
+            "all only in /usr/lib/cni, not in /opt/cni/bin (where the container runtime looks \
+             by default)"
+        );
         assert!(c.fix.unwrap().contains("bin_dir"));
+        f.plugins[0].1.push("/opt/cni/bin".into());
+        f.plugins[1].1.push("/opt/cni/bin".into());
+        let c = cni_plugins(&f.plugins, &f.bin_dirs);
+        assert!(
+            c.detail
+                .starts_with("portmap, loopback only in /usr/lib/cni, not in /opt/cni/bin"),
+            "{c:?}"
+        );
     }
 
     #[test]
