@@ -415,7 +415,8 @@ impl Agent {
                 }
                 Err(e) => PodCidrs::Missing {
                     why: ErrorChain(&e).to_string(),
-                    fix: "fix the peers file: `wormhole run` refuses to start without one that                           reads and parses"
+                    fix: "fix the peers file: `wormhole run` refuses to start without one that \
+                          reads and parses"
                         .into(),
                 },
             },

@@ -47,11 +47,15 @@ impl std::fmt::Debug for Checkup {
 pub(crate) async fn read_node(client: &kube::Client, name: &str) -> (PodCidrs, Option<IpAddr>) {
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     match tokio::time::timeout(wormhole_k8s::API_TIMEOUT, nodes.get(name)).await {
-        Ok(Ok(node)) => (preflight::from_node(&node), wormhole_k8s::internal_ip(&node)),
+        Ok(Ok(node)) => (
+            preflight::from_node(&node),
+            wormhole_k8s::internal_ip(&node),
+        ),
         Ok(Err(kube::Error::Api(status))) if status.code == 404 => (
             PodCidrs::Missing {
                 why: format!("Node {} does not exist", Escaped(name)),
-                fix: "--node-name must be this node's Node name (the DaemonSet sets it from                       spec.nodeName)"
+                fix: "--node-name must be this node's Node name (the DaemonSet sets it from \
+                      spec.nodeName)"
                     .into(),
             },
             None,

@@ -174,6 +174,19 @@ fn preflight_reads_the_host_and_fails_only_on_errors() {
             "the peers file has no [[node]] named n9".into()
         )
     );
+    // A peers file that does not read: named, with the fix.
+    let mut missing = base.clone();
+    let at = missing.iter().position(|a| a == "--peers").unwrap();
+    missing[at + 1] = "/nonexistent/peers.toml".into();
+    let (code, report) = json(node, &missing, &["--cni-bin-dir", "/usr/lib/cni"]);
+    assert_eq!(code, Some(4));
+    let (result, detail) = check(&report, "pod-cidr");
+    assert_eq!(result, "error");
+    assert!(detail.contains("/nonexistent/peers.toml"), "{detail}");
+    assert_eq!(
+        report["checks"][0]["fix"],
+        "fix the peers file: `wormhole run` refuses to start without one that reads and parses"
+    );
 }
 
 #[test]
@@ -210,6 +223,10 @@ fn kubernetes_preflight_reads_the_node_and_a_foreign_configuration_is_an_event()
     assert_eq!(
         check(&report, "pod-cidr"),
         ("error".into(), "Node n9 does not exist".into())
+    );
+    assert_eq!(
+        report["checks"][0]["fix"],
+        "--node-name must be this node's Node name (the DaemonSet sets it from spec.nodeName)"
     );
     // Allocated.
     api.put_node("n1", &["10.99.1.0/24", "fd99:0:0:1::/64"], "192.168.77.1");
