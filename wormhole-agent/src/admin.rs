@@ -44,7 +44,9 @@ use tokio::sync::{Mutex, watch};
 use wormhole_core::ObservedDevice;
 use wormhole_core::{ErrorChain, Status, WireGuardDevice};
 
+use crate::ForeignCni;
 use crate::metrics::Metrics;
+use crate::preflight::PreflightReport;
 use crate::view::StatusView;
 
 /// Rendered bodies, and the device's counters behind them, are reused for this long.
@@ -246,6 +248,32 @@ pub(crate) struct Admin {
     pub started: SystemTime,
     /// Who besides this host may read `/status` and `/metrics`.
     pub access: Access,
+    /// The running agent's latest preflight (in `/status`; foreign CNI configurations in it
+    /// fail `/readyz` with [`ForeignCni::Fail`]).
+    pub preflight: watch::Receiver<Option<PreflightReport>>,
+    /// What `/readyz` makes of foreign CNI configurations.
+    pub foreign_cni: ForeignCni,
+}
+
+impl Admin {
+    /// With [`ForeignCni::Fail`], why `/readyz` fails: the CNI configurations that take
+    /// precedence over Wormhole's (names escaped by the preflight).
+    fn foreign_cni_block(&self) -> Option<String> {
+        if self.foreign_cni != ForeignCni::Fail {
+            return None;
+        }
+        let report = self.preflight.borrow();
+        let foreign = &report.as_ref()?.foreign_cni_configs;
+        if foreign.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "not ready: {} take(s) precedence over {} (--foreign-cni fail): new pods on this \
+             node would not get Wormhole's network\n",
+            foreign.join(", "),
+            crate::cni::CONFLIST
+        ))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -336,7 +364,9 @@ impl Server {
         let now = SystemTime::now();
         let body = Bytes::from(match which {
             Body::Status => {
-                serde_json::to_string_pretty(&StatusView::new(&status, now)).expect("serializable")
+                let preflight = self.admin.preflight.borrow().clone();
+                let view = StatusView::new(&status, now).with_preflight(preflight);
+                serde_json::to_string_pretty(&view).expect("serializable")
             }
             Body::Metrics => self.admin.metrics.render(&status, now),
         });
@@ -391,14 +421,18 @@ impl Server {
                 "application/json",
                 self.body(Body::Status).await,
             ),
-            "/readyz" => match admin.status.borrow().not_ready_reason() {
-                None => (StatusCode::OK, TEXT, Bytes::from_static(b"ready\n")),
-                Some(why) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    TEXT,
-                    Bytes::from(format!("not ready: {why}\n")),
-                ),
-            },
+            "/readyz" => {
+                let not_ready = admin.status.borrow().not_ready_reason();
+                match (not_ready, admin.foreign_cni_block()) {
+                    (Some(why), _) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        TEXT,
+                        Bytes::from(format!("not ready: {why}\n")),
+                    ),
+                    (None, Some(why)) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, Bytes::from(why)),
+                    (None, None) => (StatusCode::OK, TEXT, Bytes::from_static(b"ready\n")),
+                }
+            }
             "/healthz" => {
                 let last = admin
                     .status
@@ -623,6 +657,8 @@ mod tests {
             liveness: Duration::from_secs(60),
             started: SystemTime::now(),
             access: Access::default(),
+            preflight: watch::channel(None).1,
+            foreign_cni: ForeignCni::Warn,
         };
         (Arc::new(admin), tx, device, peer)
     }
@@ -741,6 +777,65 @@ mod tests {
         assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
         assert!(reply.contains("connection: close"), "{reply}");
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn foreign_cni_configurations_are_in_status_and_fail_readiness_when_asked() {
+        let report = crate::PreflightReport {
+            checks: vec![crate::Check {
+                check: "cni-config".into(),
+                result: crate::Level::Error,
+                detail: "10-flannel.conflist in /etc/cni/net.d sort(s) before ...".into(),
+                fix: Some("delete it".into()),
+            }],
+            foreign_cni_configs: vec!["10-flannel.conflist".into()],
+        };
+        for (policy, want) in [
+            (ForeignCni::Warn, "HTTP/1.0 200 OK"),
+            (ForeignCni::Fail, "HTTP/1.0 503 Service Unavailable"),
+        ] {
+            let (admin, tx, device, _) = admin();
+            let (preflight_tx, preflight) = watch::channel(None);
+            let admin = Arc::new(Admin {
+                preflight,
+                foreign_cni: policy,
+                status: admin.status.clone(),
+                device,
+                metrics: admin.metrics.clone(),
+                liveness: admin.liveness,
+                started: admin.started,
+                access: Access::default(),
+            });
+            tx.send_modify(|s| {
+                s.configured = true;
+                s.device_present = true;
+            });
+            let (listener, addr) = listener().await;
+            let server = tokio::spawn(serve(listener, admin));
+            assert_eq!(
+                get(addr, "/readyz").await.0,
+                "HTTP/1.0 200 OK",
+                "no report yet"
+            );
+            preflight_tx.send_replace(Some(report.clone()));
+            let (line, body) = get(addr, "/readyz").await;
+            assert_eq!(line, want, "{policy:?}: {body}");
+            if policy == ForeignCni::Fail {
+                assert!(
+                    body.starts_with(
+                        "not ready: 10-flannel.conflist take(s) precedence over \
+                         10-wormhole.conflist (--foreign-cni fail)"
+                    ),
+                    "{body}"
+                );
+            }
+            tx.send_modify(|s| s.passes += 1);
+            let view: StatusView = serde_json::from_str(&get(addr, "/status").await.1).unwrap();
+            assert_eq!(view.foreign_cni_configs, ["10-flannel.conflist"]);
+            assert_eq!(view.preflight.as_ref(), Some(&report));
+            assert!(!view.all_ok(), "a foreign configuration is not ok");
+            server.abort();
+        }
     }
 
     #[test]

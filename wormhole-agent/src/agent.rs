@@ -27,10 +27,13 @@ use wormhole_linux::{Network, Nftables};
 
 use crate::admin::{self, Admin};
 use crate::builder::{KubernetesOptions, Options, Peers};
+use crate::checkup::{self, Checkup};
 use crate::forwarding::{self, Forwarding};
 use crate::health::{self, ProbeSettings};
+use crate::host::Inputs;
 use crate::metrics::Metrics;
-use crate::{AgentBuilder, EnvironmentError, Error, cni};
+use crate::preflight::{self, Phase, PodCidrs, PreflightReport};
+use crate::{AgentBuilder, EnvironmentError, Error, cni, lock};
 
 /// The WireGuard MTU: underlay MTU - 80, the underlay being the interface holding this node's
 /// endpoint address in the peers file (or its Node's InternalIP, saved for starts without the
@@ -327,6 +330,28 @@ async fn clean_up(
     Ok(())
 }
 
+/// What the preflight checks need of `options`; `local_ip`: the address this node is reached
+/// at, if known (else a fixed endpoint's).
+fn inputs(options: &Options, peers: &Peers, local_ip: Option<std::net::IpAddr>) -> Inputs {
+    let fixed = match peers {
+        Peers::Kubernetes(KubernetesOptions {
+            endpoint: PublishedEndpoint::Fixed(e),
+            ..
+        }) => Some(e.ip()),
+        _ => None,
+    };
+    Inputs {
+        kubernetes: matches!(peers, Peers::Kubernetes(_)),
+        backend: options.backend,
+        cni_conf_dir: options.cni_conf_dir.clone(),
+        cni_bin_dirs: options.cni_bin_dirs.clone(),
+        proc_sys_net: options.proc_sys_net.clone(),
+        mtu: options.mtu,
+        forwarding: options.forwarding,
+        local_ip: local_ip.or(fixed),
+    }
+}
+
 /// A node agent, built by [`AgentBuilder::build`]: start it with [`Agent::run`] (or
 /// [`Agent::start`], then [`Running::run_until`]).
 #[derive(Debug)]
@@ -354,6 +379,49 @@ impl Agent {
 
     pub(crate) fn new(options: Options, peers: Peers) -> Self {
         Agent { options, peers }
+    }
+
+    /// Checks what this node needs for the agent with these options (see [`PreflightReport`]),
+    /// changing nothing: its pod CIDRs (the peers file's entry, or in Kubernetes mode its
+    /// Node's `spec.podCIDRs`), the CNI plugins, the backend's device, forwarding,
+    /// br_netfilter, CNI configurations that take precedence over Wormhole's, and the
+    /// underlay's MTU. What `wormhole preflight` prints; a running agent checks the same
+    /// things, serves them in `/status` and logs what changes.
+    pub async fn preflight(&self) -> Result<PreflightReport, Error> {
+        let options = &self.options;
+        let node = &options.node_name;
+        let mut inputs = inputs(options, &self.peers, None);
+        let pod_cidrs = match &self.peers {
+            Peers::File(path) => match read_peers_file(path.clone()).await {
+                Ok(snapshot) => {
+                    inputs.local_ip = preflight::endpoint_ip(&snapshot, node);
+                    preflight::from_peers_file(&snapshot, node)
+                }
+                Err(e) => PodCidrs::Missing {
+                    why: ErrorChain(&e).to_string(),
+                    fix: "fix the peers file: `wormhole run` refuses to start without one that \
+                          reads and parses"
+                        .into(),
+                },
+            },
+            Peers::Kubernetes(k) => match kube_client(k).await {
+                Ok(client) => {
+                    let (cidrs, ip) = checkup::read_node(&client, node).await;
+                    inputs.local_ip = inputs.local_ip.or(ip);
+                    cidrs
+                }
+                Err(e) => PodCidrs::Unknown {
+                    why: ErrorChain(&e).to_string(),
+                },
+            },
+            Peers::Custom(_) => PodCidrs::Unknown {
+                why: "a custom peer source says once it runs".into(),
+            },
+        };
+        let network = Network::new(options.interface.as_str())?;
+        let facts =
+            crate::host::gather(&inputs, &network, pod_cidrs, Phase::BeforeStart, None).await;
+        Ok(preflight::report(&facts))
     }
 
     /// Starts, then runs until `shutdown` resolves. A shutdown during start-up (say, while an
@@ -454,6 +522,34 @@ impl Agent {
                 .await
                 .map_err(|source| EnvironmentError::KeyFile { source })?,
         };
+        // The preflight's view of this node, kept for the running agent (the Node is read in the
+        // background: a start never waits for it).
+        let checkup = Checkup {
+            inputs: inputs(
+                &options,
+                &peers,
+                peers_file
+                    .as_ref()
+                    .and_then(|s| preflight::endpoint_ip(s, &options.node_name)),
+            ),
+            network: network.clone(),
+            pod_cidrs: match &peers_file {
+                Some(snapshot) => preflight::from_peers_file(snapshot, &options.node_name),
+                None => PodCidrs::Unknown {
+                    why: "not read yet".into(),
+                },
+            },
+            node: client.clone().map(|c| (c, options.node_name.clone())),
+            mtu,
+        };
+        // Present on this node from here on (`wormhole uninstall` refuses while it is held).
+        let presence = match lock::hold_shared(&state_dir(&options.key_file)) {
+            Ok(held) => Some(held),
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot hold the agent lock in the state directory: `wormhole uninstall` will not see that this agent runs");
+                None
+            }
+        };
         let (source, keys) = source_and_keys(
             &options,
             peers,
@@ -514,6 +610,8 @@ impl Agent {
             metrics,
             mtu,
             status,
+            checkup,
+            _presence: presence,
         })
     }
 }
@@ -532,6 +630,10 @@ pub struct Running {
     mtu: u32,
     /// The reconciler's status with each peer's probe report.
     status: watch::Sender<Status>,
+    /// The preflight of the running agent.
+    checkup: Checkup,
+    /// The shared lock that tells `wormhole uninstall` an agent runs here.
+    _presence: Option<lock::Held>,
 }
 
 impl std::fmt::Debug for Running {
@@ -570,7 +672,19 @@ impl Running {
             metrics,
             mtu,
             status: merged,
+            checkup,
+            _presence,
         } = self;
+        let (preflight_tx, preflight_rx) = watch::channel(None);
+        let checkup_events = publish
+            .as_ref()
+            .map(|(client, _)| EventSink::new(client.clone(), &options.node_name));
+        let checkup_task = tokio::spawn(checkup::follow(
+            checkup,
+            reconciler.status(),
+            preflight_tx,
+            checkup_events,
+        ));
         let status = merged.subscribe();
         let probes = options.probe_interval.map(|interval| ProbeSettings {
             interval,
@@ -599,6 +713,8 @@ impl Running {
                     status: options.admin_allow.clone(),
                     metrics: options.metrics_allow.clone(),
                 },
+                preflight: preflight_rx.clone(),
+                foreign_cni: options.foreign_cni,
             };
             tokio::spawn(admin::listen_and_serve(addr, Arc::new(admin)))
         });
@@ -631,6 +747,7 @@ impl Running {
             kube_task,
             forwarding_task,
             Some(health_task),
+            Some(checkup_task),
         ]
         .into_iter()
         .flatten()

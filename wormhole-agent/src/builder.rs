@@ -146,6 +146,22 @@ pub enum Backend {
     Embedded,
 }
 
+/// What readiness (`/readyz`) makes of CNI configuration files that take precedence over
+/// Wormhole's (the container runtime uses the first file by name: `05-cilium.conflist` or
+/// `10-flannel.conflist` before `10-wormhole.conflist`). Either way they are reported in the
+/// log, `/status`, the preflight and (Kubernetes mode) an Event on the Node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForeignCni {
+    /// Report them; readiness is unaffected (the default: moving a cluster to Wormhole starts
+    /// with the agents running beside the old network).
+    #[default]
+    Warn,
+    /// Report them, and answer `/readyz` with 503 while there are any, so that a rollout stops
+    /// at a node where new pods would not get Wormhole's network.
+    Fail,
+}
+
 /// What [`AgentBuilder::build`] checked.
 pub(crate) struct Options {
     pub(crate) node_name: String,
@@ -168,6 +184,8 @@ pub(crate) struct Options {
     pub(crate) forwarding: bool,
     pub(crate) proc_sys_net: PathBuf,
     pub(crate) cleanup_on_exit: bool,
+    pub(crate) foreign_cni: ForeignCni,
+    pub(crate) cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// Builds an [`Agent`]; start with [`Agent::builder`]. Every option has the default of
@@ -196,6 +214,8 @@ pub struct AgentBuilder {
     forwarding: bool,
     proc_sys_net: PathBuf,
     cleanup_on_exit: bool,
+    foreign_cni: ForeignCni,
+    cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// The range of [`AgentBuilder::resync`]: a shorter period would spin the agent, a longer one
@@ -243,6 +263,11 @@ impl AgentBuilder {
             forwarding: true,
             proc_sys_net: "/proc/sys/net".into(),
             cleanup_on_exit: false,
+            foreign_cni: ForeignCni::Warn,
+            cni_bin_dirs: crate::preflight::DEFAULT_CNI_BIN_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 
@@ -387,6 +412,21 @@ impl AgentBuilder {
         self
     }
 
+    /// What readiness makes of CNI configuration files that take precedence over Wormhole's
+    /// (default [`ForeignCni::Warn`]).
+    pub fn foreign_cni(mut self, policy: ForeignCni) -> Self {
+        self.foreign_cni = policy;
+        self
+    }
+
+    /// Where the preflight looks for the CNI plugins the conflist uses (default
+    /// `/opt/cni/bin`, then `/usr/lib/cni`); the first is where the container runtime looks.
+    /// In a container, mount the host's directory and name it here.
+    pub fn cni_bin_dirs(mut self, dirs: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.cni_bin_dirs = dirs.into_iter().collect();
+        self
+    }
+
     /// Checks every option and their combinations; nothing touches the host yet.
     pub fn build(self) -> Result<Agent, Error> {
         if !is_dns1123_subdomain(&self.node_name) {
@@ -474,6 +514,8 @@ impl AgentBuilder {
             forwarding: self.forwarding,
             proc_sys_net: self.proc_sys_net,
             cleanup_on_exit: self.cleanup_on_exit,
+            foreign_cni: self.foreign_cni,
+            cni_bin_dirs: self.cni_bin_dirs,
         };
         Ok(Agent::new(options, self.peers))
     }

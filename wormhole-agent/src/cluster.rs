@@ -795,6 +795,8 @@ mod tests {
             passes: 1,
             errors: 0,
             peers,
+            preflight: None,
+            foreign_cni_configs: Vec::new(),
         }
     }
 

@@ -182,6 +182,16 @@ pub enum EnvironmentError {
         #[source]
         source: Cause,
     },
+    /// `wormhole uninstall` while an agent runs on this node (it holds the lock in its state
+    /// directory): the agent would put back what uninstall removes.
+    #[error(
+        "an agent is running on this node (it holds {}): stop it first (delete the DaemonSet, or stop its service), or force the uninstall (--force)",
+        lock.display()
+    )]
+    AgentRunning {
+        /// The lock file.
+        lock: PathBuf,
+    },
     /// The Kubernetes client cannot be built from the configuration.
     #[error("Kubernetes client: {source}")]
     KubeClient {

@@ -212,6 +212,8 @@ impl Bytes<'_> {
             passes: 1,
             errors: 0,
             peers: Vec::new(),
+            preflight: None,
+            foreign_cni_configs: Vec::new(),
         };
         for _ in 0..self.byte() % 6 {
             let name = self.name();

@@ -29,6 +29,11 @@
 //! 3. **Stop**: when the shutdown future resolves. The network is left in place (a restart drops
 //!    no traffic) unless [`AgentBuilder::cleanup_on_exit`] was asked for.
 //!
+//! Around it: [`Agent::preflight`] checks what the node needs for the agent ([`PreflightReport`],
+//! what `wormhole preflight` prints; the running agent checks the same after its passes and
+//! serves the result in `/status`), and [`Uninstall`] takes every trace of Wormhole off a node
+//! (what `wormhole uninstall` runs; refused while an agent runs there).
+//!
 //! [`ClusterView`] is the cluster as its nodes see it (every pair's state), read from the
 //! WormholeNodes or from each node's `/status`: what `wormhole status --cluster` and `wormhole
 //! graph` show.
@@ -39,6 +44,7 @@
 mod admin;
 mod agent;
 mod builder;
+mod checkup;
 mod cluster;
 mod cni;
 mod error;
@@ -46,14 +52,18 @@ mod forwarding;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod host;
+mod lock;
 mod metrics;
 #[cfg(test)]
 mod monitoring;
+mod preflight;
+mod uninstall;
 mod view;
 
 pub use agent::{Agent, Running};
 pub use builder::{
-    AgentBuilder, Backend, KubernetesOptions, NODE_NAME_RULE, PROBE_INTERVAL_RANGE,
+    AgentBuilder, Backend, ForeignCni, KubernetesOptions, NODE_NAME_RULE, PROBE_INTERVAL_RANGE,
     PROBE_RATE_RANGE, Peers, RESYNC_RANGE,
 };
 pub use cluster::{
@@ -61,6 +71,10 @@ pub use cluster::{
 };
 pub use error::{EnvironmentError, Error, InvalidOption};
 pub use metrics::{DEFAULT_PEER_METRICS_LIMIT, PEER_METRICS_LIMIT_RANGE, PeerMetrics};
+pub use preflight::{
+    Check, DEFAULT_CNI_BIN_DIRS, DEFAULT_CNI_DATA_DIR, Level, MAX_LISTED, PreflightReport,
+};
+pub use uninstall::{Trace, Uninstall, UninstallReport};
 pub use view::{PassView, PeerView, StatusView};
 
 /// The README's Rust examples, compiled as doctests so that they stay true.

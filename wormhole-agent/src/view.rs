@@ -6,6 +6,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use wormhole_core::Status;
 
+use crate::preflight::{Level, PreflightReport};
+
 /// One row: an accepted peer or a rejected entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerView {
@@ -67,6 +69,14 @@ pub struct StatusView {
     pub passes: u64,
     pub errors: u64,
     pub peers: Vec<PeerView>,
+    /// The running agent's latest preflight (`null` from agents without one, or before the
+    /// first).
+    #[serde(default)]
+    pub preflight: Option<PreflightReport>,
+    /// CNI configuration files that take precedence over Wormhole's (the container runtime
+    /// uses the first by name): new pods on this node are not attached by Wormhole.
+    #[serde(default)]
+    pub foreign_cni_configs: Vec<String>,
 }
 
 fn millis(d: std::time::Duration) -> f64 {
@@ -147,13 +157,32 @@ impl StatusView {
             passes: status.passes,
             errors: status.errors,
             peers,
+            preflight: None,
+            foreign_cni_configs: Vec::new(),
         }
     }
 
-    /// The agent is ready and every node peer is `ok` (and nothing was rejected). External
-    /// peers (a laptop that is off) do not count.
+    /// The view with the agent's latest preflight in it.
+    pub(crate) fn with_preflight(mut self, report: Option<PreflightReport>) -> Self {
+        self.foreign_cni_configs = report
+            .as_ref()
+            .map(|r| r.foreign_cni_configs.clone())
+            .unwrap_or_default();
+        self.preflight = report;
+        self
+    }
+
+    /// The agent is ready, every node peer is `ok` (and nothing was rejected), no preflight
+    /// check failed and no CNI configuration takes precedence over Wormhole's. External peers
+    /// (a laptop that is off) do not count; preflight warnings do not either.
     pub fn all_ok(&self) -> bool {
-        self.ready && self.peers.iter().all(|p| p.external || p.state == "ok")
+        self.ready
+            && self.peers.iter().all(|p| p.external || p.state == "ok")
+            && self.foreign_cni_configs.is_empty()
+            && self
+                .preflight
+                .as_ref()
+                .is_none_or(|r| r.worst() != Level::Error)
     }
 }
 

@@ -46,9 +46,11 @@ Exit codes:
   1  error: the command could not do its job (the message says why)
   2  usage: invalid arguments or options
   3  unreachable: `status`: the agent did not answer; `status --cluster`, `graph`: no node did
-  4  not ok: `status`: a node peer is not ok, or the agent is not ready; `status --cluster`: a
-     pair is not ok, or a node was not read; `graph`: a node was not read; `peer-config`: a
-     node was left out of the configuration (the agents refuse it: see stderr)";
+  4  not ok: `status`: a node peer is not ok, the agent is not ready, a preflight check failed
+     or a CNI configuration takes precedence over Wormhole's; `status --cluster`: a pair is not
+     ok, or a node was not read; `graph`: a node was not read; `peer-config`: a node was left
+     out of the configuration (the agents refuse it: see stderr); `preflight`: a check failed
+     (`error`; warnings alone exit 0)";
 
 /// `wormhole run --help`'s examples (each is parsed by a test).
 pub const RUN_EXAMPLES: &str = "\
@@ -116,6 +118,17 @@ pub enum Command {
     /// Print the manual page (roff: `wormhole man | man -l -`), or write one per command with
     /// --dir.
     Man(ManArgs),
+    /// Check what this node needs for `wormhole run` with these options, changing nothing:
+    /// pod CIDRs, CNI plugins, the backend's device, forwarding, br_netfilter, CNI
+    /// configurations that take precedence over Wormhole's, the underlay MTU (exit code 4
+    /// when a check fails).
+    #[command(after_help = EXIT_CODES)]
+    Preflight(Box<crate::preflight::PreflightArgs>),
+    /// Remove every trace of Wormhole from this node: interface, routes, nftables table, the
+    /// pods' bridge, conflist, state (the private key only with --remove-keys). Refuses while
+    /// an agent runs here unless --force.
+    #[command(after_help = EXIT_CODES)]
+    Uninstall(crate::uninstall::UninstallArgs),
 }
 
 /// `wormhole version`.
@@ -176,6 +189,16 @@ pub enum PeerMetricsArg {
     All,
     /// None: the aggregates only.
     None,
+}
+
+/// `--foreign-cni`: what readiness makes of CNI configurations ahead of Wormhole's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForeignCniArg {
+    /// Report them (log, status, preflight, Event); readiness unaffected.
+    Warn,
+    /// Report them, and fail /readyz while there are any.
+    Fail,
 }
 
 /// Log line format.
@@ -272,6 +295,21 @@ pub struct RunArgs {
     /// a container (read-only /proc/sys), the host's /proc/sys/net mounted elsewhere.
     #[arg(help_heading = HEADING_PODS, long, env = "WORMHOLE_PROC_SYS_NET", value_name = "DIR")]
     pub proc_sys_net: Option<PathBuf>,
+    /// CNI configurations that sort before 10-wormhole.conflist (the runtime uses the first):
+    /// `warn` reports them (log, status, preflight, Event), `fail` also fails /readyz
+    /// [default: warn].
+    #[arg(help_heading = HEADING_PODS, long, env = "WORMHOLE_FOREIGN_CNI", value_enum)]
+    pub foreign_cni: Option<ForeignCniArg>,
+    /// Where the preflight looks for the CNI plugins (bridge, host-local, portmap, loopback);
+    /// repeat for more, the container runtime's first [default: /opt/cni/bin, /usr/lib/cni].
+    #[arg(
+        help_heading = HEADING_PODS,
+        long,
+        env = "WORMHOLE_CNI_BIN_DIR",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub cni_bin_dir: Vec<PathBuf>,
     /// Time between full reconcile passes, 1s to 24h, e.g. 30s, 2m [default: 30s].
     #[arg(help_heading = HEADING_HEALTH, long, env = "WORMHOLE_RESYNC")]
     pub resync: Option<String>,
@@ -462,6 +500,9 @@ struct FileConfig {
     bridge: Option<String>,
     cni_conf_dir: Option<PathBuf>,
     proc_sys_net: Option<PathBuf>,
+    foreign_cni: Option<ForeignCniArg>,
+    #[serde(default)]
+    cni_bin_dir: Vec<PathBuf>,
     resync: Option<String>,
     probe_interval: Option<String>,
     probe_rate: Option<u32>,
@@ -515,6 +556,9 @@ pub struct Config {
     pub peer_metrics: wormhole_agent::PeerMetrics,
     pub log_format: LogFormat,
     pub cleanup_on_exit: bool,
+    pub foreign_cni: ForeignCniArg,
+    /// Empty: the agent's default.
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// Parses a source of `--admin-allow` or `--metrics-allow`: an address (one host) or a CIDR.
@@ -860,6 +904,15 @@ impl RunArgs {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
             cleanup_on_exit: self.cleanup_on_exit || file.cleanup_on_exit,
+            foreign_cni: self
+                .foreign_cni
+                .or(file.foreign_cni)
+                .unwrap_or(ForeignCniArg::Warn),
+            cni_bin_dirs: if self.cni_bin_dir.is_empty() {
+                file.cni_bin_dir
+            } else {
+                self.cni_bin_dir
+            },
         })
     }
 }
@@ -1305,6 +1358,49 @@ mod tests {
         std::fs::write(&path, "peer_metrics = \"none\"\n").unwrap();
         let file = path.to_str().unwrap();
         assert_eq!(with(&["--config", file]).unwrap(), PeerMetrics::None);
+    }
+
+    #[test]
+    fn foreign_cni_and_plugin_directories() {
+        let c = parse(&["--peers", "p", "--node-name", "a"]).unwrap();
+        assert_eq!(c.foreign_cni, ForeignCniArg::Warn);
+        assert!(c.cni_bin_dirs.is_empty());
+        let c = parse(&[
+            "--peers",
+            "p",
+            "--node-name",
+            "a",
+            "--foreign-cni",
+            "fail",
+            "--cni-bin-dir",
+            "/host/opt/cni/bin,/usr/lib/cni",
+        ])
+        .unwrap();
+        assert_eq!(c.foreign_cni, ForeignCniArg::Fail);
+        assert_eq!(
+            c.cni_bin_dirs,
+            [PathBuf::from("/host/opt/cni/bin"), "/usr/lib/cni".into()]
+        );
+        let err = parse(&[
+            "--peers",
+            "p",
+            "--node-name",
+            "a",
+            "--foreign-cni",
+            "ignore",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("--foreign-cni") && err.contains("warn, fail"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "foreign_cni = \"fail\"\ncni_bin_dir = [\"/x\"]\n").unwrap();
+        let file = path.to_str().unwrap();
+        let c = parse(&["--peers", "p", "--node-name", "a", "--config", file]).unwrap();
+        assert_eq!(c.foreign_cni, ForeignCniArg::Fail);
+        assert_eq!(c.cni_bin_dirs, [PathBuf::from("/x")]);
     }
 
     #[test]

@@ -17,8 +17,10 @@ mod graph;
 mod manpage;
 mod matrix;
 mod peer_config;
+mod preflight;
 mod run;
 mod status;
+mod uninstall;
 mod version;
 
 use std::io::Read as _;
@@ -268,6 +270,52 @@ fn command(cli: cli::Cli) -> Result<cli::Exit, Failure> {
                         println!("{}", page.display());
                     }
                 }
+            }
+            Ok(cli::Exit::Ok)
+        }
+        cli::Command::Preflight(args) => {
+            let args = *args;
+            let config = args.run.resolve().map_err(Failure::usage)?;
+            let node = config.node_name.clone();
+            let agent = run::agent(config).build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(agent.preflight())?;
+            match args.output {
+                cli::Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&preflight::Json {
+                        node: &node,
+                        report: &report,
+                    })?
+                ),
+                cli::Output::Table => print!("{}", preflight::table(&node, &report)),
+            }
+            Ok(if report.worst() == wormhole_agent::Level::Error {
+                cli::Exit::NotOk
+            } else {
+                cli::Exit::Ok
+            })
+        }
+        cli::Command::Uninstall(args) => {
+            let output = args.output;
+            let uninstall = args.resolve().map_err(Failure::usage)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(uninstall.run())?;
+            match output {
+                cli::Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                cli::Output::Table => print!("{}", uninstall::text(&report)),
+            }
+            if !report.failed.is_empty() {
+                return Err(anyhow::anyhow!(
+                    "{} trace(s) of Wormhole could not be removed (see above): fix the cause \
+                     and run `wormhole uninstall` again",
+                    report.failed.len()
+                )
+                .into());
             }
             Ok(cli::Exit::Ok)
         }

@@ -1,10 +1,10 @@
 //! `wormhole run`: the resolved options handed to the agent library, with SIGTERM and SIGINT as
 //! its shutdown.
 
-use wormhole_agent::{Agent, Backend, Peers};
+use wormhole_agent::{Agent, AgentBuilder, Backend, ForeignCni, Peers};
 
 use crate::Error;
-use crate::cli::{BackendArg, Config, PeerSourceKind};
+use crate::cli::{BackendArg, Config, ForeignCniArg, PeerSourceKind};
 
 /// SIGTERM and SIGINT, listened for from the first moment of [`run`] on every backend, so a
 /// stop request at any time ends the agent in order (and `--cleanup-on-exit` runs).
@@ -41,6 +41,12 @@ impl StopSignals {
 pub async fn run(config: Config) -> Result<(), Error> {
     // First of all: from here on a stop request ends the agent in order, whenever it comes.
     let mut stop = StopSignals::listen()?;
+    agent(config).build()?.run(stop.recv()).await?;
+    Ok(())
+}
+
+/// The agent of `config` (also what `wormhole preflight` checks for).
+pub fn agent(config: Config) -> AgentBuilder {
     let peers = match config.source {
         PeerSourceKind::File(path) => Peers::file(path),
         PeerSourceKind::Kubernetes(options) => Peers::kubernetes(options),
@@ -66,13 +72,19 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .admin_allow(config.admin_allow)
         .metrics_allow(config.metrics_allow)
         .peer_metrics(config.peer_metrics)
-        .cleanup_on_exit(config.cleanup_on_exit);
+        .cleanup_on_exit(config.cleanup_on_exit)
+        .foreign_cni(match config.foreign_cni {
+            ForeignCniArg::Warn => ForeignCni::Warn,
+            ForeignCniArg::Fail => ForeignCni::Fail,
+        });
+    if !config.cni_bin_dirs.is_empty() {
+        agent = agent.cni_bin_dirs(config.cni_bin_dirs);
+    }
     if let Some(psk) = config.psk_file {
         agent = agent.psk_file(psk);
     }
     if let Some(mtu) = config.mtu {
         agent = agent.mtu(mtu);
     }
-    agent.build()?.run(stop.recv()).await?;
-    Ok(())
+    agent
 }

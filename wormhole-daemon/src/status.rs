@@ -81,6 +81,7 @@ pub fn table(view: &StatusView) -> String {
     if let Some(e) = &view.source_error {
         out += &format!("peer source error (last good mesh kept): {}\n", escape(e));
     }
+    out += &preflight_lines(view);
     out += "\n";
     let header = [
         "PEER",
@@ -148,6 +149,39 @@ pub fn table(view: &StatusView) -> String {
     if !hints.is_empty() {
         out += "\nwhat to check:\n";
         out += &hints.concat();
+    }
+    out
+}
+
+/// The preflight's summary, each check that is not ok with its fix, and the CNI
+/// configurations that take precedence over Wormhole's; escaped.
+fn preflight_lines(view: &StatusView) -> String {
+    let mut out = String::new();
+    if !view.foreign_cni_configs.is_empty() {
+        out += &format!(
+            "CNI: {} take(s) precedence over 10-wormhole.conflist: new pods on this node are not \
+             attached by Wormhole (README: Migration)\n",
+            escape(&view.foreign_cni_configs.join(", "))
+        );
+    }
+    let Some(report) = &view.preflight else {
+        return out;
+    };
+    out += &format!("preflight: {}\n", report.summary());
+    for c in report
+        .checks
+        .iter()
+        .filter(|c| c.result != wormhole_agent::Level::Ok)
+    {
+        out += &format!(
+            "  {} {}: {}\n",
+            c.result,
+            escape(&c.check),
+            escape(&c.detail)
+        );
+        if let Some(fix) = &c.fix {
+            out += &format!("    fix: {}\n", escape(fix));
+        }
     }
     out
 }
@@ -422,6 +456,16 @@ mod tests {
                 probe_loss: None,
                 path_mtu: None,
             }],
+            preflight: Some(wormhole_agent::PreflightReport {
+                checks: vec![wormhole_agent::Check {
+                    check: hostile.into(),
+                    result: wormhole_agent::Level::Error,
+                    detail: hostile.into(),
+                    fix: Some(hostile.into()),
+                }],
+                foreign_cni_configs: vec![hostile.into()],
+            }),
+            foreign_cni_configs: vec![hostile.into()],
         };
         let text = table(&view);
         let bad: Vec<char> = text
@@ -527,5 +571,39 @@ mod tests {
         let ready = StatusView { ready: true, ..ok };
         assert!(ready.all_ok());
         assert!(!table(&ready).contains("NOT READY"));
+
+        // A preflight error, or a CNI configuration ahead of ours: not ok, and said.
+        let check = |result, detail: &str| wormhole_agent::Check {
+            check: "cni-config".into(),
+            result,
+            detail: detail.into(),
+            fix: Some("delete it".into()),
+        };
+        let warned = StatusView {
+            preflight: Some(wormhole_agent::PreflightReport {
+                checks: vec![check(wormhole_agent::Level::Warning, "meh")],
+                foreign_cni_configs: vec![],
+            }),
+            ..ready.clone()
+        };
+        assert!(warned.all_ok(), "a warning is no failure");
+        assert!(table(&warned).contains("preflight: 0 ok, 1 warning(s), 0 error(s)\n  warning cni-config: meh\n    fix: delete it\n"), "{}", table(&warned));
+        let shadowed = StatusView {
+            preflight: Some(wormhole_agent::PreflightReport {
+                checks: vec![check(
+                    wormhole_agent::Level::Error,
+                    "10-flannel.conflist first",
+                )],
+                foreign_cni_configs: vec!["10-flannel.conflist".into()],
+            }),
+            foreign_cni_configs: vec!["10-flannel.conflist".into()],
+            ..ready.clone()
+        };
+        assert!(!shadowed.all_ok());
+        let text = table(&shadowed);
+        assert!(
+            text.contains("CNI: 10-flannel.conflist take(s) precedence over 10-wormhole.conflist"),
+            "{text}"
+        );
     }
 }

@@ -239,55 +239,73 @@ impl EventSink {
             };
             self.passes_seen = status.passes;
         }
-        let now = Instant::now();
         for due in pending(status, self.failures_in_a_row, SystemTime::now()) {
-            if self
-                .sent
-                .get(&due.key)
-                .is_some_and(|at| now.duration_since(*at) < self.interval)
-            {
-                continue;
+            self.publish(due).await;
+        }
+    }
+
+    /// A Warning Event on the local Node about something of this node's host (such as a
+    /// preflight check that failed), rate-limited like the others by `key`: reason `reason`
+    /// (UpperCamelCase), `note` already escaped where it quotes the outside world.
+    pub async fn warn_node(&mut self, key: &str, reason: &'static str, note: String) {
+        self.publish(Due {
+            key: format!("node/{key}"),
+            regarding: Regarding::Local,
+            reason,
+            note,
+        })
+        .await;
+    }
+
+    /// Publishes `due` unless the same problem was published within the interval.
+    async fn publish(&mut self, due: Due) {
+        let now = Instant::now();
+        if self
+            .sent
+            .get(&due.key)
+            .is_some_and(|at| now.duration_since(*at) < self.interval)
+        {
+            return;
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: due.reason.into(),
+            note: Some(due.note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let other;
+        let regarding = match &due.regarding {
+            Regarding::Local => &self.node,
+            Regarding::Node(name) => {
+                other = ObjectReference {
+                    name: Some(name.clone()),
+                    ..self.node.clone()
+                };
+                &other
             }
-            let event = Event {
-                type_: EventType::Warning,
-                reason: due.reason.into(),
-                note: Some(due.note.chars().take(1000).collect()),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            let other;
-            let regarding = match &due.regarding {
-                Regarding::Local => &self.node,
-                Regarding::Node(name) => {
-                    other = ObjectReference {
-                        name: Some(name.clone()),
-                        ..self.node.clone()
-                    };
-                    &other
-                }
-                Regarding::Peer(name) => {
-                    other = ObjectReference {
-                        api_version: Some(format!("{}/v1alpha1", crate::GROUP)),
-                        kind: Some("WormholePeer".into()),
-                        name: Some(name.clone()),
-                        ..Default::default()
-                    };
-                    &other
-                }
-            };
-            let key = due.key;
-            let published = crate::call(
-                "publish an Event",
-                self.timeout,
-                self.recorder.publish(&event, regarding),
-            )
-            .await;
-            match published {
-                Ok(()) => {
-                    self.sent.insert(key, now);
-                }
-                Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot publish an Event"),
+            Regarding::Peer(name) => {
+                other = ObjectReference {
+                    api_version: Some(format!("{}/v1alpha1", crate::GROUP)),
+                    kind: Some("WormholePeer".into()),
+                    name: Some(name.clone()),
+                    ..Default::default()
+                };
+                &other
             }
+        };
+        let key = due.key;
+        let published = crate::call(
+            "publish an Event",
+            self.timeout,
+            self.recorder.publish(&event, regarding),
+        )
+        .await;
+        match published {
+            Ok(()) => {
+                self.sent.insert(key, now);
+            }
+            Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot publish an Event"),
         }
     }
 }

@@ -296,12 +296,16 @@ impl Nftables {
             .map(drop)
     }
 
-    /// Deletes the table (for `--cleanup-on-exit`); absent is fine.
-    pub async fn delete(&self) -> Result<(), Error> {
+    /// Deletes the table (for `--cleanup-on-exit` and `wormhole uninstall`); absent is fine.
+    /// Returns whether it was there.
+    pub async fn delete(&self) -> Result<bool, Error> {
         *self.last.lock().unwrap() = None;
-        self.blocking(|nft| run(nft, &["-f", "-"], Some(&replacement(""))))
-            .await
-            .map(drop)
+        self.blocking(|nft| {
+            let existed = listing(nft)?.is_some();
+            run(nft, &["-f", "-"], Some(&replacement("")))?;
+            Ok(existed)
+        })
+        .await
     }
 }
 

@@ -23,7 +23,8 @@
 //!   addresses and MTU, and the routes we own (route protocol [`ROUTE_PROTOCOL`]);
 //!   [`Network::new`], [`Network::interface`], [`Network::wireguard_mtu`] (underlay MTU −
 //!   [`WIREGUARD_OVERHEAD`]), [`Network::underlay_mtu`], [`Network::underlay_addresses`],
-//!   [`Network::delete_link`].
+//!   [`Network::delete_link`], [`Network::link_kind`], [`Network::delete_ports`] (the last
+//!   two for `wormhole uninstall`).
 //! - [`Pinger`]: ICMP echo of an exact size through the tunnel, the probe behind per-peer
 //!   health and path-MTU discovery; [`Pinger::new`], [`Pinger::ping`], [`Pinger::min_size`].
 //! - [`Nftables`]: [`Firewall`](wormhole_core::Firewall) as one nftables table,

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::errno::Errno::{EADDRNOTAVAIL, EEXIST, ENODEV, ESRCH};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
@@ -154,17 +154,78 @@ impl Network {
         }
     }
 
-    /// Deletes the interface (for `--cleanup-on-exit`); absent is fine.
-    pub async fn delete_link(&self) -> Result<(), Error> {
+    /// Deletes the interface (for `--cleanup-on-exit` and `wormhole uninstall`); absent is
+    /// fine. Returns whether it was there.
+    pub async fn delete_link(&self) -> Result<bool, Error> {
         let Some(link) = self.link_by_name(&self.iface).await? else {
-            return Ok(());
+            return Ok(false);
         };
-        self.handle
-            .link()
-            .del(link.header.index)
-            .execute()
+        match self.handle.link().del(link.header.index).execute().await {
+            Ok(()) => Ok(true),
+            // Gone in the meantime (a userspace device exiting).
+            Err(e) if is_errno(&e, ENODEV) => Ok(false),
+            Err(e) => Err(net_err(format!("delete link {}", self.iface))(e)),
+        }
+    }
+
+    /// The interface's kind as `ip -d link` names it (`wireguard`, `tun`, `bridge`, `veth`,
+    /// ...; empty for a link without one, such as a physical NIC), or `None` when it does not
+    /// exist: `wormhole uninstall` deletes only links of the kinds it makes.
+    pub async fn link_kind(&self) -> Result<Option<String>, Error> {
+        let Some(link) = self.link_by_name(&self.iface).await? else {
+            return Ok(None);
+        };
+        let kind = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                LinkInfo::Kind(kind) => Some(kind.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        Ok(Some(kind.unwrap_or_default()))
+    }
+
+    /// Deletes every port of the interface (a bridge's: the host ends of the pods' veths,
+    /// whose other ends go with them), for `wormhole uninstall`. Returns their names, sorted.
+    pub async fn delete_ports(&self) -> Result<Vec<String>, Error> {
+        let Some(bridge) = self.link_by_name(&self.iface).await? else {
+            return Ok(Vec::new());
+        };
+        let master = bridge.header.index;
+        let mut ports = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links
+            .try_next()
             .await
-            .map_err(net_err(format!("delete link {}", self.iface)))
+            .map_err(net_err("dump links".into()))?
+        {
+            let enslaved = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(m) if *m == master));
+            if enslaved {
+                let name = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                });
+                ports.push((link.header.index, name.unwrap_or_default()));
+            }
+        }
+        let mut deleted = Vec::new();
+        for (index, name) in ports {
+            match self.handle.link().del(index).execute().await {
+                Ok(()) => deleted.push(name),
+                // Gone with its pod in the meantime.
+                Err(e) if is_errno(&e, ENODEV) => {}
+                Err(e) => {
+                    return Err(net_err(format!("delete {name}, a port of {}", self.iface))(
+                        e,
+                    ));
+                }
+            }
+        }
+        deleted.sort();
+        Ok(deleted)
     }
 
     async fn routes(&self, index: u32) -> Result<BTreeSet<IpNet>, Error> {

@@ -2,6 +2,7 @@
 //! server speaking real HTTP (`wormhole_k8s::testing`), and the manifests in `deploy/`.
 
 mod manifests;
+mod node_events;
 mod outage;
 mod peers;
 mod props;

@@ -287,11 +287,11 @@ fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
             .unwrap()
             .contains(&"--kubernetes".to_owned())
     );
-    // The host paths mounted are exactly those the agent writes: its conflist, its key and
-    // state, its UAPI socket, the network sysctls (forwarding; the container's /proc/sys is
-    // read-only, and WORMHOLE_PROC_SYS_NET names where they are); and the TUN device. Nothing
-    // it only reads is writable, and nothing it does not use (the CNI plugins in /opt/cni/bin)
-    // is mounted at all.
+    // The host paths mounted writable are exactly those the agent writes: its conflist, its
+    // key and state, its UAPI socket, the network sysctls (forwarding; the container's
+    // /proc/sys is read-only, and WORMHOLE_PROC_SYS_NET names where they are); and the TUN
+    // device. Nothing it only reads is writable: the CNI plugins in /opt/cni/bin, which its
+    // preflight looks for, are mounted read-only.
     let volumes = pod.volumes.unwrap();
     let mounts = c.volume_mounts.as_ref().unwrap();
     let mut writable: Vec<String> = mounts
@@ -331,6 +331,11 @@ fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
         value("WORMHOLE_PROC_SYS_NET").as_deref(),
         Some(sysctls.mount_path.as_str())
     );
+    let plugins = mounts
+        .iter()
+        .find(|m| m.mount_path == "/opt/cni/bin")
+        .unwrap();
+    assert_eq!(plugins.read_only, Some(true));
     for volume in &volumes {
         assert!(
             mounts.iter().any(|m| m.name == volume.name),

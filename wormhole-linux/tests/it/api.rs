@@ -21,8 +21,10 @@ async fn async_signatures(network: &Network, firewall: &Nftables) -> Result<(), 
     let _: u32 = network.wireguard_mtu(None::<IpAddr>).await?;
     let _: u32 = network.underlay_mtu(None::<IpAddr>).await?;
     let _: Vec<IpAddr> = network.underlay_addresses().await?;
-    let () = network.delete_link().await?;
-    let () = firewall.delete().await?;
+    let _: bool = network.delete_link().await?;
+    let _: Option<String> = network.link_kind().await?;
+    let _: Vec<String> = network.delete_ports().await?;
+    let _: bool = firewall.delete().await?;
     Ok(())
 }
 

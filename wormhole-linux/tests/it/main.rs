@@ -14,4 +14,5 @@ mod kernel;
 mod mesh;
 mod ping;
 mod sessions;
+mod teardown;
 mod uapi;
