@@ -73,7 +73,7 @@ pub use memory::{
 };
 pub use mesh::{
     MAX_POD_CIDRS, Mesh, NodeEntry, NodeSpec, RejectReason, Rejection, Snapshot,
-    is_dns1123_subdomain,
+    is_dns1123_subdomain, parse_endpoint,
 };
 pub use plan::{
     DeviceChange, DevicePlan, LinkChange, PeerField, Plan, PlanDisplay, RouteChange, apply_device,

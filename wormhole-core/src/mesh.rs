@@ -373,13 +373,21 @@ fn check_name(name: &str) -> Result<(), RejectReason> {
     }
 }
 
-/// Parses an endpoint: an IP literal and a port, neither of them unusable.
+/// Parses an endpoint as every node checks its peers' (a node publishing one it refuses is
+/// refused by all its peers): an IP literal and a port, neither of them unusable. The error is
+/// [`RejectReason::BadEndpoint`], naming the problem.
 ///
 /// Refused: port 0; unspecified, loopback, multicast and broadcast addresses, also in their
 /// IPv4-mapped IPv6 form (`[::ffff:127.0.0.1]`); an IPv6 link-local address without a zone id or
 /// with one that cannot be an interface index (1 to 2^31-1 on Linux); a zone id on any other
 /// address.
-pub(crate) fn parse_endpoint(text: &str) -> Result<SocketAddr, RejectReason> {
+///
+/// ```
+/// assert!(wormhole_core::parse_endpoint("192.0.2.1:51820").is_ok());
+/// let err = wormhole_core::parse_endpoint("127.0.0.1:51820").unwrap_err();
+/// assert!(err.to_string().contains("loopback"));
+/// ```
+pub fn parse_endpoint(text: &str) -> Result<SocketAddr, RejectReason> {
     let bad = |reason| RejectReason::BadEndpoint {
         endpoint: text.to_owned(),
         reason,

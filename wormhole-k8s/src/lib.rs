@@ -9,6 +9,9 @@
 //!   Nodes, WormholeNodes and WormholePeers. **Allowed IPs come only from `Node.spec.podCIDRs`** (written by the
 //!   controller manager's IPAM): a WormholeNode cannot add CIDRs.
 //! - [`Publisher`]: server-side applies this node's WormholeNode (on change only).
+//! - [`LocalSettings`]: what this node publishes about itself (endpoint, persistent
+//!   keepalive): the agent's options, overridden by annotations on its own Node
+//!   ([`ENDPOINT_ANNOTATION`], [`PERSISTENT_KEEPALIVE_ANNOTATION`]) that no other agent reads.
 //! - [`SecretKeyStore`]: the cluster secret for pre-shared keys from a Kubernetes Secret.
 //! - [`EventSink`]: rate-limited Events on the local Node for rejected peers, degraded pairs
 //!   and persistent reconcile failures.
@@ -38,6 +41,7 @@ pub mod fuzzing;
 mod keys;
 mod peer;
 mod publisher;
+mod settings;
 mod source;
 mod state;
 /// A fake API server speaking real HTTP to the real kube client, for tests (feature `fake-api`).
@@ -57,14 +61,27 @@ pub use keys::{PSK_FILE, PskError, SecretKeyStore, parse_psk};
 pub use peer::{
     MAX_ALLOWED_IPS, MAX_CIDR, PEER_PLURAL, WormholePeer, WormholePeerSpec, read_external,
 };
-pub use publisher::{PublishedEndpoint, Publisher, internal_ip, published_state};
-pub use source::{KubePeerSource, detect_cluster_cidrs, pod_subnets};
+pub use publisher::{Publisher, internal_ip, published_state};
+pub use settings::{
+    ANNOTATIONS, LocalSettings, NodeSettings, Origin, PublishedEndpoint, RefusedAnnotation,
+    SettingError, parse_keepalive,
+};
+pub use source::{Annotations, KubePeerSource, detect_cluster_cidrs, pod_subnets};
 pub use state::{STATE_FILE, SavedExternal, SavedNode, SavedState, StateStore};
 
 /// The API group of our custom resource.
 pub const GROUP: &str = "wormhole.dev";
 /// The field manager of every server-side apply the agent makes.
 pub const FIELD_MANAGER: &str = "wormhole-agent";
+/// The prefix of the annotations on a Node that its agent reads (see [`LocalSettings`]); every
+/// other agent ignores them.
+pub const ANNOTATION_PREFIX: &str = "wormhole.dev/";
+/// Node annotation: the endpoint this node publishes, overriding `--endpoint` (same values:
+/// `none`, `internal-ip`, `IP`, `IP:PORT`, `[IPv6]:PORT`).
+pub const ENDPOINT_ANNOTATION: &str = "wormhole.dev/endpoint";
+/// Node annotation: this node's persistent keepalive in seconds, overriding
+/// `--persistent-keepalive` (same values: 0 to 65535, 0 off).
+pub const PERSISTENT_KEEPALIVE_ANNOTATION: &str = "wormhole.dev/persistent-keepalive";
 /// The key of the cluster secret in the PSK Secret's data.
 pub const PSK_SECRET_KEY: &str = "psk";
 /// The first line of `deploy/crd.yaml`.

@@ -22,6 +22,7 @@ use crate::crd::{
     MAX_ERROR, MAX_OBSERVED, MAX_PEER_NAME, MAX_PROBLEMS, ObservedEndpoint, PeerProblem,
     WormholeNode, WormholeNodeSpec, WormholeNodeStatus,
 };
+use crate::settings::{NodeSettings, PublishedEndpoint};
 use crate::{API_TIMEOUT, Error, FIELD_MANAGER, call};
 
 /// The node's first InternalIP (IPv4 preferred) from its status.
@@ -57,20 +58,6 @@ pub fn published_state(state: PeerState) -> String {
         PeerState::Lossy { .. } => state.as_str().to_owned(),
         other => other.to_string(),
     }
-}
-
-/// The endpoint a node publishes in its WormholeNode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PublishedEndpoint {
-    /// Its Node's InternalIP (IPv4 preferred) and the listen port.
-    #[default]
-    InternalIp,
-    /// This address (a public address, or a port forward on the node's NAT).
-    Fixed(SocketAddr),
-    /// None: the node is behind NAT and cannot be reached first. Its peers learn its address
-    /// from its handshakes (it should set a persistent keepalive), and nodes it cannot reach
-    /// either from where other nodes observe it.
-    BehindNat,
 }
 
 /// The peers without an endpoint of their own that this node saw in the last 3 minutes, and
@@ -165,9 +152,9 @@ pub struct Publisher {
     status_written: Option<tokio::time::Instant>,
     /// A changed status waits for the interval to pass.
     status_pending: bool,
-    /// The Node's uid and our endpoint, read once: the agent publishes on every status change,
+    /// The Node's uid and InternalIP, read once: the agent publishes on every status change,
     /// and the Node need not be fetched each time. Forgotten when an apply fails.
-    node: Option<(String, Option<SocketAddr>)>,
+    node: Option<(String, Option<IpAddr>)>,
     /// The deadline of each request.
     timeout: Duration,
 }
@@ -199,6 +186,14 @@ impl Publisher {
         self
     }
 
+    /// Publishes these settings from the next [`publish_spec`](Self::publish_spec) on (which
+    /// writes only if the spec changes): what [`LocalSettings`](crate::LocalSettings) keeps in
+    /// force as this node's annotations change.
+    pub fn set_settings(&mut self, settings: NodeSettings) {
+        self.endpoint = settings.endpoint;
+        self.persistent_keepalive = settings.persistent_keepalive.filter(|&s| s != 0);
+    }
+
     /// The deadline of each request (default [`API_TIMEOUT`]).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -224,7 +219,7 @@ impl Publisher {
     /// Applies the spec (key and endpoint) if it changed since the last apply. Returns whether
     /// it wrote.
     pub async fn publish_spec(&mut self, key: &PublicKey) -> Result<bool, Error> {
-        let (uid, endpoint) = match &self.node {
+        let (uid, internal_ip) = match &self.node {
             Some(known) => known.clone(),
             None => {
                 let node = call(
@@ -240,15 +235,16 @@ impl Publisher {
                     .ok_or_else(|| Error::NodeWithoutUid {
                         node: self.name.clone(),
                     })?;
-                let endpoint = match self.endpoint {
-                    PublishedEndpoint::Fixed(e) => Some(e),
-                    PublishedEndpoint::BehindNat => None,
-                    PublishedEndpoint::InternalIp => {
-                        internal_ip(&node).map(|ip| SocketAddr::new(ip, self.listen_port))
-                    }
-                };
-                self.node = Some((uid.clone(), endpoint));
-                (uid, endpoint)
+                let ip = internal_ip(&node);
+                self.node = Some((uid.clone(), ip));
+                (uid, ip)
+            }
+        };
+        let endpoint = match self.endpoint {
+            PublishedEndpoint::Fixed(e) => Some(e),
+            PublishedEndpoint::BehindNat => None,
+            PublishedEndpoint::InternalIp => {
+                internal_ip.map(|ip| SocketAddr::new(ip, self.listen_port))
             }
         };
         let spec = WormholeNodeSpec {
@@ -306,7 +302,8 @@ impl Publisher {
                 return Err(e);
             }
         };
-        tracing::info!(node = %self.name, endpoint = ?spec.endpoint, "published WormholeNode");
+        tracing::info!(node = %self.name, endpoint = ?spec.endpoint,
+            persistent_keepalive = ?spec.persistent_keepalive, "published WormholeNode");
         self.last_spec = Some((spec, applied.metadata.uid));
         Ok(true)
     }

@@ -20,7 +20,7 @@
 //! within a few seconds) yields the saved snapshot first: its node's pod network comes up with
 //! the last known mesh and converges when the API server answers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,7 @@ use crate::crd::{WormholeNode, WormholeNodeStatus};
 use crate::peer::{WormholePeer, external_entries, slim_peer};
 use crate::state::StateStore;
 use crate::vote::{Choice, tally};
-use crate::{API_TIMEOUT, Error, call};
+use crate::{ANNOTATION_PREFIX, API_TIMEOUT, Error, call};
 
 /// A Node's pod CIDRs (`spec.podCIDRs`, or the older single `spec.podCIDR`).
 pub(crate) fn pod_cidrs(node: &Node) -> Vec<String> {
@@ -254,13 +254,23 @@ pub fn pod_subnets(cluster_configuration: &str) -> Result<Vec<IpNet>, Error> {
 }
 
 /// Node objects hold much we do not need (status, images, managed fields): keep what the mesh
-/// uses, so 5,000 Nodes stay small in memory.
-fn slim_node(node: &mut Node) {
+/// uses, so 5,000 Nodes stay small in memory. Of the annotations, only the local Node's
+/// `wormhole.dev/` ones are kept: its per-node settings, which no other agent reads.
+fn slim_node(node: &mut Node, local: &str) {
     node.status = None;
     node.metadata.managed_fields = None;
-    node.metadata.annotations = None;
     node.metadata.labels = None;
+    let annotations = node.metadata.annotations.take();
+    if node.metadata.name.as_deref() == Some(local) {
+        node.metadata.annotations = annotations.map(|mut all| {
+            all.retain(|key, _| key.starts_with(ANNOTATION_PREFIX));
+            all
+        });
+    }
 }
+
+/// This node's `wormhole.dev/` annotations, as [`KubePeerSource::node_annotations`] gives them.
+pub type Annotations = BTreeMap<String, String>;
 
 /// Keeps the spec and, of the status, only where the node observes peers behind NAT.
 fn slim_wormhole(wh: &mut WormholeNode) {
@@ -373,6 +383,8 @@ pub struct KubePeerSource {
     outage: bool,
     /// Where nodes behind NAT are, as the observers' votes settled (see [`crate::vote`]).
     choice: Choice,
+    /// This node's `wormhole.dev/` annotations once the Node watch listed (`None` before).
+    annotations: tokio::sync::watch::Sender<Option<Annotations>>,
 }
 
 impl KubePeerSource {
@@ -387,7 +399,10 @@ impl KubePeerSource {
         let (wormholes, wh_writer) = reflector::store();
         let node_changes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
             .backoff(Retry::new())
-            .modify(slim_node)
+            .modify({
+                let local = local.to_owned();
+                move |node| slim_node(node, &local)
+            })
             .reflect(node_writer)
             .map(|e| e.map(drop));
         let wh_changes = watcher(
@@ -424,7 +439,40 @@ impl KubePeerSource {
             warned: false,
             outage: false,
             choice: Choice::default(),
+            annotations: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// This node's annotations in `wormhole.dev/` (its per-node settings, see
+    /// [`LocalSettings`](crate::LocalSettings)), from the Node watch the mesh uses (no request
+    /// of its own): `None` until the Nodes were listed, then updated as the source runs (it is
+    /// polled by whoever takes its snapshots). Empty if the Node has none, or is missing.
+    pub fn node_annotations(&self) -> tokio::sync::watch::Receiver<Option<Annotations>> {
+        self.annotations.subscribe()
+    }
+
+    /// Passes this node's annotations on, once the Nodes were listed, if they changed.
+    fn pass_annotations(&self) {
+        use futures::FutureExt as _;
+        let listed = self
+            .nodes
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok());
+        if !listed {
+            return;
+        }
+        let node = self.nodes.get(&reflector::ObjectRef::new(&self.local));
+        let current = node
+            .and_then(|n| n.metadata.annotations.clone())
+            .unwrap_or_default();
+        self.annotations.send_if_modified(|known| {
+            let changed = known.as_ref() != Some(&current);
+            if changed {
+                *known = Some(current);
+            }
+            changed
+        });
     }
 
     /// The ranges WormholePeers' allowed IPs must lie in (`--external-cidr`); without any, every
@@ -691,6 +739,8 @@ impl PeerSource for KubePeerSource {
                     },
                 }
             }
+            // Before the snapshot: a change of annotations alone changes no snapshot.
+            self.pass_annotations();
             if let Some(e) = failed
                 && let Some(result) = self.on_error(e)
             {
@@ -1056,6 +1106,89 @@ mod tests {
         assert_eq!(second.observed_endpoints["nat"], "203.0.113.2:2000");
         let waited = moved.elapsed();
         assert!(waited >= hold / 2, "moved after {waited:?}, hold {hold:?}");
+    }
+
+    /// Per-node settings: only this node's `wormhole.dev/` annotations are kept (memory at
+    /// 15,000 Nodes) and passed on, also when they change nothing in the mesh; another Node's
+    /// are never read.
+    #[tokio::test]
+    async fn only_this_nodes_own_annotations_are_kept_and_passed_on() {
+        use crate::testing::FakeApi;
+        let api = FakeApi::start().await;
+        let me = PrivateKey::generate().public_key();
+        api.put_node("local", &["10.99.1.0/24"], "192.168.77.1");
+        api.put_node("other", &["10.99.2.0/24"], "192.168.77.2");
+        api.annotate_node("local", crate::ENDPOINT_ANNOTATION, Some("none"));
+        api.annotate_node("local", "node.alpha.kubernetes.io/ttl", Some("0"));
+        api.annotate_node("other", crate::ENDPOINT_ANNOTATION, Some("192.0.2.9:1"));
+        let mut source = KubePeerSource::new(api.client(), "local", me, cidrs(&["10.99.0.0/16"]));
+        let mut annotations = source.node_annotations();
+        assert_eq!(
+            *annotations.borrow(),
+            None,
+            "not known before the Nodes are listed"
+        );
+        let driven = tokio::spawn(async move {
+            let first = source.next().await;
+            (source, first)
+        });
+        let wait = async |rx: &mut tokio::sync::watch::Receiver<Option<Annotations>>| {
+            tokio::time::timeout(Duration::from_secs(10), rx.changed())
+                .await
+                .expect("annotations within 10 s")
+                .unwrap();
+            rx.borrow_and_update().clone().unwrap()
+        };
+        let ours = |pairs: &[(&str, &str)]| -> Annotations {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            wait(&mut annotations).await,
+            ours(&[(crate::ENDPOINT_ANNOTATION, "none")])
+        );
+        let (mut source, first) = driven.await.unwrap();
+        first.unwrap();
+        let stored = |source: &KubePeerSource, name: &str| {
+            source
+                .nodes
+                .get(&reflector::ObjectRef::new(name))
+                .unwrap()
+                .metadata
+                .annotations
+                .clone()
+        };
+        assert_eq!(
+            stored(&source, "other"),
+            None,
+            "another Node's are not kept"
+        );
+        assert_eq!(
+            stored(&source, "local"),
+            Some(ours(&[(crate::ENDPOINT_ANNOTATION, "none")]))
+        );
+        // A change of this node's annotations alone: passed on, though the mesh is the same.
+        api.annotate_node("local", crate::PERSISTENT_KEEPALIVE_ANNOTATION, Some("25"));
+        let next = tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), source.next()).await;
+        });
+        assert_eq!(
+            wait(&mut annotations).await,
+            ours(&[
+                (crate::ENDPOINT_ANNOTATION, "none"),
+                (crate::PERSISTENT_KEEPALIVE_ANNOTATION, "25")
+            ])
+        );
+        // Another node's: nothing here.
+        api.annotate_node("other", crate::PERSISTENT_KEEPALIVE_ANNOTATION, Some("5"));
+        api.annotate_node("local", crate::ENDPOINT_ANNOTATION, None);
+        assert_eq!(
+            wait(&mut annotations).await,
+            ours(&[(crate::PERSISTENT_KEEPALIVE_ANNOTATION, "25")])
+        );
+        next.abort();
     }
 
     #[test]

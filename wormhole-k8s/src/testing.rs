@@ -316,6 +316,28 @@ impl FakeApi {
         uid
     }
 
+    /// Sets (`Some`) or removes (`None`) an annotation on a Node, as `kubectl annotate node`
+    /// does; the Node must exist.
+    pub fn annotate_node(&self, name: &str, key: &str, value: Option<&str>) {
+        let mut s = self.state.lock().unwrap();
+        let mut node = s
+            .objects
+            .get(&(Kind::Node, name.to_owned()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no Node {name}"));
+        let metadata = node["metadata"].as_object_mut().unwrap();
+        let annotations = metadata
+            .entry("annotations")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .unwrap();
+        match value {
+            Some(value) => annotations.insert(key.to_owned(), json!(value)),
+            None => annotations.remove(key),
+        };
+        self.record(&mut s, Kind::Node, name, "MODIFIED", node);
+    }
+
     /// Deletes a Node and, like the garbage collector, the objects it owns.
     pub fn delete_node(&self, name: &str) {
         let mut s = self.state.lock().unwrap();

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use wormhole_core::PeerStatus;
 use wormhole_core::{PrivateKey, Status};
 use wormhole_k8s::testing::{FakeApi, Kind};
-use wormhole_k8s::{PublishedEndpoint, Publisher};
+use wormhole_k8s::{NodeSettings, PublishedEndpoint, Publisher};
 
 #[tokio::test]
 async fn applies_its_own_wormholenode_on_change_only() {
@@ -113,6 +113,42 @@ async fn the_endpoint_flag_wins_and_ipv6_is_bracketed() {
         api.get(Kind::Wormhole, "n1").unwrap()["spec"]["endpoint"],
         "203.0.113.7:4000"
     );
+}
+
+/// Per-node settings changed while running (an annotation): the next publish writes the new
+/// spec, once, without reading the Node again; back to the InternalIP works too.
+#[tokio::test]
+async fn changed_settings_are_published_once_without_reading_the_node_again() {
+    let api = FakeApi::start().await;
+    api.put_node("n1", &["10.99.1.0/24"], "192.168.77.1");
+    let key = PrivateKey::generate().public_key();
+    let mut publisher = Publisher::new(api.client(), "n1", 51820, PublishedEndpoint::InternalIp);
+    assert!(publisher.publish_spec(&key).await.unwrap());
+    let spec = || api.get(Kind::Wormhole, "n1").unwrap()["spec"].clone();
+    assert_eq!(spec()["endpoint"], "192.168.77.1:51820");
+
+    publisher.set_settings(NodeSettings {
+        endpoint: PublishedEndpoint::BehindNat,
+        persistent_keepalive: Some(25),
+    });
+    assert!(publisher.publish_spec(&key).await.unwrap());
+    assert!(spec().get("endpoint").is_none(), "{}", spec());
+    assert_eq!(spec()["persistentKeepalive"], 25);
+    assert!(
+        !publisher.publish_spec(&key).await.unwrap(),
+        "no change, no write"
+    );
+
+    publisher.set_settings(NodeSettings::default());
+    assert!(publisher.publish_spec(&key).await.unwrap());
+    assert_eq!(spec()["endpoint"], "192.168.77.1:51820");
+    assert!(spec().get("persistentKeepalive").is_none(), "{}", spec());
+    let node_reads = api
+        .requests()
+        .iter()
+        .filter(|r| r.target.starts_with("/api/v1/nodes/n1"))
+        .count();
+    assert_eq!(node_reads, 1, "the Node is read once");
 }
 
 #[tokio::test]
