@@ -47,6 +47,7 @@ use wormhole_core::{ErrorChain, Status, WireGuardDevice};
 use crate::ForeignCni;
 use crate::metrics::Metrics;
 use crate::preflight::PreflightReport;
+use crate::view::NodeSettingsView;
 use crate::view::StatusView;
 
 /// Rendered bodies, and the device's counters behind them, are reused for this long.
@@ -253,6 +254,8 @@ pub(crate) struct Admin {
     pub preflight: watch::Receiver<Option<PreflightReport>>,
     /// What `/readyz` makes of foreign CNI configurations.
     pub foreign_cni: ForeignCni,
+    /// Kubernetes mode: this node's per-node settings (in `/status`).
+    pub node_settings: watch::Receiver<Option<NodeSettingsView>>,
 }
 
 impl Admin {
@@ -365,7 +368,10 @@ impl Server {
         let body = Bytes::from(match which {
             Body::Status => {
                 let preflight = self.admin.preflight.borrow().clone();
-                let view = StatusView::new(&status, now).with_preflight(preflight);
+                let settings = self.admin.node_settings.borrow().clone();
+                let view = StatusView::new(&status, now)
+                    .with_preflight(preflight)
+                    .with_node_settings(settings);
                 serde_json::to_string_pretty(&view).expect("serializable")
             }
             Body::Metrics => self.admin.metrics.render(&status, now),
@@ -659,6 +665,7 @@ mod tests {
             access: Access::default(),
             preflight: watch::channel(None).1,
             foreign_cni: ForeignCni::Warn,
+            node_settings: watch::channel(None).1,
         };
         (Arc::new(admin), tx, device, peer)
     }
@@ -799,6 +806,7 @@ mod tests {
             let admin = Arc::new(Admin {
                 preflight,
                 foreign_cni: policy,
+                node_settings: watch::channel(None).1,
                 status: admin.status.clone(),
                 device,
                 metrics: admin.metrics.clone(),

@@ -21,7 +21,7 @@ use wormhole_core::{
 use wormhole_k8s::EventSink;
 use wormhole_k8s::SecretKeyStore;
 use wormhole_k8s::{KubePeerSource, detect_cluster_cidrs};
-use wormhole_k8s::{PublishedEndpoint, Publisher};
+use wormhole_k8s::{LocalSettings, NodeSettings, PublishedEndpoint, Publisher};
 use wormhole_k8s::{STATE_FILE, StateStore};
 use wormhole_linux::{Network, Nftables};
 
@@ -33,7 +33,7 @@ use crate::health::{self, ProbeSettings};
 use crate::host::Inputs;
 use crate::metrics::Metrics;
 use crate::preflight::{self, Phase, PodCidrs, PreflightReport};
-use crate::{AgentBuilder, EnvironmentError, Error, cni, lock};
+use crate::{AgentBuilder, EnvironmentError, Error, cni, lock, node_settings};
 
 /// The WireGuard MTU: underlay MTU - 80, the underlay being the interface holding this node's
 /// endpoint address in the peers file (or its Node's InternalIP, saved for starts without the
@@ -238,7 +238,11 @@ async fn cluster_cidrs(
     }
 }
 
-/// The peer source and key store of the chosen mode.
+/// This node's annotations, as the Kubernetes source passes them on.
+type NodeAnnotations = watch::Receiver<Option<wormhole_k8s::Annotations>>;
+
+/// The peer source and key store of the chosen mode, and in Kubernetes mode this node's
+/// annotations from the source's Node watch.
 fn source_and_keys(
     config: &Options,
     peers: Peers,
@@ -247,13 +251,14 @@ fn source_and_keys(
     cidrs: &[IpNet],
     client: Option<&kube::Client>,
     state: Option<&StateStore>,
-) -> (PeerStream, Arc<dyn KeyStore>) {
+) -> (PeerStream, Arc<dyn KeyStore>, Option<NodeAnnotations>) {
     match peers {
         Peers::File(path) => (
             from_peer_source(FilePeerSource::new(path)),
             Arc::new(file_keys),
+            None,
         ),
-        Peers::Custom(source) => (source, Arc::new(file_keys)),
+        Peers::Custom(source) => (source, Arc::new(file_keys), None),
         Peers::Kubernetes(options) => {
             let client = client.expect("start() makes the client before loading keys");
             let state = state.expect("start() opens the state file in Kubernetes mode");
@@ -272,20 +277,30 @@ fn source_and_keys(
             )
             .with_external_cidrs(options.external_cidrs.clone())
             .with_state(state.clone());
-            (from_peer_source(source), keys)
+            let annotations = source.node_annotations();
+            (from_peer_source(source), keys, Some(annotations))
         }
     }
 }
 
-/// Kubernetes mode: publishes this node's WormholeNode and Events as the status changes.
+/// Kubernetes mode: publishes this node's WormholeNode and Events as the status changes, with
+/// the per-node settings its Node's annotations give (published once they were read).
 async fn follow_kubernetes(
     mut status: watch::Receiver<Status>,
     mut publisher: Publisher,
     mut events: EventSink,
+    mut settings: node_settings::Follower,
+    node: String,
 ) {
     loop {
+        if let Some(in_force) = settings.update() {
+            publisher.set_settings(in_force);
+        }
+        settings.report(&mut events, &node).await;
         let current = status.borrow_and_update().clone();
-        if let Some(key) = current.public_key {
+        if settings.known()
+            && let Some(key) = current.public_key
+        {
             if let Err(e) = publisher.publish_spec(&key).await {
                 tracing::warn!(error = %ErrorChain(&e), "cannot publish this node's WormholeNode; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -300,6 +315,7 @@ async fn follow_kubernetes(
         let due = publisher.status_due();
         tokio::select! {
             changed = status.changed() => if changed.is_err() { return },
+            () = settings.changed() => {}
             () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await },
                 if due.is_some() => {}
         }
@@ -487,14 +503,8 @@ impl Agent {
             .is_some()
             .then(|| StateStore::open(state_dir(&options.key_file).join(STATE_FILE)));
         let publish = match &peers {
-            Peers::Kubernetes(k) => {
-                if k.endpoint == PublishedEndpoint::BehindNat && k.persistent_keepalive.is_none() {
-                    tracing::warn!(
-                        "this node publishes no endpoint (behind NAT) and no persistent keepalive: its NAT may close the mapping and peers then cannot reach it until it sends again; set one (--persistent-keepalive 25)"
-                    );
-                }
-                client.clone().map(|c| (c, k.clone()))
-            }
+            // The settings it publishes are told once its Node's annotations were read.
+            Peers::Kubernetes(k) => client.clone().map(|c| (c, k.clone())),
             _ => None,
         };
         let network = Arc::new(Network::new(options.interface.as_str())?);
@@ -550,7 +560,7 @@ impl Agent {
                 None
             }
         };
-        let (source, keys) = source_and_keys(
+        let (source, keys, annotations) = source_and_keys(
             &options,
             peers,
             file_keys,
@@ -565,6 +575,15 @@ impl Agent {
             interface = %options.interface, mtu, source = %source_text, "starting"
         );
 
+        // An endpoint annotation inside the overlay would make every peer refuse this node.
+        let overlay: Vec<IpNet> = match &publish {
+            Some((_, k)) => cluster_cidrs
+                .iter()
+                .chain(&k.external_cidrs)
+                .copied()
+                .collect(),
+            None => Vec::new(),
+        };
         let mut settings = Settings::new(&options.node_name, cluster_cidrs);
         settings.host = HostSettings {
             interface: options.interface.clone(),
@@ -603,7 +622,12 @@ impl Agent {
             options,
             reconciler,
             source,
-            publish,
+            publish: publish.map(|(client, kubernetes)| Publish {
+                client,
+                kubernetes,
+                annotations: annotations.expect("the Kubernetes source passes annotations"),
+                overlay,
+            }),
             network,
             firewall,
             device,
@@ -616,13 +640,23 @@ impl Agent {
     }
 }
 
+/// Kubernetes mode: what the publishing task needs.
+struct Publish {
+    client: kube::Client,
+    kubernetes: KubernetesOptions,
+    /// This node's annotations, from the source's Node watch.
+    annotations: NodeAnnotations,
+    /// The cluster and external CIDRs: no endpoint may lie inside.
+    overlay: Vec<IpNet>,
+}
+
 /// A started agent: [`Running::run_until`] applies and keeps the mesh.
 pub struct Running {
     options: Options,
     reconciler: Reconciler,
     source: PeerStream,
     /// Kubernetes mode: the client and what to publish.
-    publish: Option<(kube::Client, KubernetesOptions)>,
+    publish: Option<Publish>,
     network: Arc<Network>,
     firewall: Arc<Nftables>,
     device: Arc<dyn WireGuardDevice>,
@@ -678,7 +712,8 @@ impl Running {
         let (preflight_tx, preflight_rx) = watch::channel(None);
         let checkup_events = publish
             .as_ref()
-            .map(|(client, _)| EventSink::new(client.clone(), &options.node_name));
+            .map(|p| EventSink::new(p.client.clone(), &options.node_name));
+        let (settings_tx, settings_rx) = watch::channel(None);
         let checkup_task = tokio::spawn(checkup::follow(
             checkup,
             reconciler.status(),
@@ -715,6 +750,7 @@ impl Running {
                 },
                 preflight: preflight_rx.clone(),
                 foreign_cni: options.foreign_cni,
+                node_settings: settings_rx,
             };
             tokio::spawn(admin::listen_and_serve(addr, Arc::new(admin)))
         });
@@ -727,7 +763,13 @@ impl Running {
                 mtu,
             ))
         });
-        let kube_task = publish.map(|(client, kubernetes)| {
+        let kube_task = publish.map(|publish| {
+            let Publish {
+                client,
+                kubernetes,
+                annotations,
+                overlay,
+            } = publish;
             let publisher = Publisher::new(
                 client.clone(),
                 &options.node_name,
@@ -737,7 +779,17 @@ impl Running {
             .with_keepalive(kubernetes.persistent_keepalive)
             .with_status_interval(STATUS_INTERVAL);
             let events = EventSink::new(client, &options.node_name);
-            tokio::spawn(follow_kubernetes(status, publisher, events))
+            let flags = NodeSettings {
+                endpoint: kubernetes.endpoint,
+                persistent_keepalive: kubernetes.persistent_keepalive,
+            };
+            let settings = node_settings::Follower::new(
+                LocalSettings::new(flags, options.listen_port, overlay),
+                annotations,
+                settings_tx,
+            );
+            let node = options.node_name.clone();
+            tokio::spawn(follow_kubernetes(status, publisher, events, settings, node))
         });
 
         reconciler.run(source, shutdown).await;

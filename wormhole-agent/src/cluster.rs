@@ -797,6 +797,7 @@ mod tests {
             peers,
             preflight: None,
             foreign_cni_configs: Vec::new(),
+            node_settings: None,
         }
     }
 

@@ -214,6 +214,7 @@ impl Bytes<'_> {
             peers: Vec::new(),
             preflight: None,
             foreign_cni_configs: Vec::new(),
+            node_settings: None,
         };
         for _ in 0..self.byte() % 6 {
             let name = self.name();

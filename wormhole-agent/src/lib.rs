@@ -57,6 +57,7 @@ mod lock;
 mod metrics;
 #[cfg(test)]
 mod monitoring;
+mod node_settings;
 mod preflight;
 mod uninstall;
 mod view;
@@ -75,7 +76,10 @@ pub use preflight::{
     Check, DEFAULT_CNI_BIN_DIRS, DEFAULT_CNI_DATA_DIR, Level, MAX_LISTED, PreflightReport,
 };
 pub use uninstall::{Trace, Uninstall, UninstallReport};
-pub use view::{PassView, PeerView, StatusView};
+pub use view::{NodeSettingsView, PassView, PeerView, StatusView};
+/// What [`KubernetesOptions`] takes, and the parsers `wormhole run` shares with the Node
+/// annotations that override them.
+pub use wormhole_k8s::{PublishedEndpoint, SettingError, parse_keepalive};
 
 /// The README's Rust examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]

@@ -51,6 +51,36 @@ pub struct PassView {
     pub error: Option<String>,
 }
 
+/// Kubernetes mode: what this node publishes about itself, and where each setting comes from
+/// (its options, or an annotation on its Node).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSettingsView {
+    /// `none` (behind NAT), `internal-ip` (the Node's InternalIP), or `IP:PORT`.
+    pub endpoint: String,
+    /// `flag` (the option, its environment variable or the config file) or `annotation`.
+    pub endpoint_from: String,
+    /// Seconds; `null`: off.
+    pub persistent_keepalive: Option<u16>,
+    /// `flag` or `annotation`.
+    pub persistent_keepalive_from: String,
+    /// Annotations of `wormhole.dev/` refused, each with why (their settings stay as they were).
+    #[serde(default)]
+    pub refused: Vec<String>,
+}
+
+impl NodeSettingsView {
+    pub(crate) fn new(settings: &wormhole_k8s::LocalSettings) -> Self {
+        let in_force = settings.in_force();
+        NodeSettingsView {
+            endpoint: in_force.endpoint.to_string(),
+            endpoint_from: settings.endpoint_from().as_str().into(),
+            persistent_keepalive: in_force.persistent_keepalive,
+            persistent_keepalive_from: settings.keepalive_from().as_str().into(),
+            refused: settings.refused().iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
 /// Everything `wormhole status` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
@@ -77,6 +107,10 @@ pub struct StatusView {
     /// uses the first by name): new pods on this node are not attached by Wormhole.
     #[serde(default)]
     pub foreign_cni_configs: Vec<String>,
+    /// Kubernetes mode: this node's per-node settings (`null` in other modes, from agents
+    /// without them, or before the Node was read).
+    #[serde(default)]
+    pub node_settings: Option<NodeSettingsView>,
 }
 
 fn millis(d: std::time::Duration) -> f64 {
@@ -159,7 +193,14 @@ impl StatusView {
             peers,
             preflight: None,
             foreign_cni_configs: Vec::new(),
+            node_settings: None,
         }
+    }
+
+    /// The view with this node's per-node settings in it.
+    pub(crate) fn with_node_settings(mut self, settings: Option<NodeSettingsView>) -> Self {
+        self.node_settings = settings;
+        self
     }
 
     /// The view with the agent's latest preflight in it.
@@ -173,12 +214,17 @@ impl StatusView {
     }
 
     /// The agent is ready, every node peer is `ok` (and nothing was rejected), no preflight
-    /// check failed and no CNI configuration takes precedence over Wormhole's. External peers
-    /// (a laptop that is off) do not count; preflight warnings do not either.
+    /// check failed, no CNI configuration takes precedence over Wormhole's and no annotation
+    /// of this node was refused. External peers (a laptop that is off) do not count; preflight
+    /// warnings do not either.
     pub fn all_ok(&self) -> bool {
         self.ready
             && self.peers.iter().all(|p| p.external || p.state == "ok")
             && self.foreign_cni_configs.is_empty()
+            && self
+                .node_settings
+                .as_ref()
+                .is_none_or(|s| s.refused.is_empty())
             && self
                 .preflight
                 .as_ref()

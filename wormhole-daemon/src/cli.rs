@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use serde::Deserialize;
 use wormhole_agent::KubernetesOptions;
+use wormhole_agent::PublishedEndpoint;
 use wormhole_core::Escaped;
 use wormhole_core::InterfaceName;
 use wormhole_core::is_dns1123_subdomain;
@@ -244,14 +245,17 @@ pub struct RunArgs {
     /// The namespace of --psk-secret [default: wormhole].
     #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_PSK_SECRET_NAMESPACE", value_name = "NAMESPACE")]
     pub psk_secret_namespace: Option<String>,
-    /// With --kubernetes: the endpoint to publish, or `none` behind NAT (peers learn it from
-    /// this node's handshakes) [default: the Node's InternalIP, --listen-port].
-    #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_ENDPOINT", value_name = "IP:PORT|none")]
+    /// With --kubernetes: the endpoint to publish: `IP:PORT`, `IP` (with --listen-port),
+    /// `none` behind NAT (peers learn it from this node's handshakes), or `internal-ip` (the
+    /// Node's InternalIP and --listen-port) [default: internal-ip]. The Node annotation
+    /// `wormhole.dev/endpoint` overrides it for one node.
+    #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_ENDPOINT", value_name = "IP:PORT|IP|none|internal-ip")]
     pub endpoint: Option<String>,
     /// With --kubernetes: a persistent keepalive in seconds, published for this node (behind
     /// NAT: it keeps the mapping open), used by it toward every peer and by every peer toward it.
-    /// 0: off. (In a peers file: `persistent_keepalive` on the node's entry.)
-    #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_PERSISTENT_KEEPALIVE", value_name = "SECONDS")]
+    /// 0: off. The Node annotation `wormhole.dev/persistent-keepalive` overrides it for one
+    /// node. (In a peers file: `persistent_keepalive` on the node's entry.)
+    #[arg(help_heading = HEADING_KUBERNETES, long, env = "WORMHOLE_PERSISTENT_KEEPALIVE", value_name = "SECONDS", value_parser = keepalive_arg)]
     pub persistent_keepalive: Option<u16>,
     /// With --kubernetes: a range set aside for WormholePeers (machines outside the cluster);
     /// repeat for more. Their allowed IPs must lie in one; without any, every WormholePeer is
@@ -653,6 +657,14 @@ fn peer_metrics(
     }
 }
 
+/// `--persistent-keepalive`: the parser of the annotation `wormhole.dev/persistent-keepalive`
+/// (0 is off, as there).
+fn keepalive_arg(text: &str) -> Result<u16, String> {
+    wormhole_agent::parse_keepalive(text)
+        .map(|seconds| seconds.unwrap_or(0))
+        .map_err(|e| e.to_string())
+}
+
 fn parse_mtu(text: &str) -> Result<Option<u32>, String> {
     if text.trim() == "auto" {
         return Ok(None);
@@ -740,18 +752,11 @@ impl RunArgs {
                     let ns = self.psk_secret_namespace.or(file.psk_secret_namespace);
                     options = options.psk_secret(ns.as_deref().unwrap_or("wormhole"), name);
                 }
-                match self.endpoint.or(file.endpoint).as_deref().map(str::trim) {
-                    None => {}
-                    Some("none") => options = options.behind_nat(),
-                    Some(text) => {
-                        let endpoint: SocketAddr = text.parse().map_err(|_| {
-                            format!(
-                                "invalid --endpoint \"{}\": IP:PORT ([IPv6]:PORT), or none for a node behind NAT",
-                                Escaped(text)
-                            )
-                        })?;
-                        options = options.endpoint(endpoint);
-                    }
+                if let Some(text) = self.endpoint.or(file.endpoint) {
+                    // The parser of the annotation wormhole.dev/endpoint: one syntax for both.
+                    let listen_port = self.listen_port.or(file.listen_port).unwrap_or(51820);
+                    options.endpoint = PublishedEndpoint::parse(&text, listen_port)
+                        .map_err(|e| format!("invalid --endpoint \"{}\": {e}", Escaped(&text)))?;
                 }
                 if let Some(seconds) = self.persistent_keepalive.or(file.persistent_keepalive) {
                     options = options.persistent_keepalive(seconds);
@@ -1227,6 +1232,27 @@ mod tests {
             err.contains("invalid --endpoint \"nat.example:1\"") && err.contains("none"),
             "{err}"
         );
+        // The syntax of the annotation wormhole.dev/endpoint (one parser): an address alone
+        // takes the listen port, internal-ip is the default said out loud, and an address every
+        // peer would refuse is refused here.
+        assert_eq!(
+            kube(&["--endpoint", "203.0.113.5", "--listen-port", "4000"]).unwrap(),
+            (
+                PublishedEndpoint::Fixed("203.0.113.5:4000".parse().unwrap()),
+                None
+            )
+        );
+        assert_eq!(
+            kube(&["--endpoint", "internal-ip"]).unwrap(),
+            (PublishedEndpoint::InternalIp, None)
+        );
+        let err = kube(&["--endpoint", "127.0.0.1:51820"]).unwrap_err();
+        assert!(
+            err.starts_with("invalid --endpoint \"127.0.0.1:51820\": loopback address"),
+            "{err}"
+        );
+        let err = kube(&["--persistent-keepalive", "25s"]).unwrap_err();
+        assert!(err.contains("not a whole number of seconds"), "{err}");
         let err = kube(&["--persistent-keepalive", "70000"]).unwrap_err();
         assert!(err.contains("--persistent-keepalive"), "{err}");
         for flag in [["--endpoint", "none"], ["--persistent-keepalive", "25"]] {

@@ -81,6 +81,7 @@ pub fn table(view: &StatusView) -> String {
     if let Some(e) = &view.source_error {
         out += &format!("peer source error (last good mesh kept): {}\n", escape(e));
     }
+    out += &settings_lines(view);
     out += &preflight_lines(view);
     out += "\n";
     let header = [
@@ -149,6 +150,27 @@ pub fn table(view: &StatusView) -> String {
     if !hints.is_empty() {
         out += "\nwhat to check:\n";
         out += &hints.concat();
+    }
+    out
+}
+
+/// Kubernetes mode: the per-node settings in force and where each comes from, and every
+/// annotation refused; escaped.
+fn settings_lines(view: &StatusView) -> String {
+    let Some(s) = &view.node_settings else {
+        return String::new();
+    };
+    let keepalive = s
+        .persistent_keepalive
+        .map_or("off".to_owned(), |k| format!("{k} s"));
+    let mut out = format!(
+        "published endpoint {} ({}), persistent keepalive {keepalive} ({})\n",
+        escape(&s.endpoint),
+        escape(&s.endpoint_from),
+        escape(&s.persistent_keepalive_from),
+    );
+    for refused in &s.refused {
+        out += &format!("  REFUSED {}\n", escape(refused));
     }
     out
 }
@@ -466,6 +488,13 @@ mod tests {
                 foreign_cni_configs: vec![hostile.into()],
             }),
             foreign_cni_configs: vec![hostile.into()],
+            node_settings: Some(wormhole_agent::NodeSettingsView {
+                endpoint: hostile.into(),
+                endpoint_from: hostile.into(),
+                persistent_keepalive: Some(25),
+                persistent_keepalive_from: hostile.into(),
+                refused: vec![hostile.into()],
+            }),
         };
         let text = table(&view);
         let bad: Vec<char> = text
@@ -604,6 +633,48 @@ mod tests {
         assert!(
             text.contains("CNI: 10-flannel.conflist take(s) precedence over 10-wormhole.conflist"),
             "{text}"
+        );
+
+        // Per-node settings: shown with where they come from; a refused annotation is not ok.
+        let settings = wormhole_agent::NodeSettingsView {
+            endpoint: "none".into(),
+            endpoint_from: "annotation".into(),
+            persistent_keepalive: None,
+            persistent_keepalive_from: "flag".into(),
+            refused: Vec::new(),
+        };
+        let annotated = StatusView {
+            node_settings: Some(settings.clone()),
+            ..ready.clone()
+        };
+        assert!(annotated.all_ok());
+        assert!(
+            table(&annotated).contains(
+                "published endpoint none (annotation), persistent keepalive off (flag)\n"
+            ),
+            "{}",
+            table(&annotated)
+        );
+        let refused = StatusView {
+            node_settings: Some(wormhole_agent::NodeSettingsView {
+                refused: vec![
+                    "annotation wormhole.dev/persistent-keepalive=\"25s\" refused: ...".into(),
+                ],
+                ..settings
+            }),
+            ..ready.clone()
+        };
+        assert!(!refused.all_ok(), "a refused annotation is not ok");
+        assert!(
+            table(&refused).contains(
+                "\n  REFUSED annotation wormhole.dev/persistent-keepalive=\"25s\" refused: ...\n"
+            ),
+            "{}",
+            table(&refused)
+        );
+        assert!(
+            !table(&ready).contains("published endpoint"),
+            "not in other modes"
         );
     }
 }
