@@ -25,6 +25,9 @@ pub(crate) struct Follower {
     known: bool,
     /// The source is gone (shutdown): nothing more to follow.
     closed: bool,
+    /// [`changed`](Self::changed) saw a change (and so marked it seen) that
+    /// [`update`](Self::update) has not read yet.
+    pending: bool,
 }
 
 impl Follower {
@@ -39,6 +42,7 @@ impl Follower {
             view,
             known: false,
             closed: false,
+            pending: false,
         }
     }
 
@@ -51,7 +55,9 @@ impl Follower {
     /// Reads the annotations if they changed: the new settings in force when they changed (or
     /// were read for the first time), each new refusal and change logged, `/status` updated.
     pub(crate) fn update(&mut self) -> Option<NodeSettings> {
-        if self.known && !self.annotations.has_changed().unwrap_or(false) {
+        let changed = std::mem::take(&mut self.pending)
+            || self.annotations.has_changed().unwrap_or(false);
+        if self.known && !changed {
             return None;
         }
         let annotations = self.annotations.borrow_and_update().clone()?;
@@ -104,5 +110,87 @@ impl Follower {
             self.closed = true;
             std::future::pending::<()>().await;
         }
+        self.pending = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wormhole_k8s::{ENDPOINT_ANNOTATION, PERSISTENT_KEEPALIVE_ANNOTATION};
+
+    fn follower() -> (
+        Follower,
+        watch::Sender<Option<Annotations>>,
+        watch::Receiver<Option<NodeSettingsView>>,
+    ) {
+        let (tx, rx) = watch::channel(None);
+        let (view_tx, view_rx) = watch::channel(None);
+        let flags = NodeSettings {
+            endpoint: PublishedEndpoint::InternalIp,
+            persistent_keepalive: None,
+        };
+        let settings = LocalSettings::new(flags, 51820, Vec::new());
+        (Follower::new(settings, rx, view_tx), tx, view_rx)
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> Option<Annotations> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// The publisher waits for the annotations, then gets every change that `changed` wakes it
+    /// for (it used to miss them: waking marks the change seen).
+    #[tokio::test]
+    async fn every_change_of_the_annotations_reaches_the_publisher() {
+        let (mut follower, tx, view) = follower();
+        assert_eq!(follower.update(), None);
+        assert!(!follower.known(), "nothing published before the Node is read");
+        tx.send_replace(annotations(&[]));
+        follower.changed().await;
+        assert_eq!(
+            follower.update(),
+            Some(NodeSettings::default()),
+            "the flags, once read"
+        );
+        assert!(follower.known());
+        assert_eq!(follower.update(), None, "nothing new");
+
+        tx.send_replace(annotations(&[
+            (ENDPOINT_ANNOTATION, "none"),
+            (PERSISTENT_KEEPALIVE_ANNOTATION, "25"),
+        ]));
+        tokio::time::timeout(std::time::Duration::from_secs(5), follower.changed())
+            .await
+            .unwrap();
+        assert_eq!(
+            follower.update(),
+            Some(NodeSettings {
+                endpoint: PublishedEndpoint::BehindNat,
+                persistent_keepalive: Some(25),
+            })
+        );
+        assert_eq!(view.borrow().as_ref().unwrap().endpoint, "none");
+
+        // A refused value: no new settings, the refusal in the view.
+        tx.send_replace(annotations(&[
+            (ENDPOINT_ANNOTATION, "none"),
+            (PERSISTENT_KEEPALIVE_ANNOTATION, "soon"),
+        ]));
+        follower.changed().await;
+        assert_eq!(follower.update(), None);
+        let shown = view.borrow().clone().unwrap();
+        assert_eq!(shown.persistent_keepalive, Some(25));
+        assert_eq!(shown.refused.len(), 1, "{shown:?}");
+
+        // The source gone (shutdown): changed() never resolves again.
+        drop(tx);
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(50), follower.changed()).await;
+        assert!(waited.is_err());
     }
 }

@@ -17,6 +17,7 @@ mod health;
 mod hostile;
 mod kubernetes;
 mod kubernetes_external;
+mod kubernetes_settings;
 mod measure;
 mod mesh;
 mod migration;
