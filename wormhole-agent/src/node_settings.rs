@@ -55,8 +55,8 @@ impl Follower {
     /// Reads the annotations if they changed: the new settings in force when they changed (or
     /// were read for the first time), each new refusal and change logged, `/status` updated.
     pub(crate) fn update(&mut self) -> Option<NodeSettings> {
-        let changed = std::mem::take(&mut self.pending)
-            || self.annotations.has_changed().unwrap_or(false);
+        let changed =
+            std::mem::take(&mut self.pending) || self.annotations.has_changed().unwrap_or(false);
         if self.known && !changed {
             return None;
         }
@@ -149,7 +149,10 @@ mod tests {
     async fn every_change_of_the_annotations_reaches_the_publisher() {
         let (mut follower, tx, view) = follower();
         assert_eq!(follower.update(), None);
-        assert!(!follower.known(), "nothing published before the Node is read");
+        assert!(
+            !follower.known(),
+            "nothing published before the Node is read"
+        );
         tx.send_replace(annotations(&[]));
         follower.changed().await;
         assert_eq!(

@@ -72,13 +72,15 @@ fn annotations_put_one_node_behind_nat(backend: Backend) {
         spec("n3"),
         c.logs()
     );
-    assert_eq!(
-        settings(&c, n3),
-        serde_json::json!({
-            "endpoint": "none", "endpoint_from": "annotation",
-            "persistent_keepalive": 25, "persistent_keepalive_from": "annotation", "refused": [],
-        })
-    );
+    // `/status` is rendered at most once a second.
+    let annotated = serde_json::json!({
+        "endpoint": "none", "endpoint_from": "annotation",
+        "persistent_keepalive": 25, "persistent_keepalive_from": "annotation", "refused": [],
+    });
+    let shown = poll(scaled(Duration::from_secs(5)), || {
+        Some(settings(&c, n3)).filter(|s| *s == annotated)
+    });
+    assert!(shown.is_some(), "{}", settings(&c, n3));
     // n1 and n2 learn where n3 is from its handshakes: every pair works, through the NAT.
     for i in [1, 2] {
         let node = c.node(i);
@@ -92,7 +94,10 @@ fn annotations_put_one_node_behind_nat(backend: Backend) {
             (row["state"] == "ok").then_some(row)
         })
         .unwrap_or_else(|| panic!("n{i} never reached n3\n{}", c.logs()));
-        assert_eq!(row["endpoint"], "192.168.77.203:51820", "n3's router: {row}");
+        assert_eq!(
+            row["endpoint"], "192.168.77.203:51820",
+            "n3's router: {row}"
+        );
     }
     for i in [1, 2, n3] {
         c.add_pods(i, &["a"]);
@@ -146,14 +151,21 @@ fn annotations_put_one_node_behind_nat(backend: Backend) {
         c.node(n3).log_tail()
     );
     let (code, text) = c.node(n3).status(&[]);
-    assert_eq!(code.code(), Some(4), "a refused annotation is not ok: {text}");
+    assert_eq!(
+        code.code(),
+        Some(4),
+        "a refused annotation is not ok: {text}"
+    );
     assert!(
         text.contains("published endpoint none (annotation), persistent keepalive 25 s (annotation)\n  REFUSED annotation wormhole.dev/persistent-keepalive=\"soon\" refused:"),
         "{text}"
     );
     std::thread::sleep(scaled(Duration::from_secs(2)));
     let kept = spec("n3").unwrap();
-    assert_eq!(kept["persistentKeepalive"], 25, "the old value kept: {kept}");
+    assert_eq!(
+        kept["persistentKeepalive"], 25,
+        "the old value kept: {kept}"
+    );
     assert!(kept.get("endpoint").is_none(), "{kept}");
 
     // Fixed: nothing refused any more, the same settings.
