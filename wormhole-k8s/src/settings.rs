@@ -128,9 +128,8 @@ pub enum SettingError {
     KeepaliveSyntax,
     /// `wormhole.dev/listen-port`: deliberately not a per-node setting.
     #[error(
-        "the listen port is not a per-node setting: it is the DaemonSet's --listen-port \
-         (changing it rebinds the device, which needs a restart); behind a port forward, set \
-         {ENDPOINT_ANNOTATION} to the public IP:PORT instead"
+        "the listen port is not a per-node setting: it is the DaemonSet's --listen-port, bound \
+         at start; behind a port forward, set {ENDPOINT_ANNOTATION} to the public IP:PORT instead"
     )]
     ListenPort,
     /// Another key in `wormhole.dev/` (a typo?).

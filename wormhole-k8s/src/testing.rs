@@ -3,7 +3,8 @@
 //!
 //! It implements exactly what Wormhole uses: list (with `limit`/`continue` paging) and chunked
 //! watch of Nodes, WormholeNodes and WormholePeers with resourceVersions, `410 Gone` for versions older than the
-//! last [`FakeApi::compact`], get, server-side apply of WormholeNodes and their status, Secret and
+//! last [`FakeApi::compact`], get, Node annotations ([`FakeApi::annotate_node`], as `kubectl
+//! annotate` sets them), server-side apply of WormholeNodes and their status, Secret and
 //! ConfigMap get, Event create/patch, and ownerReference garbage collection when a Node is
 //! deleted. [`FakeApi::stop`] and [`FakeApi::start`] simulate an API server restart,
 //! [`FakeApi::hang`] one that accepts requests and never answers. Applied
