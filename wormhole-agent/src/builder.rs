@@ -75,10 +75,13 @@ pub struct KubernetesOptions {
     pub kubeconfig: Option<PathBuf>,
     /// `(namespace, name)` of the Secret holding the cluster's PSK.
     pub psk_secret: Option<(String, String)>,
-    /// The endpoint this node publishes (default: its Node's InternalIP and the listen port).
+    /// The endpoint this node publishes (default: its Node's InternalIP and the listen port),
+    /// unless its Node's annotation `wormhole.dev/endpoint` says otherwise (see
+    /// [`LocalSettings`](wormhole_k8s::LocalSettings)).
     pub endpoint: wormhole_k8s::PublishedEndpoint,
     /// The persistent keepalive this node publishes (seconds; for a node behind NAT): it and
-    /// every peer use it toward each other.
+    /// every peer use it toward each other. Its Node's annotation
+    /// `wormhole.dev/persistent-keepalive` overrides it.
     pub persistent_keepalive: Option<u16>,
     /// The ranges WormholePeers' allowed IPs must lie in; none: every WormholePeer is refused.
     pub external_cidrs: Vec<IpNet>,

@@ -192,7 +192,10 @@ impl Origin {
 }
 
 /// The per-node settings in force on this node: its options, overridden by its Node's
-/// annotations (see the [module](self)).
+/// annotations. A valid annotation overrides the option, a removed one gives the option back,
+/// and a refused one (a bad value, an unknown `wormhole.dev/` key) changes nothing: the value
+/// in force stays (the option's, or the last good annotation's) and the refusal is kept with its
+/// reason ([`refused`](Self::refused)).
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
     options: NodeSettings,
