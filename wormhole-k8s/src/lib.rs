@@ -63,8 +63,8 @@ pub use peer::{
 };
 pub use publisher::{Publisher, internal_ip, published_state};
 pub use settings::{
-    ANNOTATIONS, LocalSettings, NodeSettings, Origin, PublishedEndpoint, RefusedAnnotation,
-    SettingError, parse_keepalive,
+    LocalSettings, NodeSettings, Origin, PublishedEndpoint, RefusedAnnotation, SettingError,
+    parse_keepalive,
 };
 pub use source::{Annotations, KubePeerSource, detect_cluster_cidrs, pod_subnets};
 pub use state::{STATE_FILE, SavedExternal, SavedNode, SavedState, StateStore};
@@ -82,6 +82,9 @@ pub const ENDPOINT_ANNOTATION: &str = "wormhole.dev/endpoint";
 /// Node annotation: this node's persistent keepalive in seconds, overriding
 /// `--persistent-keepalive` (same values: 0 to 65535, 0 off).
 pub const PERSISTENT_KEEPALIVE_ANNOTATION: &str = "wormhole.dev/persistent-keepalive";
+/// Node annotation refused on purpose, saying why: the listen port is bound at start, not a
+/// per-node setting ([`SettingError::ListenPort`]).
+pub const LISTEN_PORT_ANNOTATION: &str = "wormhole.dev/listen-port";
 /// The key of the cluster secret in the PSK Secret's data.
 pub const PSK_SECRET_KEY: &str = "psk";
 /// The first line of `deploy/crd.yaml`.

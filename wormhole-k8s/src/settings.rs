@@ -18,10 +18,9 @@ use std::ops::Bound;
 use ipnet::IpNet;
 use wormhole_core::{Escaped, RejectReason};
 
-use crate::{ANNOTATION_PREFIX, ENDPOINT_ANNOTATION, PERSISTENT_KEEPALIVE_ANNOTATION};
-
-/// The annotations this agent reads, in the order they are documented.
-pub const ANNOTATIONS: [&str; 2] = [ENDPOINT_ANNOTATION, PERSISTENT_KEEPALIVE_ANNOTATION];
+use crate::{
+    ANNOTATION_PREFIX, ENDPOINT_ANNOTATION, LISTEN_PORT_ANNOTATION, PERSISTENT_KEEPALIVE_ANNOTATION,
+};
 
 /// The endpoint a node publishes in its WormholeNode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -243,7 +242,7 @@ impl LocalSettings {
             }
             let error = match key.as_str() {
                 ENDPOINT_ANNOTATION | PERSISTENT_KEEPALIVE_ANNOTATION => continue,
-                "wormhole.dev/listen-port" => SettingError::ListenPort,
+                LISTEN_PORT_ANNOTATION => SettingError::ListenPort,
                 _ => SettingError::UnknownKey,
             };
             refuse(key, value, error);
