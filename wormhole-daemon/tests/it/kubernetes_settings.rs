@@ -61,6 +61,7 @@ fn annotations_put_one_node_behind_nat(backend: Backend) {
         .collect();
 
     // The admin annotates n3's Node while everything runs.
+    let annotated_at = std::time::Instant::now();
     api.annotate_node("n3", ENDPOINT_ANNOTATION, Some("none"));
     api.annotate_node("n3", PERSISTENT_KEEPALIVE_ANNOTATION, Some("25"));
     let nat = poll(scaled(Duration::from_secs(20)), || {
@@ -71,6 +72,10 @@ fn annotations_put_one_node_behind_nat(backend: Backend) {
         "n3's WormholeNode did not follow its annotations: {:?}\n{}",
         spec("n3"),
         c.logs()
+    );
+    eprintln!(
+        "n3's WormholeNode followed its annotations {:?} after they were set",
+        annotated_at.elapsed()
     );
     // `/status` is rendered at most once a second.
     let annotated = serde_json::json!({
