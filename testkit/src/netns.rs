@@ -40,6 +40,11 @@ impl Netns {
             &format!("{prefix}v{i}"),
             &format!("{}/24", underlay_ip(i)),
         );
+        // Forwarding off, as on a host nobody set it on (a new namespace may inherit the
+        // machine's): whatever needs it on must turn it on.
+        for sysctl in ["net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"] {
+            ns.sh(&["sysctl", "-qw", sysctl]);
+        }
         ns
     }
 

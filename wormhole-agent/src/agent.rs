@@ -714,12 +714,6 @@ impl Running {
             .as_ref()
             .map(|p| EventSink::new(p.client.clone(), &options.node_name));
         let (settings_tx, settings_rx) = watch::channel(None);
-        let checkup_task = tokio::spawn(checkup::follow(
-            checkup,
-            reconciler.status(),
-            preflight_tx,
-            checkup_events,
-        ));
         let status = merged.subscribe();
         let probes = options.probe_interval.map(|interval| ProbeSettings {
             interval,
@@ -735,6 +729,13 @@ impl Running {
         } else {
             (reconciler.status(), None)
         };
+        // The preflight sees each pass after forwarding was turned on for it.
+        let checkup_task = tokio::spawn(checkup::follow(
+            checkup,
+            passes.clone(),
+            preflight_tx,
+            checkup_events,
+        ));
         let health_task = tokio::spawn(health::run(passes, probes, merged));
         // Bound in the background: a busy admin port must not keep the mesh from being applied.
         let admin_task = options.admin_addr.map(|addr| {

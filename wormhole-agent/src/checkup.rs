@@ -1,5 +1,6 @@
 //! The preflight of a running agent ([`crate::preflight`]): once as it starts, then again after
-//! reconcile passes (at most every [`RECHECK_EVERY`](crate::preflight::RECHECK_EVERY)). Each
+//! reconcile passes (at most every [`RECHECK_EVERY`](crate::preflight::RECHECK_EVERY), and at
+//! once when the pod CIDRs in use change). Each
 //! change is logged (a problem at warn or error level with its fix, a fixed one at info); the
 //! latest report goes to `/status` and `/readyz` through a watch channel, and in Kubernetes
 //! mode each error becomes an Event on the Node (rate-limited).
@@ -172,6 +173,15 @@ pub(crate) async fn follow(
         if status.changed().await.is_err() {
             return;
         }
-        tokio::time::sleep_until((started + RECHECK_EVERY).into()).await;
+        // The next pass after RECHECK_EVERY, or at once the pass that changes the pod CIDRs in
+        // use (the first mesh applied: forwarding was just turned on for them, and a report
+        // from before must not stand for RECHECK_EVERY).
+        let deadline = (started + RECHECK_EVERY).into();
+        while status.borrow_and_update().pod_cidrs == in_use {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                changed = status.changed() => if changed.is_err() { return },
+            }
+        }
     }
 }
