@@ -19,10 +19,11 @@ for cmd in wireguard-go:wireguard-go wg:wireguard-tools nft:nftables ip:iproute2
   ping:iputils-ping iperf3:iperf3 jq:jq pgrep:procps iptables:iptables \
   podman:podman runc:runc catatonit:catatonit skopeo:skopeo umoci:umoci \
   docker-registry:docker-registry readelf:binutils openssl:openssl nsenter:util-linux \
-  man:man-db zsh:zsh fish:fish; do
+  man:man-db zsh:zsh fish:fish kubectl:kubernetes-client; do
   command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
 done
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: installing ${need[*]}"
   apt-get update -q
@@ -43,6 +44,11 @@ bash scripts/notices.sh --check
 bash scripts/vendor-gotatun.sh --check
 # The API docs: no broken or private links (the README's Rust examples run as wormhole-agent doctests).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
+# kubernetes-validate (PyPI) checks every variant `wormhole manifests` renders (tests/it/manifests.rs).
+kv=$PWD/target/kubernetes-validate
+[ -x "$kv/bin/kubernetes-validate" ] ||
+  { python3 -m venv "$kv" && "$kv/bin/pip" install -q kubernetes-validate==1.32.0; }
+export KUBERNETES_VALIDATE=$kv/bin/kubernetes-validate
 cargo test --workspace
 # The release binary, built once (fat LTO: the longest build here). The image ships it and the
 # scale test measures it, driven by the debug suite built above: `cargo test --release` would build
@@ -51,20 +57,22 @@ cargo build --release --locked -p wormhole-daemon
 release_bin=$PWD/target/release/wormhole
 # Kubernetes scale (5,000 Nodes against the fake API server): goals asserted on that binary.
 WORMHOLE_BIN=$release_bin cargo test -p wormhole-daemon --test it -- --ignored --nocapture kubernetes_scale
-# The image of that binary (scripts/image.sh fails over its size limit), twice: the same inputs
-# must give the same digest. cargo-cyclonedx (its SBOM) is installed if missing.
+# The release of that binary (scripts/release.sh: the image, which scripts/image.sh fails over
+# its size limit, its SBOM, the install manifests naming it by digest), and the image once more:
+# the same inputs must give the same digest. cargo-cyclonedx (the SBOM) is installed if missing.
 cargo cyclonedx --version >/dev/null 2>&1 || cargo install --locked cargo-cyclonedx@0.5.9
-bash scripts/image.sh --binary "$release_bin" --out target/image
+release=$PWD/target/release-artifacts
+bash scripts/release.sh --repository registry.example.com/wormhole --binary "$release_bin" --out "$release"
 bash scripts/image.sh --binary "$release_bin" --out target/image-again --no-sbom
-if ! cmp -s target/image/digest target/image-again/digest; then
-  echo "test: two builds of the image differ: $(cat target/image/digest), then $(cat target/image-again/digest)" >&2
+if ! cmp -s "$release/image/digest" target/image-again/digest; then
+  echo "test: two builds of the image differ: $(cat "$release/image/digest"), then $(cat target/image-again/digest)" >&2
   exit 1
 fi
 rm -rf target/image-again
-# The shipped DaemonSet run by podman on three netns nodes, with that image from a registry on
-# loopback (wormhole-daemon/tests/it/container.rs).
-WORMHOLE_IMAGE=$PWD/target/image/oci cargo test -p wormhole-daemon --test it -- --ignored --exact \
-  --nocapture container::container_the_shipped_daemonset_runs_in_podman_on_every_node
+# The released install run by podman on three netns nodes, with that image from a registry on
+# loopback, then its cleanup DaemonSet (wormhole-daemon/tests/it/container.rs).
+WORMHOLE_RELEASE=$release cargo test -p wormhole-daemon --test it -- --ignored --exact \
+  --nocapture container::container_the_released_install_runs_in_podman_on_every_node_and_uninstalls
 if [ "${SKIP_VM:-}" != 1 ]; then
   bash scripts/vm-lane.sh
 fi

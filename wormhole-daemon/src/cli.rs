@@ -130,7 +130,22 @@ pub enum Command {
     /// an agent runs here unless --force.
     #[command(after_help = EXIT_CODES)]
     Uninstall(crate::uninstall::UninstallArgs),
+    /// Print the whole install as one YAML stream for `kubectl apply -f -` (Namespace, CRDs,
+    /// RBAC, admission policy, DaemonSet), with the image and options set; --uninstall: the
+    /// cleanup DaemonSet instead.
+    #[command(after_help = MANIFESTS_EXAMPLES)]
+    Manifests(Box<crate::manifests::ManifestsArgs>),
+    /// Do nothing until stopped (SIGTERM or SIGINT): the container of the cleanup DaemonSet
+    /// (`wormhole manifests --uninstall`), whose work is done by its init container; the image
+    /// has no shell or `sleep`.
+    Idle,
 }
+
+/// `wormhole manifests --help`'s examples.
+const MANIFESTS_EXAMPLES: &str = "Examples:
+  wormhole manifests --image registry.example.com/wormhole@sha256:... | kubectl apply -f -
+  wormhole manifests --psk --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 > wormhole.yaml
+  wormhole manifests --uninstall --remove-keys | kubectl apply -f -";
 
 /// `wormhole version`.
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod cli;
 mod cluster;
 mod completion;
 mod graph;
+mod manifests;
 mod manpage;
 mod matrix;
 mod peer_config;
@@ -193,6 +194,28 @@ fn command(cli: cli::Cli) -> Result<cli::Exit, Failure> {
                 cli::GraphFormat::Dot => print!("{}", graph::dot::render(&cluster)),
             }
             Ok(cluster_exit(&cluster, false))
+        }
+        cli::Command::Manifests(args) => {
+            print!(
+                "{}",
+                args.render().map_err(|e| Failure::usage(e.to_string()))?
+            );
+            Ok(cli::Exit::Ok)
+        }
+        cli::Command::Idle => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    r = tokio::signal::ctrl_c() => r?,
+                }
+                Ok::<_, std::io::Error>(())
+            })?;
+            Ok(cli::Exit::Ok)
         }
         cli::Command::Genkey => {
             println!("{}", *PrivateKey::generate().to_base64_secret());

@@ -1,12 +1,15 @@
-//! The shipped manifests run by a real container engine (issue 21): the image scripts/image.sh
-//! built (`WORMHOLE_IMAGE`: its OCI layout) is pushed with skopeo to Debian's `docker-registry`
-//! on loopback, pulled from there by podman on every "node" (a network namespace on the
-//! underlay, with a file system of its own under a directory), and run by `podman kube play`
-//! (with runc) from the DaemonSet's pod template in `deploy/daemonset.yaml`, against the fake API
+//! The released install run by a real container engine (issues 21 and 22): what
+//! `scripts/release.sh` made (`WORMHOLE_RELEASE`: its directory) is installed as a user would.
+//! Its image is pushed with skopeo to Debian's `docker-registry` on loopback and pulled from
+//! there, by the digest `wormhole.yaml` names, by podman on every "node" (a network namespace on
+//! the underlay, with a file system of its own under a directory), and run by `podman kube play`
+//! (with runc) from the pod template of the DaemonSet in `wormhole.yaml`, against the fake API
 //! server run as a process of its own. Then the usual proof: pods attached by the real CNI
 //! plugins with the conflist the containerized agent wrote through its host path reach each
 //! other across nodes over IPv4 and IPv6, the underlay carries only WireGuard, the manifest's
-//! probes are answered, and every node published its WormholeNode.
+//! probes are answered, and every node published its WormholeNode. Last, the agents are
+//! removed and the cleanup DaemonSet of `wormhole-uninstall.yaml` runs on every node: after it,
+//! each node's namespace and host paths hold nothing Wormhole made.
 //!
 //! Between the manifest and podman stands [`kubelet_pod`], which does what the DaemonSet
 //! controller and the kubelet would, and nothing else (each step says why podman cannot do it
@@ -29,8 +32,6 @@ use crate::harness::{
     tcp_matrix,
 };
 
-/// The shipped DaemonSet.
-const DAEMONSET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
 /// The fake API server's address, on a host of its own on the underlay.
 const API: &str = "192.168.77.254:6443";
 /// Where the kubeconfig is mounted in the pod (see [`kubelet_pod`]).
@@ -253,13 +254,14 @@ struct KubeletNode<'a> {
     root: &'a Path,
 }
 
-/// The DaemonSet in `deploy/daemonset.yaml`, as JSON.
-fn shipped_daemonset() -> Value {
-    let text = std::fs::read_to_string(DAEMONSET).unwrap();
+/// The DaemonSet in the released manifest `file`, as JSON.
+fn released_daemonset(file: &Path) -> Value {
+    let text = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/release.sh writes it)", file.display()));
     yaml_serde::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("deploy/daemonset.yaml parses"))
+        .map(|doc| Value::deserialize(doc).expect("the released manifest parses"))
         .find(|doc| doc["kind"] == "DaemonSet")
-        .expect("a DaemonSet in deploy/daemonset.yaml")
+        .unwrap_or_else(|| panic!("no DaemonSet in {}", file.display()))
 }
 
 /// Expands `$(NAME)` with `vars` as Kubernetes does in env values, command and args (`$$` is a
@@ -292,8 +294,9 @@ fn expand(text: &str, vars: &[(String, String)]) -> String {
 /// The Pod the DaemonSet controller and the kubelet would run on `node`, for `podman kube play`:
 /// 1. The DaemonSet controller's part: a Pod of `spec.template`, named `{daemonset}-{node}`, in
 ///    the DaemonSet's namespace, with `spec.nodeName`.
-/// 2. The image: the manifest's `wormhole:TAG` stands for your registry's (the README says to
-///    set it); here `image`, the loopback registry's.
+/// 2. The image: the manifest's `REPOSITORY@DIGEST` stands for your registry's
+///    (`scripts/release.sh --repository`); here `image`, the loopback registry's, by the same
+///    digest.
 /// 3. The downward API: `valueFrom.fieldRef` env (`spec.nodeName`, `status.hostIP`,
 ///    `status.podIP`, which is the host's with hostNetwork, `metadata.name`,
 ///    `metadata.namespace`) become values, then `$(VAR)` is expanded in env values, command and
@@ -332,9 +335,10 @@ fn kubelet_pod(ds: &Value, node: &KubeletNode, image: &str, kubeconfig: &Path) -
         };
         for c in containers {
             let written = c["image"].as_str().unwrap();
+            let digest = image.split_once('@').map(|(_, d)| d);
             assert!(
-                written.split(':').next() == Some("wormhole"),
-                "the manifest's image {written} is not the wormhole image"
+                digest.is_some() && written.split_once('@').map(|(_, d)| d) == digest,
+                "the manifest's image {written} is not the image released ({image})"
             );
             c["image"] = json!(image);
             let mut vars: Vec<(String, String)> = Vec::new();
@@ -529,15 +533,15 @@ impl Drop for ContainerNode {
 }
 
 #[test]
-#[ignore = "needs the image: scripts/test.sh builds it (scripts/image.sh) and runs this with WORMHOLE_IMAGE"]
-fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
-    if !root_or_skip("container_the_shipped_daemonset_runs_in_podman_on_every_node") {
+#[ignore = "needs a release: scripts/test.sh makes one (scripts/release.sh) and runs this with WORMHOLE_RELEASE"]
+fn container_the_released_install_runs_in_podman_on_every_node_and_uninstalls() {
+    if !root_or_skip("container_the_released_install_runs_in_podman_on_every_node_and_uninstalls") {
         return;
     }
-    let layout =
-        PathBuf::from(std::env::var("WORMHOLE_IMAGE").expect(
-            "WORMHOLE_IMAGE: the OCI image layout scripts/image.sh wrote (target/image/oci)",
-        ));
+    let release = PathBuf::from(std::env::var("WORMHOLE_RELEASE").expect(
+        "WORMHOLE_RELEASE: the directory scripts/release.sh wrote (target/release-artifacts)",
+    ));
+    let layout = release.join("image/oci");
     let index: Value = serde_json::from_str(
         &std::fs::read_to_string(layout.join("index.json"))
             .unwrap_or_else(|e| panic!("{}/index.json: {e}", layout.display())),
@@ -556,10 +560,12 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
     // The image, into a registry on loopback.
     let registry = Registry::start(work.path());
     let reference = format!("{}/wormhole:{tag}", registry.addr);
+    let by_digest = format!("{}/wormhole@{digest}", registry.addr);
     checked(
         bounded("skopeo").args([
             "copy",
             "--quiet",
+            "--preserve-digests",
             "--dest-tls-verify=false",
             &format!("oci:{}:{tag}", layout.display()),
             &format!("docker://{reference}"),
@@ -587,6 +593,11 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
     std::fs::write(&conf, CONTAINERS_CONF).unwrap();
     let mut nodes: Vec<ContainerNode> = (1..=3)
         .map(|i| ContainerNode::new(underlay.node(&prefix, i), i, work.path(), &conf))
+        .collect();
+    // What each node held before Wormhole: the cleanup must leave exactly that.
+    let before: Vec<String> = nodes
+        .iter()
+        .map(|n| crate::uninstall::state(&n.ns))
         .collect();
     // Forwarding off, as on a host nobody set it on (a new namespace inherits IPv4's from the
     // machine's).
@@ -649,20 +660,25 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
     for node in &nodes {
         checked(
             node.podman(false)
-                .args(["pull", "--quiet", "--tls-verify=false", &reference]),
+                .args(["pull", "--quiet", "--tls-verify=false", &by_digest]),
             "podman pull",
         );
     }
-    let ds = shipped_daemonset();
-    let pod_of = |node: &ContainerNode| {
+    let ds = released_daemonset(&release.join("wormhole.yaml"));
+    let kubelet_node = |node: &ContainerNode| {
+        let ip = node.ip();
+        (node.name.clone(), ip, node.root.clone())
+    };
+    let pod_of = |ds: &Value, node: &ContainerNode| {
+        let (name, ip, root) = kubelet_node(node);
         kubelet_pod(
-            &ds,
+            ds,
             &KubeletNode {
-                name: &node.name,
-                ip: &node.ip(),
-                root: &node.root,
+                name: &name,
+                ip: &ip,
+                root: &root,
             },
-            &reference,
+            &by_digest,
             &kubeconfig,
         )
     };
@@ -672,7 +688,7 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
     // forwarding on (the container's /proc/sys is read-only), and readiness says so.
     {
         let n1 = &mut nodes[0];
-        let mut pod = pod_of(n1);
+        let mut pod = pod_of(&ds, n1);
         let c = &mut pod["spec"]["containers"][0];
         let sysctls = "host-proc-sys-net";
         c["volumeMounts"]
@@ -712,7 +728,7 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
     // The shipped pod on every node, one after the other: from `podman kube play`, and from
     // the agent's process start (the container's StartedAt), to ready; then both probes.
     for node in &mut nodes {
-        let pod = pod_of(node);
+        let pod = pod_of(&ds, node);
         let played = Instant::now();
         node.play(&pod, "pod.json");
         let (ns, ip) = (node.ns.name.clone(), node.ip());
@@ -858,5 +874,48 @@ fn container_the_shipped_daemonset_runs_in_podman_on_every_node() {
     drop(pods);
     for node in &mut nodes {
         node.down();
+    }
+
+    // The cleanup DaemonSet on every node (its init container runs `wormhole uninstall`; the
+    // kubelet would then start `wormhole idle`): the node holds what it held before Wormhole,
+    // its host paths nothing Wormhole wrote but the key (kept without --remove-keys).
+    let cleanup = released_daemonset(&release.join("wormhole-uninstall.yaml"));
+    for node in &mut nodes {
+        let pod = pod_of(&cleanup, node);
+        node.play(&pod, "cleanup.json");
+        let init = format!("wormhole-uninstall-{}-uninstall", node.name);
+        let done = poll(Duration::from_secs(60), || {
+            let state = checked(
+                node.podman(false).args([
+                    "inspect",
+                    "--format",
+                    "{{.State.Status}} {{.State.ExitCode}}",
+                    &init,
+                ]),
+                "podman inspect",
+            );
+            state.starts_with("exited").then_some(state)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: the uninstall never ended\n{}",
+                node.name,
+                node.log_tail(&init)
+            )
+        });
+        let log = node.logs(&init);
+        assert_eq!(done.trim(), "exited 0", "{}: {log}", node.name);
+        assert!(log.contains("10-wormhole.conflist"), "{}: {log}", node.name);
+        node.down();
+    }
+    for (node, before) in nodes.iter().zip(&before) {
+        assert_eq!(&crate::uninstall::state(&node.ns), before, "{}", node.name);
+        let conf = node.root.join("etc/cni/net.d");
+        assert!(!conf.join(CONFLIST).exists(), "{}", node.name);
+        let state: Vec<_> = std::fs::read_dir(node.root.join("var/lib/wormhole"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(state, ["private.key"], "{}", node.name);
     }
 }

@@ -18,6 +18,7 @@ mod hostile;
 mod kubernetes;
 mod kubernetes_external;
 mod kubernetes_settings;
+mod manifests;
 mod measure;
 mod mesh;
 mod migration;

@@ -13,7 +13,7 @@ use crate::harness::{
 
 /// What a namespace holds that a program could have made: links, addresses, routes of every
 /// table, the nftables ruleset. Counters and the kernel's link indices left out.
-fn state(ns: &Netns) -> String {
+pub(crate) fn state(ns: &Netns) -> String {
     let mut out = String::new();
     for args in [
         &["ip", "-o", "link", "show"][..],
