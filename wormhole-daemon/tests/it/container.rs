@@ -292,8 +292,8 @@ fn expand(text: &str, vars: &[(String, String)]) -> String {
 /// The Pod the DaemonSet controller and the kubelet would run on `node`, for `podman kube play`:
 /// 1. The DaemonSet controller's part: a Pod of `spec.template`, named `{daemonset}-{node}`, in
 ///    the DaemonSet's namespace, with `spec.nodeName`.
-/// 2. The image: the manifest's `wormhole:TAG` stands for your registry's (the README says to
-///    set it); here `image`, the loopback registry's.
+/// 2. The image: the manifest's `wormhole:TAG` stands for your registry's (docs/install.md says
+///    to set it); here `image`, the loopback registry's.
 /// 3. The downward API: `valueFrom.fieldRef` env (`spec.nodeName`, `status.hostIP`,
 ///    `status.podIP`, which is the host's with hostNetwork, `metadata.name`,
 ///    `metadata.namespace`) become values, then `$(VAR)` is expanded in env values, command and
