@@ -13,11 +13,15 @@
 mod cli;
 mod cluster;
 mod completion;
+#[cfg(test)]
+mod doc_links;
 mod graph;
 mod manpage;
 mod matrix;
 mod peer_config;
 mod preflight;
+#[cfg(test)]
+mod reference;
 mod run;
 mod status;
 mod uninstall;
