@@ -3,7 +3,7 @@
 # Chromium, installed with apt when missing) into a PNG.
 #
 #   scripts/graph-screenshot.sh FILE.svg [OUT.png]   screenshot one SVG (default: FILE.png)
-#   scripts/graph-screenshot.sh --example DIR        make the README's example in DIR: fake
+#   scripts/graph-screenshot.sh --example DIR        make the example of docs/troubleshooting.md in DIR: fake
 #       admin endpoints on loopback serving /status of an 8-node mesh with faults (and of a
 #       120-node one), then `wormhole status --cluster` and `wormhole graph` against them as a
 #       user would run them, and screenshots of the SVGs

@@ -42,7 +42,7 @@ cargo deny --locked check licenses
 bash scripts/notices.sh --check
 # vendor/gotatun is the published gotatun crate plus vendor/gotatun.patch, nothing else.
 bash scripts/vendor-gotatun.sh --check
-# The API docs: no broken or private links (the README's Rust examples run as wormhole-agent doctests).
+# The API docs: no broken or private links (docs/library.md's Rust examples run as wormhole-agent doctests).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 # kubernetes-validate (PyPI) checks every variant `wormhole manifests` renders (tests/it/manifests.rs).
 kv=$PWD/target/kubernetes-validate

@@ -81,7 +81,8 @@ pub use view::{NodeSettingsView, PassView, PeerView, StatusView};
 /// annotations that override them.
 pub use wormhole_k8s::{PublishedEndpoint, SettingError, parse_keepalive};
 
-/// The README's Rust examples, compiled as doctests so that they stay true.
+/// The Rust examples of the library guide (docs/library.md), compiled as doctests so that they
+/// stay true.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
+#[doc = include_str!("../../docs/library.md")]
+pub struct LibraryGuideDoctests;

@@ -68,7 +68,7 @@ impl Follower {
         for refused in self.settings.refused() {
             if !before.contains(refused) {
                 tracing::warn!(
-                    "{refused}; in force: {} (README: Per-node settings)",
+                    "{refused}; in force: {} (docs/configuration.md: Per-node settings)",
                     self.settings.describe()
                 );
             }

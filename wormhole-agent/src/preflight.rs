@@ -420,7 +420,7 @@ pub(crate) fn cni_config(
                 ),
                 Some(format!(
                     "to move this node to Wormhole, delete {} from {dir} once Wormhole is ready, \
-                     then restart the pods on this node (README: Migration)",
+                     then restart the pods on this node (docs/migration.md)",
                     if foreign.len() == 1 { "it" } else { "them" }
                 )),
             )

@@ -19,7 +19,7 @@ use wormhole_core::is_dns1123_subdomain;
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9473";
 
 /// How a command ended: its exit code, a contract (written in `--help` as [`EXIT_CODES`] and in
-/// the README). clap exits with [`Exit::Usage`] itself for the arguments it refuses.
+/// docs/configuration.md). clap exits with [`Exit::Usage`] itself for the arguments it refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Done, and all is well.
@@ -1340,9 +1340,9 @@ mod tests {
     }
 
     #[test]
-    fn every_run_flag_and_its_variable_is_in_the_readme() {
+    fn every_run_flag_and_its_variable_is_in_the_configuration_page() {
         use clap::CommandFactory as _;
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/configuration.md");
         let cli = Cli::command();
         let run = cli.find_subcommand("run").unwrap();
         for arg in run.get_arguments() {
@@ -1353,10 +1353,10 @@ mod tests {
             let line = readme
                 .lines()
                 .find(|l| l.starts_with(&row))
-                .unwrap_or_else(|| panic!("no README row for --{long}"));
+                .unwrap_or_else(|| panic!("no docs/configuration.md row for --{long}"));
             assert!(
                 line.contains(&format!("`{}`", env.to_str().unwrap())),
-                "the README's row of --{long} does not name {env:?}: {line}"
+                "the row of --{long} in docs/configuration.md does not name {env:?}: {line}"
             );
         }
     }

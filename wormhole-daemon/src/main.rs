@@ -13,12 +13,16 @@
 mod cli;
 mod cluster;
 mod completion;
+#[cfg(test)]
+mod doc_links;
 mod graph;
 mod manifests;
 mod manpage;
 mod matrix;
 mod peer_config;
 mod preflight;
+#[cfg(test)]
+mod reference;
 mod run;
 mod status;
 mod uninstall;

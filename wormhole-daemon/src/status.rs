@@ -182,7 +182,7 @@ fn preflight_lines(view: &StatusView) -> String {
     if !view.foreign_cni_configs.is_empty() {
         out += &format!(
             "CNI: {} take(s) precedence over 10-wormhole.conflist: new pods on this node are not \
-             attached by Wormhole (README: Migration)\n",
+             attached by Wormhole (docs/migration.md)\n",
             escape(&view.foreign_cni_configs.join(", "))
         );
     }

@@ -8,7 +8,7 @@
 //! reads and logs. `spec.publicKey` is immutable (a CEL transition rule, `self == oldSelf`): a
 //! node changes keys by deleting its WormholeNode and creating it again, which makes a new, later
 //! claim. So no node can switch an older WormholeNode to another node's key and win the key
-//! conflict with it (see the README's security model).
+//! conflict with it (see the security model, docs/security.md).
 
 use kube::CustomResource;
 use schemars::JsonSchema;

@@ -2,7 +2,7 @@
 //!
 //! Each agent reports in its WormholeNode status where it sees such peers
 //! (`status.observedEndpoints`). Those reports come from other nodes, any of which may be
-//! compromised, so they are counted the way the README's security model promises:
+//! compromised, so they are counted the way the security model (docs/security.md) promises:
 //! - **one vote per observer and peer**: an observer listing a peer several times at one address
 //!   votes once; listing it at different addresses (or unreadably) spoils its ballot for that
 //!   peer; a node's report about itself is no vote;

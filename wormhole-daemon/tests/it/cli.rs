@@ -603,7 +603,7 @@ fn closed_port() -> String {
         .to_string()
 }
 
-/// Exit codes are a contract, written in `--help` and the README: 0 all well, 1 an error, 2 a
+/// Exit codes are a contract, written in `--help` and docs/configuration.md: 0 all well, 1 an error, 2 a
 /// usage error (clap's, and ours), 3 the agent (or no node) could be reached, 4 something is
 /// not ok. A user error never prints a backtrace, whatever `RUST_BACKTRACE` says.
 #[test]
@@ -658,9 +658,12 @@ fn exit_codes_are_a_contract() {
             assert!(help.contains(line), "{args:?}: {line:?} not in {help}");
         }
     }
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    assert!(readme.contains("### Exit codes"), "README");
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .unwrap();
+    assert!(docs.contains("## Exit codes"), "docs/configuration.md");
 
     // No backtrace for a user error, even when asked for one.
     for env in [("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "full")] {

@@ -371,7 +371,7 @@ fn a_hostile_endpoint_can_neither_replace_a_report_nor_flood_the_view() {
 /// A real mesh of six agents probing each other, with a fault per kind injected as in the
 /// health tests: `wormhole status --cluster` and `wormhole graph`, run in one node against
 /// every node's admin endpoint, name each broken pair with its cause. With
-/// `WORMHOLE_EXAMPLE_DIR` set, the outputs are written there (the README's example).
+/// `WORMHOLE_EXAMPLE_DIR` set, the outputs are written there (the example of docs/troubleshooting.md).
 #[test]
 fn the_matrix_of_a_real_mesh_names_every_fault() {
     use crate::harness::{Backend, Cluster, root_or_skip, write_atomically};

@@ -1,9 +1,9 @@
-//! Moving a cluster from flannel, as the README's "Migration" section says, step by step: the
+//! Moving a cluster from flannel, as docs/migration.md says, step by step: the
 //! nodes start with flannel's conflist (`10-flannel.conflist`: the bridge plugin on `cni0`
 //! with the node's pod CIDR, as flannel delegates it) and pods attached by it, the container
 //! runtime choosing the lexically first configuration as containerd and CRI-O do. Wormhole's
 //! agents report the configuration that wins over theirs (status, log, preflight, readiness
-//! with `--foreign-cni fail`); after the README's steps (delete flannel's conflist and bridge,
+//! with `--foreign-cni fail`); after its steps (delete flannel's conflist and bridge,
 //! restart the pods) they report nothing, and the restarted pods reach pods on other nodes
 //! through Wormhole.
 

@@ -347,7 +347,7 @@ fn the_daemonset_is_host_network_with_only_net_admin_and_net_raw() {
     assert!(requests.contains_key("memory") && requests.contains_key("cpu"));
 }
 
-/// Issue 22: the README calls the PSK Secret optional, so the shipped DaemonSet must not need
+/// Issue 22: the docs call the PSK Secret optional, so the shipped DaemonSet must not need
 /// it (an agent given --psk-secret for a Secret that does not exist never becomes ready).
 /// Pre-shared keys are turned on by setting WORMHOLE_PSK_SECRET, as its comment says.
 #[test]
