@@ -313,6 +313,10 @@ fn expand(text: &str, vars: &[(String, String)]) -> String {
 ///    does that ([`probe`]). Podman would run an `httpGet` probe as `curl` inside the container
 ///    (the image has neither shell nor curl) from a systemd timer (none here), so they are not
 ///    given to podman.
+/// 8. Init containers: the kubelet keeps an exited init container (its status and log: `kubectl
+///    logs -c NAME`); podman's default for `kube play` removes it once it ran, so the pod asks
+///    podman to keep it (`io.podman.annotations.init.container.type: always`; it runs only when
+///    the pod starts, as in Kubernetes).
 fn kubelet_pod(ds: &Value, node: &KubeletNode, image: &str, kubeconfig: &Path) -> Value {
     let template = &ds["spec"]["template"];
     let pod_name = format!("{}-{}", ds["metadata"]["name"].as_str().unwrap(), node.name);
@@ -390,12 +394,18 @@ fn kubelet_pod(ds: &Value, node: &KubeletNode, image: &str, kubeconfig: &Path) -
         "name": "wormhole-test-kubeconfig",
         "hostPath": {"path": kubeconfig.to_str().unwrap(), "type": "File"}
     }));
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": pod_name, "namespace": namespace, "labels": template["metadata"]["labels"]},
-        "spec": spec,
-    })
+    let mut metadata = json!({
+        "name": pod_name,
+        "namespace": namespace,
+        "labels": template["metadata"]["labels"],
+    });
+    if let Some(annotations) = template["metadata"].get("annotations") {
+        metadata["annotations"] = annotations.clone();
+    }
+    if spec.get("initContainers").is_some() {
+        metadata["annotations"]["io.podman.annotations.init.container.type"] = json!("always");
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
 }
 
 /// The manifest's probe `kind` (`livenessProbe`, `readinessProbe`) of the agent's container, as
@@ -882,29 +892,39 @@ fn container_the_released_install_runs_in_podman_on_every_node_and_uninstalls() 
     let cleanup = released_daemonset(&release.join("wormhole-uninstall.yaml"));
     for node in &mut nodes {
         let pod = pod_of(&cleanup, node);
-        node.play(&pod, "cleanup.json");
+        let path = node.root.join("cleanup.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&pod).unwrap()).unwrap();
+        // podman runs the init container to its end before it starts the pod's container (and
+        // fails the play if it fails): its state and log say how the uninstall went.
+        let played = node
+            .podman(true)
+            .args(["kube", "play"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        node.playing = Some(path);
         let init = format!("wormhole-uninstall-{}-uninstall", node.name);
-        let done = poll(Duration::from_secs(60), || {
-            let state = checked(
-                node.podman(false).args([
-                    "inspect",
-                    "--format",
-                    "{{.State.Status}} {{.State.ExitCode}}",
-                    &init,
-                ]),
-                "podman inspect",
-            );
-            state.starts_with("exited").then_some(state)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: the uninstall never ended\n{}",
-                node.name,
-                node.log_tail(&init)
-            )
-        });
+        let state = node
+            .podman(false)
+            .args([
+                "inspect",
+                "--format",
+                "{{.State.Status}} {{.State.ExitCode}}",
+                &init,
+            ])
+            .output()
+            .unwrap();
         let log = node.logs(&init);
-        assert_eq!(done.trim(), "exited 0", "{}: {log}", node.name);
+        assert_eq!(
+            String::from_utf8_lossy(&state.stdout).trim(),
+            "exited 0",
+            "{}: the uninstall: {log}\nkube play: {}{}",
+            node.name,
+            String::from_utf8_lossy(&played.stdout),
+            String::from_utf8_lossy(&played.stderr)
+        );
+        assert!(played.status.success(), "{}: {played:?}", node.name);
         assert!(log.contains("10-wormhole.conflist"), "{}: {log}", node.name);
         node.down();
     }
