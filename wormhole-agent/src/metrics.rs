@@ -675,24 +675,25 @@ mod tests {
                     .collect(),
             )
         };
-        let (small, large) = (status(4000), status(8000));
+        // Four times the peers: linear costs about 4x, quadratic 16x. The two sizes are timed
+        // in turns, best of seven each, so that a busy machine slows both alike.
+        let (small, large) = (status(2000), status(8000));
         for mode in [PeerMetrics::DEFAULT, PeerMetrics::All, PeerMetrics::None] {
             let m = Metrics::new(mode);
-            let fastest = |s: &Status| {
-                (0..3)
-                    .map(|_| {
-                        let t = std::time::Instant::now();
-                        std::hint::black_box(m.render(s, now));
-                        t.elapsed()
-                    })
-                    .min()
-                    .unwrap()
+            let time = |s: &Status| {
+                let t = std::time::Instant::now();
+                std::hint::black_box(m.render(s, now));
+                t.elapsed()
             };
-            let (a, b) = (fastest(&small), fastest(&large));
+            let (mut a, mut b) = (std::time::Duration::MAX, std::time::Duration::MAX);
+            for _ in 0..7 {
+                a = a.min(time(&small));
+                b = b.min(time(&large));
+            }
             let ratio = b.as_secs_f64() / a.as_secs_f64();
             assert!(
-                ratio < 3.0,
-                "{mode:?}: 4,000 peers {a:?}, 8,000 {b:?} ({ratio:.1}x)"
+                ratio < 8.0,
+                "{mode:?}: 2,000 peers {a:?}, 8,000 {b:?} ({ratio:.1}x)"
             );
         }
     }
