@@ -144,8 +144,9 @@ pub enum Command {
 /// `wormhole manifests --help`'s examples.
 const MANIFESTS_EXAMPLES: &str = "Examples:
   wormhole manifests --image registry.example.com/wormhole@sha256:... | kubectl apply -f -
-  wormhole manifests --psk --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 > wormhole.yaml
-  wormhole manifests --uninstall --remove-keys | kubectl apply -f -";
+  wormhole manifests --image registry.example.com/wormhole:0.1.0 --psk \\
+      --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 > wormhole.yaml
+  wormhole manifests --uninstall --remove-keys --image registry.example.com/wormhole:0.1.0";
 
 /// `wormhole version`.
 #[derive(Debug, Args)]

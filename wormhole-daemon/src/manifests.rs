@@ -48,8 +48,45 @@ const MONITORING: [(&str, &str); 2] = [
 /// `--monitoring`: the Grafana dashboard, for a ConfigMap picked up by Grafana's sidecar.
 const DASHBOARD: &str = include_str!("../../deploy/monitoring/dashboard.json");
 
-/// The image the shipped DaemonSet names: what `scripts/image.sh` tags, in no registry.
-pub const DEFAULT_IMAGE: &str = concat!("wormhole:", env!("CARGO_PKG_VERSION"));
+/// The image `deploy/daemonset.yaml` names: what `scripts/image.sh` tags, in no registry
+/// (`--image` replaces it).
+const SHIPPED_IMAGE: &str = concat!("wormhole:", env!("CARGO_PKG_VERSION"));
+
+/// `--arch`: what `scripts/image.sh --arch` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// x86-64.
+    Amd64,
+    /// 64-bit ARM.
+    Arm64,
+}
+
+impl Arch {
+    fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+/// A CIDR of `--cluster-cidr` or `--external-cidr`, refused with host bits set, as `wormhole
+/// run` refuses it (a rendered install every agent refuses would crash-loop on every node).
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let net: IpNet = text.trim().parse().map_err(|_| {
+        format!(
+            "{} is not a CIDR (for example 10.244.0.0/16 or fd00:10:244::/56)",
+            wormhole_core::Escaped(text)
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{net} has host bits set (did you mean {}?)",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
 
 /// The agent's admin port (the DaemonSet's `WORMHOLE_ADMIN_ADDR`).
 const ADMIN_PORT: &str = "9473";
@@ -60,29 +97,33 @@ pub const PSK_SECRET: &str = "wormhole-psk";
 /// `wormhole manifests`.
 #[derive(Debug, Args)]
 pub struct ManifestsArgs {
-    /// The agent's image, best by digest (`registry.example.com/wormhole@sha256:...`, as
-    /// `scripts/release.sh` fills in).
-    #[arg(long, default_value = DEFAULT_IMAGE, value_name = "REF")]
+    /// The agent's image, as your nodes pull it, best by digest
+    /// (`registry.example.com/wormhole@sha256:...`, as `scripts/release.sh` fills in).
+    #[arg(long, value_name = "REF")]
     pub image: String,
+    /// The nodes' architecture the image is built for: the DaemonSets run only there
+    /// (`nodeSelector` `kubernetes.io/arch`).
+    #[arg(long, value_enum, default_value = "amd64")]
+    pub arch: Arch,
     /// The cluster CIDRs (comma-separated or repeated), when the agents cannot read them from
     /// kubeadm's ConfigMap (`networking.podSubnet`).
-    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr, conflicts_with = "uninstall")]
     pub cluster_cidr: Vec<IpNet>,
     /// Use pre-shared keys from the Secret `wormhole-psk` in the namespace `wormhole`, key
     /// `psk` (create it before the DaemonSet: `kubectl -n wormhole create secret generic
     /// wormhole-psk --from-literal=psk="$(wg genpsk)"`). The rendered output never holds a key.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "uninstall")]
     pub psk: bool,
     /// The range set aside for WormholePeers (machines outside the cluster); without it every
     /// WormholePeer is refused.
-    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr, conflicts_with = "uninstall")]
     pub external_cidr: Vec<IpNet>,
     /// The WireGuard backend [default: auto].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "uninstall")]
     pub backend: Option<BackendArg>,
     /// Who may scrape /metrics besides the node itself (addresses or CIDRs, comma-separated):
     /// your Prometheus's. Also adds the `prometheus.io/*` scrape annotations to the pods.
-    #[arg(long, value_delimiter = ',', value_name = "IP|CIDR", value_parser = parse_source)]
+    #[arg(long, value_delimiter = ',', value_name = "IP|CIDR", value_parser = parse_source, conflicts_with = "uninstall")]
     pub metrics_allow: Vec<IpNet>,
     /// Add the monitoring pack: PodMonitor and PrometheusRule (the Prometheus Operator's CRDs
     /// must be installed) and the Grafana dashboard as a ConfigMap labelled
@@ -134,9 +175,9 @@ impl ManifestsArgs {
 
     /// The flags given, for the header (every value was checked: no newline gets through).
     fn command_line(&self) -> String {
-        let mut line = String::new();
-        if self.image != DEFAULT_IMAGE {
-            let _ = write!(line, " --image {}", self.image);
+        let mut line = format!(" --image {}", self.image);
+        if self.arch != Arch::Amd64 {
+            let _ = write!(line, " --arch {}", self.arch.as_str());
         }
         let list = |nets: &[IpNet]| {
             nets.iter()
@@ -173,8 +214,30 @@ impl ManifestsArgs {
 
     /// The install: deploy/'s documents with the options set.
     fn install(&self) -> Result<Vec<Value>, ManifestsError> {
+        if let Some((e, c)) = self.external_cidr.iter().find_map(|e| {
+            self.cluster_cidr
+                .iter()
+                .find(|c| c.contains(e) || e.contains(*c))
+                .map(|c| (e, c))
+        }) {
+            return Err(ManifestsError(format!(
+                "--external-cidr {e} overlaps --cluster-cidr {c}: external peers need a range of \
+                 their own, outside the pods' addresses"
+            )));
+        }
         let mut docs = documents(&INSTALL)?;
         let ds = daemonset(&mut docs)?;
+        set(
+            ds,
+            &[
+                "spec",
+                "template",
+                "spec",
+                "nodeSelector",
+                "kubernetes.io/arch",
+            ],
+            self.arch.as_str().into(),
+        )?;
         let container = agent_container(ds)?;
         container.insert("image".into(), self.image.clone().into());
         let list = |nets: &[IpNet]| {
@@ -226,8 +289,13 @@ impl ManifestsArgs {
     }
 
     /// The cleanup: the Namespace and a DaemonSet `wormhole-uninstall` made from the agent's
-    /// pod template (same image, host paths, security context and tolerations), whose init
-    /// container runs `wormhole uninstall` and whose container then idles.
+    /// (same image, namespace, tolerations, priority, host network and security context), whose
+    /// init container runs `wormhole uninstall` and whose container then idles.
+    ///
+    /// Its host paths are the parents of what the agent wrote (`/var/lib`, `/run`, both
+    /// `Directory`: every node has them) and `/etc/cni/net.d`, so that the kubelet creates
+    /// nothing on a node (the agent's `DirectoryOrCreate` would) and the state directory is no
+    /// mount point (it can be removed); nothing else (no `/dev/net/tun`, no sysctls).
     fn cleanup(&self) -> Result<Vec<Value>, ManifestsError> {
         let mut docs = documents(&INSTALL)?;
         let namespace = docs
@@ -241,27 +309,29 @@ impl ManifestsArgs {
             .into_iter()
             .collect();
         set(&mut ds, &["metadata", "name"], name.into())?;
-        set(
-            &mut ds,
-            &["metadata", "labels"],
-            Value::Mapping(labels.clone()),
-        )?;
-        set(
-            &mut ds,
+        for path in [
+            &["metadata", "labels"][..],
             &["spec", "selector", "matchLabels"],
-            Value::Mapping(labels.clone()),
-        )?;
+            &["spec", "template", "metadata", "labels"],
+        ] {
+            set(&mut ds, path, Value::Mapping(labels.clone()))?;
+        }
         set(
             &mut ds,
-            &["spec", "template", "metadata", "labels"],
-            Value::Mapping(labels),
+            &[
+                "spec",
+                "template",
+                "spec",
+                "nodeSelector",
+                "kubernetes.io/arch",
+            ],
+            self.arch.as_str().into(),
         )?;
         // Every node at once: nothing runs on them that a cleanup could disturb.
         set(
             &mut ds,
             &["spec", "updateStrategy"],
-            yaml_serde::from_str("{type: RollingUpdate, rollingUpdate: {maxUnavailable: 100%}}")
-                .map_err(|e| ManifestsError(e.to_string()))?,
+            yaml("{type: RollingUpdate, rollingUpdate: {maxUnavailable: 100%}}")?,
         )?;
         let spec = mapping_at(&mut ds, &["spec", "template", "spec"])?;
         // No API access: the cleanup reads nothing from the cluster.
@@ -278,17 +348,11 @@ impl ManifestsArgs {
         if self.remove_keys {
             args.push("--remove-keys".into());
         }
-        let mut mounts = agent
-            .get("volumeMounts")
-            .and_then(Value::as_sequence)
-            .cloned()
-            .unwrap_or_default();
-        // host-local's leases of the pods' addresses, which the agent never touches.
-        mounts.push(
-            yaml_serde::from_str("{name: cni-data, mountPath: /var/lib/cni/networks}")
-                .map_err(|e| ManifestsError(e.to_string()))?,
-        );
-        let container = |name: &str, args: Vec<Value>, mounts: Option<Vec<Value>>| {
+        let mounts = yaml(
+            "[{name: host-var-lib, mountPath: /var/lib}, {name: host-run, mountPath: /run}, \
+             {name: cni-conf, mountPath: /etc/cni/net.d}]",
+        )?;
+        let container = |name: &str, args: Vec<Value>, mounts: Option<Value>| {
             let mut c = Mapping::new();
             c.insert("name".into(), name.into());
             c.insert("image".into(), self.image.clone().into());
@@ -299,7 +363,7 @@ impl ManifestsArgs {
                 }
             }
             if let Some(mounts) = mounts {
-                c.insert("volumeMounts".into(), Value::Sequence(mounts));
+                c.insert("volumeMounts".into(), mounts);
             }
             Value::Mapping(c)
         };
@@ -311,18 +375,21 @@ impl ManifestsArgs {
             "containers".into(),
             Value::Sequence(vec![container("idle", vec!["idle".into()], None)]),
         );
-        let volumes = spec
-            .get_mut("volumes")
-            .and_then(Value::as_sequence_mut)
-            .ok_or_else(|| ManifestsError("deploy/daemonset.yaml has no volumes".into()))?;
-        volumes.push(
-            yaml_serde::from_str(
-                "{name: cni-data, hostPath: {path: /var/lib/cni/networks, type: DirectoryOrCreate}}",
-            )
-            .map_err(|e| ManifestsError(e.to_string()))?,
+        spec.insert(
+            "volumes".into(),
+            yaml(
+                "[{name: host-var-lib, hostPath: {path: /var/lib, type: Directory}}, \
+                 {name: host-run, hostPath: {path: /run, type: Directory}}, \
+                 {name: cni-conf, hostPath: {path: /etc/cni/net.d, type: DirectoryOrCreate}}]",
+            )?,
         );
         Ok(vec![namespace, ds])
     }
+}
+
+/// A YAML literal of this file.
+fn yaml(text: &str) -> Result<Value, ManifestsError> {
+    yaml_serde::from_str(text).map_err(|e| ManifestsError(format!("{text}: {e}")))
 }
 
 /// `--backend`'s value as the agent's flag spells it.
@@ -335,25 +402,22 @@ fn backend_name(backend: BackendArg) -> &'static str {
     }
 }
 
-/// An image reference: `[registry[:port]/]path[:tag][@algorithm:hex]`, in the characters the
-/// OCI distribution spec allows (it reaches the output and the header comment).
+/// An image reference as the OCI distribution grammar has it (what a runtime can pull):
+/// `[host[:port]/]path[:tag][@sha256:hex]`, the host of letters, digits, `.` and `-`, each
+/// path component of lowercase letters and digits joined by `.`, `_`, `__` or dashes, the tag
+/// of letters, digits, `.`, `_` and `-` (not first `.` or `-`, at most 128). It reaches the
+/// output and the header comment, so nothing else may get through.
 fn check_image(image: &str) -> Result<(), ManifestsError> {
     let bad = |why: &str| {
         Err(ManifestsError(format!(
-            "--image {}: {why}; give an image reference such as \
+            "--image {}: {why}; give the image reference your nodes pull, such as \
              registry.example.com/wormhole:0.1.0 or registry.example.com/wormhole@sha256:<64 hex \
-             digits> (scripts/release.sh prints it)",
+             digits> (scripts/release.sh fills it in)",
             wormhole_core::Escaped(image)
         )))
     };
     if image.is_empty() || image.len() > 512 {
         return bad("must be 1 to 512 characters");
-    }
-    if !image
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-/:@+".contains(&b))
-    {
-        return bad("has a character an image reference cannot hold");
     }
     let (name, digest) = match image.split_once('@') {
         Some((name, digest)) => (name, Some(digest)),
@@ -361,37 +425,75 @@ fn check_image(image: &str) -> Result<(), ManifestsError> {
     };
     if let Some(digest) = digest {
         let ok = digest.strip_prefix("sha256:").is_some_and(|hex| {
-            hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         });
         if !ok {
             return bad("the digest must be sha256: and 64 lowercase hex digits");
         }
     }
-    // The name's last component may carry a tag; the others are the registry and path.
-    let path_end = name.rfind('/').map_or(0, |i| i + 1);
-    let (path, tag) = match name[path_end..].split_once(':') {
+    // The last component may carry a tag; a first one with `.` or `:`, or `localhost`, is the
+    // registry's host.
+    let last = name.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name[last..].split_once(':') {
         Some((_, tag)) => (&name[..name.len() - tag.len() - 1], Some(tag)),
         None => (name, None),
     };
-    if tag.is_some_and(|t| {
-        t.is_empty()
-            || t.len() > 128
-            || t.starts_with(['.', '-'])
-            || !t
+    if let Some(tag) = tag {
+        let ok = (1..=128).contains(&tag.len())
+            && !tag.starts_with(['.', '-'])
+            && tag
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    }) {
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return bad(
+                "the tag must be 1 to 128 letters, digits, `.`, `_` or `-`, not first `.` or `-`",
+            );
+        }
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    if components.len() > 1 && (components[0].contains(['.', ':']) || components[0] == "localhost")
+    {
+        let (host, port) = match components[0].split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (components[0], None),
+        };
+        let host_ok = host.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+        if !host_ok {
+            return bad("the registry's host must be letters, digits, `.` and `-`");
+        }
+        if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return bad("the registry's port must be a number");
+        }
+        components.remove(0);
+    }
+    if !components.iter().all(|c| path_component(c)) {
         return bad(
-            "the tag must be 1 to 128 letters, digits, `.`, `_` or `-`, not first `.` or `-`",
+            "each part of the name must be lowercase letters and digits, joined by `.`, `_`, \
+             `__` or `-`",
         );
     }
-    if path.is_empty() || path.split('/').any(str::is_empty) || path.contains('@') {
-        return bad("the name is empty or has an empty path component");
-    }
     Ok(())
+}
+
+/// A repository path component: `[a-z0-9]+` runs joined by `.`, `_`, `__` or one or more `-`.
+fn path_component(c: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = c.as_bytes();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    // Every run of separators is one of the allowed ones.
+    c.split(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+        .filter(|run| !run.is_empty())
+        .all(|run| matches!(run, "." | "_" | "__") || run.bytes().all(|b| b == b'-'))
+        && c.bytes().all(|b| alnum(b) || b"._-".contains(&b))
 }
 
 /// Every document of `files`, parsed (empty ones dropped).
@@ -468,12 +570,10 @@ fn set_env(container: &mut Mapping, name: &str, value: &str) -> Result<(), Manif
 
 /// The dashboard as a ConfigMap for Grafana's dashboard sidecar.
 fn dashboard_config_map() -> Result<Value, ManifestsError> {
-    let mut map: Value = yaml_serde::from_str(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: wormhole-dashboard\n  \
-         namespace: wormhole\n  labels:\n    grafana_dashboard: \"1\"\n    \
-         app.kubernetes.io/name: wormhole\n",
-    )
-    .map_err(|e| ManifestsError(e.to_string()))?;
+    let mut map = yaml(
+        "{apiVersion: v1, kind: ConfigMap, metadata: {name: wormhole-dashboard, namespace: \
+         wormhole, labels: {grafana_dashboard: \"1\", app.kubernetes.io/name: wormhole}}}",
+    )?;
     set(&mut map, &["data", "wormhole.json"], Value::from(DASHBOARD))?;
     Ok(map)
 }
@@ -502,6 +602,8 @@ mod tests {
             .collect()
     }
 
+    const IMAGE: &str = "registry.example.com/wormhole:0.1.0";
+
     fn kinds(docs: &[Value]) -> Vec<&str> {
         docs.iter().map(|d| d["kind"].as_str().unwrap()).collect()
     }
@@ -518,7 +620,7 @@ mod tests {
 
     #[test]
     fn the_default_install_is_deploy_in_apply_order() {
-        let docs = render(&[]);
+        let docs = render(&["--image", IMAGE]);
         let kinds = kinds(&docs);
         assert_eq!(kinds.first(), Some(&"Namespace"));
         assert_eq!(kinds.last(), Some(&"DaemonSet"));
@@ -531,8 +633,26 @@ mod tests {
             .position(|k| *k == "ValidatingAdmissionPolicy")
             .unwrap();
         assert!(crd < policy, "{kinds:?}");
-        // Every document of deploy/ (but monitoring/) is there, unchanged but for the image.
-        assert_eq!(docs, documents(&INSTALL).unwrap());
+        // Every document of deploy/ (but monitoring/) is there, unchanged but for the image
+        // and the architecture.
+        let mut shipped = documents(&INSTALL).unwrap();
+        let ds = daemonset(&mut shipped).unwrap();
+        set(
+            ds,
+            &[
+                "spec",
+                "template",
+                "spec",
+                "nodeSelector",
+                "kubernetes.io/arch",
+            ],
+            "amd64".into(),
+        )
+        .unwrap();
+        let container = agent_container(ds).unwrap();
+        assert_eq!(container["image"], SHIPPED_IMAGE);
+        container.insert("image".into(), IMAGE.into());
+        assert_eq!(docs, shipped);
         assert!(!env(&docs).iter().any(|(n, _)| n == "WORMHOLE_PSK_SECRET"));
     }
 
@@ -581,7 +701,7 @@ mod tests {
 
     #[test]
     fn monitoring_adds_the_pack() {
-        let docs = render(&["--monitoring"]);
+        let docs = render(&["--monitoring", "--image", IMAGE]);
         let kinds = kinds(&docs);
         for kind in ["PodMonitor", "PrometheusRule", "ConfigMap"] {
             assert!(kinds.contains(&kind), "{kinds:?}");
@@ -594,7 +714,14 @@ mod tests {
 
     #[test]
     fn the_cleanup_runs_uninstall_on_every_node_with_the_agents_host_paths() {
-        let docs = render(&["--uninstall", "--remove-keys", "--image", "r.example/w:1"]);
+        let docs = render(&[
+            "--uninstall",
+            "--remove-keys",
+            "--image",
+            "r.example/w:1",
+            "--arch",
+            "arm64",
+        ]);
         assert_eq!(kinds(&docs), ["Namespace", "DaemonSet"]);
         let ds = &docs[1];
         assert_eq!(ds["metadata"]["name"], "wormhole-uninstall");
@@ -614,13 +741,28 @@ mod tests {
             .iter()
             .map(|m| m["mountPath"].as_str().unwrap())
             .collect();
-        for path in [
-            "/etc/cni/net.d",
-            "/var/lib/wormhole",
-            "/var/lib/cni/networks",
-        ] {
-            assert!(mounts.contains(&path), "{mounts:?}");
-        }
+        // The parents of the agent's state, leases and UAPI sockets, and the conflists.
+        assert_eq!(mounts, ["/var/lib", "/run", "/etc/cni/net.d"]);
+        let volumes: Vec<(&str, &str)> = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["hostPath"]["path"].as_str().unwrap(),
+                    v["hostPath"]["type"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            volumes,
+            [
+                ("/var/lib", "Directory"),
+                ("/run", "Directory"),
+                ("/etc/cni/net.d", "DirectoryOrCreate")
+            ]
+        );
+        assert_eq!(spec["nodeSelector"]["kubernetes.io/arch"], "arm64");
         // Its selector cannot adopt the agent's pods.
         assert_eq!(
             ds["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
@@ -638,6 +780,12 @@ mod tests {
             "/wormhole",
             "registry//wormhole",
             "wormhole:-x",
+            "Registry.Example.com/Wormhole:1",
+            "wor+mhole:1",
+            "localhost:abc/w:1",
+            "a__b/c..d",
+            "a___b",
+            "w@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
         ] {
             let err = args(&["--image", image])
                 .unwrap()
@@ -645,21 +793,47 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.starts_with("--image "), "{image:?}: {err}");
-            assert!(err.contains("give an image reference"), "{err}");
+            assert!(err.contains("give the image reference"), "{err}");
             assert!(!err.contains('\n'), "{err}");
         }
         for ok in [
             "wormhole:0.1.0",
             "localhost:5000/wormhole",
+            "Registry.Example.com:5000/net/worm-hole__x.y:v1.0_rc-1",
             "a.b/c/d:e_1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         ] {
-            check_image(ok).unwrap();
+            check_image(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        assert!(args(&["--cluster-cidr", "10.0.0.0/33"]).is_err());
+        // The image is required: the shipped `wormhole:VERSION` is in no registry.
+        assert!(args(&[]).is_err());
+        for bad in [
+            &["--cluster-cidr", "10.0.0.0/33"][..],
+            &["--cluster-cidr", "10.244.0.1/16"],
+            &["--external-cidr", "10.98.0.5/24"],
+            &["--remove-keys"],
+            &["--uninstall", "--monitoring"],
+            &["--uninstall", "--psk"],
+            &["--uninstall", "--backend", "kernel"],
+        ] {
+            let mut list = vec!["--image", IMAGE];
+            list.extend_from_slice(bad);
+            assert!(args(&list).is_err(), "{bad:?}");
+        }
+        let overlap = args(&[
+            "--image",
+            IMAGE,
+            "--cluster-cidr",
+            "10.0.0.0/8",
+            "--external-cidr",
+            "10.98.0.0/24",
+        ])
+        .unwrap()
+        .render()
+        .unwrap_err()
+        .to_string();
         assert!(
-            args(&["--remove-keys"]).is_err(),
-            "--remove-keys needs --uninstall"
+            overlap.contains("overlaps --cluster-cidr 10.0.0.0/8"),
+            "{overlap}"
         );
-        assert!(args(&["--uninstall", "--monitoring"]).is_err());
     }
 }

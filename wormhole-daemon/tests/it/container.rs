@@ -323,6 +323,16 @@ fn kubelet_pod(ds: &Value, node: &KubeletNode, image: &str, kubeconfig: &Path) -
     let namespace = ds["metadata"]["namespace"].as_str().unwrap().to_owned();
     let mut spec = template["spec"].clone();
     assert_eq!(spec["hostNetwork"], true, "the agent runs with hostNetwork");
+    // The DaemonSet controller places a pod only where its nodeSelector matches: these nodes
+    // are this machine, and the image was built for it.
+    if let Some(selector) = spec.as_object_mut().unwrap().remove("nodeSelector") {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        assert_eq!(selector["kubernetes.io/arch"], arch, "{selector}");
+    }
     spec["nodeName"] = json!(node.name);
     let field = |path: &str| -> String {
         match path {
@@ -552,6 +562,19 @@ fn container_the_released_install_runs_in_podman_on_every_node_and_uninstalls() 
         "WORMHOLE_RELEASE: the directory scripts/release.sh wrote (target/release-artifacts)",
     ));
     let layout = release.join("image/oci");
+    // The release's kustomize base renders the install as it is.
+    let kustomized = checked(
+        bounded("kubectl").arg("kustomize").arg(&release),
+        "apt-get install kubernetes-client",
+    );
+    let count = |text: &str| {
+        yaml_serde::Deserializer::from_str(text)
+            .map(|doc| Value::deserialize(doc).unwrap())
+            .filter(|doc| !doc.is_null())
+            .count()
+    };
+    let install = std::fs::read_to_string(release.join("wormhole.yaml")).unwrap();
+    assert_eq!(count(&kustomized), count(&install));
     let index: Value = serde_json::from_str(
         &std::fs::read_to_string(layout.join("index.json"))
             .unwrap_or_else(|e| panic!("{}/index.json: {e}", layout.display())),
@@ -842,7 +865,8 @@ fn container_the_released_install_runs_in_podman_on_every_node_and_uninstalls() 
             node.index,
             "a",
             &conflist,
-            &node.root.join("var/lib/cni"),
+            // host-local's default data directory, on the node's file system.
+            &node.root.join("var/lib/cni/networks"),
         ));
     }
     let logs = || {
@@ -881,7 +905,7 @@ fn container_the_released_install_runs_in_podman_on_every_node_and_uninstalls() 
         "only {wireguard} WireGuard packets for {pairs} pings"
     );
     drop(servers);
-    drop(pods);
+    // The pods stay attached through the cleanup: their interfaces on the bridge go with it.
     for node in &mut nodes {
         node.down();
     }
@@ -937,5 +961,12 @@ fn container_the_released_install_runs_in_podman_on_every_node_and_uninstalls() 
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(state, ["private.key"], "{}", node.name);
+        for gone in [
+            "var/lib/cni/networks/wormhole",
+            "run/wireguard/wormhole0.sock",
+        ] {
+            assert!(!node.root.join(gone).exists(), "{}: {gone} left", node.name);
+        }
     }
+    drop(pods);
 }

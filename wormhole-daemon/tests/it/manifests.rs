@@ -54,8 +54,8 @@ fn every_rendered_variant_validates_strictly_and_kustomizes() {
     }
     let image = format!("registry.example.com/wormhole@{DIGEST}");
     let variants: Vec<Vec<&str>> = vec![
-        vec![],
-        vec!["--image", &image],
+        vec!["--image", "wormhole:0.1.0"],
+        vec!["--image", &image, "--arch", "arm64"],
         vec![
             "--image",
             &image,
@@ -69,7 +69,7 @@ fn every_rendered_variant_validates_strictly_and_kustomizes() {
             "--metrics-allow",
             "10.0.0.0/8",
         ],
-        vec!["--uninstall"],
+        vec!["--uninstall", "--image", &image],
         vec!["--uninstall", "--remove-keys", "--image", &image],
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -95,7 +95,7 @@ fn every_rendered_variant_validates_strictly_and_kustomizes() {
     // The monitoring pack's kinds are the Prometheus Operator's (no schema in
     // kubernetes-validate: wormhole-agent's tests check them against the operator's CRDs);
     // here, that the variant renders and that the rest of it validates.
-    let monitoring = render(&["--monitoring"]);
+    let monitoring = render(&["--monitoring", "--image", &image]);
     let core: Vec<&str> = monitoring
         .split("\n---\n")
         .filter(|doc| {
