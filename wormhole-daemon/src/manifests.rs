@@ -48,10 +48,6 @@ const MONITORING: [(&str, &str); 2] = [
 /// `--monitoring`: the Grafana dashboard, for a ConfigMap picked up by Grafana's sidecar.
 const DASHBOARD: &str = include_str!("../../deploy/monitoring/dashboard.json");
 
-/// The image `deploy/daemonset.yaml` names: what `scripts/image.sh` tags, in no registry
-/// (`--image` replaces it).
-const SHIPPED_IMAGE: &str = concat!("wormhole:", env!("CARGO_PKG_VERSION"));
-
 /// `--arch`: what `scripts/image.sh --arch` builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arch {
@@ -603,6 +599,9 @@ mod tests {
     }
 
     const IMAGE: &str = "registry.example.com/wormhole:0.1.0";
+    /// The image `deploy/daemonset.yaml` names: what `scripts/image.sh` tags, in no registry
+    /// (`--image` replaces it).
+    const SHIPPED_IMAGE: &str = concat!("wormhole:", env!("CARGO_PKG_VERSION"));
 
     fn kinds(docs: &[Value]) -> Vec<&str> {
         docs.iter().map(|d| d["kind"].as_str().unwrap()).collect()

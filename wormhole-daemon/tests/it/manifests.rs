@@ -164,7 +164,7 @@ fn bad_values_are_a_usage_error_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--image") && err.contains("give an image reference"),
+        err.contains("--image") && err.contains("give the image reference"),
         "{err}"
     );
     assert!(out.stdout.is_empty());
