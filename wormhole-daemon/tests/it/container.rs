@@ -313,10 +313,12 @@ fn expand(text: &str, vars: &[(String, String)]) -> String {
 ///    does that ([`probe`]). Podman would run an `httpGet` probe as `curl` inside the container
 ///    (the image has neither shell nor curl) from a systemd timer (none here), so they are not
 ///    given to podman.
-/// 8. Init containers: the kubelet keeps an exited init container (its status and log: `kubectl
-///    logs -c NAME`); podman's default for `kube play` removes it once it ran, so the pod asks
-///    podman to keep it (`io.podman.annotations.init.container.type: always`; it runs only when
-///    the pod starts, as in Kubernetes).
+/// 8. Init containers: the kubelet runs each once per pod start and keeps it when it exited
+///    (its status and log: `kubectl logs -c NAME`); podman's default for `kube play` removes
+///    it once it ran, so the pod asks podman to keep it
+///    (`io.podman.annotations.init.container.type: always`), and since podman would then
+///    restart an init container that exited 0 under `restartPolicy: Always` (podman#16343),
+///    the pod's policy becomes `OnFailure`, which restarts what the kubelet would: a failed one.
 fn kubelet_pod(ds: &Value, node: &KubeletNode, image: &str, kubeconfig: &Path) -> Value {
     let template = &ds["spec"]["template"];
     let pod_name = format!("{}-{}", ds["metadata"]["name"].as_str().unwrap(), node.name);
@@ -414,6 +416,7 @@ fn kubelet_pod(ds: &Value, node: &KubeletNode, image: &str, kubeconfig: &Path) -
     }
     if spec.get("initContainers").is_some() {
         metadata["annotations"]["io.podman.annotations.init.container.type"] = json!("always");
+        spec["restartPolicy"] = json!("OnFailure");
     }
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
 }
