@@ -587,10 +587,21 @@ pub fn parse_source(text: &str) -> Result<IpNet, String> {
     if let Ok(ip) = text.parse::<std::net::IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    let net: IpNet = text.parse().map_err(|_| {
-        format!(
+    if text.parse::<IpNet>().is_err() {
+        return Err(format!(
             "{} is neither an address nor a CIDR (for example 192.0.2.7, 192.0.2.0/24 or \
              2001:db8::/64)",
+            Escaped(text)
+        ));
+    }
+    parse_cidr(text)
+}
+
+/// Parses a CIDR, refused with host bits set (`10.244.0.1/16`): what the agent would refuse.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let net: IpNet = text.trim().parse().map_err(|_| {
+        format!(
+            "{} is not a CIDR (for example 10.244.0.0/16 or fd00:10:244::/56)",
             Escaped(text)
         )
     })?;

@@ -13,7 +13,7 @@ use clap::Args;
 use ipnet::IpNet;
 use yaml_serde::{Mapping, Value};
 
-use crate::cli::{BackendArg, parse_source};
+use crate::cli::{BackendArg, parse_cidr, parse_source};
 
 /// The install, in the order `kubectl apply -f` must create it.
 const INSTALL: [(&str, &str); 5] = [
@@ -66,22 +66,21 @@ impl Arch {
     }
 }
 
-/// A CIDR of `--cluster-cidr` or `--external-cidr`, refused with host bits set, as `wormhole
-/// run` refuses it (a rendered install every agent refuses would crash-loop on every node).
-fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    let net: IpNet = text.trim().parse().map_err(|_| {
-        format!(
-            "{} is not a CIDR (for example 10.244.0.0/16 or fd00:10:244::/56)",
-            wormhole_core::Escaped(text)
-        )
-    })?;
-    if net.trunc() != net {
-        return Err(format!(
-            "{net} has host bits set (did you mean {}?)",
-            net.trunc()
-        ));
-    }
-    Ok(net)
+/// Where the DaemonSets name the nodes' architecture.
+const ARCH_SELECTOR: [&str; 5] = [
+    "spec",
+    "template",
+    "spec",
+    "nodeSelector",
+    "kubernetes.io/arch",
+];
+
+/// CIDRs as a comma-separated list (an env value, the header's flags).
+fn joined(nets: &[IpNet]) -> String {
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The agent's admin port (the DaemonSet's `WORMHOLE_ADMIN_ADDR`).
@@ -175,26 +174,20 @@ impl ManifestsArgs {
         if self.arch != Arch::Amd64 {
             let _ = write!(line, " --arch {}", self.arch.as_str());
         }
-        let list = |nets: &[IpNet]| {
-            nets.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         if !self.cluster_cidr.is_empty() {
-            let _ = write!(line, " --cluster-cidr {}", list(&self.cluster_cidr));
+            let _ = write!(line, " --cluster-cidr {}", joined(&self.cluster_cidr));
         }
         if self.psk {
             line.push_str(" --psk");
         }
         if !self.external_cidr.is_empty() {
-            let _ = write!(line, " --external-cidr {}", list(&self.external_cidr));
+            let _ = write!(line, " --external-cidr {}", joined(&self.external_cidr));
         }
         if let Some(backend) = self.backend {
             let _ = write!(line, " --backend {}", backend_name(backend));
         }
         if !self.metrics_allow.is_empty() {
-            let _ = write!(line, " --metrics-allow {}", list(&self.metrics_allow));
+            let _ = write!(line, " --metrics-allow {}", joined(&self.metrics_allow));
         }
         for (on, flag) in [
             (self.monitoring, " --monitoring"),
@@ -223,30 +216,14 @@ impl ManifestsArgs {
         }
         let mut docs = documents(&INSTALL)?;
         let ds = daemonset(&mut docs)?;
-        set(
-            ds,
-            &[
-                "spec",
-                "template",
-                "spec",
-                "nodeSelector",
-                "kubernetes.io/arch",
-            ],
-            self.arch.as_str().into(),
-        )?;
+        set(ds, &ARCH_SELECTOR, self.arch.as_str().into())?;
         let container = agent_container(ds)?;
         container.insert("image".into(), self.image.clone().into());
-        let list = |nets: &[IpNet]| {
-            nets.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         if !self.cluster_cidr.is_empty() {
             set_env(
                 container,
                 "WORMHOLE_CLUSTER_CIDR",
-                &list(&self.cluster_cidr),
+                &joined(&self.cluster_cidr),
             )?;
         }
         if self.psk {
@@ -256,7 +233,7 @@ impl ManifestsArgs {
             set_env(
                 container,
                 "WORMHOLE_EXTERNAL_CIDR",
-                &list(&self.external_cidr),
+                &joined(&self.external_cidr),
             )?;
         }
         if let Some(backend) = self.backend {
@@ -266,7 +243,7 @@ impl ManifestsArgs {
             set_env(
                 container,
                 "WORMHOLE_METRICS_ALLOW",
-                &list(&self.metrics_allow),
+                &joined(&self.metrics_allow),
             )?;
             let annotations = mapping_at(ds, &["spec", "template", "metadata", "annotations"])?;
             for (key, value) in [
@@ -312,17 +289,7 @@ impl ManifestsArgs {
         ] {
             set(&mut ds, path, Value::Mapping(labels.clone()))?;
         }
-        set(
-            &mut ds,
-            &[
-                "spec",
-                "template",
-                "spec",
-                "nodeSelector",
-                "kubernetes.io/arch",
-            ],
-            self.arch.as_str().into(),
-        )?;
+        set(&mut ds, &ARCH_SELECTOR, self.arch.as_str().into())?;
         // Every node at once: nothing runs on them that a cleanup could disturb.
         set(
             &mut ds,
@@ -636,18 +603,7 @@ mod tests {
         // and the architecture.
         let mut shipped = documents(&INSTALL).unwrap();
         let ds = daemonset(&mut shipped).unwrap();
-        set(
-            ds,
-            &[
-                "spec",
-                "template",
-                "spec",
-                "nodeSelector",
-                "kubernetes.io/arch",
-            ],
-            "amd64".into(),
-        )
-        .unwrap();
+        set(ds, &ARCH_SELECTOR, "amd64".into()).unwrap();
         let container = agent_container(ds).unwrap();
         assert_eq!(container["image"], SHIPPED_IMAGE);
         container.insert("image".into(), IMAGE.into());
